@@ -1,0 +1,162 @@
+#include "tests/support/tcp_relay.h"
+
+#include <array>
+#include <future>
+#include <vector>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+
+namespace outpost::testing {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+struct RelayState {
+  std::vector<std::weak_ptr<TcpRelay::Link>> links;
+};
+
+// One relayed connection: two sockets and a pump in each direction.
+struct TcpRelay::Link : std::enable_shared_from_this<TcpRelay::Link> {
+  struct Pump {
+    tcp::socket* from;
+    tcp::socket* to;
+    std::array<char, 64 * 1024> buffer{};
+    size_t pending = 0;  // bytes read but not yet written (held while frozen)
+  };
+
+  Link(tcp::socket client, asio::io_context& io, std::shared_ptr<RelayState> state)
+      : client_socket(std::move(client)), server_socket(io), state(std::move(state)) {
+    up.from = &client_socket;
+    up.to = &server_socket;
+    down.from = &server_socket;
+    down.to = &client_socket;
+  }
+
+  void start() {
+    read(up);
+    read(down);
+  }
+
+  void read(Pump& pump) {
+    pump.from->async_read_some(asio::buffer(pump.buffer),
+                               [self = shared_from_this(), &pump](error_code ec, size_t n) {
+                                 if (ec) return self->close();
+                                 pump.pending = n;
+                                 self->forward(pump);
+                               });
+  }
+
+  void forward(Pump& pump) {
+    if (frozen || pump.pending == 0) return;  // thaw() calls forward again
+    const size_t n = pump.pending;
+    asio::async_write(*pump.to, asio::buffer(pump.buffer.data(), n),
+                      [self = shared_from_this(), &pump](error_code ec, size_t) {
+                        if (ec) return self->close();
+                        pump.pending = 0;
+                        self->read(pump);
+                      });
+  }
+
+  void close() {
+    error_code ignored;
+    client_socket.close(ignored);
+    server_socket.close(ignored);
+  }
+
+  tcp::socket client_socket;
+  tcp::socket server_socket;
+  std::shared_ptr<RelayState> state;
+  bool frozen = false;
+  Pump up;
+  Pump down;
+};
+
+TcpRelay::TcpRelay(uint16_t target_port)
+    : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
+      target_port_(target_port),
+      state_(std::make_shared<RelayState>()) {
+  port_ = acceptor_.local_endpoint().port();
+  accept();
+  thread_ = std::thread([this] { io_.run(); });
+}
+
+TcpRelay::~TcpRelay() {
+  asio::post(io_, [this] {
+    error_code ignored;
+    acceptor_.close(ignored);
+    for (auto& weak : state_->links) {
+      if (auto link = weak.lock()) link->close();
+    }
+  });
+  io_.stop();
+  thread_.join();
+}
+
+void TcpRelay::accept() {
+  acceptor_.async_accept([this](error_code ec, tcp::socket socket) {
+    if (ec) return;
+    if (refuse_.load()) {
+      error_code ignored;
+      socket.close(ignored);
+      return accept();
+    }
+    ++accepted_;
+    auto link = std::make_shared<Link>(std::move(socket), io_, state_);
+    state_->links.push_back(link);
+    link->server_socket.async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), target_port_),
+        [link](error_code connect_ec) {
+          if (connect_ec) return link->close();
+          error_code ignored;
+          link->server_socket.set_option(tcp::no_delay(true), ignored);
+          link->client_socket.set_option(tcp::no_delay(true), ignored);
+          link->start();
+        });
+    accept();
+  });
+}
+
+void TcpRelay::cut() {
+  std::promise<void> done;
+  asio::post(io_, [this, &done] {
+    for (auto& weak : state_->links) {
+      if (auto link = weak.lock()) link->close();
+    }
+    state_->links.clear();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+void TcpRelay::freeze() {
+  std::promise<void> done;
+  asio::post(io_, [this, &done] {
+    for (auto& weak : state_->links) {
+      if (auto link = weak.lock()) link->frozen = true;
+    }
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+void TcpRelay::thaw() {
+  std::promise<void> done;
+  asio::post(io_, [this, &done] {
+    for (auto& weak : state_->links) {
+      if (auto link = weak.lock()) {
+        link->frozen = false;
+        link->forward(link->up);
+        link->forward(link->down);
+      }
+    }
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+void TcpRelay::refuse_new(bool refuse) { refuse_.store(refuse); }
+
+}  // namespace outpost::testing

@@ -1,0 +1,247 @@
+// The agent's end: TLS trust, pins, credentials, proxies, reconnect pacing and drain, each
+// against a real TunnelServer on loopback.
+#include <gtest/gtest.h>
+
+#include "tests/support/fake_clock.h"
+#include "tests/support/tinyproxy.h"
+#include "tests/tunnel/tunnel_harness.h"
+
+namespace outpost::tunnel {
+namespace {
+
+using outpost::testing::client_options;
+using outpost::testing::ClientHarness;
+using outpost::testing::eventually;
+using outpost::testing::FakeClock;
+using outpost::testing::FakeRandom;
+using outpost::testing::FakeScheduler;
+using outpost::testing::ServerHarness;
+using outpost::testing::TestPki;
+using outpost::testing::Tinyproxy;
+
+// Waits until the slot has failed `attempts` times and returns its status.
+SlotStatus wait_for_failures(ClientHarness& client, int attempts) {
+  EXPECT_TRUE(eventually([&] {
+    const auto status = client.client->status();
+    return status.slots[0].state == SlotState::kBackingOff &&
+           status.slots[0].consecutive_failures >= attempts;
+  }));
+  return client.client->status().slots[0];
+}
+
+// A refusal must not turn into a reconnect storm: one attempt, then a wait of minutes; the
+// next attempt happens only when that wait is over, and is paced the same way.
+void expect_slow_refusals(ClientHarness& client, FakeScheduler& scheduler,
+                          const std::string& error_part) {
+  const SlotStatus first = wait_for_failures(client, 1);
+  EXPECT_TRUE(first.refused);
+  EXPECT_NE(first.last_error.find(error_part), std::string::npos) << first.last_error;
+  ASSERT_EQ(scheduler.pending(), 1u);
+  EXPECT_GE(scheduler.delays()[0], std::chrono::minutes(2));
+  ASSERT_TRUE(scheduler.fire_next());
+  const SlotStatus second = wait_for_failures(client, 2);
+  EXPECT_TRUE(second.refused);
+  ASSERT_TRUE(eventually([&] { return scheduler.pending() == 1; }));
+  EXPECT_EQ(scheduler.delays().size(), 2u);
+  EXPECT_GE(scheduler.delays()[1], std::chrono::minutes(2));
+}
+
+TEST(ClientTest, BadCredentialIsRefusedLoudlyAndSlowly) {
+  ServerHarness server;
+  FakeClock clock;
+  FakeRandom random({0.5});
+  FakeScheduler scheduler(clock);
+  auto options = client_options(server);
+  options.credential = "stolen-or-revoked";
+  ClientHarness client(options, ClientSeams{&clock, &random, &scheduler});
+  expect_slow_refusals(client, scheduler, "refused this agent's credential (401");
+  EXPECT_EQ(server.auth_attempts.load(), 2);
+}
+
+TEST(ClientTest, WrongCertificateAuthorityIsRefusedWithoutAStorm) {
+  ServerHarness server;
+  TestPki other("other");
+  FakeClock clock;
+  FakeRandom random({0.5});
+  FakeScheduler scheduler(clock);
+  auto options = client_options(server);
+  options.tls.ca_file = other.ca_file();
+  ClientHarness client(options, ClientSeams{&clock, &random, &scheduler});
+  expect_slow_refusals(client, scheduler, "TLS verification of localhost failed");
+  EXPECT_EQ(server.auth_attempts.load(), 0);  // never got as far as the credential
+}
+
+TEST(ClientTest, WrongPinIsRefusedAndTheRightPinConnects) {
+  ServerHarness server;
+  TestPki other("other");
+  {
+    FakeClock clock;
+    FakeRandom random({0.5});
+    FakeScheduler scheduler(clock);
+    auto options = client_options(server);
+    options.tls.spki_pins = {spki_pin_of_certificate_file(other.cert_file()).value()};
+    ClientHarness client(options, ClientSeams{&clock, &random, &scheduler});
+    expect_slow_refusals(client, scheduler, "pin");
+  }
+  auto options = client_options(server);
+  // Pinning the CA's key (any key in the verified chain matches) connects.
+  options.tls.spki_pins = {spki_pin_of_certificate_file(other.ca_file()).value(),
+                           spki_pin_of_certificate_file(server.pki.ca_file()).value()};
+  ClientHarness client(options);
+  ASSERT_TRUE(client.wait_connected(1));
+  EXPECT_EQ(client.unary("pinned").second, "pinned");
+}
+
+TEST(ClientTest, MalformedPinIsAConfigurationError) {
+  ServerHarness server;
+  auto options = client_options(server);
+  options.tls.spki_pins = {"md5/abc"};
+  boost::asio::io_context io;
+  auto created = TunnelClient::create(io, options, {});
+  ASSERT_FALSE(created.ok());
+  EXPECT_NE(created.error().message().find("sha256/"), std::string::npos);
+}
+
+TEST(ClientTest, ConnectsThroughAnAuthenticatingConnectProxy) {
+  ServerHarness server;
+  Tinyproxy proxy("agent", "s3cret");
+  auto options = client_options(server);
+  options.proxy_url = proxy.url("agent", "s3cret");
+  ClientHarness client(options);
+  ASSERT_TRUE(client.wait_connected(1)) << client.client->status().slots[0].last_error;
+  EXPECT_EQ(client.unary("through the proxy").second, "through the proxy");
+  EXPECT_NE(proxy.log().find("CONNECT"), std::string::npos);
+}
+
+TEST(ClientTest, WrongProxyCredentialsGiveAClearErrorWithoutLeakingThem) {
+  ServerHarness server;
+  Tinyproxy proxy("agent", "s3cret");
+  FakeClock clock;
+  FakeRandom random({0.5});
+  FakeScheduler scheduler(clock);
+  auto options = client_options(server);
+  options.proxy_url = proxy.url("agent", "wrong-password");
+  ClientHarness client(options, ClientSeams{&clock, &random, &scheduler});
+  const SlotStatus status = wait_for_failures(client, 1);
+  EXPECT_TRUE(status.refused);
+  EXPECT_NE(status.last_error.find("refused the proxy credentials"), std::string::npos)
+      << status.last_error;
+  EXPECT_EQ(status.last_error.find("wrong-password"), std::string::npos);
+  EXPECT_EQ(server.auth_attempts.load(), 0);
+}
+
+TEST(ClientTest, EnvironmentProxyIsUsedUnlessNoProxyMatches) {
+  ServerHarness server;
+  Tinyproxy proxy("", "");
+  setenv("HTTPS_PROXY", proxy.url("", "").c_str(), 1);
+  setenv("NO_PROXY", "example.invalid", 1);
+  auto options = client_options(server);
+  options.use_environment_proxy = true;
+  {
+    ClientHarness client(options);
+    ASSERT_TRUE(client.wait_connected(1));
+    EXPECT_NE(proxy.log().find("CONNECT localhost:" + std::to_string(server.port)),
+              std::string::npos);
+  }
+  setenv("NO_PROXY", "localhost", 1);
+  const auto connects = [&proxy] {
+    const std::string log = proxy.log();
+    size_t count = 0;
+    for (size_t at = log.find("CONNECT localhost"); at != std::string::npos;
+         at = log.find("CONNECT localhost", at + 1)) {
+      ++count;
+    }
+    return count;
+  };
+  const size_t connects_before = connects();
+  EXPECT_GE(connects_before, 1u);
+  {
+    ClientHarness client(options);
+    ASSERT_TRUE(client.wait_connected(1));
+  }
+  EXPECT_EQ(connects(), connects_before);  // direct: the proxy saw no new CONNECT
+  unsetenv("HTTPS_PROXY");
+  unsetenv("NO_PROXY");
+}
+
+TEST(ClientTest, UnreachableControlPlaneBacksOffWithFullJitter) {
+  FakeClock clock;
+  FakeRandom random({0.999});
+  FakeScheduler scheduler(clock);
+  tunnel::ClientOptions options;
+  options.url = "wss://localhost:" + std::to_string(outpost::testing::free_loopback_port());
+  options.credential = "good-token";
+  options.use_environment_proxy = false;
+  options.connections = 1;
+  ClientHarness client(options, ClientSeams{&clock, &random, &scheduler});
+  for (int attempt = 1; attempt <= 6; ++attempt) {
+    const SlotStatus status = wait_for_failures(client, attempt);
+    EXPECT_FALSE(status.refused);
+    EXPECT_NE(status.last_error.find("cannot connect"), std::string::npos) << status.last_error;
+    ASSERT_TRUE(eventually([&] { return scheduler.pending() == 1; }));
+    ASSERT_TRUE(scheduler.fire_next());
+  }
+  const auto delays = scheduler.delays();
+  ASSERT_EQ(delays.size(), 6u);
+  // 1 s, 2 s, 4 s, 8 s, 16 s, then capped at 30 s (times the near-1 jitter draw).
+  const int64_t ceilings[] = {1000, 2000, 4000, 8000, 16000, 30000};
+  for (size_t i = 0; i < delays.size(); ++i) {
+    EXPECT_LT(delays[i].count(), ceilings[i]);
+    EXPECT_GE(delays[i].count(), ceilings[i] * 99 / 100);
+  }
+}
+
+TEST(ClientTest, NewerConnectionWithTheSameIdentityReplacesTheOlder) {
+  ServerHarness server;
+  auto options = client_options(server);
+  FakeClock clock;
+  FakeRandom random({0.5});
+  FakeScheduler scheduler(clock);
+  ClientHarness first(options, ClientSeams{&clock, &random, &scheduler});
+  ASSERT_TRUE(first.wait_connected(1));
+  ClientHarness second(options);
+  ASSERT_TRUE(second.wait_connected(1));
+  // The first agent's connection was closed as replaced; the server keeps one per index.
+  ASSERT_TRUE(eventually([&] { return first.client->status().connected() == 0; }));
+  EXPECT_EQ(server.server->connection_count(), 1u);
+  std::lock_guard<std::mutex> lock(server.mutex);
+  ASSERT_FALSE(server.disconnect_codes.empty());
+  EXPECT_EQ(server.disconnect_codes.front(), make_error_code(Errc::kReplaced));
+}
+
+TEST(ClientTest, ShutdownDrainsInFlightStreams) {
+  ServerHarness server;
+  std::promise<std::shared_ptr<Stream>> held;
+  server.set_stream_handler([&](const std::shared_ptr<Stream>& stream) {
+    if (stream->metadata() == "slow") {
+      held.set_value(stream);
+    } else {
+      stream->reset(Errc::kRefusedStream, "only the slow call is served here");
+    }
+  });
+  auto options = client_options(server);
+  auto client = std::make_unique<ClientHarness>(options);
+  ASSERT_TRUE(client->wait_connected(1));
+  auto call = client->client->open_stream("slow", "question", true, true).value();
+  auto held_future = held.get_future();
+  auto server_side = outpost::testing::wait_for(held_future, "the call");
+  std::promise<void> stopped;
+  client->client->shutdown(std::chrono::seconds(20), [&stopped] { stopped.set_value(); });
+  // Draining: no new streams, but the open call still gets its answer.
+  EXPECT_TRUE(eventually([&] { return !client->client->open_stream("new").ok(); }));
+  std::promise<std::pair<boost::system::error_code, std::string>> answer;
+  async_read_unary_response(call, [&answer](boost::system::error_code ec, std::string response) {
+    answer.set_value({ec, std::move(response)});
+  });
+  server_side->async_write("answer", true, [](boost::system::error_code) {});
+  auto answer_future = answer.get_future();
+  auto [ec, response] = outpost::testing::wait_for(answer_future, "the drained answer");
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(response, "answer");
+  auto stopped_future = stopped.get_future();
+  outpost::testing::wait_for(stopped_future, "shutdown");
+  EXPECT_EQ(client->client->status().slots[0].state, SlotState::kStopped);
+}
+
+}  // namespace
+}  // namespace outpost::tunnel

@@ -1,0 +1,48 @@
+// When to try again after a tunnel connection fails. Transient failures wait a full-jitter
+// exponential delay, uniform in [0, min(cap, base * 2^n)) (cloudflared's choice: a fleet that lost
+// its control plane together does not come back together). Refusals (credential, TLS trust, pin,
+// proxy credentials) need an operator, so they wait much longer, uniform in [d/2, d), and the
+// caller logs them loudly. The failure count resets only after a connection stayed up for
+// stable_after, so a connection that flaps keeps backing off.
+#pragma once
+
+#include <chrono>
+
+#include "common/clock.h"
+
+namespace outpost::tunnel {
+
+struct BackoffOptions {
+  std::chrono::milliseconds base{1'000};
+  std::chrono::milliseconds cap{30'000};
+  std::chrono::milliseconds stable_after{60'000};
+  std::chrono::milliseconds refused_delay{300'000};
+};
+
+enum class FailureKind {
+  kTransient,  // network, timeouts, server errors: retry soon
+  kRefused,    // the other side said no to who we are: retry slowly, loudly
+};
+
+class ReconnectBackoff {
+ public:
+  ReconnectBackoff(BackoffOptions options, const Clock& clock, Random& random);
+
+  // Records a failed attempt and returns how long to wait before the next one.
+  std::chrono::milliseconds next_delay(FailureKind kind);
+  // A connection came up.
+  void on_connected();
+  // The connection that came up ended; resets the count if it lasted stable_after.
+  void on_disconnected();
+  int consecutive_failures() const { return failures_; }
+
+ private:
+  BackoffOptions options_;
+  const Clock& clock_;
+  Random& random_;
+  int failures_ = 0;
+  bool connected_ = false;
+  TimePoint connected_at_{};
+};
+
+}  // namespace outpost::tunnel
