@@ -4,6 +4,7 @@
 #include <cassert>
 #include <utility>
 
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 
 #include "common/log.h"
@@ -55,30 +56,30 @@ Stream::Stream(std::shared_ptr<Connection> connection, uint32_t id, std::string 
       recv_available_(connection_->options_.initial_stream_window) {}
 
 void Stream::async_read(ReadHandler handler) {
-  connection_->post([self = shared_from_this(), handler = std::move(handler)]() mutable {
+  connection_->dispatch([self = shared_from_this(), handler = std::move(handler)]() mutable {
     self->do_read(std::move(handler));
   });
 }
 
 void Stream::async_write(std::string message, bool end_stream, WriteHandler handler) {
-  connection_->post([self = shared_from_this(), message = std::move(message), end_stream,
-                     handler = std::move(handler)]() mutable {
+  connection_->dispatch([self = shared_from_this(), message = std::move(message), end_stream,
+                         handler = std::move(handler)]() mutable {
     self->do_write(Outgoing{std::move(message), 0, end_stream, std::move(handler)});
   });
 }
 
 void Stream::close_write() {
-  connection_->post([self = shared_from_this()] { self->do_close_write(); });
+  connection_->dispatch([self = shared_from_this()] { self->do_close_write(); });
 }
 
 void Stream::reset(Errc code, std::string reason) {
-  connection_->post([self = shared_from_this(), code, reason = std::move(reason)]() mutable {
+  connection_->dispatch([self = shared_from_this(), code, reason = std::move(reason)]() mutable {
     self->do_reset(code, std::move(reason));
   });
 }
 
 void Stream::set_max_message_size(size_t bytes) {
-  connection_->post([self = shared_from_this(), bytes] { self->max_message_size_ = bytes; });
+  connection_->dispatch([self = shared_from_this(), bytes] { self->max_message_size_ = bytes; });
 }
 
 std::string Stream::reset_reason() const {
@@ -247,10 +248,8 @@ size_t Stream::produce_frame(std::string& out, int64_t connection_credit, uint32
     produced = true;
     if (done) {
       if (message.end_stream) fin_sent_ = true;
-      if (message.handler) {
-        boost::asio::post(connection_->executor_,
-                          [handler = std::move(message.handler)] { handler({}); });
-      }
+      // Run by the connection once the frame's write has started.
+      if (message.handler) connection_->completed_writes_.push_back(std::move(message.handler));
       outgoing_.pop_front();
     }
     return n;
@@ -298,6 +297,10 @@ Connection::Connection(std::unique_ptr<WsTransport> transport, Role role, Connec
 Connection::~Connection() = default;
 
 void Connection::post(std::function<void()> fn) { boost::asio::post(executor_, std::move(fn)); }
+
+void Connection::dispatch(std::function<void()> fn) {
+  boost::asio::dispatch(executor_, std::move(fn));
+}
 
 void Connection::start(Handlers handlers) {
   post([self = shared_from_this(), handlers = std::move(handlers)]() mutable {
@@ -641,7 +644,10 @@ void Connection::handle_goaway(const Frame& frame) {
     if (!is_peer_stream_id(id) && id > frame.last_stream_id) refused.push_back(id);
   }
   for (const uint32_t id : refused) {
-    streams_[id]->terminate(Errc::kRefusedStream, "peer went away before processing the stream");
+    const auto it = streams_.find(id);  // a handler may have ended it meanwhile
+    if (it == streams_.end()) continue;
+    const std::shared_ptr<Stream> stream = it->second;
+    stream->terminate(Errc::kRefusedStream, "peer went away before processing the stream");
     remove_stream(id);
   }
   if (handlers_.on_goaway) handlers_.on_goaway(code, reason);
@@ -653,8 +659,8 @@ std::shared_ptr<Stream> Connection::open_stream(std::string metadata, std::strin
   const uint32_t id = next_local_id_.fetch_add(2);
   auto stream = std::make_shared<Stream>(shared_from_this(), id, std::move(metadata), true);
   stream_count_.fetch_add(1);  // now, so that callers balancing over connections see it
-  post([self = shared_from_this(), stream, first_message = std::move(first_message),
-        send_first_message, end_stream]() mutable {
+  dispatch([self = shared_from_this(), stream, first_message = std::move(first_message),
+            send_first_message, end_stream]() mutable {
     self->do_open(stream, std::move(first_message), send_first_message, end_stream);
   });
   return stream;
@@ -706,14 +712,10 @@ void Connection::mark_ready(const std::shared_ptr<Stream>& stream) {
 }
 
 void Connection::schedule_write() {
-  // Deferred by one turn of the strand so that frames queued together (OPEN, its message and
-  // FIN; a reply and its FIN) are merged into one frame.
-  if (write_scheduled_ || writing_) return;
-  write_scheduled_ = true;
-  post([self = shared_from_this()] {
-    self->write_scheduled_ = false;
-    self->write_next();
-  });
+  // Writes start at once when the socket is idle; what is queued meanwhile goes out, control
+  // first, as each write completes. (open_stream() and async_write(..., end_stream) put a
+  // message and its FIN in one frame.)
+  if (!writing_) write_next();
 }
 
 void Connection::write_next() {
@@ -740,9 +742,7 @@ void Connection::write_next() {
       std::shared_ptr<Stream> stream = std::move(ready_list_.front());
       ready_list_.pop_front();
       stream->in_ready_list_ = false;
-      const uint32_t payload = ready_list_.empty()
-                                   ? peer_max_payload_
-                                   : std::min(options_.fair_slice, peer_max_payload_);
+      const uint32_t payload = std::min(options_.data_frame_size, peer_max_payload_);
       bool produced = false;
       const size_t used = stream->produce_frame(write_buffer_, send_window_, payload, produced);
       send_window_ -= static_cast<int64_t>(used);
@@ -760,6 +760,13 @@ void Connection::write_next() {
   transport_->ws().async_write(
       boost::asio::buffer(write_buffer_),
       [self = shared_from_this()](error_code ec, size_t) { self->on_write(ec); });
+  // Writers whose messages were fully framed learn it now; a new write they queue waits for
+  // this one (writing_ is set), so this cannot recurse into the writer.
+  if (!completed_writes_.empty()) {
+    auto completed = std::move(completed_writes_);
+    completed_writes_.clear();
+    for (auto& handler : completed) handler({});
+  }
 }
 
 void Connection::on_write(error_code ec) {
