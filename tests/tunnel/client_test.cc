@@ -168,8 +168,14 @@ TEST(ClientTest, UnreachableControlPlaneBacksOffWithFullJitter) {
   FakeClock clock;
   FakeRandom random({0.999});
   FakeScheduler scheduler(clock);
+  // A port bound but not listening: connections to it are refused, and no other test can
+  // take it while this socket holds it.
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor held(io);
+  held.open(boost::asio::ip::tcp::v4());
+  held.bind({boost::asio::ip::make_address("127.0.0.1"), 0});
   tunnel::ClientOptions options;
-  options.url = "wss://localhost:" + std::to_string(outpost::testing::free_loopback_port());
+  options.url = "wss://127.0.0.1:" + std::to_string(held.local_endpoint().port());
   options.credential = "good-token";
   options.use_environment_proxy = false;
   options.connections = 1;
