@@ -1,0 +1,310 @@
+#include "agent/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "common/quantity.h"
+#include "tunnel/client.h"
+#include "tunnel/proxy.h"
+#include <unistd.h>
+
+namespace outpost::agent {
+namespace {
+
+// Collects every problem in the file, each naming its key.
+class Problems {
+ public:
+  void add(const std::string& key, const std::string& what) { lines_.push_back(key + ": " + what); }
+  bool empty() const { return lines_.empty(); }
+  std::string text(const std::string& source) const {
+    std::string out = source + " has " + std::to_string(lines_.size()) + " error" +
+                      (lines_.size() == 1 ? "" : "s") + ":";
+    for (const auto& line : lines_) out += "\n  " + line;
+    return out;
+  }
+
+ private:
+  std::vector<std::string> lines_;
+};
+
+void check_keys(const YAML::Node& map, const std::string& prefix,
+                const std::set<std::string>& allowed, Problems& problems) {
+  for (const auto& item : map) {
+    const std::string key = item.first.as<std::string>();
+    if (allowed.count(key) == 0) {
+      std::string known;
+      for (const auto& name : allowed) known += (known.empty() ? "" : ", ") + name;
+      problems.add(prefix + key, "unknown key (known here: " + known + ")");
+    }
+  }
+}
+
+bool is_map(const YAML::Node& node, const std::string& key, Problems& problems) {
+  if (!node) return false;
+  if (!node.IsMap()) {
+    problems.add(key, "must be a mapping");
+    return false;
+  }
+  return true;
+}
+
+void read_string(const YAML::Node& node, const std::string& key, std::string& out,
+                 Problems& problems) {
+  if (!node) return;
+  if (!node.IsScalar()) {
+    problems.add(key, "must be a string");
+    return;
+  }
+  out = node.as<std::string>();
+}
+
+void read_int(const YAML::Node& node, const std::string& key, int min, int max, int& out,
+              Problems& problems) {
+  if (!node) return;
+  try {
+    const int value = node.as<int>();
+    if (value < min || value > max) {
+      problems.add(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
+                            ", got " + std::to_string(value));
+      return;
+    }
+    out = value;
+  } catch (const YAML::Exception&) {
+    problems.add(key, "must be an integer");
+  }
+}
+
+void read_memory(const YAML::Node& node, const std::string& key, uint64_t& out,
+                 Problems& problems) {
+  if (!node) return;
+  if (!node.IsScalar()) {
+    problems.add(key, "must be a quantity such as 2Gi");
+    return;
+  }
+  auto parsed = parse_memory_quantity(node.as<std::string>(), key);
+  if (!parsed.ok()) {
+    problems.add(key, parsed.error().message().substr(key.size() + 2));
+    return;
+  }
+  out = parsed.value();
+}
+
+std::optional<SlicingMode> parse_slicing(const std::string& text) {
+  if (text == "fraction") return SlicingMode::kFraction;
+  if (text == "mps") return SlicingMode::kMps;
+  if (text == "mig") return SlicingMode::kMig;
+  if (text == "timeslice") return SlicingMode::kTimeslice;
+  return std::nullopt;
+}
+
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return "outpost-node";
+  return name;
+}
+
+}  // namespace
+
+std::string_view slicing_mode_name(SlicingMode mode) {
+  switch (mode) {
+    case SlicingMode::kFraction:
+      return "fraction";
+    case SlicingMode::kMps:
+      return "mps";
+    case SlicingMode::kMig:
+      return "mig";
+    case SlicingMode::kTimeslice:
+      return "timeslice";
+  }
+  return "unknown";
+}
+
+Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return invalid_argument(source + " is not valid YAML: " + e.what());
+  }
+  AgentConfig config;
+  Problems problems;
+  if (!root || root.IsNull()) {
+    problems.add("control_plane.url", "missing (the control plane's wss:// URL)");
+    return invalid_argument(problems.text(source));
+  }
+  if (!root.IsMap()) return invalid_argument(source + ": the top level must be a mapping");
+  check_keys(root, "",
+             {"control_plane", "node", "state_dir", "runtime_dir", "reserved", "devices", "workers",
+              "inventory_override", "log_level"},
+             problems);
+
+  const YAML::Node cp = root["control_plane"];
+  if (is_map(cp, "control_plane", problems)) {
+    check_keys(cp, "control_plane.", {"url", "ca_file", "pins", "proxy", "connections"}, problems);
+    read_string(cp["url"], "control_plane.url", config.control_plane_url, problems);
+    read_string(cp["ca_file"], "control_plane.ca_file", config.ca_file, problems);
+    read_string(cp["proxy"], "control_plane.proxy", config.proxy, problems);
+    read_int(cp["connections"], "control_plane.connections", 1, 16, config.connections, problems);
+    if (const YAML::Node pins = cp["pins"]) {
+      if (!pins.IsSequence()) {
+        problems.add("control_plane.pins", "must be a list of sha256/<base64> pins");
+      } else {
+        for (size_t i = 0; i < pins.size(); ++i) {
+          std::string pin;
+          read_string(pins[i], "control_plane.pins[" + std::to_string(i) + "]", pin, problems);
+          config.pins.push_back(pin);
+        }
+      }
+    }
+  }
+  if (config.control_plane_url.empty()) {
+    problems.add("control_plane.url", "missing (the control plane's wss:// URL)");
+  } else if (auto url = tunnel::parse_tunnel_url(config.control_plane_url); !url.ok()) {
+    problems.add("control_plane.url", url.error().message());
+  }
+  if (!config.proxy.empty()) {
+    if (auto proxy = tunnel::parse_proxy_url(config.proxy); !proxy.ok()) {
+      problems.add("control_plane.proxy", proxy.error().message());
+    }
+  }
+  for (size_t i = 0; i < config.pins.size(); ++i) {
+    const auto& pin = config.pins[i];
+    if (pin.rfind("sha256/", 0) != 0 || pin.size() != 51) {
+      problems.add("control_plane.pins[" + std::to_string(i) + "]",
+                   "must look like sha256/<44 characters of base64>");
+    }
+  }
+
+  const YAML::Node node = root["node"];
+  if (is_map(node, "node", problems)) {
+    check_keys(node, "node.", {"name", "join_token_file"}, problems);
+    read_string(node["name"], "node.name", config.node_name, problems);
+    read_string(node["join_token_file"], "node.join_token_file", config.join_token_file, problems);
+  }
+  if (config.node_name.empty()) config.node_name = host_name();
+  if (config.node_name.size() > 63) problems.add("node.name", "longer than 63 characters");
+
+  read_string(root["state_dir"], "state_dir", config.state_dir, problems);
+  read_string(root["runtime_dir"], "runtime_dir", config.runtime_dir, problems);
+  read_string(root["inventory_override"], "inventory_override", config.inventory_override,
+              problems);
+  read_string(root["log_level"], "log_level", config.log_level, problems);
+  if (config.log_level != "error" && config.log_level != "warning" &&
+      config.log_level != "notice" && config.log_level != "info" && config.log_level != "debug") {
+    problems.add("log_level", "must be one of error, warning, notice, info, debug");
+  }
+  // A Unix socket path is at most 107 bytes.
+  if (config.socket_path().size() > 107) {
+    problems.add("runtime_dir", "too long for a Unix socket path (at most 94 characters)");
+  }
+
+  const YAML::Node reserved = root["reserved"];
+  if (is_map(reserved, "reserved", problems)) {
+    check_keys(reserved, "reserved.", {"cpu", "memory", "accelerator_memory"}, problems);
+    if (const YAML::Node cpu = reserved["cpu"]) {
+      auto parsed = parse_cpu_quantity(cpu.as<std::string>(), "reserved.cpu");
+      if (parsed.ok()) {
+        config.reserved_cpu_millicores = parsed.value();
+      } else {
+        problems.add("reserved.cpu", "must be cores such as 1 or 500m");
+      }
+    }
+    read_memory(reserved["memory"], "reserved.memory", config.reserved_memory_bytes, problems);
+    read_memory(reserved["accelerator_memory"], "reserved.accelerator_memory",
+                config.reserved_accelerator_memory_bytes, problems);
+  }
+
+  const YAML::Node devices = root["devices"];
+  if (is_map(devices, "devices", problems)) {
+    check_keys(devices, "devices.", {"slicing", "gpus"}, problems);
+    if (const YAML::Node slicing = devices["slicing"]) {
+      const auto mode = parse_slicing(slicing.as<std::string>());
+      if (mode) {
+        config.default_slicing = *mode;
+      } else {
+        problems.add("devices.slicing", "must be fraction, mps, mig or timeslice");
+      }
+    }
+    if (const YAML::Node gpus = devices["gpus"]) {
+      if (!gpus.IsMap()) {
+        problems.add("devices.gpus", "must map GPU indexes to slicing modes, e.g. {0: mps}");
+      } else {
+        for (const auto& item : gpus) {
+          const std::string key = "devices.gpus." + item.first.as<std::string>();
+          int index = -1;
+          try {
+            index = item.first.as<int>();
+          } catch (const YAML::Exception&) {
+          }
+          const auto mode = parse_slicing(item.second.as<std::string>(""));
+          if (index < 0 || index > 63) {
+            problems.add(key, "the key must be a GPU index (0-63)");
+          } else if (!mode) {
+            problems.add(key, "must be fraction, mps, mig or timeslice");
+          } else {
+            config.slicing_per_gpu[index] = *mode;
+          }
+        }
+      }
+    }
+  }
+
+  const YAML::Node workers = root["workers"];
+  if (is_map(workers, "workers", problems)) {
+    check_keys(workers, "workers.",
+               {"binary", "max_workers", "max_inflight_per_replica", "max_streams",
+                "restart_backoff_max_seconds", "threads"},
+               problems);
+    read_string(workers["binary"], "workers.binary", config.worker_binary, problems);
+    read_int(workers["max_workers"], "workers.max_workers", 1, 256, config.max_workers, problems);
+    read_int(workers["max_inflight_per_replica"], "workers.max_inflight_per_replica", 1, 100000,
+             config.max_inflight_per_replica, problems);
+    read_int(workers["max_streams"], "workers.max_streams", 1, 1000000, config.max_streams,
+             problems);
+    read_int(workers["restart_backoff_max_seconds"], "workers.restart_backoff_max_seconds", 1, 3600,
+             config.restart_backoff_max_seconds, problems);
+    read_int(workers["threads"], "workers.threads", 0, 1024, config.worker_threads, problems);
+  }
+
+  if (!problems.empty()) return invalid_argument(problems.text(source));
+  return config;
+}
+
+Result<AgentConfig> load_agent_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return invalid_argument("cannot read " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_agent_config(text.str(), path);
+}
+
+Status check_agent_config_on_host(const AgentConfig& config) {
+  Problems problems;
+  const auto readable = [&](const std::string& key, const std::string& path) {
+    if (!path.empty() && ::access(path.c_str(), R_OK) != 0) {
+      problems.add(key, "cannot read " + path);
+    }
+  };
+  readable("control_plane.ca_file", config.ca_file);
+  readable("inventory_override", config.inventory_override);
+  if (!config.worker_binary.empty() && ::access(config.worker_binary.c_str(), X_OK) != 0) {
+    problems.add("workers.binary", config.worker_binary + " is not an executable");
+  }
+  for (const auto& [key, dir] : {std::pair<std::string, std::string>{"state_dir", config.state_dir},
+                                 {"runtime_dir", config.runtime_dir}}) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec || ::access(dir.c_str(), W_OK) != 0) {
+      problems.add(key, "cannot create or write " + dir);
+    }
+  }
+  if (!problems.empty()) return invalid_argument(problems.text("the configuration"));
+  return {};
+}
+
+}  // namespace outpost::agent

@@ -1,0 +1,96 @@
+#include "agent/config.h"
+
+#include <gtest/gtest.h>
+
+namespace outpost::agent {
+namespace {
+
+TEST(AgentConfigTest, ReadsEveryKeyOfAFullFile) {
+  const auto config = parse_agent_config(R"(
+control_plane:
+  url: wss://control.example.com:8443/v1/tunnel
+  ca_file: /etc/outpost/ca.pem
+  pins: ["sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]
+  proxy: http://agent:secret@proxy.corp:3128
+  connections: 3
+node:
+  name: gpu-host-1
+  join_token_file: /etc/outpost/join-token
+state_dir: /var/lib/outpost-test
+runtime_dir: /run/outpost-test
+reserved:
+  cpu: 500m
+  memory: 2Gi
+  accelerator_memory: 1Gi
+devices:
+  slicing: mps
+  gpus: {1: mig}
+workers:
+  binary: /usr/lib/outpost/outpost-worker
+  max_workers: 4
+  max_inflight_per_replica: 32
+  max_streams: 100
+  restart_backoff_max_seconds: 30
+  threads: 2
+log_level: debug
+)",
+                                         "agent.yaml");
+  ASSERT_TRUE(config.ok()) << config.error().message();
+  EXPECT_EQ(config->control_plane_url, "wss://control.example.com:8443/v1/tunnel");
+  EXPECT_EQ(config->connections, 3);
+  EXPECT_EQ(config->node_name, "gpu-host-1");
+  EXPECT_EQ(config->reserved_cpu_millicores, 500u);
+  EXPECT_EQ(config->reserved_memory_bytes, 2ull << 30);
+  EXPECT_EQ(config->default_slicing, SlicingMode::kMps);
+  EXPECT_EQ(config->slicing_per_gpu.at(1), SlicingMode::kMig);
+  EXPECT_EQ(config->max_workers, 4);
+  EXPECT_EQ(config->socket_path(), "/run/outpost-test/outpostd.sock");
+}
+
+TEST(AgentConfigTest, MinimalFileGetsDefaults) {
+  const auto config = parse_agent_config("control_plane: {url: 'wss://cp'}\n", "agent.yaml");
+  ASSERT_TRUE(config.ok()) << config.error().message();
+  EXPECT_EQ(config->connections, 2);
+  EXPECT_EQ(config->state_dir, "/var/lib/outpost");
+  EXPECT_FALSE(config->node_name.empty());  // the host name
+  EXPECT_EQ(config->default_slicing, SlicingMode::kFraction);
+}
+
+TEST(AgentConfigTest, ReportsEveryErrorWithItsKey) {
+  const auto config = parse_agent_config(R"(
+control_plane:
+  url: ws://plain-text
+  connections: 99
+  proxy: socks5://nope
+  colour: blue
+reserved: {memory: 2GB}
+devices: {slicing: magic}
+workers: {max_workers: many}
+log_level: chatty
+)",
+                                         "/etc/outpost/agent.yaml");
+  ASSERT_FALSE(config.ok());
+  const std::string& message = config.error().message();
+  EXPECT_NE(message.find("/etc/outpost/agent.yaml has 8 errors"), std::string::npos) << message;
+  for (const char* expected :
+       {"control_plane.url: control plane URL 'ws://plain-text' must start with wss://",
+        "control_plane.connections: must be between 1 and 16, got 99",
+        "control_plane.proxy: unsupported proxy scheme 'socks5'",
+        "control_plane.colour: unknown key", "reserved.memory: unknown unit 'GB'",
+        "devices.slicing: must be fraction, mps, mig or timeslice",
+        "workers.max_workers: must be an integer", "log_level: must be one of"}) {
+    EXPECT_NE(message.find(expected), std::string::npos) << "missing: " << expected << "\n"
+                                                         << message;
+  }
+}
+
+TEST(AgentConfigTest, MalformedYamlIsAClearError) {
+  const auto config = parse_agent_config("control_plane: [unclosed\n", "agent.yaml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.error().message().find("agent.yaml is not valid YAML"), std::string::npos);
+  EXPECT_NE(parse_agent_config("", "agent.yaml").error().message().find("control_plane.url"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace outpost::agent
