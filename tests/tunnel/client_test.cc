@@ -185,7 +185,9 @@ TEST(ClientTest, UnreachableControlPlaneBacksOffWithFullJitter) {
     EXPECT_FALSE(status.refused);
     EXPECT_NE(status.last_error.find("cannot connect"), std::string::npos) << status.last_error;
     ASSERT_TRUE(eventually([&] { return scheduler.pending() == 1; }));
-    if (attempt < 6) ASSERT_TRUE(scheduler.fire_next());  // the next attempt may start
+    if (attempt < 6) {
+      ASSERT_TRUE(scheduler.fire_next());  // the next attempt may start
+    }
   }
   const auto delays = scheduler.delays();
   ASSERT_EQ(delays.size(), 6u);
