@@ -1,0 +1,44 @@
+#include "controlplane/artifact_store.h"
+
+#include <algorithm>
+#include <filesystem>
+
+namespace outpost::control {
+
+namespace fs = std::filesystem;
+
+bool is_sha256_hex(const std::string& text) {
+  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+Result<ArtifactStore> ArtifactStore::create(std::string root) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) return unavailable("cannot create the artifact directory " + root + ": " + ec.message());
+  return ArtifactStore(std::move(root));
+}
+
+std::string ArtifactStore::path_of(const std::string& sha256) const {
+  return root_ + "/" + sha256.substr(0, 2) + "/" + sha256;
+}
+
+bool ArtifactStore::contains(const std::string& sha256) const {
+  std::error_code ec;
+  return is_sha256_hex(sha256) && fs::is_regular_file(path_of(sha256), ec);
+}
+
+Status ArtifactStore::import(const std::string& file, const std::string& sha256) const {
+  if (!is_sha256_hex(sha256)) return internal_error("bad artifact hash " + sha256);
+  std::error_code ec;
+  const std::string target = path_of(sha256);
+  fs::create_directories(fs::path(target).parent_path(), ec);
+  if (ec) return unavailable("cannot store an artifact: " + ec.message());
+  if (fs::is_regular_file(target, ec)) return {};
+  fs::rename(file, target, ec);
+  if (ec) return unavailable("cannot store an artifact: " + ec.message());
+  return {};
+}
+
+}  // namespace outpost::control

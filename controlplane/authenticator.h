@@ -1,0 +1,58 @@
+// Personal access tokens: `Authorization: Key opat_<key id>_<secret>`. Keys are stored as a
+// salted PBKDF2 hash; a verified token is remembered (by its SHA-256, never in clear) so that
+// each request does not pay the KDF. Deleting a key forgets it at once; expiry is checked on
+// every request.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/result.h"
+#include "controlplane/store.h"
+#include "controlplane/wall_clock.h"
+
+namespace outpost::control {
+
+inline const std::set<std::string> kAllScopes = {"read", "write", "predict"};
+
+struct Principal {
+  std::string user_id;
+  std::string key_id;
+  std::set<std::string> scopes;
+  bool is_admin = false;
+};
+
+struct NewKey {
+  ApiKey key;
+  std::string token;  // shown once
+};
+
+class Authenticator {
+ public:
+  Authenticator(Store& store, const WallClock& clock) : store_(store), clock_(clock) {}
+
+  // From the Authorization header. unauthenticated with a message saying what is wrong.
+  Result<Principal> authenticate(std::string_view authorization);
+
+  // A new key for `user_id`; `expires_at` empty: never.
+  Result<NewKey> create_key(const std::string& user_id, std::set<std::string> scopes,
+                            std::string description, std::optional<int64_t> expires_at);
+  void forget_key(const std::string& key_id);
+
+ private:
+  struct Cached {
+    Principal principal;
+    std::optional<int64_t> expires_at;
+  };
+  Store& store_;
+  const WallClock& clock_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, Cached> verified_;  // sha256(token) -> principal
+};
+
+}  // namespace outpost::control

@@ -1,0 +1,166 @@
+#include "controlplane/control_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "controlplane/document.h"
+#include "controlplane/ids.h"
+#include "controlplane/object_reader.h"
+
+namespace outpost::control {
+
+Status parse_listen(std::string_view text, ControlConfig& config) {
+  std::string_view host;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return field_error("listen", "expected [address]:port");
+    }
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return field_error("listen", "expected address:port");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  int value = 0;
+  if (port.empty()) return field_error("listen", "the port is missing");
+  for (const char c : port) {
+    if (c < '0' || c > '9' || value > 65535) return field_error("listen", "bad port");
+    value = value * 10 + (c - '0');
+  }
+  if (value > 65535) return field_error("listen", "bad port");
+  config.listen_address = host.empty() ? "0.0.0.0" : std::string(host);
+  config.listen_port = static_cast<uint16_t>(value);
+  return {};
+}
+
+Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig config) {
+  OUTPOST_ASSIGN_OR_RETURN(auto doc, parse_yaml(yaml));
+  if (doc.is_null()) return config;
+  OUTPOST_ASSIGN_OR_RETURN(auto root, ObjectReader::create(doc, ""));
+  OUTPOST_RETURN_IF_ERROR(root.only({"listen", "data_dir", "tls", "worker_path", "admin",
+                                     "limits", "url_inputs", "threads", "port_file"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto listen, root.optional_string("listen"));
+  if (listen.has_value()) OUTPOST_RETURN_IF_ERROR(parse_listen(*listen, config));
+  const auto assign = [](std::string& target, const std::optional<std::string>& value) {
+    if (value.has_value()) target = *value;
+  };
+  OUTPOST_ASSIGN_OR_RETURN(auto data_dir, root.optional_string("data_dir"));
+  assign(config.data_dir, data_dir);
+  OUTPOST_ASSIGN_OR_RETURN(auto worker, root.optional_string("worker_path"));
+  assign(config.worker_path, worker);
+  OUTPOST_ASSIGN_OR_RETURN(auto port_file, root.optional_string("port_file"));
+  assign(config.port_file, port_file);
+
+  OUTPOST_ASSIGN_OR_RETURN(auto tls, root.object("tls"));
+  OUTPOST_RETURN_IF_ERROR(tls.only({"cert_file", "key_file"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto cert, tls.optional_string("cert_file"));
+  assign(config.tls_cert_file, cert);
+  OUTPOST_ASSIGN_OR_RETURN(auto key, tls.optional_string("key_file"));
+  assign(config.tls_key_file, key);
+
+  OUTPOST_ASSIGN_OR_RETURN(auto admin, root.object("admin"));
+  OUTPOST_RETURN_IF_ERROR(admin.only({"user", "token_file"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto admin_user, admin.optional_string("user"));
+  assign(config.admin_user, admin_user);
+  OUTPOST_RETURN_IF_ERROR(check_id(config.admin_user, "admin.user"));
+  OUTPOST_ASSIGN_OR_RETURN(auto token_file, admin.optional_string("token_file"));
+  assign(config.admin_token_file, token_file);
+
+  OUTPOST_ASSIGN_OR_RETURN(auto limits, root.object("limits"));
+  OUTPOST_RETURN_IF_ERROR(limits.only({"max_request_bytes", "max_model_bytes",
+                                       "inspect_timeout_seconds", "predict_timeout_seconds"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto max_request,
+                           limits.optional_int("max_request_bytes", 1024, int64_t{1} << 32));
+  if (max_request.has_value()) config.max_request_bytes = static_cast<uint64_t>(*max_request);
+  OUTPOST_ASSIGN_OR_RETURN(auto max_model,
+                           limits.optional_int("max_model_bytes", 1024, int64_t{1} << 40));
+  if (max_model.has_value()) config.max_model_bytes = static_cast<uint64_t>(*max_model);
+  OUTPOST_ASSIGN_OR_RETURN(auto inspect, limits.optional_int("inspect_timeout_seconds", 1, 3600));
+  if (inspect.has_value()) config.inspect_timeout_seconds = static_cast<int>(*inspect);
+  OUTPOST_ASSIGN_OR_RETURN(auto predict, limits.optional_int("predict_timeout_seconds", 1, 86400));
+  if (predict.has_value()) config.predict_timeout_seconds = static_cast<int>(*predict);
+
+  OUTPOST_ASSIGN_OR_RETURN(auto urls, root.object("url_inputs"));
+  OUTPOST_RETURN_IF_ERROR(
+      urls.only({"allow_private_addresses", "max_bytes", "timeout_seconds", "ca_file"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto allow, urls.optional_bool("allow_private_addresses"));
+  if (allow.has_value()) config.url_allow_private = *allow;
+  OUTPOST_ASSIGN_OR_RETURN(auto url_max, urls.optional_int("max_bytes", 1, int64_t{1} << 32));
+  if (url_max.has_value()) config.url_max_bytes = static_cast<uint64_t>(*url_max);
+  OUTPOST_ASSIGN_OR_RETURN(auto url_timeout, urls.optional_int("timeout_seconds", 1, 600));
+  if (url_timeout.has_value()) config.url_timeout_seconds = static_cast<int>(*url_timeout);
+  OUTPOST_ASSIGN_OR_RETURN(auto ca, urls.optional_string("ca_file"));
+  assign(config.url_ca_file, ca);
+
+  OUTPOST_ASSIGN_OR_RETURN(auto threads, root.object("threads"));
+  OUTPOST_RETURN_IF_ERROR(threads.only({"io", "blocking"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto io, threads.optional_int("io", 1, 256));
+  if (io.has_value()) config.io_threads = static_cast<int>(*io);
+  OUTPOST_ASSIGN_OR_RETURN(auto blocking, threads.optional_int("blocking", 1, 256));
+  if (blocking.has_value()) config.blocking_threads = static_cast<int>(*blocking);
+  return config;
+}
+
+Result<ControlConfig> load_control_config(const std::vector<std::string>& args) {
+  ControlConfig config;
+  std::vector<std::pair<std::string, std::string>> flags;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string name = args[i];
+    std::string value;
+    const auto eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    } else if (i + 1 < args.size()) {
+      value = args[++i];
+    } else {
+      return invalid_argument(name + " needs a value");
+    }
+    flags.emplace_back(name, value);
+  }
+  for (const auto& [name, value] : flags) {
+    if (name != "--config") continue;
+    std::ifstream in(value);
+    if (!in) return invalid_argument("cannot read the config file " + value);
+    std::stringstream text;
+    text << in.rdbuf();
+    auto parsed = parse_control_config(text.str(), config);
+    if (!parsed.ok()) {
+      return invalid_argument(value + ": " + parsed.error().message());
+    }
+    config = std::move(parsed).value();
+  }
+  for (const auto& [name, value] : flags) {
+    if (name == "--config") continue;
+    if (name == "--listen") {
+      OUTPOST_RETURN_IF_ERROR(parse_listen(value, config));
+    } else if (name == "--data-dir") {
+      config.data_dir = value;
+    } else if (name == "--tls-cert") {
+      config.tls_cert_file = value;
+    } else if (name == "--tls-key") {
+      config.tls_key_file = value;
+    } else if (name == "--worker-path") {
+      config.worker_path = value;
+    } else if (name == "--admin-token-file") {
+      config.admin_token_file = value;
+    } else if (name == "--port-file") {
+      config.port_file = value;
+    } else {
+      return invalid_argument("unknown flag " + name +
+                              " (flags: --config --listen --data-dir --tls-cert --tls-key "
+                              "--worker-path --admin-token-file --port-file)");
+    }
+  }
+  if (config.tls_cert_file.empty() || config.tls_key_file.empty()) {
+    return invalid_argument("tls.cert_file and tls.key_file are required (outpost-control serves "
+                            "HTTPS only)");
+  }
+  return config;
+}
+
+}  // namespace outpost::control

@@ -1,0 +1,193 @@
+#include "controlplane/control_plane.h"
+
+#include <filesystem>
+#include <future>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include "common/log.h"
+#include "controlplane/agent_service.h"
+#include "controlplane/api.h"
+#include "controlplane/artifact_store.h"
+#include "controlplane/authenticator.h"
+#include "controlplane/fleet.h"
+#include "controlplane/http_server.h"
+#include "controlplane/model_inspector.h"
+#include "controlplane/predict_router.h"
+#include "controlplane/store.h"
+#include "controlplane/url_fetcher.h"
+#include "tunnel/server.h"
+#include "tunnel/tls.h"
+
+namespace outpost::control {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The worker next to this executable: in a build tree or an install, they sit side by side.
+std::string default_worker_path() {
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return "outpost-worker";
+  return (self.parent_path() / "outpost-worker").string();
+}
+
+}  // namespace
+
+class ControlPlane::Impl {
+ public:
+  explicit Impl(ControlConfig config) : config_(std::move(config)) {}
+
+  Status init(const ControlSeams& seams) {
+    clock_ = seams.clock != nullptr ? seams.clock : &system_clock_;
+    std::error_code ec;
+    fs::create_directories(config_.data_dir, ec);
+    if (ec) return unavailable("cannot create the data directory " + config_.data_dir + ": " + ec.message());
+    fs::permissions(config_.data_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+    temp_dir_ = config_.data_dir + "/tmp";
+    fs::remove_all(temp_dir_, ec);  // leftovers of a crash
+    fs::create_directories(temp_dir_, ec);
+    if (ec) return unavailable("cannot create " + temp_dir_ + ": " + ec.message());
+    OUTPOST_ASSIGN_OR_RETURN(store_, Store::open(config_.data_dir + "/outpost.db", *clock_));
+    OUTPOST_ASSIGN_OR_RETURN(auto artifacts, ArtifactStore::create(config_.data_dir + "/artifacts"));
+    artifacts_ = std::make_unique<ArtifactStore>(std::move(artifacts));
+    auth_ = std::make_unique<Authenticator>(*store_, *clock_);
+    OUTPOST_RETURN_IF_ERROR(bootstrap_admin());
+
+    pool_ = std::make_unique<asio::thread_pool>(static_cast<size_t>(config_.blocking_threads));
+    agents_ = std::make_shared<AgentService>(*store_, fleet_, *artifacts_, *clock_,
+                                             pool_->get_executor());
+    router_ = std::make_unique<PredictRouter>(*store_, fleet_);
+    inspector_ = std::make_unique<ModelInspector>(
+        config_.worker_path.empty() ? default_worker_path() : config_.worker_path,
+        std::chrono::seconds(config_.inspect_timeout_seconds));
+    UrlFetchOptions fetch;
+    fetch.allow_private_addresses = config_.url_allow_private;
+    fetch.max_bytes = config_.url_max_bytes;
+    fetch.timeout = std::chrono::seconds(config_.url_timeout_seconds);
+    fetch.ca_file = config_.url_ca_file;
+    fetcher_ = std::make_unique<UrlFetcher>(io_, fetch);
+
+    OUTPOST_ASSIGN_OR_RETURN(auto tls,
+                             tunnel::make_server_tls_context(config_.tls_cert_file,
+                                                             config_.tls_key_file));
+    tunnel::ServerOptions tunnel_options;
+    tunnel_options.connection.local_id = "outpost-control";
+    tunnel_ = tunnel::TunnelServer::create(io_, tls, tunnel_options, agents_->handlers());
+    agents_->set_tunnel(tunnel_);
+    router_->set_tunnel(tunnel_);
+
+    ApiServices services;
+    services.config = &config_;
+    services.store = store_.get();
+    services.auth = auth_.get();
+    services.fleet = &fleet_;
+    services.agents = agents_;
+    services.router = router_.get();
+    services.artifacts = artifacts_.get();
+    services.inspector = inspector_.get();
+    services.fetcher = fetcher_.get();
+    services.clock = clock_;
+    services.io = &io_;
+    services.pool = pool_->get_executor();
+    services.temp_dir = temp_dir_;
+    api_ = std::make_shared<Api>(std::move(services));
+    HttpServerOptions http_options;
+    http_options.temp_dir = temp_dir_;
+    http_options.websocket_message_limit = config_.max_request_bytes;
+    http_ = HttpServer::create(io_, tls, http_options, api_->handlers(), tunnel_);
+    LOG_INFO("control.started", "state in " << config_.data_dir << " (schema version "
+                                            << store_->schema_version() << "), model inspection by "
+                                            << inspector_->worker_path());
+    return {};
+  }
+
+  Result<uint16_t> start() {
+    OUTPOST_ASSIGN_OR_RETURN(const uint16_t port,
+                             http_->listen(config_.listen_address, config_.listen_port));
+    for (int i = 0; i < config_.io_threads; ++i) {
+      threads_.emplace_back([this] { io_.run(); });
+    }
+    LOG_NOTICE("control.listening", "serving the API and agents' tunnels on https://"
+                                        << config_.listen_address << ":" << port);
+    return port;
+  }
+
+  void stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    http_->stop();
+    if (!threads_.empty()) {
+      std::promise<void> drained;
+      tunnel_->shutdown(std::chrono::milliseconds(1000), [&drained] { drained.set_value(); });
+      drained.get_future().wait_for(std::chrono::seconds(5));
+    }
+    work_.reset();
+    io_.stop();
+    for (auto& thread : threads_) thread.join();
+    threads_.clear();
+    pool_->join();
+  }
+
+  ~Impl() { stop(); }
+
+  const std::string& admin_token() const { return admin_token_; }
+
+ private:
+  Status bootstrap_admin() {
+    OUTPOST_ASSIGN_OR_RETURN(const int64_t users, store_->count_users());
+    if (users > 0) return {};
+    OUTPOST_RETURN_IF_ERROR(store_->create_user(config_.admin_user, /*is_admin=*/true));
+    OUTPOST_ASSIGN_OR_RETURN(auto key, auth_->create_key(config_.admin_user, kAllScopes,
+                                                         "admin key made at the first start",
+                                                         std::nullopt));
+    admin_token_ = key.token;
+    LOG_NOTICE("control.admin_created", "created the administrator '" << config_.admin_user
+                                                                        << "' and its first key");
+    return {};
+  }
+
+  ControlConfig config_;
+  SystemWallClock system_clock_;
+  const WallClock* clock_ = nullptr;
+  std::string temp_dir_;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
+  std::unique_ptr<asio::thread_pool> pool_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<ArtifactStore> artifacts_;
+  std::unique_ptr<Authenticator> auth_;
+  Fleet fleet_;
+  std::shared_ptr<AgentService> agents_;
+  std::unique_ptr<PredictRouter> router_;
+  std::unique_ptr<ModelInspector> inspector_;
+  std::unique_ptr<UrlFetcher> fetcher_;
+  std::shared_ptr<tunnel::TunnelServer> tunnel_;
+  std::shared_ptr<Api> api_;
+  std::shared_ptr<HttpServer> http_;
+  std::vector<std::thread> threads_;
+  std::string admin_token_;
+  bool stopped_ = false;
+};
+
+ControlPlane::ControlPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ControlPlane::~ControlPlane() = default;
+
+Result<std::unique_ptr<ControlPlane>> ControlPlane::create(ControlConfig config,
+                                                           ControlSeams seams) {
+  auto impl = std::make_unique<Impl>(std::move(config));
+  OUTPOST_RETURN_IF_ERROR(impl->init(seams));
+  return std::unique_ptr<ControlPlane>(new ControlPlane(std::move(impl)));
+}
+
+Result<uint16_t> ControlPlane::start() { return impl_->start(); }
+void ControlPlane::stop() { impl_->stop(); }
+const std::string& ControlPlane::initial_admin_token() const { return impl_->admin_token(); }
+
+}  // namespace outpost::control

@@ -1,0 +1,48 @@
+// What the control plane knows live about its nodes, in memory: the replica states each agent
+// last reported, the desired-state version it acknowledged, and how many predict calls are in
+// flight to it (for least-outstanding routing). Rebuilt from agents' reports after a restart.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace outpost::control {
+
+struct ReplicaState {
+  std::string replica_id;
+  std::string state;  // pending, fetching, loading, ready, failed, stopping
+  std::string message;
+  std::string device;
+  int64_t ongoing_requests = 0;
+  int64_t memory_bytes = 0;
+};
+
+class Fleet {
+ public:
+  void set_replicas(const std::string& node_id, std::vector<ReplicaState> replicas);
+  std::vector<ReplicaState> replicas_of(const std::string& node_id) const;
+  // The node's reported state of one replica; empty state when none was reported.
+  ReplicaState replica(const std::string& node_id, const std::string& replica_id) const;
+  void forget(const std::string& node_id);
+
+  void set_acknowledged(const std::string& node_id, int64_t version);
+  int64_t acknowledged(const std::string& node_id) const;
+
+  void begin_call(const std::string& node_id);
+  void end_call(const std::string& node_id);
+  int64_t outstanding(const std::string& node_id) const;
+
+ private:
+  struct NodeState {
+    std::vector<ReplicaState> replicas;
+    int64_t acknowledged = 0;
+    int64_t outstanding = 0;
+  };
+  mutable std::mutex mutex_;
+  std::map<std::string, NodeState> nodes_;
+};
+
+}  // namespace outpost::control

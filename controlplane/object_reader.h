@@ -1,0 +1,55 @@
+// Strict reading of one JSON object from an untrusted document: every key must be known, every
+// value must have the expected type, and each error names the full path of the field at fault
+// ("deployment.autoscale_config.max_replicas: must be an integer"). Used for resource configs,
+// request bodies and the agent's messages.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace outpost::control {
+
+class ObjectReader {
+ public:
+  // invalid_argument unless `value` is an object. `path` names it in errors ("deployment").
+  static Result<ObjectReader> create(const nlohmann::json& value, std::string path);
+
+  // Refuses any key not in `known`, naming it and listing what is allowed.
+  Status only(std::initializer_list<std::string_view> known) const;
+
+  bool has(std::string_view key) const;
+  // The raw value, or nullptr when absent or null.
+  const nlohmann::json* get(std::string_view key) const;
+  std::string path_of(std::string_view key) const;
+
+  Result<std::optional<std::string>> optional_string(std::string_view key) const;
+  Result<std::string> required_string(std::string_view key) const;
+  // Integers in [min, max]; a float with no fraction counts as an integer.
+  Result<std::optional<int64_t>> optional_int(std::string_view key, int64_t min,
+                                              int64_t max) const;
+  Result<std::optional<bool>> optional_bool(std::string_view key) const;
+  // A nested object; absent gives an empty object.
+  Result<ObjectReader> object(std::string_view key) const;
+  Result<ObjectReader> required_object(std::string_view key) const;
+
+  const nlohmann::json& value() const { return *value_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  ObjectReader(const nlohmann::json* value, std::string path)
+      : value_(value), path_(std::move(path)) {}
+  const nlohmann::json* value_;
+  std::string path_;
+};
+
+// The JSON type of a value in words, for errors ("a string", "an array").
+std::string json_type_name(const nlohmann::json& value);
+
+}  // namespace outpost::control

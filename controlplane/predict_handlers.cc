@@ -1,0 +1,649 @@
+// Predict in its three shapes (docs/api.md "Predict"): unary (JSON in, JSON out), generate
+// (server-sent events or JSON lines, one chunk per event, flushed), and stream (a WebSocket in
+// both directions). Each resolves its runner selector and method, checks the inputs against the
+// method's signature, fetches inputs given by URL, picks a node (predict_router.h) and relays
+// over one tunnel stream (docs/control-protocol.md "predict"). A client that goes away resets
+// the stream with `cancel`, which the agent passes down to the worker.
+#include <atomic>
+#include <mutex>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "common/base64.h"
+#include "common/log.h"
+#include "controlplane/api_handlers.h"
+#include "controlplane/control_messages.h"
+#include "controlplane/document.h"
+#include "controlplane/ids.h"
+#include "controlplane/object_reader.h"
+#include "tunnel/calls.h"
+
+namespace outpost::control {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using nlohmann::json;
+
+namespace {
+
+struct Target {
+  Deployment deployment;
+  ModelVersion version;
+  json method;  // the method's signature
+  std::string method_name;
+};
+
+std::string describe_methods(const json& methods) {
+  std::string out;
+  for (const auto& method : methods) {
+    out += (out.empty() ? "" : ", ") + method.value("name", std::string("?")) + " (" +
+           method.value("kind", std::string("?")) + ")";
+  }
+  return out;
+}
+
+std::string endpoint_for(const std::string& kind) {
+  if (kind == "generate") return ".../outputs/generate";
+  if (kind == "stream") return ".../outputs/stream (WebSocket)";
+  return ".../outputs";
+}
+
+Result<Deployment> deployment_from_selector(ApiServices& s, const Call& call,
+                                            const json& selector, const std::string& model_id) {
+  OUTPOST_ASSIGN_OR_RETURN(auto reader, ObjectReader::create(selector, "runner_selector"));
+  OUTPOST_RETURN_IF_ERROR(reader.only({"deployment", "nodepool"}));
+  const bool by_deployment = reader.has("deployment");
+  const bool by_nodepool = reader.has("nodepool");
+  if (by_deployment == by_nodepool) {
+    return field_error("runner_selector",
+                       "name either a deployment ({\"deployment\": {\"id\": ...}}) or a compute "
+                       "cluster and nodepool ({\"nodepool\": {\"id\": ..., \"compute_cluster\": "
+                       "{\"id\": ...}}}), not both");
+  }
+  const auto check_owner = [&call](const ObjectReader& object) -> Status {
+    OUTPOST_ASSIGN_OR_RETURN(auto user, object.optional_string("user_id"));
+    if (user.has_value() && *user != call.user()) {
+      return Error(ErrorCode::kNotFound, object.path_of("user_id") + ": user '" + *user +
+                                             "' not found");
+    }
+    return {};
+  };
+  if (by_deployment) {
+    OUTPOST_ASSIGN_OR_RETURN(auto deployment, reader.required_object("deployment"));
+    OUTPOST_RETURN_IF_ERROR(deployment.only({"id", "user_id"}));
+    OUTPOST_RETURN_IF_ERROR(check_owner(deployment));
+    OUTPOST_ASSIGN_OR_RETURN(auto id, deployment.required_string("id"));
+    OUTPOST_RETURN_IF_ERROR(check_id(id, deployment.path_of("id")));
+    auto found = s.store->get_deployment(call.user(), id);
+    if (!found.ok()) return Error(ErrorCode::kNotFound, "deployment '" + id + "' not found");
+    if (found->model_id != model_id) {
+      return field_error(deployment.path_of("id"), "deployment '" + id + "' serves model '" +
+                                                       found->model_id + "', not '" + model_id +
+                                                       "'");
+    }
+    return found;
+  }
+  OUTPOST_ASSIGN_OR_RETURN(auto pool, reader.required_object("nodepool"));
+  OUTPOST_RETURN_IF_ERROR(pool.only({"id", "compute_cluster", "user_id"}));
+  OUTPOST_RETURN_IF_ERROR(check_owner(pool));
+  OUTPOST_ASSIGN_OR_RETURN(auto pool_id, pool.required_string("id"));
+  OUTPOST_RETURN_IF_ERROR(check_id(pool_id, pool.path_of("id")));
+  OUTPOST_ASSIGN_OR_RETURN(auto cluster, pool.required_object("compute_cluster"));
+  OUTPOST_RETURN_IF_ERROR(cluster.only({"id", "user_id"}));
+  OUTPOST_RETURN_IF_ERROR(check_owner(cluster));
+  OUTPOST_ASSIGN_OR_RETURN(auto cluster_id, cluster.required_string("id"));
+  auto nodepool = s.store->get_nodepool(call.user(), pool_id);
+  if (!nodepool.ok() || nodepool->compute_cluster_id != cluster_id) {
+    return Error(ErrorCode::kNotFound, "nodepool '" + pool_id + "' not found in compute cluster '" +
+                                           cluster_id + "'");
+  }
+  OUTPOST_ASSIGN_OR_RETURN(auto deployments, s.store->list_deployments(call.user(), pool_id));
+  for (auto& deployment : deployments) {
+    if (deployment.model_id == model_id) return deployment;
+  }
+  return unavailable("no deployment of model '" + model_id + "' on nodepool '" + pool_id +
+                     "'; create one with `outpost deployment create`");
+}
+
+// Resolves the selector, version and method. `kind` is what the endpoint serves.
+Result<Target> resolve(ApiServices& s, const Call& call, const json& selector,
+                       std::string method_name, const std::string& kind) {
+  const std::string& model_id = call.param("model");
+  OUTPOST_RETURN_IF_ERROR(s.store->get_model(call.user(), model_id).status());
+  Target target;
+  OUTPOST_ASSIGN_OR_RETURN(target.deployment, deployment_from_selector(s, call, selector, model_id));
+  const auto version_param = call.params.find("version");
+  if (version_param != call.params.end() &&
+      version_param->second != target.deployment.model_version_id) {
+    return invalid_argument("deployment '" + target.deployment.id + "' runs version " +
+                            target.deployment.model_version_id + " of model '" + model_id +
+                            "', not " + version_param->second);
+  }
+  OUTPOST_ASSIGN_OR_RETURN(target.version,
+                           s.store->get_version(call.user(), model_id,
+                                                target.deployment.model_version_id));
+  const json& methods = target.version.methods;
+  if (method_name.empty()) {
+    // The method named like the shape ("predict", "generate", "stream"), else the only one.
+    const std::string preferred = kind == "unary" ? "predict" : kind;
+    std::vector<std::string> of_kind;
+    for (const auto& method : methods) {
+      if (method.value("kind", "") == kind) of_kind.push_back(method.value("name", ""));
+    }
+    if (std::find(of_kind.begin(), of_kind.end(), preferred) != of_kind.end()) {
+      method_name = preferred;
+    } else if (of_kind.size() == 1) {
+      method_name = of_kind.front();
+    } else {
+      return field_error("method", "name the method to call; the model has: " +
+                                       describe_methods(methods));
+    }
+  }
+  for (const auto& method : methods) {
+    if (method.value("name", "") != method_name) continue;
+    const std::string method_kind = method.value("kind", "");
+    if (method_kind != kind) {
+      return field_error("method", "'" + method_name + "' is a " + method_kind +
+                                       " method: call it at " + endpoint_for(method_kind));
+    }
+    target.method = method;
+    target.method_name = method_name;
+    return target;
+  }
+  return field_error("method", "the model has no method '" + method_name +
+                                   "'; it has: " + describe_methods(methods));
+}
+
+bool kind_matches(const std::string& type, const json& value) {
+  if (value.is_object() && (value.contains("url") || value.contains("bytes_b64"))) {
+    return type == "str" || type == "Tensor" || type == "bytes";
+  }
+  if (type == "str") return value.is_string();
+  if (type == "int") return value.is_number_integer();
+  if (type == "float") return value.is_number();
+  if (type == "bool") return value.is_boolean();
+  return true;  // composite types are the runtime's to check
+}
+
+// Checks the inputs' names (and simple types) against the signature. `partial`: a stream item,
+// which may carry only some of the inputs.
+Status check_inputs(const json& method, const json& inputs, bool partial) {
+  if (!inputs.is_object()) {
+    return field_error("inputs", "must be an object of the method's named arguments");
+  }
+  const json declared = method.value("inputs", json::array());
+  std::string names;
+  for (const auto& input : declared) names += (names.empty() ? "" : ", ") + input.value("name", "");
+  for (const auto& item : inputs.items()) {
+    bool found = false;
+    for (const auto& input : declared) {
+      if (input.value("name", "") != item.key()) continue;
+      found = true;
+      const std::string type = input.value("type", "");
+      if (!kind_matches(type, item.value())) {
+        return field_error("inputs." + item.key(), "must be of type " + type + ", not " +
+                                                       json_type_name(item.value()));
+      }
+    }
+    if (!found) {
+      return field_error("inputs." + item.key(),
+                         "the method '" + method.value("name", "") + "' has no input '" +
+                             item.key() + "' (its inputs: " + (names.empty() ? "none" : names) +
+                             ")");
+    }
+  }
+  if (!partial) {
+    for (const auto& input : declared) {
+      const std::string name = input.value("name", "");
+      if (!input.contains("default") && !inputs.contains(name)) {
+        return field_error("inputs." + name, "is required");
+      }
+    }
+  }
+  return {};
+}
+
+// Replaces every top-level {"url": "..."} input with {"bytes_b64": ...} of what the URL holds.
+void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, std::shared_ptr<json> inputs,
+                      std::vector<std::string> pending, std::function<void(Status)> done) {
+  if (pending.empty()) return done({});
+  const std::string name = pending.back();
+  pending.pop_back();
+  const std::string url = (*inputs)[name]["url"].get<std::string>();
+  s->fetcher->fetch(url, [s, inputs, pending = std::move(pending), done = std::move(done),
+                          name](Result<std::string> body) mutable {
+    if (!body.ok()) {
+      return done(Error(body.error().code(), "inputs." + name + ": " + body.error().message()));
+    }
+    (*inputs)[name] = {{"bytes_b64", base64_encode(body.value())}};
+    fetch_url_inputs(s, inputs, std::move(pending), std::move(done));
+  });
+}
+
+std::vector<std::string> url_inputs(const json& inputs) {
+  std::vector<std::string> out;
+  for (const auto& item : inputs.items()) {
+    if (item.value().is_object() && item.value().size() == 1 && item.value().contains("url") &&
+        item.value()["url"].is_string()) {
+      out.push_back(item.key());
+    }
+  }
+  return out;
+}
+
+std::string call_metadata(const Target& target, const PredictRoute& route, const char* shape,
+                          const std::string& request_id) {
+  return json{{"method", "predict"},
+              {"shape", shape},
+              {"request_id", request_id},
+              {"deployment_id", target.deployment.id},
+              {"model_method", target.method_name},
+              {"replica_id", route.replica_id}}
+      .dump();
+}
+
+// What an ended tunnel stream means for the client.
+Error stream_failure(error_code ec, const std::shared_ptr<tunnel::Stream>& stream) {
+  const std::string reason = stream ? stream->reset_reason() : "";
+  if (ec == tunnel::Errc::kTunnelLost || ec == tunnel::Errc::kNotConnected ||
+      ec == tunnel::Errc::kRefusedStream) {
+    return unavailable("the connection to the node was lost before the call finished" +
+                       (reason.empty() ? std::string() : ": " + reason));
+  }
+  return Error(ErrorCode::kDataLoss, "the node ended the call without an answer (" +
+                                         ec.message() + (reason.empty() ? "" : ": " + reason) +
+                                         ")");
+}
+
+HttpResponse failure_response(const Error& error, const std::string& request_id) {
+  HttpResponse response = error_response(error, request_id);
+  if (error.code() == ErrorCode::kDataLoss) response.status = 502;
+  return response;
+}
+
+struct PredictRequest {
+  std::string method;
+  json selector;
+  json inputs;
+};
+
+Result<PredictRequest> parse_predict_body(const Call& call) {
+  OUTPOST_ASSIGN_OR_RETURN(auto body, body_object(call));
+  OUTPOST_ASSIGN_OR_RETURN(auto reader, ObjectReader::create(body, ""));
+  OUTPOST_RETURN_IF_ERROR(reader.only({"runner_selector", "method", "inputs"}));
+  PredictRequest out;
+  const json* selector = reader.get("runner_selector");
+  if (selector == nullptr) {
+    return field_error("runner_selector",
+                       "is required: {\"deployment\": {\"id\": \"...\"}} or a nodepool");
+  }
+  out.selector = *selector;
+  OUTPOST_ASSIGN_OR_RETURN(auto method, reader.optional_string("method"));
+  out.method = method.value_or("");
+  const json* inputs = reader.get("inputs");
+  out.inputs = inputs != nullptr ? *inputs : json::object();
+  return out;
+}
+
+// One unary or generate call in flight: the exchange, the tunnel stream, the deadline.
+class HttpCall : public std::enable_shared_from_this<HttpCall> {
+ public:
+  HttpCall(std::shared_ptr<ApiServices> services, std::shared_ptr<HttpExchange> exchange,
+           Target target, bool generate)
+      : services_(std::move(services)),
+        exchange_(std::move(exchange)),
+        target_(std::move(target)),
+        generate_(generate),
+        deadline_(*services_->io) {
+    const std::string accept = exchange_->request().header("accept");
+    ndjson_ = accept.find("application/x-ndjson") != std::string::npos ||
+              accept.find("application/jsonl") != std::string::npos;
+  }
+
+  const std::string& request_id() const { return exchange_->request().request_id; }
+
+  void start(const json& inputs) {
+    auto route = services_->router->choose(target_.deployment);
+    if (!route.ok()) return fail(route.error());
+    guard_ = services_->router->track(route->node_id);
+    const char* shape = generate_ ? "generate" : "unary";
+    LOG_INFO("control.predict", request_id() << ": " << shape << " " << target_.deployment.id
+                                             << "." << target_.method_name << " -> "
+                                             << route->node_id);
+    stream_ = route->connection->open_stream(call_metadata(target_, *route, shape, request_id()),
+                                             json{{"inputs", inputs}}.dump(),
+                                             /*send_first_message=*/true, /*end_stream=*/true);
+    std::weak_ptr<HttpCall> weak = shared_from_this();
+    exchange_->on_client_gone([weak] {
+      if (auto self = weak.lock()) self->cancel("the client went away");
+    });
+    deadline_.expires_after(std::chrono::seconds(services_->config->predict_timeout_seconds));
+    deadline_.async_wait([weak](error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self) return;
+      self->cancel("the call took longer than the predict timeout");
+      self->fail(Error(ErrorCode::kDeadlineExceeded,
+                       "the model did not answer within " +
+                           std::to_string(self->services_->config->predict_timeout_seconds) + " s"));
+    });
+    if (generate_) return read_next();
+    tunnel::async_read_unary_response(
+        stream_, [self = shared_from_this()](error_code ec, const std::string& message) {
+          self->on_unary(ec, message);
+        });
+  }
+
+  void fail(const Error& error) {
+    if (finished_.exchange(true)) return;
+    deadline_.cancel();
+    if (streaming_) {
+      const std::string status = error_json(error, request_id());
+      exchange_->write_chunk(ndjson_ ? status + "\n" : "event: error\ndata: " + status + "\n\n",
+                             [](bool) {});
+      exchange_->end_stream();
+      return;
+    }
+    exchange_->respond(failure_response(error, request_id()));
+  }
+
+ private:
+  void cancel(const std::string& why) {
+    if (stream_) stream_->reset(tunnel::Errc::kCancel, why);
+    if (!finished_.load()) {
+      LOG_INFO("control.predict_cancelled", request_id() << ": " << why);
+    }
+  }
+
+  void on_unary(error_code ec, const std::string& message) {
+    if (ec) return fail(stream_failure(ec, stream_));
+    auto parsed = parse_json(message);
+    if (!parsed.ok() || !parsed->is_object()) {
+      return fail(Error(ErrorCode::kDataLoss, "the node answered with a malformed message"));
+    }
+    if (auto error = agent_error(*parsed)) return fail(*error);
+    if (finished_.exchange(true)) return;
+    deadline_.cancel();
+    Reply reply;
+    reply.body = {{"outputs", parsed->value("outputs", json(nullptr))},
+                  {"method", target_.method_name},
+                  {"deployment_id", target_.deployment.id},
+                  {"model_version_id", target_.version.id}};
+    exchange_->respond(json_response(std::move(reply), request_id()));
+  }
+
+  void read_next() {
+    stream_->async_read([self = shared_from_this()](error_code ec, std::string message) {
+      self->on_chunk(ec, std::move(message));
+    });
+  }
+
+  void on_chunk(error_code ec, std::string message) {
+    if (finished_.load()) return;
+    if (ec == tunnel::Errc::kEndOfStream) {
+      if (!streaming_) begin_stream();
+      if (finished_.exchange(true)) return;
+      deadline_.cancel();
+      json done{{"status", {{"code", "ok"}, {"description", "Ok"}, {"req_id", request_id()}}}};
+      exchange_->write_chunk(ndjson_ ? done.dump() + "\n" : "event: done\ndata: " + done.dump() + "\n\n",
+                             [](bool) {});
+      exchange_->end_stream();
+      return;
+    }
+    if (ec) return fail(stream_failure(ec, stream_));
+    auto parsed = parse_json(message);
+    if (!parsed.ok() || !parsed->is_object()) {
+      cancel("malformed chunk");
+      return fail(Error(ErrorCode::kDataLoss, "the node sent a malformed chunk"));
+    }
+    if (auto error = agent_error(*parsed)) {
+      cancel("the node reported an error");
+      return fail(*error);
+    }
+    if (!streaming_) begin_stream();
+    const std::string chunk = json{{"chunk", parsed->value("chunk", json(nullptr))}}.dump();
+    exchange_->write_chunk(ndjson_ ? chunk + "\n" : "data: " + chunk + "\n\n",
+                           [self = shared_from_this()](bool ok) {
+                             if (!ok) return self->cancel("the client went away");
+                             self->read_next();
+                           });
+  }
+
+  void begin_stream() {
+    streaming_ = true;
+    // A stream that lasts longer than the predict timeout is fine once it has started.
+    deadline_.cancel();
+    exchange_->start_stream(200, ndjson_ ? "application/x-ndjson" : "text/event-stream");
+  }
+
+  std::shared_ptr<ApiServices> services_;
+  std::shared_ptr<HttpExchange> exchange_;
+  Target target_;
+  const bool generate_;
+  bool ndjson_ = false;
+  std::atomic<bool> streaming_{false};
+  std::atomic<bool> finished_{false};
+  asio::steady_timer deadline_;
+  std::shared_ptr<tunnel::Stream> stream_;
+  std::shared_ptr<void> guard_;
+};
+
+void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpExchange>& exchange,
+                  bool generate) {
+  const std::string& request_id = call.request->request_id;
+  auto request = parse_predict_body(call);
+  if (!request.ok()) return exchange->respond(error_response(request.error(), request_id));
+  auto target = resolve(s, call, request->selector, request->method,
+                        generate ? "generate" : "unary");
+  if (!target.ok()) return exchange->respond(error_response(target.error(), request_id));
+  const Status inputs_ok = check_inputs(target->method, request->inputs, false);
+  if (!inputs_ok.ok()) return exchange->respond(error_response(inputs_ok.error(), request_id));
+  auto services = std::make_shared<ApiServices>(s);
+  auto call_state = std::make_shared<HttpCall>(services, exchange, std::move(target).value(), generate);
+  auto inputs = std::make_shared<json>(std::move(request->inputs));
+  fetch_url_inputs(services, inputs, url_inputs(*inputs),
+                   [services, call_state, inputs](const Status& fetched) {
+                     if (!fetched.ok()) return call_state->fail(fetched.error());
+                     // Choosing a route reads the store: back to the blocking pool.
+                     asio::post(services->pool, [call_state, inputs] { call_state->start(*inputs); });
+                   });
+}
+
+// A stream call: a WebSocket with the client, a bidirectional tunnel stream with the agent.
+class StreamCall : public std::enable_shared_from_this<StreamCall> {
+ public:
+  StreamCall(std::shared_ptr<ApiServices> services, Call call,
+             std::shared_ptr<WebSocketChannel> channel, std::string request_id)
+      : services_(std::move(services)),
+        call_(std::move(call)),
+        channel_(std::move(channel)),
+        request_id_(std::move(request_id)) {}
+
+  void set_target(Target target) { target_ = std::move(target); }
+
+  // The selector came in the URL: start relaying at once.
+  void start() {
+    asio::post(services_->pool, [self = shared_from_this()] { self->connect({}); });
+  }
+
+  // The selector comes in the first message.
+  void read_header() {
+    channel_->read([self = shared_from_this()](bool ok, std::string message) {
+      if (!ok) return;
+      asio::post(self->services_->pool, [self, message = std::move(message)] {
+        auto parsed = parse_json(message);
+        if (!parsed.ok()) return self->finish(parsed.error(), 1007);
+        auto reader = ObjectReader::create(*parsed, "");
+        if (!reader.ok()) return self->finish(reader.error(), 1007);
+        const Status known = reader->only({"runner_selector", "method", "inputs"});
+        if (!known.ok()) return self->finish(known.error(), 1007);
+        const json* selector = reader->get("runner_selector");
+        if (selector == nullptr) {
+          return self->finish(field_error("runner_selector",
+                                          "the first message must name the runner_selector"),
+                              1008);
+        }
+        auto method = reader->optional_string("method");
+        if (!method.ok()) return self->finish(method.error(), 1007);
+        auto target = resolve(*self->services_, self->call_, *selector,
+                              method.value().value_or(""), "stream");
+        if (!target.ok()) return self->finish(target.error(), 1008);
+        self->target_ = std::move(target).value();
+        json first;
+        if (const json* inputs = reader->get("inputs")) first = *inputs;
+        self->connect(first);
+      });
+    });
+  }
+
+ private:
+  void connect(const json& first_inputs) {
+    auto route = services_->router->choose(target_.deployment);
+    if (!route.ok()) return finish(route.error(), 1013);
+    guard_ = services_->router->track(route->node_id);
+    LOG_INFO("control.predict", request_id_ << ": stream " << target_.deployment.id << "."
+                                            << target_.method_name << " -> " << route->node_id);
+    stream_ = route->connection->open_stream(call_metadata(target_, *route, "stream", request_id_));
+    pump_from_agent();
+    if (!first_inputs.is_null()) return forward_inputs(first_inputs);
+    pump_from_client();
+  }
+
+  void forward_inputs(const json& inputs) {
+    const Status ok = check_inputs(target_.method, inputs, true);
+    if (!ok.ok()) {
+      stream_->reset(tunnel::Errc::kCancel, "the client sent bad inputs");
+      return finish(ok.error(), 1007);
+    }
+    stream_->async_write(json{{"inputs", inputs}}.dump(), false,
+                         [self = shared_from_this()](error_code ec) {
+                           if (ec) return;  // the agent side ended; pump_from_agent reports it
+                           self->pump_from_client();
+                         });
+  }
+
+  void pump_from_client() {
+    channel_->read([self = shared_from_this()](bool ok, std::string message) {
+      if (!ok) {
+        if (!self->input_ended_ && !self->finished_.load()) {
+          self->stream_->reset(tunnel::Errc::kCancel, "the client went away");
+          LOG_INFO("control.predict_cancelled", self->request_id_ << ": the client went away");
+        }
+        return;
+      }
+      auto parsed = parse_json(message);
+      if (!parsed.ok() || !parsed->is_object()) {
+        self->stream_->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
+        return self->finish(parsed.ok() ? invalid_argument("each message must be a JSON object")
+                                        : parsed.error(),
+                            1007);
+      }
+      if (parsed->value("end", false)) {
+        self->input_ended_ = true;
+        self->stream_->close_write();
+        self->pump_from_client();  // keep reading: a close from the client still cancels
+        return;
+      }
+      if (!parsed->contains("inputs")) {
+        self->stream_->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
+        return self->finish(invalid_argument("each message carries {\"inputs\": {...}} or "
+                                             "{\"end\": true}"),
+                            1007);
+      }
+      self->forward_inputs((*parsed)["inputs"]);
+    });
+  }
+
+  void pump_from_agent() {
+    stream_->async_read([self = shared_from_this()](error_code ec, std::string message) {
+      if (ec == tunnel::Errc::kEndOfStream) return self->finish({}, 1000);
+      if (ec) return self->finish(stream_failure(ec, self->stream_), 1011);
+      auto parsed = parse_json(message);
+      if (!parsed.ok() || !parsed->is_object()) {
+        self->stream_->reset(tunnel::Errc::kCancel, "malformed output");
+        return self->finish(Error(ErrorCode::kDataLoss, "the node sent a malformed message"), 1011);
+      }
+      if (auto error = agent_error(*parsed)) {
+        self->stream_->reset(tunnel::Errc::kCancel, "the node reported an error");
+        return self->finish(*error, 1011);
+      }
+      self->channel_->write(json{{"outputs", parsed->value("outputs", json(nullptr))}}.dump(),
+                            [self](bool ok) {
+                              if (!ok) {
+                                self->stream_->reset(tunnel::Errc::kCancel, "the client went away");
+                                return;
+                              }
+                              self->pump_from_agent();
+                            });
+    });
+  }
+
+  // Sends the final status and closes the WebSocket. An empty error is success.
+  void finish(std::optional<Error> error, uint16_t close_code) {
+    if (finished_.exchange(true)) return;
+    const std::string status =
+        error.has_value()
+            ? error_json(*error, request_id_)
+            : json{{"status", {{"code", "ok"}, {"description", "Ok"}, {"req_id", request_id_}}}}
+                  .dump();
+    channel_->write(status, nullptr);
+    channel_->close(close_code, error.has_value() ? std::string(error_code_name(error->code())) : "");
+  }
+
+  std::shared_ptr<ApiServices> services_;
+  Call call_;
+  std::shared_ptr<WebSocketChannel> channel_;
+  std::string request_id_;
+  Target target_;
+  std::shared_ptr<tunnel::Stream> stream_;
+  std::shared_ptr<void> guard_;
+  bool input_ended_ = false;
+  std::atomic<bool> finished_{false};
+};
+
+}  // namespace
+
+void predict_unary(ApiServices& s, const Call& call, std::shared_ptr<HttpExchange> exchange) {
+  predict_http(s, call, exchange, false);
+}
+
+void predict_generate(ApiServices& s, const Call& call, std::shared_ptr<HttpExchange> exchange) {
+  predict_http(s, call, exchange, true);
+}
+
+void predict_stream(ApiServices& s, const Call& call, std::shared_ptr<WebSocketUpgrade> upgrade) {
+  const HttpRequest& request = upgrade->request();
+  const std::string& request_id = request.request_id;
+  // The selector may come in the query (?deployment=ID, or ?compute_cluster=CC&nodepool=NP),
+  // so that a wrong one is refused with an HTTP status before the upgrade.
+  std::optional<Target> target;
+  const std::string deployment = request.query_value("deployment");
+  const std::string nodepool = request.query_value("nodepool");
+  if (!deployment.empty() || !nodepool.empty()) {
+    json selector;
+    if (!deployment.empty()) selector["deployment"] = {{"id", deployment}};
+    if (!nodepool.empty()) {
+      selector["nodepool"] = {{"id", nodepool},
+                              {"compute_cluster", {{"id", request.query_value("compute_cluster")}}}};
+    }
+    auto resolved = resolve(s, call, selector, request.query_value("method"), "stream");
+    if (!resolved.ok()) return upgrade->reject(error_response(resolved.error(), request_id));
+    auto route = s.router->choose(resolved->deployment);
+    if (!route.ok()) return upgrade->reject(error_response(route.error(), request_id));
+    target = std::move(resolved).value();
+  }
+  auto services = std::make_shared<ApiServices>(s);
+  Call owned = call;
+  owned.request = nullptr;  // the request does not outlive the upgrade
+  upgrade->accept([services, owned, target, request_id](std::shared_ptr<WebSocketChannel> channel) {
+    auto stream_call = std::make_shared<StreamCall>(services, owned, std::move(channel), request_id);
+    if (target.has_value()) {
+      stream_call->set_target(*target);
+      stream_call->start();
+    } else {
+      stream_call->read_header();
+    }
+  });
+}
+
+}  // namespace outpost::control
