@@ -1,0 +1,47 @@
+// A real child process for end-to-end tests: spawned with its arguments and extra environment,
+// its output captured to a log file, stopped (SIGTERM, then SIGKILL) on destruction.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace outpost::testing {
+
+class ChildProcess {
+ public:
+  ChildProcess(std::vector<std::string> argv, std::vector<std::string> environment,
+               std::string log_file);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  void signal(int signal);
+  // The exit status (or 128 + signal) if the process ended within `timeout`.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  // SIGTERM, then SIGKILL after `grace`; returns the exit status.
+  int stop(std::chrono::milliseconds grace = std::chrono::seconds(10));
+  std::string log() const;
+  const std::string& log_file() const { return log_file_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+  std::string log_file_;
+};
+
+// Reads a whole file ("" when missing).
+std::string read_file(const std::string& path);
+
+// PIDs of the children of `parent` whose command line contains `needle`.
+std::vector<pid_t> child_pids(pid_t parent, const std::string& needle);
+
+// Whether process `pid` holds a listening TCP socket (IPv4 or IPv6), from /proc.
+bool has_listening_tcp_socket(pid_t pid);
+
+}  // namespace outpost::testing
