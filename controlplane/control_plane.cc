@@ -7,6 +7,7 @@
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include "common/log.h"
@@ -18,6 +19,7 @@
 #include "controlplane/http_server.h"
 #include "controlplane/model_inspector.h"
 #include "controlplane/predict_router.h"
+#include "controlplane/service_notify.h"
 #include "controlplane/store.h"
 #include "controlplane/url_fetcher.h"
 #include "tunnel/server.h"
@@ -116,12 +118,22 @@ class ControlPlane::Impl {
     }
     LOG_NOTICE("control.listening", "serving the API and agents' tunnels on https://"
                                         << config_.listen_address << ":" << port);
+    notify_service_manager("READY=1\nSTATUS=serving on port " + std::to_string(port));
+    if (auto interval = watchdog_interval()) {
+      watchdog_interval_ = *interval;
+      watchdog_ = std::make_unique<asio::steady_timer>(io_);
+      arm_watchdog();
+    }
     return port;
   }
 
   void stop() {
     if (stopped_) return;
     stopped_ = true;
+    notify_service_manager("STOPPING=1");
+    if (watchdog_) {
+      asio::post(io_, [this] { watchdog_->cancel(); });
+    }
     http_->stop();
     if (!threads_.empty()) {
       std::promise<void> drained;
@@ -140,6 +152,17 @@ class ControlPlane::Impl {
   const std::string& admin_token() const { return admin_token_; }
 
  private:
+  // A ping goes out only when a timer on the event loop fired and a task on the blocking pool
+  // ran: a wedged loop or a pool stuck on every thread stops the pings, and systemd restarts us.
+  void arm_watchdog() {
+    watchdog_->expires_after(watchdog_interval_);
+    watchdog_->async_wait([this](boost::system::error_code ec) {
+      if (ec || stopped_) return;
+      asio::post(*pool_, [] { notify_service_manager("WATCHDOG=1"); });
+      arm_watchdog();
+    });
+  }
+
   Status bootstrap_admin() {
     OUTPOST_ASSIGN_OR_RETURN(const int64_t users, store_->count_users());
     if (users > 0) return {};
@@ -173,7 +196,9 @@ class ControlPlane::Impl {
   std::shared_ptr<HttpServer> http_;
   std::vector<std::thread> threads_;
   std::string admin_token_;
-  bool stopped_ = false;
+  std::atomic<bool> stopped_{false};
+  std::unique_ptr<asio::steady_timer> watchdog_;
+  std::chrono::microseconds watchdog_interval_{0};
 };
 
 ControlPlane::ControlPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -85,7 +86,13 @@ int main(int argc, char** argv) {
     std::rename(temp.c_str(), config->port_file.c_str());
   }
   int received = 0;
-  sigwait(&signals, &received);
+  for (;;) {
+    sigwait(&signals, &received);
+    if (received != SIGHUP) break;
+    // systemd's ExecReload sends SIGHUP; nothing is reloadable yet, so say so and carry on.
+    LOG_NOTICE("control.reload_ignored",
+               "SIGHUP: the configuration is read at start only; restart to apply changes");
+  }
   LOG_NOTICE("control.stopping", "signal " << received << ": draining and stopping");
   control.value()->stop();
   return 0;

@@ -221,7 +221,8 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
   auto config = parse_yaml(config_text);
   if (!config.ok()) return invalid_argument("config.yaml: " + config.error().message());
   if (!config->is_object()) return invalid_argument("config.yaml: must be a YAML mapping");
-  auto model_section = ObjectReader::create(config->value("model", json(nullptr)), "model");
+  const json model_doc = config->value("model", json(nullptr));
+  auto model_section = ObjectReader::create(model_doc, "model");
   if (!model_section.ok()) {
     return invalid_argument("config.yaml: " + model_section.error().message());
   }
@@ -233,11 +234,8 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
     return invalid_argument("config.yaml: model.id '" + config_model_id.value() +
                             "' differs from the model '" + model_id + "' being uploaded to");
   }
-  auto config_user = model_section->optional_string("user_id");
-  if (config_user.ok() && config_user.value().has_value() && *config_user.value() != call.user()) {
-    return invalid_argument("config.yaml: model.user_id '" + *config_user.value() +
-                            "' is not you ('" + call.user() + "')");
-  }
+  // model.user_id and app_id name where Clarifai's CLI uploads to; here a package always goes to
+  // the caller's account, so they are accepted and ignored.
   if (config->contains("inference_compute_info")) {
     auto info = parse_inference_compute_info((*config)["inference_compute_info"],
                                              "inference_compute_info");

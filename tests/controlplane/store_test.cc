@@ -1,0 +1,209 @@
+// The SQLite state: it survives reopening, migrations run once, join tokens are single use and
+// expire (on an injected clock), and the store itself keeps one deployment per model per
+// nodepool. Plus the first-release scheduler that fills the replica table.
+#include <gtest/gtest.h>
+
+#include "controlplane/scheduler.h"
+#include "controlplane/secrets.h"
+#include "controlplane/store.h"
+#include "tests/controlplane/control_fixture.h"
+
+namespace outpost::control {
+namespace {
+
+using nlohmann::json;
+using testing::FakeWallClock;
+using testing::TempDir;
+
+std::unique_ptr<Store> open_store(const TempDir& dir, const WallClock& clock) {
+  auto store = Store::open(dir.file("state.db"), clock);
+  EXPECT_TRUE(store.ok()) << store.error().message();
+  return std::move(store).value();
+}
+
+void seed(Store& store) {
+  ASSERT_TRUE(store.create_user("alice", false).ok());
+  ASSERT_TRUE(store.create_cluster({"alice", "cc", json{{"id", "cc"}}, 1}).ok());
+  ASSERT_TRUE(store.create_nodepool({"alice", "np", "cc", std::nullopt, json{{"id", "np"}}, 1}).ok());
+  ModelVersion version;
+  version.user_id = "alice";
+  version.model_id = "m";
+  version.id = "v1";
+  version.config = json::object();
+  version.methods = json::array();
+  version.artifacts = json::array();
+  ASSERT_TRUE(store.create_version(version).ok());
+}
+
+TEST(StoreTest, StateSurvivesReopening) {
+  TempDir dir;
+  FakeWallClock clock;
+  {
+    auto store = open_store(dir, clock);
+    EXPECT_EQ(store->schema_version(), Store::kSchemaVersion);
+    seed(*store);
+  }
+  auto store = open_store(dir, clock);
+  EXPECT_EQ(store->schema_version(), Store::kSchemaVersion);
+  auto cluster = store->get_cluster("alice", "cc");
+  ASSERT_TRUE(cluster.ok());
+  EXPECT_EQ(cluster->doc["id"], "cc");
+  auto latest = store->latest_version("alice", "m");
+  ASSERT_TRUE(latest.ok() && latest->has_value());
+  EXPECT_EQ((*latest)->seq, 1);
+}
+
+TEST(StoreTest, ANewerSchemaIsRefused) {
+  TempDir dir;
+  FakeWallClock clock;
+  { open_store(dir, clock); }
+  {
+    auto db = Database::open(dir.file("state.db"));
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->exec("UPDATE schema_version SET version = 99").ok());
+  }
+  auto store = Store::open(dir.file("state.db"), clock);
+  ASSERT_FALSE(store.ok());
+  EXPECT_NE(store.error().message().find("newer"), std::string::npos);
+}
+
+TEST(StoreTest, TenancyIsPartOfEveryKey) {
+  TempDir dir;
+  FakeWallClock clock;
+  auto store = open_store(dir, clock);
+  seed(*store);
+  ASSERT_TRUE(store->create_user("bob", false).ok());
+  EXPECT_EQ(store->get_cluster("bob", "cc").error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(store->get_model("bob", "m").error().code(), ErrorCode::kNotFound);
+  // Bob may reuse the same ids in his own namespace.
+  EXPECT_TRUE(store->create_cluster({"bob", "cc", json{{"id", "cc"}}, 1}).ok());
+}
+
+TEST(StoreTest, OneDeploymentPerModelPerNodepool) {
+  TempDir dir;
+  FakeWallClock clock;
+  auto store = open_store(dir, clock);
+  seed(*store);
+  Deployment first{"alice", "d1", "m", "v1", {"np"}, json::object(), 1};
+  ASSERT_TRUE(store->create_deployment(first).ok());
+  Deployment second{"alice", "d2", "m", "v1", {"np"}, json::object(), 1};
+  const Status refused = store->create_deployment(second);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kAlreadyExists);
+  EXPECT_NE(refused.error().message().find("d1"), std::string::npos);
+  // The nodepool cannot go while the deployment uses it.
+  EXPECT_EQ(store->delete_nodepool("alice", "cc", "np").error().code(),
+            ErrorCode::kFailedPrecondition);
+}
+
+TEST(StoreTest, JoinTokensAreSingleUseAndExpire) {
+  TempDir dir;
+  FakeWallClock clock;
+  auto store = open_store(dir, clock);
+  seed(*store);
+  const int64_t now = clock.now_seconds();
+  JoinToken token{"t1", "alice", "cc", "np", hash_secret("s", 1000), now, now + 60, std::nullopt};
+  ASSERT_TRUE(store->create_join_token(token).ok());
+  Node node;
+  node.id = "node-1";
+  node.user_id = "alice";
+  node.compute_cluster_id = "cc";
+  node.nodepool_id = "np";
+  node.name = "h";
+  node.secret_hash = "x";
+  node.inventory = json::object();
+  ASSERT_TRUE(store->enroll_node("t1", now, node).ok());
+  node.id = "node-2";
+  EXPECT_EQ(store->enroll_node("t1", now, node).error().code(), ErrorCode::kUnauthenticated);
+
+  JoinToken expiring{"t2", "alice", "cc", "np", "h", now, now + 60, std::nullopt};
+  ASSERT_TRUE(store->create_join_token(expiring).ok());
+  clock.advance(61);
+  EXPECT_EQ(store->enroll_node("t2", clock.now_seconds(), node).error().code(),
+            ErrorCode::kUnauthenticated);
+  EXPECT_EQ(store->list_nodes("alice", "np")->size(), 1u);
+}
+
+TEST(StoreTest, MaxInstancesLimitsEnrollment) {
+  TempDir dir;
+  FakeWallClock clock;
+  auto store = open_store(dir, clock);
+  ASSERT_TRUE(store->create_user("alice", false).ok());
+  ASSERT_TRUE(store->create_cluster({"alice", "cc", json::object(), 1}).ok());
+  ASSERT_TRUE(store->create_nodepool({"alice", "np", "cc", 1, json::object(), 1}).ok());
+  const int64_t now = clock.now_seconds();
+  Node node;
+  node.user_id = "alice";
+  node.compute_cluster_id = "cc";
+  node.nodepool_id = "np";
+  node.inventory = json::object();
+  for (const char* id : {"t1", "t2"}) {
+    ASSERT_TRUE(store->create_join_token({id, "alice", "cc", "np", "h", now, now + 60, std::nullopt}).ok());
+  }
+  node.id = "n1";
+  ASSERT_TRUE(store->enroll_node("t1", now, node).ok());
+  node.id = "n2";
+  EXPECT_EQ(store->enroll_node("t2", now, node).error().code(), ErrorCode::kResourceExhausted);
+}
+
+TEST(StoreTest, ReplacingReplicasBumpsOnlyTheNodesThatChanged) {
+  TempDir dir;
+  FakeWallClock clock;
+  auto store = open_store(dir, clock);
+  seed(*store);
+  const int64_t now = clock.now_seconds();
+  for (const char* id : {"a", "b"}) {
+    const std::string token = std::string("t") + id;
+    ASSERT_TRUE(store->create_join_token({token, "alice", "cc", "np", "h", now, now + 60, std::nullopt}).ok());
+    Node node;
+    node.id = id;
+    node.user_id = "alice";
+    node.compute_cluster_id = "cc";
+    node.nodepool_id = "np";
+    node.inventory = json::object();
+    ASSERT_TRUE(store->enroll_node(token, now, node).ok());
+  }
+  auto changed = store->replace_replicas("alice", {{"alice", "d/np/0", "d", "np", "a"}});
+  ASSERT_TRUE(changed.ok());
+  EXPECT_EQ(*changed, std::vector<std::string>{"a"});
+  EXPECT_EQ(store->get_node("a")->desired_version, 1);
+  EXPECT_EQ(store->get_node("b")->desired_version, 0);
+  changed = store->replace_replicas("alice", {{"alice", "d/np/0", "d", "np", "a"}});
+  EXPECT_TRUE(changed->empty());
+  changed = store->replace_replicas("alice", {{"alice", "d/np/0", "d", "np", "b"}});
+  EXPECT_EQ(*changed, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(store->get_node("a")->desired_version, 2);  // versions only grow
+}
+
+TEST(SchedulerTest, PlacesMaxOfMinReplicasAndOneFirstFit) {
+  SchedulerDeployment deployment{"d", {"np"}, 2, 5, false, 0};
+  const std::vector<SchedulerNode> nodes = {{"n2", "np", 1, 0}, {"n1", "np", 1, 0}};
+  const auto replicas = schedule("u", {deployment}, nodes, {});
+  ASSERT_EQ(replicas.size(), 2u);
+  // Spread over the pool's nodes before doubling up.
+  EXPECT_NE(replicas[0].node_id, replicas[1].node_id);
+  SchedulerDeployment zero{"z", {"np"}, 0, 3, false, 0};
+  EXPECT_EQ(schedule("u", {zero}, nodes, {}).size(), 1u);
+}
+
+TEST(SchedulerTest, KeepsPlacedReplicasWhereTheyAre) {
+  SchedulerDeployment deployment{"d", {"np"}, 1, 1, false, 0};
+  const std::vector<SchedulerNode> nodes = {{"n1", "np", 1, 0}, {"n2", "np", 1, 0}};
+  const auto replicas = schedule("u", {deployment}, nodes, {{"u", "d/np/0", "d", "np", "n2"}});
+  ASSERT_EQ(replicas.size(), 1u);
+  EXPECT_EQ(replicas[0].node_id, "n2");
+}
+
+TEST(SchedulerTest, DisablePackingTakesADeviceAndMemoryMustFit) {
+  const std::vector<SchedulerNode> nodes = {{"n1", "np", 1, 4e9}};
+  SchedulerDeployment a{"a", {"np"}, 1, 1, true, 0};
+  SchedulerDeployment b{"b", {"np"}, 1, 1, true, 0};
+  EXPECT_EQ(schedule("u", {a, b}, nodes, {}).size(), 1u);  // one device, one unpacked replica
+  SchedulerDeployment big{"big", {"np"}, 1, 1, false, 8e9};
+  EXPECT_TRUE(schedule("u", {big}, nodes, {}).empty());
+  SchedulerDeployment other_pool{"o", {"elsewhere"}, 1, 1, false, 0};
+  EXPECT_TRUE(schedule("u", {other_pool}, nodes, {}).empty());
+}
+
+}  // namespace
+}  // namespace outpost::control

@@ -1,0 +1,538 @@
+// The control plane's side of docs/control-protocol.md against a test agent end (a
+// tunnel::TunnelClient in this process, speaking the protocol as outpostd will): enrollment with
+// single-use, expiring join tokens (on a fake clock), revocation, desired state pushed,
+// acknowledged and re-sent after a reconnect, artifacts in chunks, and predict in its three
+// shapes routed through the tunnel, with cancellation when the client goes away.
+#include <gtest/gtest.h>
+
+#include <openssl/sha.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
+
+#include "controlplane/secrets.h"
+#include "tests/controlplane/control_fixture.h"
+
+namespace outpost::testing {
+namespace {
+
+// Serves one fixed body over plain HTTP on loopback, for inputs given by URL.
+class TinyHttpServer {
+ public:
+  explicit TinyHttpServer(std::string body)
+      : body_(std::move(body)),
+        acceptor_(io_, boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0)),
+        thread_([this] { serve(); }) {}
+  ~TinyHttpServer() {
+    stopping_ = true;
+    boost::system::error_code ignored;
+    // Wake the accept with a connection of our own.
+    boost::asio::ip::tcp::socket poke(io_);
+    poke.connect(acceptor_.local_endpoint(), ignored);
+    thread_.join();
+  }
+  uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  int hits() const { return hits_.load(); }
+
+ private:
+  void serve() {
+    while (!stopping_) {
+      boost::asio::ip::tcp::socket socket(io_);
+      boost::system::error_code ec;
+      acceptor_.accept(socket, ec);
+      if (ec || stopping_) return;
+      boost::asio::streambuf request;
+      boost::asio::read_until(socket, request, "\r\n\r\n", ec);
+      ++hits_;
+      const std::string response = "HTTP/1.1 200 OK\r\nContent-Length: " +
+                                   std::to_string(body_.size()) + "\r\nConnection: close\r\n\r\n" +
+                                   body_;
+      boost::asio::write(socket, boost::asio::buffer(response), ec);
+    }
+  }
+  std::string body_;
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> hits_{0};
+  std::thread thread_;
+};
+
+class TunnelTest : public ::testing::Test {
+ protected:
+  explicit TunnelTest(std::string extra_yaml = {})
+      : control_(pki_, std::move(extra_yaml)),
+        admin_(control_.base_url(), pki_.ca_file(), control_.admin_token()) {}
+
+  void make_pool(const std::string& cc = "cc", const std::string& np = "np") {
+    ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", cc}}}}).status, 201);
+    ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters/" + cc + "/nodepools",
+                          json{{"nodepool", {{"id", np}}}})
+                  .status,
+              201);
+  }
+
+  std::string join_token(const std::string& cc = "cc", const std::string& np = "np",
+                         int ttl = 3600) {
+    auto reply = admin_.post("/v2/users/me/compute_clusters/" + cc + "/nodepools/" + np +
+                                 "/join_tokens",
+                             json{{"ttl_seconds", ttl}});
+    EXPECT_EQ(reply.status, 201) << reply.raw;
+    return reply.body["join_token"]["token"];
+  }
+
+  TestAgent::Enrollment enroll(const std::string& cc = "cc", const std::string& np = "np",
+                               const std::string& name = "host-1") {
+    auto enrolled = TestAgent::enroll(control_.port(), pki_.ca_file(), join_token(cc, np), name);
+    EXPECT_TRUE(enrolled.ok()) << enrolled.error().message();
+    return enrolled.ok() ? enrolled.value() : TestAgent::Enrollment{};
+  }
+
+  std::unique_ptr<TestAgent> agent(const std::string& credential) {
+    auto out = std::make_unique<TestAgent>(control_.port(), pki_.ca_file(), credential);
+    EXPECT_TRUE(out->wait_connected());
+    return out;
+  }
+
+  void upload(const std::string& model, std::map<std::string, std::string> files = {}) {
+    if (files.empty()) files = model_package(model);
+    write_tar(dir_.file(model + ".tar"), files);
+    auto reply = admin_.upload("/v2/users/me/models/" + model + "/versions", dir_.file(model + ".tar"));
+    ASSERT_EQ(reply.status, 201) << reply.raw;
+  }
+
+  void deploy(const std::string& id, const std::string& model, const std::string& np = "np") {
+    auto reply = admin_.post("/v2/users/me/deployments",
+                             json{{"deployment",
+                                   {{"id", id},
+                                    {"worker", {{"model", {{"id", model}}}}},
+                                    {"scheduling_choice", 4},
+                                    {"nodepools", json::array({{{"id", np}}})}}}});
+    ASSERT_EQ(reply.status, 201) << reply.raw;
+  }
+
+  // A pool with one ready node holding text (unary), chargen (generate), accumulator (stream).
+  std::unique_ptr<TestAgent> ready_fleet() {
+    make_pool();
+    for (const char* model : {"text", "chargen", "accumulator"}) upload(model);
+    deploy("dep-text", "text");
+    deploy("dep-gen", "chargen");
+    deploy("dep-stream", "accumulator");
+    auto node = agent(enroll().credential);
+    EXPECT_TRUE(eventually([&] {
+      auto state = node->call("node.sync");
+      return state.ok() && (*state)["replicas"].size() == 3;
+    }));
+    EXPECT_TRUE(node->report_all("ready").ok());
+    return node;
+  }
+
+  TestPki pki_;
+  TempDir dir_;
+  ControlInProcess control_;
+  Api admin_;
+};
+
+json selector(const std::string& deployment) {
+  return json{{"deployment", {{"id", deployment}}}};
+}
+
+TEST_F(TunnelTest, EnrolledNodeShowsInItsNodepoolWithItsInventory) {
+  make_pool();
+  auto enrolled = enroll();
+  EXPECT_EQ(enrolled.node_id.rfind("node-", 0), 0u);
+  EXPECT_EQ(enrolled.credential.rfind("onc_" + enrolled.node_id + "_", 0), 0u);
+  EXPECT_EQ(enrolled.response["nodepool_id"], "np");
+  EXPECT_EQ(enrolled.response["compute_cluster_id"], "cc");
+  EXPECT_EQ(enrolled.response["user_id"], "admin");
+  auto node = agent(enrolled.credential);
+  ASSERT_TRUE(node->call("node.report",
+                         json{{"applied_version", 0},
+                              {"inventory", {{"cpu_cores", 8}, {"memory_bytes", 1 << 30}}},
+                              {"replicas", json::array()}})
+                  .ok());
+  auto nodes = admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes");
+  ASSERT_EQ(nodes.status, 200);
+  ASSERT_EQ(nodes.body["nodes"].size(), 1u);
+  EXPECT_EQ(nodes.body["nodes"][0]["id"], enrolled.node_id);
+  EXPECT_EQ(nodes.body["nodes"][0]["online"], true);
+  EXPECT_EQ(nodes.body["nodes"][0]["inventory"]["cpu_cores"], 8);
+  EXPECT_EQ(admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np").body["nodepool"]["node_count"], 1);
+}
+
+TEST_F(TunnelTest, JoinTokensAreSingleUseAndExpire) {
+  make_pool();
+  const std::string token = join_token();
+  ASSERT_TRUE(TestAgent::enroll(control_.port(), pki_.ca_file(), token).ok());
+  auto again = TestAgent::enroll(control_.port(), pki_.ca_file(), token);
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.error().message().find("401"), std::string::npos) << again.error().message();
+
+  const std::string expiring = join_token("cc", "np", 60);
+  control_.clock().advance(61);
+  auto late = TestAgent::enroll(control_.port(), pki_.ca_file(), expiring);
+  ASSERT_FALSE(late.ok());
+  EXPECT_NE(late.error().message().find("401"), std::string::npos) << late.error().message();
+  EXPECT_EQ(admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes").body["nodes"].size(), 1u);
+}
+
+TEST_F(TunnelTest, AJoinTokenAllowsOnlyEnrollment) {
+  make_pool();
+  TestAgent enrolling(control_.port(), pki_.ca_file(), join_token());
+  ASSERT_TRUE(enrolling.wait_connected());
+  auto sync = enrolling.call("node.sync");
+  ASSERT_FALSE(sync.ok());
+  EXPECT_NE(sync.error().message().find("permission_denied"), std::string::npos);
+  auto enrolled = enroll();
+  TestAgent node(control_.port(), pki_.ca_file(), enrolled.credential);
+  ASSERT_TRUE(node.wait_connected());
+  EXPECT_FALSE(node.call("node.enroll", json{{"name", "again"}}).ok());
+  EXPECT_FALSE(node.call("node.unknown").ok());
+}
+
+TEST_F(TunnelTest, RevokingANodeDropsItsConnections) {
+  make_pool();
+  auto enrolled = enroll();
+  auto node = agent(enrolled.credential);
+  ASSERT_EQ(admin_.del("/v2/users/me/compute_clusters/cc/nodepools/np/nodes/" + enrolled.node_id).status,
+            200);
+  EXPECT_TRUE(eventually([&] { return node->status().connected() == 0; }));
+  // And the credential no longer opens a connection.
+  EXPECT_TRUE(eventually([&] {
+    const auto status = node->status();
+    return !status.slots.empty() && status.slots[0].refused;
+  }));
+}
+
+TEST_F(TunnelTest, DesiredStateIsPushedAcknowledgedAndResentAfterAReconnect) {
+  make_pool();
+  upload("text");
+  auto enrolled = enroll();
+  auto node = agent(enrolled.credential);
+  deploy("dep-1", "text");
+  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
+  json pushed = node->last_desired();
+  ASSERT_EQ(pushed["replicas"].size(), 1u);
+  const json replica = pushed["replicas"][0];
+  EXPECT_EQ(replica["replica_id"], "dep-1/np/0");
+  EXPECT_EQ(replica["deployment_id"], "dep-1");
+  EXPECT_EQ(replica["model_id"], "text");
+  EXPECT_EQ(replica["artifacts"].size(), 2u);
+  EXPECT_EQ(replica["inference_compute_info"]["cpu_memory"], "1Gi");
+  const int64_t first_version = pushed["version"];
+  EXPECT_GE(first_version, 1);
+  auto synced = node->call("node.sync");
+  ASSERT_TRUE(synced.ok());
+  EXPECT_EQ((*synced)["version"], first_version);
+  // The acknowledgement shows on the node.
+  EXPECT_TRUE(eventually([&] {
+    auto nodes = admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes/" + enrolled.node_id);
+    return nodes.body["node"]["applied_version"] == first_version;
+  }));
+
+  // A change while the node is away reaches it when it comes back.
+  node->disconnect();
+  ASSERT_EQ(admin_.del("/v2/users/me/deployments/dep-1").status, 200);
+  auto back = agent(enrolled.credential);
+  ASSERT_TRUE(eventually([&] { return !back->last_desired().is_null(); }));
+  EXPECT_GT(back->last_desired()["version"].get<int64_t>(), first_version);
+  EXPECT_TRUE(back->last_desired()["replicas"].empty());
+}
+
+TEST_F(TunnelTest, ArtifactsAreServedInChunksOnlyToTheirNodes) {
+  make_pool();
+  auto package = model_package("text");
+  std::string big(2'500'000, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7);
+  package["weights.bin"] = big;
+  upload("text", package);
+  auto enrolled = enroll();
+  auto node = agent(enrolled.credential);
+  const std::string sha = control::sha256_hex(big);
+  // Not assigned yet: not found.
+  EXPECT_FALSE(node->fetch_artifact(sha).ok());
+  deploy("dep-1", "text");
+  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
+  auto fetched = node->fetch_artifact(sha);
+  ASSERT_TRUE(fetched.ok()) << fetched.error().message();
+  EXPECT_EQ(fetched->first["name"], "weights.bin");
+  EXPECT_EQ(fetched->first["size"], big.size());
+  EXPECT_EQ(fetched->first["sha256"], sha);
+  EXPECT_LE(fetched->first["largest_chunk"].get<size_t>(), size_t{1} << 20);
+  EXPECT_EQ(fetched->second, big);
+}
+
+TEST_F(TunnelTest, UnaryPredictGoesThroughTheTunnel) {
+  auto node = ready_fleet();
+  auto reply = admin_.post_text(
+      "/v2/users/me/models/text/outputs",
+      json{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", "hello"}}}}.dump(),
+      "application/json", {{"X-Request-Id", "unary-1"}});
+  ASSERT_EQ(reply.status, 200) << reply.raw;
+  EXPECT_EQ(reply.body["outputs"]["echo"]["text"], "hello");
+  EXPECT_EQ(reply.body["outputs"]["method"], "predict");
+  EXPECT_EQ(reply.body["status"]["req_id"], "unary-1");
+  const auto metadata = node->predict_metadata();
+  ASSERT_EQ(metadata.size(), 1u);
+  EXPECT_EQ(metadata[0]["shape"], "unary");
+  EXPECT_EQ(metadata[0]["request_id"], "unary-1");
+  EXPECT_EQ(metadata[0]["deployment_id"], "dep-text");
+  EXPECT_EQ(metadata[0]["replica_id"], "dep-text/np/0");
+  // By compute cluster + nodepool, and through the version's path.
+  const std::string version =
+      admin_.get("/v2/users/me/models/text").body["model"]["model_version"]["id"];
+  auto by_pool = admin_.post(
+      "/v2/users/me/models/text/versions/" + version + "/outputs",
+      json{{"runner_selector", {{"nodepool", {{"id", "np"}, {"compute_cluster", {{"id", "cc"}}}}}}},
+           {"inputs", {{"text", "x"}}}});
+  EXPECT_EQ(by_pool.status, 200) << by_pool.raw;
+  // The model's own errors come back with their code.
+  auto failed = admin_.post("/v2/users/me/models/text/outputs",
+                            json{{"runner_selector", selector("dep-text")},
+                                 {"inputs", {{"text", "x"}}}});
+  EXPECT_EQ(failed.status, 200);
+}
+
+TEST_F(TunnelTest, PredictRequestsAreCheckedAgainstTheSignature) {
+  auto node = ready_fleet();
+  const std::string path = "/v2/users/me/models/text/outputs";
+  struct Case {
+    json body;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {json{{"inputs", {{"text", "x"}}}}, "runner_selector: is required"},
+      {json{{"runner_selector", selector("dep-text")}, {"inputs", json::object()}},
+       "inputs.text: is required"},
+      {json{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", 3}}}},
+       "inputs.text: must be of type str"},
+      {json{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", "x"}, {"colour", 1}}}},
+       "inputs.colour"},
+      {json{{"runner_selector", selector("dep-text")}, {"method", "nope"}, {"inputs", json::object()}},
+       "has no method 'nope'"},
+      {json{{"runner_selector", selector("dep-gen")}, {"inputs", {{"text", "x"}}}},
+       "serves model 'chargen'"},
+      {json{{"runner_selector", {{"deployment", {{"id", "dep-text"}}}, {"nodepool", {{"id", "np"}}}}},
+            {"inputs", {{"text", "x"}}}},
+       "not both"},
+  };
+  for (const auto& c : cases) {
+    auto reply = admin_.post(path, c.body);
+    EXPECT_EQ(reply.status, 400) << c.body.dump() << " -> " << reply.raw;
+    EXPECT_NE(reply.body["status"].value("description", "").find(c.expected), std::string::npos)
+        << reply.raw;
+  }
+  // A generate method called on the unary endpoint says where to call it.
+  auto wrong_shape = admin_.post("/v2/users/me/models/chargen/outputs",
+                                 json{{"runner_selector", selector("dep-gen")},
+                                      {"method", "generate"},
+                                      {"inputs", {{"prompt", "a"}}}});
+  EXPECT_EQ(wrong_shape.status, 400);
+  EXPECT_NE(wrong_shape.raw.find("outputs/generate"), std::string::npos);
+  EXPECT_EQ(node->predicts(), 0);  // none of these reached the node
+  // An error from the model comes back as the model's error.
+  auto model_error = admin_.post(path, json{{"runner_selector", selector("dep-text")},
+                                            {"inputs", {{"text", "x"}, {"upper", true}}}});
+  EXPECT_EQ(model_error.status, 200);
+}
+
+TEST_F(TunnelTest, GenerateStreamsServerSentEventsAndJsonLines) {
+  auto node = ready_fleet();
+  const std::string body = json{{"runner_selector", selector("dep-gen")},
+                                {"inputs", {{"prompt", "alpha beta gamma"}}}}
+                               .dump();
+  std::vector<std::string> pieces;
+  auto sse = admin_.client().send_streaming(
+      "POST", "/v2/users/me/models/chargen/outputs/generate", body, "application/json", {},
+      [&pieces](std::string_view data) {
+        pieces.emplace_back(data);
+        return true;
+      });
+  ASSERT_TRUE(sse.ok()) << sse.error().message();
+  EXPECT_EQ(sse->status, 200);
+  EXPECT_EQ(sse->content_type, "text/event-stream");
+  std::string all;
+  for (const auto& piece : pieces) all += piece;
+  EXPECT_NE(all.find("data: {\"chunk\":\"alpha\"}\n\n"), std::string::npos) << all;
+  EXPECT_LT(all.find("alpha"), all.find("gamma"));
+  EXPECT_NE(all.find("event: done"), std::string::npos) << all;
+
+  std::string lines;
+  auto ndjson = admin_.client().send_streaming(
+      "POST", "/v2/users/me/models/chargen/outputs/generate", body, "application/json",
+      {{"Accept", "application/x-ndjson"}}, [&lines](std::string_view data) {
+        lines += data;
+        return true;
+      });
+  ASSERT_TRUE(ndjson.ok());
+  EXPECT_EQ(ndjson->content_type, "application/x-ndjson");
+  std::vector<json> parsed;
+  std::istringstream in(lines);
+  for (std::string line; std::getline(in, line);) parsed.push_back(json::parse(line));
+  ASSERT_EQ(parsed.size(), 4u) << lines;
+  EXPECT_EQ(parsed[1]["chunk"], "beta");
+  EXPECT_EQ(parsed[3]["status"]["code"], "ok");
+}
+
+TEST_F(TunnelTest, StreamRelaysAWebSocketBothWays) {
+  auto node = ready_fleet();
+  auto ws = admin_.client().websocket("/v2/users/me/models/accumulator/outputs/stream");
+  ASSERT_TRUE(ws.ok()) << ws.error().message();
+  auto& socket = *ws.value();
+  ASSERT_TRUE(socket.send(json{{"runner_selector", selector("dep-stream")},
+                               {"method", "words"},
+                               {"inputs", {{"text", "one"}}}}
+                              .dump())
+                  .ok());
+  auto first = socket.receive();
+  ASSERT_TRUE(first.ok() && first->has_value());
+  EXPECT_EQ(json::parse(**first)["outputs"]["text"], "one");
+  ASSERT_TRUE(socket.send(json{{"inputs", {{"text", "two"}}}}.dump()).ok());
+  auto second = socket.receive();
+  ASSERT_TRUE(second.ok() && second->has_value());
+  EXPECT_EQ(json::parse(**second)["outputs"]["text"], "two");
+  ASSERT_TRUE(socket.send(R"({"end": true})").ok());
+  auto done = socket.receive();
+  ASSERT_TRUE(done.ok() && done->has_value());
+  EXPECT_EQ(json::parse(**done)["status"]["code"], "ok");
+  auto closed = socket.receive();
+  ASSERT_TRUE(closed.ok());
+  EXPECT_FALSE(closed->has_value());
+
+  // The selector may come in the query instead, so a wrong one is refused before the upgrade.
+  auto refused = admin_.client().websocket(
+      "/v2/users/me/models/accumulator/outputs/stream?deployment=dep-text");
+  ASSERT_FALSE(refused.ok());
+  auto by_query = admin_.client().websocket(
+      "/v2/users/me/models/accumulator/outputs/stream?deployment=dep-stream&method=words");
+  ASSERT_TRUE(by_query.ok()) << by_query.error().message();
+  ASSERT_TRUE((*by_query)->send(json{{"inputs", {{"text", "q"}}}}.dump()).ok());
+  auto echoed = (*by_query)->receive();
+  ASSERT_TRUE(echoed.ok() && echoed->has_value());
+  EXPECT_EQ(json::parse(**echoed)["outputs"]["text"], "q");
+}
+
+TEST_F(TunnelTest, AClientThatLeavesCancelsItsStreamDownToTheNode) {
+  auto node = ready_fleet();
+  node->set_stall_generate(true);
+  int chunks = 0;
+  auto result = admin_.client().send_streaming(
+      "POST", "/v2/users/me/models/chargen/outputs/generate",
+      json{{"runner_selector", selector("dep-gen")}, {"inputs", {{"prompt", "endless"}}}}.dump(),
+      "application/json", {}, [&chunks](std::string_view data) {
+        if (data.find("chunk") != std::string_view::npos) ++chunks;
+        return chunks < 2;  // then hang up
+      });
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.error().code(), ErrorCode::kCancelled);
+  ASSERT_TRUE(eventually([&] { return !node->cancelled().empty(); }));
+  EXPECT_NE(node->cancelled()[0].find("client"), std::string::npos) << node->cancelled()[0];
+}
+
+TEST_F(TunnelTest, WithoutAReadyReplicaPredictAnswers503WithTheReason) {
+  make_pool();
+  upload("text");
+  deploy("dep-1", "text");
+  const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
+  auto unplaced = admin_.post("/v2/users/me/models/text/outputs", request);
+  EXPECT_EQ(unplaced.status, 503);
+  EXPECT_NE(unplaced.raw.find("no replica is placed"), std::string::npos) << unplaced.raw;
+
+  auto enrolled = enroll();
+  auto node = agent(enrolled.credential);
+  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
+  ASSERT_TRUE(node->report_all("loading").ok());
+  auto loading = admin_.post("/v2/users/me/models/text/outputs", request);
+  EXPECT_EQ(loading.status, 503);
+  EXPECT_NE(loading.raw.find("is loading"), std::string::npos) << loading.raw;
+
+  ASSERT_TRUE(node->report_all("ready").ok());
+  EXPECT_EQ(admin_.post("/v2/users/me/models/text/outputs", request).status, 200);
+  EXPECT_EQ(admin_.get("/v2/users/me/deployments/dep-1").body["deployment"]["deployment_metrics"]["live_replicas"],
+            1);
+
+  node->disconnect();
+  auto offline = admin_.post("/v2/users/me/models/text/outputs", request);
+  EXPECT_EQ(offline.status, 503);
+  EXPECT_NE(offline.raw.find("not connected"), std::string::npos) << offline.raw;
+}
+
+TEST_F(TunnelTest, CallsGoToTheNodeWithFewestOutstanding) {
+  make_pool();
+  upload("chargen");
+  auto first = agent(enroll("cc", "np", "a").credential);
+  auto second = agent(enroll("cc", "np", "b").credential);
+  auto reply = admin_.post("/v2/users/me/deployments",
+                           json{{"deployment",
+                                 {{"id", "gen"},
+                                  {"worker", {{"model", {{"id", "chargen"}}}}},
+                                  {"scheduling_choice", 4},
+                                  {"autoscale_config", {{"min_replicas", 2}}},
+                                  {"nodepools", json::array({{{"id", "np"}}})}}}});
+  ASSERT_EQ(reply.status, 201) << reply.raw;
+  for (auto* node : {first.get(), second.get()}) {
+    ASSERT_TRUE(eventually([&] { return node->last_desired()["replicas"].size() == 1; }));
+    ASSERT_TRUE(node->report_all("ready").ok());
+  }
+  first->set_stall_generate(true);
+  second->set_stall_generate(true);
+  // A call held open on one node sends the next to the other.
+  const std::string body = json{{"runner_selector", selector("gen")}, {"inputs", {{"prompt", "p"}}}}.dump();
+  std::atomic<bool> first_open{false};
+  std::thread holder([&] {
+    (void)admin_.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate", body,
+                                         "application/json", {}, [&](std::string_view) {
+                                           first_open = true;
+                                           return first->cancelled().size() + second->cancelled().size() == 0 &&
+                                                  first->predicts() + second->predicts() < 2;
+                                         });
+  });
+  ASSERT_TRUE(eventually([&] { return first_open.load(); }));
+  Api other(control_.base_url(), pki_.ca_file(), control_.admin_token());
+  std::thread second_call([&] {
+    (void)other.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate", body,
+                                        "application/json", {},
+                                        [](std::string_view) { return false; });
+  });
+  second_call.join();
+  holder.join();
+  EXPECT_EQ(first->predicts(), 1);
+  EXPECT_EQ(second->predicts(), 1);
+}
+
+class UrlInputTest : public TunnelTest {
+ protected:
+  UrlInputTest() : TunnelTest("url_inputs: {allow_private_addresses: true}\n") {}
+};
+
+TEST_F(UrlInputTest, InputsByUrlAreFetchedByTheControlPlane) {
+  auto node = ready_fleet();
+  TinyHttpServer server("fetched text");
+  auto reply = admin_.post(
+      "/v2/users/me/models/text/outputs",
+      json{{"runner_selector", selector("dep-text")},
+           {"inputs", {{"text", {{"url", "http://127.0.0.1:" + std::to_string(server.port()) + "/a"}}}}}});
+  ASSERT_EQ(reply.status, 200) << reply.raw;
+  EXPECT_EQ(reply.body["outputs"]["echo"]["text"]["bytes_b64"], "ZmV0Y2hlZCB0ZXh0");
+  EXPECT_EQ(server.hits(), 1);
+}
+
+TEST_F(TunnelTest, InputUrlsToPrivateAddressesAreRefusedByDefault) {
+  auto node = ready_fleet();
+  TinyHttpServer server("secret");
+  for (const std::string& host : {std::string("127.0.0.1"), std::string("localhost")}) {
+    auto reply = admin_.post(
+        "/v2/users/me/models/text/outputs",
+        json{{"runner_selector", selector("dep-text")},
+             {"inputs", {{"text", {{"url", "http://" + host + ":" + std::to_string(server.port()) + "/"}}}}}});
+    EXPECT_EQ(reply.status, 403) << reply.raw;
+    EXPECT_NE(reply.raw.find("private or loopback"), std::string::npos) << reply.raw;
+  }
+  EXPECT_EQ(server.hits(), 0);
+  EXPECT_EQ(node->predicts(), 0);
+}
+
+}  // namespace
+}  // namespace outpost::testing
