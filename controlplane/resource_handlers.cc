@@ -367,7 +367,20 @@ Result<Reply> delete_node(ApiServices& s, const Call& call) {
 
 Result<Reply> create_deployment(ApiServices& s, const Call& call) {
   OUTPOST_ASSIGN_OR_RETURN(auto body, body_object(call));
+  // `outpost deployment create NP_ID DEP_ID` names the nodepool on the command line: it fills an
+  // absent nodepools list, and must be in a present one.
+  const std::string pool_from_command = call.request->query_value("nodepool_id");
+  if (!pool_from_command.empty() && body.contains("deployment") && body["deployment"].is_object() &&
+      !body["deployment"].contains("nodepools")) {
+    body["deployment"]["nodepools"] = json::array({{{"id", pool_from_command}}});
+  }
   OUTPOST_ASSIGN_OR_RETURN(auto spec, parse_deployment(body, call.request->query_value("id")));
+  if (!pool_from_command.empty() &&
+      std::none_of(spec.nodepools.begin(), spec.nodepools.end(),
+                   [&](const NodepoolRef& ref) { return ref.id == pool_from_command; })) {
+    return field_error("deployment.nodepools", "does not list nodepool '" + pool_from_command +
+                                                   "', given on the command line");
+  }
   if (!spec.model_user_id.empty() && spec.model_user_id != call.user()) {
     return field_error("deployment.worker.model.id",
                        "model '" + spec.model_id + "' not found (models of other users cannot "

@@ -1,0 +1,114 @@
+// The CLI's pieces that need no server: base URLs, inputs from flags, method choice, and the
+// package archive it uploads.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "cli/cli_config.h"
+#include "cli/http_client.h"
+#include "cli/package_archive.h"
+#include "cli/predict_inputs.h"
+#include "tests/support/test_pki.h"
+
+namespace outpost::cli {
+namespace {
+
+using nlohmann::json;
+
+const json kMethods = json::parse(R"([
+  {"name": "predict", "kind": "unary", "inputs": [{"name": "text", "type": "str"},
+                                                  {"name": "upper", "type": "bool", "default": true}]},
+  {"name": "count", "kind": "unary", "inputs": [{"name": "texts", "type": "List[str]"}]},
+  {"name": "generate", "kind": "generate", "inputs": [{"name": "prompt", "type": "str"}]},
+  {"name": "words", "kind": "stream", "inputs": [{"name": "text", "type": "str"}]}])");
+
+TEST(CliTest, BaseUrlsMustBeHttps) {
+  auto url = parse_base_url("https://control.example:8443/prefix/");
+  ASSERT_TRUE(url.ok());
+  EXPECT_EQ(url->host, "control.example");
+  EXPECT_EQ(url->port, 8443);
+  EXPECT_EQ(url->path, "/prefix");
+  auto clear = parse_base_url("http://control.example");
+  ASSERT_FALSE(clear.ok());
+  EXPECT_NE(clear.error().message().find("https"), std::string::npos);
+  EXPECT_FALSE(parse_base_url("https://:80").ok());
+}
+
+TEST(CliTest, MethodsArePickedByShapeOrName) {
+  EXPECT_EQ(pick_method(kMethods, "", "unary")->value("name", ""), "predict");
+  EXPECT_EQ(pick_method(kMethods, "", "stream")->value("name", ""), "words");
+  EXPECT_EQ(pick_method(kMethods, "count", "unary")->value("name", ""), "count");
+  auto wrong = pick_method(kMethods, "generate", "unary");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.error().message().find("outpost model generate"), std::string::npos);
+  EXPECT_FALSE(pick_method(kMethods, "nope", "unary").ok());
+}
+
+TEST(CliTest, InputsFromFlagsFillTheFirstInputOrNamedOnes) {
+  const json method = *pick_method(kMethods, "", "unary");
+  InputFlags text;
+  text.text = {"hello"};
+  text.named = {"upper=false"};
+  EXPECT_EQ(*build_inputs(text, method), (json{{"text", "hello"}, {"upper", false}}));
+  InputFlags url;
+  url.url = "https://example.com/a.txt";
+  EXPECT_EQ((*build_inputs(url, method))["text"]["url"], "https://example.com/a.txt");
+  testing::TempDir dir;
+  std::ofstream(dir.file("in.bin")) << "abc";
+  InputFlags file;
+  file.file = dir.file("in.bin");
+  EXPECT_EQ((*build_inputs(file, method))["text"]["bytes_b64"], "YWJj");
+  InputFlags both;
+  both.text = {"a"};
+  both.url = "https://x/";
+  EXPECT_FALSE(build_inputs(both, method).ok());
+  InputFlags bad_json;
+  bad_json.inputs_json = "[1]";
+  EXPECT_FALSE(build_inputs(bad_json, method).ok());
+  InputFlags items;
+  items.text = {"a", "b"};
+  auto stream = build_stream_items(items, *pick_method(kMethods, "", "stream"));
+  ASSERT_TRUE(stream.ok());
+  EXPECT_EQ(stream->size(), 2u);
+  EXPECT_EQ((*stream)[1]["text"], "b");
+}
+
+TEST(CliTest, PackageArchiveHoldsTheTopLevelFiles) {
+  testing::TempDir dir;
+  std::ofstream(dir.file("config.yaml")) << "model:\n  id: \"m1\"\n";
+  std::ofstream(dir.file("model.pt")) << std::string(1000, 'w');
+  std::ofstream(dir.file(".hidden")) << "x";
+  EXPECT_EQ(*package_model_id(dir.path()), "m1");
+  testing::TempDir out;
+  ASSERT_TRUE(write_package_archive(dir.path(), out.file("p.tar")).ok());
+  std::ifstream in(out.file("p.tar"), std::ios::binary);
+  const std::string tar((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(tar.size(), 512u + 512u + 512u + 1024u + 1024u);  // two headers, data, end
+  EXPECT_EQ(tar.substr(0, 11), "config.yaml");
+  EXPECT_EQ(tar.find(".hidden"), std::string::npos);
+  mkdir(dir.file("sub").c_str(), 0700);
+  EXPECT_FALSE(write_package_archive(dir.path(), out.file("q.tar")).ok());
+}
+
+TEST(CliTest, TheLoginConfigIsPrivate) {
+  testing::TempDir dir;
+  setenv("OUTPOST_CONFIG_DIR", dir.file("cfg").c_str(), 1);
+  EXPECT_EQ(load_cli_config().error().code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(save_cli_config({"https://h:1", "/ca.pem", "alice", "opat_a_b"}).ok());
+  struct stat file {};
+  ASSERT_EQ(stat(config_path().c_str(), &file), 0);
+  EXPECT_EQ(file.st_mode & 0777, 0600u);
+  struct stat folder {};
+  ASSERT_EQ(stat(config_dir().c_str(), &folder), 0);
+  EXPECT_EQ(folder.st_mode & 0777, 0700u);
+  auto loaded = load_cli_config();
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(loaded->pat, "opat_a_b");
+  EXPECT_EQ(loaded->user_id, "alice");
+  unsetenv("OUTPOST_CONFIG_DIR");
+}
+
+}  // namespace
+}  // namespace outpost::cli
