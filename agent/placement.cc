@@ -123,12 +123,6 @@ Placement place(const std::vector<Device>& devices, const std::vector<DesiredRep
               " free";
         continue;
       }
-      if (!gpu_device && use.cpu + replica->cpu_millicores > device.cpu_millicores) {
-        why = "needs " + std::to_string(replica->cpu_millicores) + "m of CPU, " +
-              std::to_string(device.cpu_millicores - std::min(device.cpu_millicores, use.cpu)) +
-              "m free";
-        continue;
-      }
       const uint64_t left = device.memory_bytes - use.memory - demand(*replica);
       if (best == nullptr || left < best_left) {
         best = &device;

@@ -3,8 +3,10 @@
 // Devices are the CPU and every GPU (or, for a GPU in `mig` mode, every MIG instance), each
 // with its capacity after the configured reservations. A replica asks for accelerator memory
 // (num_accelerators > 0) or CPU memory; placement is best fit by that memory, so small
-// replicas fill the gaps that large ones leave. Placement is incremental: a replica that has a
-// place keeps it, so a new desired state never moves running models.
+// replicas fill the gaps that large ones leave. CPU cores are not a hard limit here: workers
+// share the cores, and sharing them out between nodes is the control plane's scheduler's job.
+// Placement is incremental: a replica that has a place keeps it, so a new desired state never moves
+// running models.
 //
 // Workers: replicas packed on one device share one worker process (one CUDA context, a fair
 // scheduler inside the worker), except where process isolation is the point of the slicing

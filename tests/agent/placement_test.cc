@@ -88,21 +88,25 @@ TEST(PlacementTest, RunningReplicasKeepTheirPlaceWhenTheDesiredStateChanges) {
   EXPECT_TRUE(second.unplaced.empty());
 }
 
-TEST(PlacementTest, CpuReplicasUseCpuMemoryAndCores) {
+TEST(PlacementTest, CpuReplicasShareTheCoresAndAreBoundByMemory) {
   AgentConfig config;
-  config.reserved_cpu_millicores = 1000;
+  config.reserved_memory_bytes = 2 * kGiB;
   Inventory host;
   host.cpu_cores = 2;
-  host.memory_bytes = 8 * kGiB;
+  host.memory_bytes = 8 * kGiB;  // 6 GiB usable
   const auto devices = devices_of(host, config);
-  const auto placement = place(devices,
-                               {cpu_replica("a", 1, 500), cpu_replica("b", 1, 500),
-                                cpu_replica("c", 1, 500), gpu_replica("g", 1)},
-                               {});
+  // Three replicas that each ask for a whole core share two cores (workers share the CPU)...
+  const auto placement =
+      place(devices,
+            {cpu_replica("a", 2, 1000), cpu_replica("b", 2, 1000), cpu_replica("c", 2, 1000),
+             cpu_replica("d", 1), gpu_replica("g", 1)},
+            {});
   EXPECT_EQ(placement.device_of.at("a"), "cpu");
   EXPECT_EQ(placement.device_of.at("b"), "cpu");
-  ASSERT_EQ(placement.unplaced.count("c"), 1u);  // 1000m of 1000m are taken
-  EXPECT_NE(placement.unplaced.at("c").find("CPU"), std::string::npos);
+  EXPECT_EQ(placement.device_of.at("c"), "cpu");
+  // ...but memory is a hard limit: 6 GiB are taken.
+  ASSERT_EQ(placement.unplaced.count("d"), 1u);
+  EXPECT_NE(placement.unplaced.at("d").find("memory"), std::string::npos);
   EXPECT_NE(placement.unplaced.at("g").find("has none"), std::string::npos);
 }
 

@@ -78,6 +78,54 @@ int ChildProcess::stop(std::chrono::milliseconds grace) {
 
 std::string ChildProcess::log() const { return read_file(log_file_); }
 
+CommandResult run_command(const std::vector<std::string>& argv,
+                          const std::vector<std::string>& environment,
+                          std::chrono::milliseconds timeout) {
+  char out_path[] = "/tmp/outpost-cmd-out-XXXXXX";
+  char err_path[] = "/tmp/outpost-cmd-err-XXXXXX";
+  const int out_fd = ::mkstemp(out_path);
+  const int err_fd = ::mkstemp(err_path);
+  std::vector<std::string> args = argv;
+  std::vector<char*> raw;
+  for (auto& arg : args) raw.push_back(arg.data());
+  raw.push_back(nullptr);
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
+  for (const auto& extra : environment) env_storage.push_back(extra);
+  std::vector<char*> env;
+  for (auto& entry : env_storage) env.push_back(entry.data());
+  env.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_fd, 1);
+  posix_spawn_file_actions_adddup2(&actions, err_fd, 2);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  pid_t pid = -1;
+  CommandResult result;
+  const int rc = posix_spawn(&pid, raw[0], &actions, nullptr, raw.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out_fd);
+  ::close(err_fd);
+  if (rc == 0) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() >= deadline) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  result.out = read_file(out_path);
+  result.err = read_file(err_path);
+  ::unlink(out_path);
+  ::unlink(err_path);
+  return result;
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;

@@ -35,6 +35,17 @@ class ChildProcess {
   std::string log_file_;
 };
 
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs a command to completion (killed after `timeout`), capturing stdout and stderr.
+CommandResult run_command(const std::vector<std::string>& argv,
+                          const std::vector<std::string>& environment = {},
+                          std::chrono::milliseconds timeout = std::chrono::seconds(120));
+
 // Reads a whole file ("" when missing).
 std::string read_file(const std::string& path);
 
