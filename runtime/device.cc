@@ -1,0 +1,167 @@
+#include "runtime/device.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <optional>
+
+#include <ATen/Parallel.h>
+
+#include "common/log.h"
+#include "runtime/torch_device.h"
+#include <malloc.h>
+#include <sched.h>
+#include <unistd.h>
+
+#ifdef OUTPOST_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cuda_runtime_api.h>
+#endif
+
+namespace outpost::runtime {
+
+bool cuda_built() {
+#ifdef OUTPOST_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+int64_t usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  return online > 0 ? online : 1;
+}
+
+uint64_t process_rss_bytes() {
+  FILE* file = std::fopen("/proc/self/statm", "r");
+  if (file == nullptr) return 0;
+  unsigned long long size = 0;
+  unsigned long long resident = 0;
+  const int read = std::fscanf(file, "%llu %llu", &size, &resident);
+  std::fclose(file);
+  if (read != 2) return 0;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+Result<c10::Device> parse_device(const std::string& device) {
+  if (device == "cpu") return c10::Device(c10::kCPU);
+  if (device.rfind("cuda", 0) != 0) return invalid_argument("unknown device \"" + device + "\"");
+#ifdef OUTPOST_WITH_CUDA
+  const auto colon = device.find(':');
+  const int64_t index = colon == std::string::npos ? 0 : std::stoll(device.substr(colon + 1));
+  const int64_t count = c10::cuda::device_count();
+  if (index >= count) {
+    return unavailable("device " + device + " does not exist (" + std::to_string(count) +
+                       " CUDA devices visible)");
+  }
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+#else
+  return Error(ErrorCode::kFailedPrecondition,
+               "device " + device +
+                   ": this outpost-worker was built without CUDA "
+                   "(configure with -DOUTPOST_CUDA=ON against a CUDA libtorch)");
+#endif
+}
+
+Status configure_process(const WorkerSpec& spec) {
+  const int64_t intra = spec.intra_op_threads > 0 ? spec.intra_op_threads : usable_cpus();
+  try {
+    at::set_num_interop_threads(static_cast<int>(spec.inter_op_threads));
+    at::set_num_threads(static_cast<int>(intra));
+  } catch (const std::exception& e) {
+    return internal_error(std::string("setting torch threads: ") + e.what());
+  }
+  OUTPOST_ASSIGN_OR_RETURN(const auto device, parse_device(spec.device));
+#ifdef OUTPOST_WITH_CUDA
+  if (device.is_cuda() && spec.slice.mode == "fraction") {
+    c10::cuda::CUDACachingAllocator::setMemoryFraction(spec.slice.fraction, device.index());
+    LOG_INFO("worker.slice",
+             "caching allocator capped at " << spec.slice.fraction << " of " << spec.device);
+  }
+#else
+  (void)device;
+#endif
+  return {};
+}
+
+DeviceMemory device_memory(const std::string& device_name) {
+  DeviceMemory memory;
+#ifdef OUTPOST_WITH_CUDA
+  const auto device = parse_device(device_name);
+  if (device.ok() && device->is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device->index());
+    memory.allocated = static_cast<uint64_t>(stats.allocated_bytes[0].current);
+    memory.reserved = static_cast<uint64_t>(stats.reserved_bytes[0].current);
+    size_t free_bytes = 0;
+    size_t total_bytes = 0;
+    c10::cuda::CUDAGuard guard(device->index());
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) memory.total = total_bytes;
+  }
+#else
+  (void)device_name;
+#endif
+  return memory;
+}
+
+void release_cached_memory(const std::string& device_name) {
+#ifdef OUTPOST_WITH_CUDA
+  const auto device = parse_device(device_name);
+  if (device.ok() && device->is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#else
+  (void)device_name;
+#endif
+  malloc_trim(0);
+}
+
+nlohmann::json device_json(const WorkerSpec& spec) {
+  const auto memory = device_memory(spec.device);
+  nlohmann::json out{{"device", spec.device},
+                     {"slice", spec.slice.mode},
+                     {"cuda_built", cuda_built()},
+                     {"intra_op_threads", at::get_num_threads()},
+                     {"inter_op_threads", at::get_num_interop_threads()}};
+  if (spec.is_cuda()) {
+    out["allocated_bytes"] = memory.allocated;
+    out["reserved_bytes"] = memory.reserved;
+    out["total_bytes"] = memory.total;
+  }
+  return out;
+}
+
+struct InstanceStream::Impl {
+#ifdef OUTPOST_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> stream;
+#endif
+};
+
+InstanceStream::InstanceStream(const c10::Device& device) : impl_(std::make_unique<Impl>()) {
+#ifdef OUTPOST_WITH_CUDA
+  if (device.is_cuda()) impl_->stream = c10::cuda::getStreamFromPool(false, device.index());
+#else
+  (void)device;
+#endif
+}
+
+InstanceStream::~InstanceStream() = default;
+
+void InstanceStream::run(const std::function<void()>& body) {
+#ifdef OUTPOST_WITH_CUDA
+  if (impl_->stream) {
+    c10::cuda::CUDAStreamGuard guard(*impl_->stream);
+    body();
+    impl_->stream->synchronize();
+    return;
+  }
+#endif
+  body();
+}
+
+}  // namespace outpost::runtime

@@ -1,0 +1,35 @@
+#include "runtime/model.h"
+
+namespace outpost::runtime {
+
+std::string_view method_kind_name(MethodKind kind) {
+  switch (kind) {
+    case MethodKind::kUnary:
+      return "unary";
+    case MethodKind::kGenerate:
+      return "generate";
+    case MethodKind::kStream:
+      return "stream";
+  }
+  return "unknown";
+}
+
+nlohmann::json MethodInfo::to_json() const {
+  nlohmann::json params = nlohmann::json::array();
+  for (const auto& param : inputs) {
+    nlohmann::json item{{"name", param.name}, {"type", param.type}};
+    if (param.default_value) item["default"] = *param.default_value;
+    params.push_back(std::move(item));
+  }
+  return nlohmann::json{
+      {"name", name}, {"kind", method_kind_name(kind)}, {"inputs", params}, {"returns", returns}};
+}
+
+const MethodInfo* LoadedModel::find_method(std::string_view name) const {
+  for (const auto& method : methods()) {
+    if (method.name == name) return &method;
+  }
+  return nullptr;
+}
+
+}  // namespace outpost::runtime

@@ -1,0 +1,358 @@
+#include "runtime/model_config.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <exception>
+#include <limits>
+#include <set>
+#include <utility>
+
+#include <yaml-cpp/yaml.h>
+
+namespace outpost::runtime {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxYamlDepth = 64;
+
+bool is_null_word(const std::string& s) {
+  return s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL";
+}
+
+std::optional<bool> bool_word(const std::string& s) {
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  return std::nullopt;
+}
+
+bool all_digits(std::string_view s) {
+  if (s.empty()) return false;
+  for (const char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+// A plain scalar as YAML 1.2's core schema reads it.
+json plain_scalar(const std::string& s) {
+  if (is_null_word(s)) return nullptr;
+  if (const auto b = bool_word(s)) return *b;
+  std::string_view digits = s;
+  const bool negative = !digits.empty() && digits.front() == '-';
+  if (!digits.empty() && (digits.front() == '-' || digits.front() == '+')) digits.remove_prefix(1);
+  if (all_digits(digits)) {
+    errno = 0;
+    char* end = nullptr;
+    if (negative) {
+      const long long value = std::strtoll(s.c_str(), &end, 10);
+      if (errno == 0 && *end == '\0') return static_cast<int64_t>(value);
+    } else {
+      const unsigned long long value = std::strtoull(s.c_str(), &end, 10);
+      if (errno == 0 && *end == '\0') return static_cast<uint64_t>(value);
+    }
+    return s;
+  }
+  if (s == ".inf" || s == ".Inf" || s == "+.inf") return std::numeric_limits<double>::infinity();
+  if (s == "-.inf" || s == "-.Inf") return -std::numeric_limits<double>::infinity();
+  // A float needs a digit and only float characters.
+  bool has_digit = false;
+  for (const char c : s) {
+    if (c >= '0' && c <= '9') {
+      has_digit = true;
+    } else if (c != '.' && c != 'e' && c != 'E' && c != '-' && c != '+') {
+      return s;
+    }
+  }
+  if (!has_digit) return s;
+  errno = 0;
+  char* end = nullptr;
+  const double value = std::strtod(s.c_str(), &end);
+  if (errno == 0 && end != nullptr && *end == '\0') return value;
+  return s;
+}
+
+Result<json> node_to_json(const YAML::Node& node, size_t depth) {
+  if (depth > kMaxYamlDepth) {
+    return invalid_argument("YAML is nested more than " + std::to_string(kMaxYamlDepth) +
+                            " levels deep");
+  }
+  switch (node.Type()) {
+    case YAML::NodeType::Undefined:
+    case YAML::NodeType::Null:
+      return json(nullptr);
+    case YAML::NodeType::Scalar: {
+      const std::string& text = node.Scalar();
+      // Quoted scalars carry the non-specific tag "!", and explicit !!str means a string.
+      if (node.Tag() == "!" || node.Tag() == "tag:yaml.org,2002:str") return json(text);
+      return plain_scalar(text);
+    }
+    case YAML::NodeType::Sequence: {
+      json out = json::array();
+      for (const auto& item : node) {
+        OUTPOST_ASSIGN_OR_RETURN(auto converted, node_to_json(item, depth + 1));
+        out.push_back(std::move(converted));
+      }
+      return out;
+    }
+    case YAML::NodeType::Map: {
+      json out = json::object();
+      for (const auto& item : node) {
+        if (!item.first.IsScalar()) return invalid_argument("YAML map keys must be scalars");
+        OUTPOST_ASSIGN_OR_RETURN(auto converted, node_to_json(item.second, depth + 1));
+        out[item.first.Scalar()] = std::move(converted);
+      }
+      return out;
+    }
+  }
+  return json(nullptr);
+}
+
+// Reads an integer key of `object` in [low, high] into `out`; absent keys leave `out` alone.
+Status read_int(const json& object, const std::string& key, int64_t low, int64_t high,
+                const std::string& where, int64_t& out) {
+  const auto it = object.find(key);
+  if (it == object.end()) return {};
+  if (!it->is_number_integer() ||
+      (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(high)) ||
+      it->get<int64_t>() < low || it->get<int64_t>() > high) {
+    return invalid_argument("config.yaml: " + where + key + " must be an integer from " +
+                            std::to_string(low) + " to " + std::to_string(high) + ", got " +
+                            it->dump());
+  }
+  out = it->get<int64_t>();
+  return {};
+}
+
+Status read_bool(const json& object, const std::string& key, const std::string& where, bool& out) {
+  const auto it = object.find(key);
+  if (it == object.end()) return {};
+  if (!it->is_boolean()) {
+    return invalid_argument("config.yaml: " + where + key + " must be true or false, got " +
+                            it->dump());
+  }
+  out = it->get<bool>();
+  return {};
+}
+
+Status check_keys(const json& object, const std::set<std::string>& known,
+                  const std::string& where) {
+  for (const auto& [key, value] : object.items()) {
+    if (known.count(key) == 0) {
+      std::string list;
+      for (const auto& name : known) list += (list.empty() ? "" : ", ") + name;
+      return invalid_argument("config.yaml: unknown key " + where + key + " (known: " + list + ")");
+    }
+  }
+  return {};
+}
+
+Status read_batching(const json& object, const std::string& where, BatchingConfig& out) {
+  if (!object.is_object()) return invalid_argument("config.yaml: " + where + " must be a map");
+  const std::string prefix = where + ".";
+  OUTPOST_RETURN_IF_ERROR(
+      check_keys(object, {"max_batch_size", "max_queue_delay_us", "max_queue_size"}, prefix));
+  OUTPOST_RETURN_IF_ERROR(
+      read_int(object, "max_batch_size", 0, 1 << 16, prefix, out.max_batch_size));
+  OUTPOST_RETURN_IF_ERROR(
+      read_int(object, "max_queue_delay_us", 0, 60'000'000, prefix, out.max_queue_delay_us));
+  OUTPOST_RETURN_IF_ERROR(
+      read_int(object, "max_queue_size", 1, 1 << 20, prefix, out.max_queue_size));
+  return {};
+}
+
+Result<TensorSpec> read_tensor_spec(const json& object, const std::string& where) {
+  if (!object.is_object()) {
+    return invalid_argument("config.yaml: " + where + " must be a map with dtype and shape");
+  }
+  OUTPOST_RETURN_IF_ERROR(check_keys(object, {"dtype", "shape"}, where + "."));
+  TensorSpec spec;
+  const auto dtype = object.find("dtype");
+  if (dtype != object.end()) {
+    const auto parsed =
+        dtype->is_string() ? dtype_from_name(dtype->get<std::string>()) : std::nullopt;
+    if (!parsed) return invalid_argument("config.yaml: " + where + ".dtype is not a known dtype");
+    spec.dtype = *parsed;
+  }
+  const auto shape = object.find("shape");
+  if (shape == object.end() || !shape->is_array() || shape->size() > kMaxRank) {
+    return invalid_argument("config.yaml: " + where +
+                            ".shape must be a list of sizes (-1 for any size)");
+  }
+  for (const auto& dim : *shape) {
+    if (!dim.is_number_integer() || dim.get<int64_t>() < -1 || dim.get<int64_t>() > (1LL << 40)) {
+      return invalid_argument("config.yaml: " + where +
+                              ".shape must be a list of sizes (-1 for any size)");
+    }
+    spec.shape.push_back(dim.get<int64_t>());
+  }
+  return spec;
+}
+
+Status read_method(const std::string& name, const json& object, const BatchingConfig& defaults,
+                   MethodConfig& out) {
+  const std::string where = "methods." + name;
+  if (!object.is_object()) return invalid_argument("config.yaml: " + where + " must be a map");
+  OUTPOST_RETURN_IF_ERROR(check_keys(object,
+                                     {"kind", "batching", "inputs", "example", "step_batchable",
+                                      "max_steps", "window", "description"},
+                                     where + "."));
+  out.batching = defaults;
+  if (const auto it = object.find("kind"); it != object.end()) {
+    if (!it->is_string() || (*it != "unary" && *it != "generate" && *it != "stream")) {
+      return invalid_argument("config.yaml: " + where + ".kind must be unary, generate or stream");
+    }
+    out.kind = it->get<std::string>();
+  }
+  if (const auto it = object.find("batching"); it != object.end()) {
+    OUTPOST_RETURN_IF_ERROR(read_batching(*it, where + ".batching", out.batching));
+    out.batching_set = true;
+  }
+  if (const auto it = object.find("inputs"); it != object.end()) {
+    if (!it->is_object())
+      return invalid_argument("config.yaml: " + where + ".inputs must be a map");
+    for (const auto& [param, spec] : it->items()) {
+      OUTPOST_ASSIGN_OR_RETURN(auto parsed, read_tensor_spec(spec, where + ".inputs." + param));
+      out.inputs.emplace(param, std::move(parsed));
+    }
+  }
+  if (const auto it = object.find("example"); it != object.end()) {
+    if (!it->is_object()) {
+      return invalid_argument("config.yaml: " + where +
+                              ".example must be a map of input names to Values");
+    }
+    out.example = *it;
+  }
+  const std::string prefix = where + ".";
+  OUTPOST_RETURN_IF_ERROR(read_bool(object, "step_batchable", prefix, out.step_batchable));
+  OUTPOST_RETURN_IF_ERROR(
+      read_int(object, "max_steps", 1, int64_t{1} << 40, prefix, out.max_steps));
+  OUTPOST_RETURN_IF_ERROR(read_int(object, "window", 1, 1 << 16, prefix, out.window));
+  return {};
+}
+
+bool is_hex_sha256(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (const char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+bool is_safe_file_name(const std::string& s) {
+  if (s.empty() || s.size() > 255 || s == "." || s == "..") return false;
+  for (const char c : s) {
+    if (c == '/' || c == '\0') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+MethodConfig ModelConfig::method(const std::string& name) const {
+  const auto it = methods.find(name);
+  if (it != methods.end()) return it->second;
+  MethodConfig defaults;
+  defaults.batching = batching;
+  return defaults;
+}
+
+Result<json> yaml_to_json(std::string_view yaml_text) {
+  try {
+    const YAML::Node root = YAML::Load(std::string(yaml_text));
+    return node_to_json(root, 0);
+  } catch (const YAML::Exception& e) {
+    return invalid_argument("not valid YAML: line " + std::to_string(e.mark.line + 1) +
+                            ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
+  } catch (const std::exception& e) {
+    return invalid_argument(std::string("not valid YAML: ") + e.what());
+  }
+}
+
+Result<ModelConfig> parse_model_config(std::string_view yaml_text) {
+  auto parsed = yaml_to_json(yaml_text);
+  if (!parsed) return invalid_argument("config.yaml: " + parsed.error().message());
+  const json& root = *parsed;
+  if (!root.is_object()) return invalid_argument("config.yaml must be a YAML map");
+  ModelConfig config;
+  config.raw = root;
+
+  const auto model = root.find("model");
+  if (model == root.end() || !model->is_object()) {
+    return invalid_argument("config.yaml needs a model: map with an id");
+  }
+  const auto id = model->find("id");
+  if (id == model->end() || !id->is_string() || id->get_ref<const std::string&>().empty() ||
+      id->get_ref<const std::string&>().size() > 128) {
+    return invalid_argument(
+        "config.yaml: model.id must be a non-empty string of at most 128 "
+        "characters");
+  }
+  config.model_id = id->get<std::string>();
+  for (const char c : config.model_id) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '_' || c == '.';
+    if (!ok) {
+      return invalid_argument(
+          "config.yaml: model.id may hold letters, digits, '-', '_' and '.', "
+          "got \"" +
+          config.model_id + "\"");
+    }
+  }
+
+  if (const auto it = root.find("inference_compute_info");
+      it != root.end() && !it->is_object() && !it->is_null()) {
+    return invalid_argument("config.yaml: inference_compute_info must be a map");
+  }
+
+  if (const auto checkpoints = root.find("checkpoints"); checkpoints != root.end()) {
+    if (!checkpoints->is_object())
+      return invalid_argument("config.yaml: checkpoints must be a map");
+    if (const auto it = checkpoints->find("type"); it != checkpoints->end()) {
+      if (!it->is_string())
+        return invalid_argument("config.yaml: checkpoints.type must be a string");
+      config.checkpoint_type = it->get<std::string>();
+    }
+    if (config.checkpoint_type != "torchscript") {
+      return invalid_argument("config.yaml: checkpoints.type \"" + config.checkpoint_type +
+                              "\" is not one outpost can load (supported: torchscript)");
+    }
+    if (const auto it = checkpoints->find("file"); it != checkpoints->end()) {
+      if (!it->is_string() || !is_safe_file_name(it->get<std::string>())) {
+        return invalid_argument(
+            "config.yaml: checkpoints.file must be a file name in the "
+            "package folder (no '/')");
+      }
+      config.file = it->get<std::string>();
+    }
+    if (const auto it = checkpoints->find("sha256"); it != checkpoints->end()) {
+      if (!it->is_string() || !is_hex_sha256(it->get<std::string>())) {
+        return invalid_argument("config.yaml: checkpoints.sha256 must be 64 lower-case hex digits");
+      }
+      config.sha256 = it->get<std::string>();
+    }
+    if (const auto it = checkpoints->find("size"); it != checkpoints->end()) {
+      if (!it->is_number_unsigned()) {
+        return invalid_argument("config.yaml: checkpoints.size must be a byte count");
+      }
+      config.size = it->get<uint64_t>();
+    }
+  }
+
+  OUTPOST_RETURN_IF_ERROR(read_int(root, "instances", 1, 64, "", config.instances));
+  OUTPOST_RETURN_IF_ERROR(read_int(root, "warmup_runs", 0, 100, "", config.warmup_runs));
+  if (const auto it = root.find("batching"); it != root.end()) {
+    OUTPOST_RETURN_IF_ERROR(read_batching(*it, "batching", config.batching));
+  }
+  if (const auto methods = root.find("methods"); methods != root.end()) {
+    if (!methods->is_object()) return invalid_argument("config.yaml: methods must be a map");
+    for (const auto& [name, object] : methods->items()) {
+      MethodConfig method;
+      OUTPOST_RETURN_IF_ERROR(read_method(name, object, config.batching, method));
+      config.methods.emplace(name, std::move(method));
+    }
+  }
+  return config;
+}
+
+}  // namespace outpost::runtime

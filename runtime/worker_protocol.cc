@@ -1,0 +1,215 @@
+#include "runtime/worker_protocol.h"
+
+#include <array>
+#include <utility>
+
+#include "common/base64.h"
+#include "runtime/tensor_wire.h"
+
+namespace outpost::runtime {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::array<ErrorCode, 12> kErrorCodes = {
+    ErrorCode::kInvalidArgument,    ErrorCode::kNotFound,         ErrorCode::kAlreadyExists,
+    ErrorCode::kUnauthenticated,    ErrorCode::kPermissionDenied, ErrorCode::kResourceExhausted,
+    ErrorCode::kFailedPrecondition, ErrorCode::kUnavailable,      ErrorCode::kDeadlineExceeded,
+    ErrorCode::kCancelled,          ErrorCode::kDataLoss,         ErrorCode::kInternal,
+};
+
+Error too_deep(size_t max_depth) {
+  return invalid_argument("a Value is nested more than " + std::to_string(max_depth) +
+                          " levels deep");
+}
+
+Status move_bytes(json& value, std::vector<std::string>& parts, size_t depth, size_t max_depth) {
+  if (depth > max_depth) return too_deep(max_depth);
+  if (value.is_array()) {
+    for (auto& item : value) OUTPOST_RETURN_IF_ERROR(move_bytes(item, parts, depth + 1, max_depth));
+    return {};
+  }
+  if (!value.is_object()) return {};
+  if (looks_like_tensor(value)) {
+    const auto it = value.find("data_b64");
+    if (it == value.end() || !it->is_string()) return {};
+    auto bytes = base64_decode(it->get_ref<const std::string&>());
+    if (!bytes) {
+      return invalid_argument("a tensor's \"data_b64\" is not valid base64: " +
+                              bytes.error().message());
+    }
+    value.erase(it);
+    value["part"] = parts.size();
+    parts.push_back(std::move(bytes).value());
+    return {};
+  }
+  if (value.size() == 1) {
+    const auto it = value.find("bytes_b64");
+    if (it != value.end() && it->is_string()) {
+      auto bytes = base64_decode(it->get_ref<const std::string&>());
+      if (!bytes) {
+        return invalid_argument("\"bytes_b64\" is not valid base64: " + bytes.error().message());
+      }
+      value = json{{"part", parts.size()}};
+      parts.push_back(std::move(bytes).value());
+      return {};
+    }
+  }
+  for (auto& [key, item] : value.items()) {
+    OUTPOST_RETURN_IF_ERROR(move_bytes(item, parts, depth + 1, max_depth));
+  }
+  return {};
+}
+
+Result<json> to_base64(const json& value, std::span<const std::string> parts, size_t depth,
+                       size_t max_depth) {
+  if (depth > max_depth) return too_deep(max_depth);
+  if (value.is_array()) {
+    json out = json::array();
+    for (const auto& item : value) {
+      OUTPOST_ASSIGN_OR_RETURN(auto converted, to_base64(item, parts, depth + 1, max_depth));
+      out.push_back(std::move(converted));
+    }
+    return out;
+  }
+  if (!value.is_object()) return value;
+  const auto part = value.find("part");
+  const bool tensor = looks_like_tensor(value);
+  if (part != value.end() && (tensor || value.size() == 1)) {
+    if (!part->is_number_integer() || part->get<int64_t>() < 0 ||
+        part->get<uint64_t>() >= parts.size()) {
+      return invalid_argument("a Value refers to binary part " + part->dump() +
+                              ", which the message does not have");
+    }
+    const std::string encoded = base64_encode(parts[part->get<size_t>()]);
+    if (!tensor) return json{{"bytes_b64", encoded}};
+    json out = value;
+    out.erase("part");
+    out["data_b64"] = encoded;
+    return out;
+  }
+  json out = json::object();
+  for (const auto& [key, item] : value.items()) {
+    OUTPOST_ASSIGN_OR_RETURN(auto converted, to_base64(item, parts, depth + 1, max_depth));
+    out[key] = std::move(converted);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string_view call_shape_name(CallShape shape) {
+  switch (shape) {
+    case CallShape::kUnary:
+      return "unary";
+    case CallShape::kGenerate:
+      return "generate";
+    case CallShape::kStream:
+      return "stream";
+  }
+  return "unknown";
+}
+
+std::optional<CallShape> call_shape_from_name(std::string_view name) {
+  if (name == "unary") return CallShape::kUnary;
+  if (name == "generate") return CallShape::kGenerate;
+  if (name == "stream") return CallShape::kStream;
+  return std::nullopt;
+}
+
+std::string_view Message::type() const {
+  const auto it = header.find("type");
+  if (it == header.end() || !it->is_string()) return {};
+  return it->get_ref<const std::string&>();
+}
+
+std::string_view Message::id() const {
+  const auto it = header.find("id");
+  if (it == header.end() || !it->is_string()) return {};
+  return it->get_ref<const std::string&>();
+}
+
+Result<Message> decode_message(std::span<const std::string_view> frames, const Limits& limits,
+                               std::string* id_out) {
+  if (frames.empty()) return invalid_argument("an empty message (no header frame)");
+  size_t total = 0;
+  for (const auto& frame : frames) total += frame.size();
+  const std::string_view header_bytes = frames[0];
+  if (header_bytes.size() > limits.max_header_bytes) {
+    return Error(ErrorCode::kResourceExhausted,
+                 "a message header of " + std::to_string(header_bytes.size()) +
+                     " bytes is over the limit of " + std::to_string(limits.max_header_bytes));
+  }
+  Message message;
+  message.header = json::parse(header_bytes, nullptr, false);
+  if (message.header.is_discarded() || !message.header.is_object()) {
+    return invalid_argument("a message header must be a JSON object");
+  }
+  const auto id = message.header.find("id");
+  if (id == message.header.end() || !id->is_string()) {
+    return invalid_argument("a message header needs an \"id\" string");
+  }
+  if (id->get_ref<const std::string&>().size() > limits.max_id_bytes) {
+    return invalid_argument("a message id is longer than " + std::to_string(limits.max_id_bytes) +
+                            " bytes");
+  }
+  if (id_out != nullptr) *id_out = id->get<std::string>();
+  const auto type = message.header.find("type");
+  if (type == message.header.end() || !type->is_string()) {
+    return invalid_argument("a message header needs a \"type\" string");
+  }
+  if (total > limits.max_message_bytes) {
+    return Error(ErrorCode::kResourceExhausted,
+                 "a message of " + std::to_string(total) + " bytes is over the worker's limit of " +
+                     std::to_string(limits.max_message_bytes) + " bytes");
+  }
+  if (frames.size() - 1 > limits.max_parts) {
+    return Error(ErrorCode::kResourceExhausted,
+                 "a message with " + std::to_string(frames.size() - 1) +
+                     " binary parts is over the limit of " + std::to_string(limits.max_parts));
+  }
+  message.parts.reserve(frames.size() - 1);
+  for (size_t i = 1; i < frames.size(); ++i) message.parts.emplace_back(frames[i]);
+  return message;
+}
+
+std::string encode_header(const json& header) {
+  return header.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+json error_header(std::string_view id, const Error& error) {
+  return json{{"type", msg::kError},
+              {"id", id},
+              {"code", error_code_name(error.code())},
+              {"message", error.message()}};
+}
+
+Error error_from_header(const json& header) {
+  ErrorCode code = ErrorCode::kInternal;
+  std::string message = "the worker sent an error without a message";
+  if (const auto it = header.find("code"); it != header.end() && it->is_string()) {
+    code = error_code_from_name(it->get_ref<const std::string&>()).value_or(ErrorCode::kInternal);
+  }
+  if (const auto it = header.find("message"); it != header.end() && it->is_string()) {
+    message = it->get<std::string>();
+  }
+  return {code, std::move(message)};
+}
+
+std::optional<ErrorCode> error_code_from_name(std::string_view name) {
+  for (const ErrorCode code : kErrorCodes) {
+    if (error_code_name(code) == name) return code;
+  }
+  return std::nullopt;
+}
+
+Status move_bytes_to_parts(json& value, std::vector<std::string>& parts, size_t max_depth) {
+  return move_bytes(value, parts, 0, max_depth);
+}
+
+Result<json> parts_to_base64(const json& value, std::span<const std::string> parts,
+                             size_t max_depth) {
+  return to_base64(value, parts, 0, max_depth);
+}
+
+}  // namespace outpost::runtime
