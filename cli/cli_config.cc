@@ -1,9 +1,5 @@
 #include "cli/cli_config.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +7,10 @@
 #include <fstream>
 
 #include <yaml-cpp/yaml.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace outpost::cli {
 
@@ -33,8 +33,8 @@ Result<CliConfig> load_cli_config() {
   const std::string path = config_path();
   std::error_code ec;
   if (!fs::exists(path, ec)) {
-    return Error(ErrorCode::kNotFound,
-                 "not logged in (no " + path + "): run `outpost login --base-url https://HOST:PORT`");
+    return Error(ErrorCode::kNotFound, "not logged in (no " + path +
+                                           "): run `outpost login --base-url https://HOST:PORT`");
   }
   // yaml-cpp reports errors by exception; they stay in this function.
   try {
@@ -49,7 +49,8 @@ Result<CliConfig> load_cli_config() {
     }
     return config;
   } catch (const std::exception& e) {
-    return invalid_argument("cannot read " + path + ": " + e.what() + " (run `outpost login` again)");
+    return invalid_argument("cannot read " + path + ": " + e.what() +
+                            " (run `outpost login` again)");
   }
 }
 

@@ -208,9 +208,8 @@ class HttpClientImpl final : public HttpClient {
     const std::string host = host_header();
     const std::string target = base_.path + path;
     beast::get_lowest_layer(*ws).expires_never();
-    const error_code ec = run(*io, [&](auto handler) {
-      ws->async_handshake(upgrade, host, target, handler);
-    });
+    const error_code ec =
+        run(*io, [&](auto handler) { ws->async_handshake(upgrade, host, target, handler); });
     if (ec) {
       if (upgrade.result_int() >= 400) {
         Response response;
@@ -227,8 +226,8 @@ class HttpClientImpl final : public HttpClient {
 
  private:
   std::string host_header() const {
-    const std::string host = base_.host.find(':') != std::string::npos ? "[" + base_.host + "]"
-                                                                         : base_.host;
+    const std::string host =
+        base_.host.find(':') != std::string::npos ? "[" + base_.host + "]" : base_.host;
     return base_.port == 443 ? host : host + ":" + std::to_string(base_.port);
   }
 
@@ -262,7 +261,8 @@ class HttpClientImpl final : public HttpClient {
     }
     stream.set_verify_callback(asio::ssl::host_name_verification(base_.host));
     tcp_stream.expires_after(std::chrono::seconds(30));
-    ec = run(io, [&](auto handler) { stream.async_handshake(asio::ssl::stream_base::client, handler); });
+    ec = run(
+        io, [&](auto handler) { stream.async_handshake(asio::ssl::stream_base::client, handler); });
     if (ec) {
       std::string why = describe(ec);
       const std::string verify = tunnel::verify_failure_reason(stream.native_handle());
@@ -303,7 +303,8 @@ class HttpClientImpl final : public HttpClient {
     if (on_data != nullptr && status < 300) {
       // Hand each piece of the body over as it comes (a generate call's events).
       bool stopped = false;
-      auto on_chunk = [on_data, &stopped](std::uint64_t, std::string_view data, error_code& chunk_ec) {
+      auto on_chunk = [on_data, &stopped](std::uint64_t, std::string_view data,
+                                          error_code& chunk_ec) {
         if (!(*on_data)(data)) {
           stopped = true;
           chunk_ec = asio::error::operation_aborted;

@@ -12,13 +12,12 @@
 //
 // Tables by default, `-o json` for scripts. Every error prints a message and exits 1 (usage
 // errors 2). The PAT comes from the login config, --pat-file or $OUTPOST_PAT: never from argv.
-#include <signal.h>
-
 #include <iostream>
 
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include <signal.h>
 
 namespace {
 
@@ -44,7 +43,8 @@ int main(int argc, char** argv) {
   app.add_option("-o,--output", output, "table (default) or json")
       ->check(CLI::IsMember({"table", "json"}));
   app.add_option("--base-url", global.base_url, "the control plane, overriding the login");
-  app.add_option("--ca-file", global.ca_file, "CA bundle that signs the control plane's certificate");
+  app.add_option("--ca-file", global.ca_file,
+                 "CA bundle that signs the control plane's certificate");
   app.add_option("--pat-file", global.pat_file, "read the personal access token from this file");
 
   // The command to run, set by the subcommand that matched.
@@ -70,8 +70,11 @@ int main(int argc, char** argv) {
   cc->require_subcommand(1);
   auto* cc_create = cc->add_subcommand("create", "create a compute cluster")->alias("c");
   cc_create->add_option("ID", id, "compute cluster id")->required();
-  cc_create->add_option("--config", config_file, "compute_cluster: YAML")->required()->check(CLI::ExistingFile);
-  cc_create->callback([&] { set([&](Session& s) { return outpost::cli::cluster_create(s, id, config_file); }); });
+  cc_create->add_option("--config", config_file, "compute_cluster: YAML")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cc_create->callback(
+      [&] { set([&](Session& s) { return outpost::cli::cluster_create(s, id, config_file); }); });
   cc->add_subcommand("list", "list compute clusters")->alias("ls")->callback([&] {
     set([](Session& s) { return outpost::cli::cluster_list(s); });
   });
@@ -80,7 +83,8 @@ int main(int argc, char** argv) {
   cc_get->callback([&] { set([&](Session& s) { return outpost::cli::cluster_get(s, id); }); });
   auto* cc_delete = cc->add_subcommand("delete", "delete a compute cluster")->alias("rm");
   cc_delete->add_option("ID", id)->required();
-  cc_delete->callback([&] { set([&](Session& s) { return outpost::cli::cluster_delete(s, id); }); });
+  cc_delete->callback(
+      [&] { set([&](Session& s) { return outpost::cli::cluster_delete(s, id); }); });
 
   // nodepool | np
   auto* np = app.add_subcommand("nodepool", "nodepools, their join tokens and nodes")->alias("np");
@@ -88,7 +92,9 @@ int main(int argc, char** argv) {
   auto* np_create = np->add_subcommand("create", "create a nodepool")->alias("c");
   np_create->add_option("CC_ID", id)->required();
   np_create->add_option("NP_ID", second)->required();
-  np_create->add_option("--config", config_file, "nodepool: YAML")->required()->check(CLI::ExistingFile);
+  np_create->add_option("--config", config_file, "nodepool: YAML")
+      ->required()
+      ->check(CLI::ExistingFile);
   np_create->callback([&] {
     set([&](Session& s) { return outpost::cli::nodepool_create(s, id, second, config_file); });
   });
@@ -98,11 +104,14 @@ int main(int argc, char** argv) {
   auto* np_get = np->add_subcommand("get", "show a nodepool");
   np_get->add_option("CC_ID", id)->required();
   np_get->add_option("NP_ID", second)->required();
-  np_get->callback([&] { set([&](Session& s) { return outpost::cli::nodepool_get(s, id, second); }); });
-  auto* np_delete = np->add_subcommand("delete", "delete a nodepool (revokes its nodes)")->alias("rm");
+  np_get->callback(
+      [&] { set([&](Session& s) { return outpost::cli::nodepool_get(s, id, second); }); });
+  auto* np_delete =
+      np->add_subcommand("delete", "delete a nodepool (revokes its nodes)")->alias("rm");
   np_delete->add_option("CC_ID", id)->required();
   np_delete->add_option("NP_ID", second)->required();
-  np_delete->callback([&] { set([&](Session& s) { return outpost::cli::nodepool_delete(s, id, second); }); });
+  np_delete->callback(
+      [&] { set([&](Session& s) { return outpost::cli::nodepool_delete(s, id, second); }); });
   int64_t ttl = 3600;
   auto* np_token = np->add_subcommand("join-token", "a single-use token for a node to enroll");
   np_token->add_option("CC_ID", id)->required();
@@ -115,7 +124,8 @@ int main(int argc, char** argv) {
   auto* np_nodes = np->add_subcommand("nodes", "list a nodepool's enrolled nodes");
   np_nodes->add_option("CC_ID", id)->required();
   np_nodes->add_option("NP_ID", second)->required();
-  np_nodes->callback([&] { set([&](Session& s) { return outpost::cli::nodepool_nodes(s, id, second); }); });
+  np_nodes->callback(
+      [&] { set([&](Session& s) { return outpost::cli::nodepool_nodes(s, id, second); }); });
   auto* np_remove = np->add_subcommand("remove-node", "revoke a node's credential and drop it");
   np_remove->add_option("CC_ID", id)->required();
   np_remove->add_option("NP_ID", second)->required();
@@ -130,7 +140,9 @@ int main(int argc, char** argv) {
   auto* dp_create = dp->add_subcommand("create", "create a deployment")->alias("c");
   dp_create->add_option("NP_ID", id)->required();
   dp_create->add_option("DEP_ID", second)->required();
-  dp_create->add_option("--config", config_file, "deployment: YAML")->required()->check(CLI::ExistingFile);
+  dp_create->add_option("--config", config_file, "deployment: YAML")
+      ->required()
+      ->check(CLI::ExistingFile);
   dp_create->callback([&] {
     set([&](Session& s) { return outpost::cli::deployment_create(s, id, second, config_file); });
   });
@@ -142,7 +154,8 @@ int main(int argc, char** argv) {
   dp_get->callback([&] { set([&](Session& s) { return outpost::cli::deployment_get(s, id); }); });
   auto* dp_delete = dp->add_subcommand("delete", "delete a deployment")->alias("rm");
   dp_delete->add_option("DEP_ID", id)->required();
-  dp_delete->callback([&] { set([&](Session& s) { return outpost::cli::deployment_delete(s, id); }); });
+  dp_delete->callback(
+      [&] { set([&](Session& s) { return outpost::cli::deployment_delete(s, id); }); });
 
   // model
   auto* model = app.add_subcommand("model", "models: upload, inspect, predict");
@@ -150,8 +163,10 @@ int main(int argc, char** argv) {
   std::string model_id;
   auto* upload = model->add_subcommand("upload", "upload a model package (model.pt + config.yaml)");
   upload->add_option("DIR", id, "the package directory")->required()->check(CLI::ExistingDirectory);
-  upload->add_option("--model-id", model_id, "upload under this id (default: config.yaml's model.id)");
-  upload->callback([&] { set([&](Session& s) { return outpost::cli::model_upload(s, id, model_id); }); });
+  upload->add_option("--model-id", model_id,
+                     "upload under this id (default: config.yaml's model.id)");
+  upload->callback(
+      [&] { set([&](Session& s) { return outpost::cli::model_upload(s, id, model_id); }); });
   model->add_subcommand("list", "list models")->alias("ls")->callback([&] {
     set([](Session& s) { return outpost::cli::model_list(s); });
   });
@@ -160,7 +175,8 @@ int main(int argc, char** argv) {
   model_get->callback([&] { set([&](Session& s) { return outpost::cli::model_get(s, id); }); });
   auto* model_delete = model->add_subcommand("delete", "delete a model")->alias("rm");
   model_delete->add_option("MODEL_ID", id)->required();
-  model_delete->callback([&] { set([&](Session& s) { return outpost::cli::model_delete(s, id); }); });
+  model_delete->callback(
+      [&] { set([&](Session& s) { return outpost::cli::model_delete(s, id); }); });
 
   outpost::cli::PredictFlags predict;
   const auto predict_options = [&predict](CLI::App* sub) {
@@ -173,22 +189,25 @@ int main(int argc, char** argv) {
     sub->add_option("--text", predict.inputs.text, "text for the method's first input");
     sub->add_option("--file", predict.inputs.file, "a file's bytes for the first input")
         ->check(CLI::ExistingFile);
-    sub->add_option("--url", predict.inputs.url, "a URL the control plane fetches for the first input");
+    sub->add_option("--url", predict.inputs.url,
+                    "a URL the control plane fetches for the first input");
     sub->add_option("--inputs", predict.inputs.inputs_json, "all inputs as JSON");
-    sub->add_option("-i,--input", predict.inputs.named, "NAME=VALUE (VALUE as JSON when it parses)");
+    sub->add_option("-i,--input", predict.inputs.named,
+                    "NAME=VALUE (VALUE as JSON when it parses)");
   };
   auto* predict_cmd = model->add_subcommand("predict", "a unary call");
   predict_options(predict_cmd);
-  predict_cmd->callback([&] { set([&](Session& s) { return outpost::cli::model_predict(s, predict); }); });
+  predict_cmd->callback(
+      [&] { set([&](Session& s) { return outpost::cli::model_predict(s, predict); }); });
   auto* generate_cmd = model->add_subcommand("generate", "a generate call: chunks as they come");
   predict_options(generate_cmd);
-  generate_cmd->callback([&] { set([&](Session& s) { return outpost::cli::model_generate(s, predict); }); });
+  generate_cmd->callback(
+      [&] { set([&](Session& s) { return outpost::cli::model_generate(s, predict); }); });
   auto* stream_cmd =
       model->add_subcommand("stream", "a stream call: items from --text, --inputs or stdin lines");
   predict_options(stream_cmd);
-  stream_cmd->callback([&] {
-    set([&](Session& s) { return outpost::cli::model_stream(s, predict, std::cin); });
-  });
+  stream_cmd->callback(
+      [&] { set([&](Session& s) { return outpost::cli::model_stream(s, predict, std::cin); }); });
 
   try {
     app.parse(argc, argv);
@@ -196,8 +215,8 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
-  global.format = output == "json" ? outpost::cli::OutputFormat::kJson
-                                   : outpost::cli::OutputFormat::kTable;
+  global.format =
+      output == "json" ? outpost::cli::OutputFormat::kJson : outpost::cli::OutputFormat::kTable;
   if (login->parsed()) {
     if (login_flags.base_url.empty()) login_flags.base_url = global.base_url;
     if (login_flags.ca_file.empty()) login_flags.ca_file = global.ca_file;

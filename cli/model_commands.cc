@@ -1,6 +1,4 @@
 // model upload | list | get | delete | predict | generate | stream.
-#include <unistd.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
@@ -8,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/package_archive.h"
+#include <unistd.h>
 
 namespace outpost::cli {
 
@@ -48,9 +47,9 @@ std::string methods_cell(const json& version) {
 Result<json> method_for(Session& s, const PredictFlags& flags, const std::string& kind) {
   std::string version = flags.version;
   if (version.empty() && !flags.deployment.empty()) {
-    auto deployment = s.call("GET", "/v2/users/" +
-                                        escape(s.config.user_id.empty() ? "me" : s.config.user_id) +
-                                        "/deployments/" + escape(flags.deployment));
+    auto deployment =
+        s.call("GET", "/v2/users/" + escape(s.config.user_id.empty() ? "me" : s.config.user_id) +
+                          "/deployments/" + escape(flags.deployment));
     if (!deployment.ok()) return deployment.error();
     version = (*deployment)["deployment"]["worker"]["model"]["model_version"].value("id", "");
   }
@@ -58,7 +57,8 @@ Result<json> method_for(Session& s, const PredictFlags& flags, const std::string
   if (version.empty()) {
     OUTPOST_ASSIGN_OR_RETURN(auto model, s.call("GET", models_path(s) + "/" + escape(flags.model)));
     if (model["model"]["model_version"].is_null()) {
-      return invalid_argument("model " + flags.model + " has no version yet: `outpost model upload`");
+      return invalid_argument("model " + flags.model +
+                              " has no version yet: `outpost model upload`");
     }
     methods = model["model"]["model_version"]["method_signatures"];
   } else {
@@ -76,10 +76,12 @@ Result<json> selector(const PredictFlags& flags) {
   }
   if (!flags.deployment.empty()) return json{{"deployment", {{"id", flags.deployment}}}};
   if (flags.compute_cluster.empty() || flags.nodepool.empty()) {
-    return invalid_argument("name the runner: --deployment ID, or --compute-cluster ID "
-                            "--nodepool ID");
+    return invalid_argument(
+        "name the runner: --deployment ID, or --compute-cluster ID "
+        "--nodepool ID");
   }
-  return json{{"nodepool", {{"id", flags.nodepool}, {"compute_cluster", {{"id", flags.compute_cluster}}}}}};
+  return json{
+      {"nodepool", {{"id", flags.nodepool}, {"compute_cluster", {{"id", flags.compute_cluster}}}}}};
 }
 
 std::string outputs_path(const Session& s, const PredictFlags& flags) {
@@ -124,8 +126,8 @@ Status model_upload(Session& s, const std::string& dir, const std::string& model
     *s.out << reply["model_version"].dump(2) << "\n";
     return {};
   }
-  *s.out << "Model " << id << ": version " << reply["model_version"].value("id", "") << " uploaded ("
-         << methods_cell(reply["model_version"]) << ").\n";
+  *s.out << "Model " << id << ": version " << reply["model_version"].value("id", "")
+         << " uploaded (" << methods_cell(reply["model_version"]) << ").\n";
   return {};
 }
 
@@ -272,7 +274,8 @@ Status model_stream(Session& s, const PredictFlags& flags, std::istream& in) {
     query = "deployment=" + escape(flags.deployment);
   } else {
     OUTPOST_RETURN_IF_ERROR(selector(flags).status());
-    query = "compute_cluster=" + escape(flags.compute_cluster) + "&nodepool=" + escape(flags.nodepool);
+    query =
+        "compute_cluster=" + escape(flags.compute_cluster) + "&nodepool=" + escape(flags.nodepool);
   }
   OUTPOST_ASSIGN_OR_RETURN(auto method, method_for(s, flags, "stream"));
   OUTPOST_ASSIGN_OR_RETURN(auto items, build_stream_items(flags.inputs, method));

@@ -34,8 +34,8 @@ Result<json> pick_method(const json& methods, const std::string& requested,
     const std::string method_kind = method.value("kind", "");
     if (method_kind != kind) {
       const std::string command = method_kind == "unary" ? "predict" : method_kind;
-      return invalid_argument("'" + name + "' is a " + method_kind + " method: use `outpost model " +
-                              command + "`");
+      return invalid_argument("'" + name + "' is a " + method_kind +
+                              " method: use `outpost model " + command + "`");
     }
     return method;
   }
@@ -80,12 +80,13 @@ Result<json> build_inputs(const InputFlags& flags, const json& method) {
   if (!flags.inputs_json.empty()) {
     inputs = json::parse(flags.inputs_json, nullptr, false);
     if (!inputs.is_object()) {
-      return invalid_argument("--inputs must be a JSON object of the method's inputs, e.g. "
-                              "'{\"text\": \"hello\"}'");
+      return invalid_argument(
+          "--inputs must be a JSON object of the method's inputs, e.g. "
+          "'{\"text\": \"hello\"}'");
     }
   }
-  const int direct = (flags.text.empty() ? 0 : 1) + (flags.file.empty() ? 0 : 1) +
-                     (flags.url.empty() ? 0 : 1);
+  const int direct =
+      (flags.text.empty() ? 0 : 1) + (flags.file.empty() ? 0 : 1) + (flags.url.empty() ? 0 : 1);
   if (direct > 1 || flags.text.size() > 1) {
     return invalid_argument("give one of --text, --file and --url (they set the first input)");
   }
@@ -108,8 +109,9 @@ Result<std::vector<json>> build_stream_items(const InputFlags& flags, const json
   if (!flags.inputs_json.empty()) {
     const json parsed = json::parse(flags.inputs_json, nullptr, false);
     if (!parsed.is_array()) {
-      return invalid_argument("for a stream, --inputs is a JSON array of input objects, e.g. "
-                              "'[{\"text\": \"a\"}, {\"text\": \"b\"}]'");
+      return invalid_argument(
+          "for a stream, --inputs is a JSON array of input objects, e.g. "
+          "'[{\"text\": \"a\"}, {\"text\": \"b\"}]'");
     }
     for (const auto& item : parsed) {
       if (!item.is_object()) return invalid_argument("--inputs: each item must be an object");

@@ -1,14 +1,12 @@
 // login, compute clusters, nodepools (and their join tokens and nodes), deployments.
-#include <unistd.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include <termios.h>
-
 #include "cli/commands.h"
+#include <termios.h>
+#include <unistd.h>
 
 namespace outpost::cli {
 
@@ -108,8 +106,9 @@ Result<Session> open_session(const GlobalFlags& flags) {
     session.config.user_id.clear();
   }
   if (session.config.pat.empty()) {
-    return Error(ErrorCode::kUnauthenticated,
-                 "no personal access token: run `outpost login`, or give --pat-file or $OUTPOST_PAT");
+    return Error(
+        ErrorCode::kUnauthenticated,
+        "no personal access token: run `outpost login`, or give --pat-file or $OUTPOST_PAT");
   }
   ClientConfig client;
   client.base_url = session.config.base_url;
@@ -167,9 +166,9 @@ Status login(const LoginFlags& flags, std::ostream& out) {
 
 Status cluster_create(Session& s, const std::string& id, const std::string& config_file) {
   OUTPOST_ASSIGN_OR_RETURN(auto file, read_config_file(config_file));
-  OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("POST", user_path(s) + "/compute_clusters?id=" +
-                                                          path_escape(id),
-                                              file.text, file.content_type));
+  OUTPOST_ASSIGN_OR_RETURN(auto reply,
+                           s.call("POST", user_path(s) + "/compute_clusters?id=" + path_escape(id),
+                                  file.text, file.content_type));
   return confirm(s, "Compute cluster " + id + " created.", reply, "compute_cluster");
 }
 
@@ -181,7 +180,8 @@ Status cluster_list(Session& s) {
   }
   std::vector<std::vector<std::string>> rows;
   for (const auto& cluster : reply["compute_clusters"]) {
-    rows.push_back({cell(cluster["id"]), cell(cluster.value("cloud_provider", json::object()).value("id", json())),
+    rows.push_back({cell(cluster["id"]),
+                    cell(cluster.value("cloud_provider", json::object()).value("id", json())),
                     cell(cluster["region"]), cell(cluster["cluster_type"]),
                     cell(cluster.value("description", json())), cell(cluster["created_at"])});
   }
@@ -215,19 +215,19 @@ std::string nodepool_path(const Session& s, const std::string& cluster, const st
 Status nodepool_create(Session& s, const std::string& cluster, const std::string& id,
                        const std::string& config_file) {
   OUTPOST_ASSIGN_OR_RETURN(auto file, read_config_file(config_file));
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto reply, s.call("POST",
-                         user_path(s) + "/compute_clusters/" + path_escape(cluster) +
-                             "/nodepools?id=" + path_escape(id),
-                         file.text, file.content_type));
+  OUTPOST_ASSIGN_OR_RETURN(auto reply,
+                           s.call("POST",
+                                  user_path(s) + "/compute_clusters/" + path_escape(cluster) +
+                                      "/nodepools?id=" + path_escape(id),
+                                  file.text, file.content_type));
   return confirm(s, "Nodepool " + id + " created in compute cluster " + cluster + ".", reply,
                  "nodepool");
 }
 
 Status nodepool_list(Session& s, const std::string& cluster) {
-  const std::string path = cluster.empty() ? user_path(s) + "/nodepools"
-                                           : user_path(s) + "/compute_clusters/" +
-                                                 path_escape(cluster) + "/nodepools";
+  const std::string path =
+      cluster.empty() ? user_path(s) + "/nodepools"
+                      : user_path(s) + "/compute_clusters/" + path_escape(cluster) + "/nodepools";
   OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("GET", path));
   if (s.json_output()) {
     *s.out << reply["nodepools"].dump(2) << "\n";
@@ -256,8 +256,9 @@ Status nodepool_delete(Session& s, const std::string& cluster, const std::string
 
 Status nodepool_join_token(Session& s, const std::string& cluster, const std::string& id,
                            int64_t ttl_seconds) {
-  OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("POST", nodepool_path(s, cluster, id) + "/join_tokens",
-                                              json{{"ttl_seconds", ttl_seconds}}.dump()));
+  OUTPOST_ASSIGN_OR_RETURN(auto reply,
+                           s.call("POST", nodepool_path(s, cluster, id) + "/join_tokens",
+                                  json{{"ttl_seconds", ttl_seconds}}.dump()));
   const json token = reply["join_token"];
   if (s.json_output()) {
     *s.out << token.dump(2) << "\n";
@@ -278,7 +279,8 @@ Status nodepool_nodes(Session& s, const std::string& cluster, const std::string&
   std::vector<std::vector<std::string>> rows;
   for (const auto& node : reply["nodes"]) {
     size_t ready = 0;
-    for (const auto& replica : node["replicas"]) ready += replica.value("state", "") == "ready" ? 1 : 0;
+    for (const auto& replica : node["replicas"])
+      ready += replica.value("state", "") == "ready" ? 1 : 0;
     rows.push_back({cell(node["id"]), cell(node["name"]), node["online"].get<bool>() ? "yes" : "no",
                     std::to_string(ready) + "/" + std::to_string(node["replicas"].size()),
                     cell(node.value("last_seen_at", json()))});
@@ -289,9 +291,10 @@ Status nodepool_nodes(Session& s, const std::string& cluster, const std::string&
 
 Status nodepool_remove_node(Session& s, const std::string& cluster, const std::string& id,
                             const std::string& node) {
-  OUTPOST_ASSIGN_OR_RETURN(auto reply,
-                           s.call("DELETE", nodepool_path(s, cluster, id) + "/nodes/" + path_escape(node)));
-  return confirm(s, "Node " + node + " removed; its credential is revoked and its connections closed.",
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto reply, s.call("DELETE", nodepool_path(s, cluster, id) + "/nodes/" + path_escape(node)));
+  return confirm(s,
+                 "Node " + node + " removed; its credential is revoked and its connections closed.",
                  reply, "status");
 }
 
@@ -300,11 +303,10 @@ Status nodepool_remove_node(Session& s, const std::string& cluster, const std::s
 Status deployment_create(Session& s, const std::string& nodepool, const std::string& id,
                          const std::string& config_file) {
   OUTPOST_ASSIGN_OR_RETURN(auto file, read_config_file(config_file));
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto reply, s.call("POST",
-                         user_path(s) + "/deployments?id=" + path_escape(id) +
-                             "&nodepool_id=" + path_escape(nodepool),
-                         file.text, file.content_type));
+  OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("POST",
+                                              user_path(s) + "/deployments?id=" + path_escape(id) +
+                                                  "&nodepool_id=" + path_escape(nodepool),
+                                              file.text, file.content_type));
   return confirm(s, "Deployment " + id + " created on nodepool " + nodepool + ".", reply,
                  "deployment");
 }
@@ -313,7 +315,8 @@ namespace {
 
 std::vector<std::string> deployment_row(const json& deployment) {
   std::string pools;
-  for (const auto& pool : deployment["nodepools"]) pools += (pools.empty() ? "" : ",") + cell(pool["id"]);
+  for (const auto& pool : deployment["nodepools"])
+    pools += (pools.empty() ? "" : ",") + cell(pool["id"]);
   const json metrics = deployment.value("deployment_metrics", json::object());
   return {cell(deployment["id"]),
           cell(deployment["worker"]["model"]["id"]),
@@ -341,7 +344,8 @@ Status deployment_list(Session& s, const std::string& nodepool) {
 }
 
 Status deployment_get(Session& s, const std::string& id) {
-  OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("GET", user_path(s) + "/deployments/" + path_escape(id)));
+  OUTPOST_ASSIGN_OR_RETURN(auto reply,
+                           s.call("GET", user_path(s) + "/deployments/" + path_escape(id)));
   if (s.json_output()) return print_resource(s, reply, "deployment");
   const json deployment = reply["deployment"];
   print_table(*s.out, {"ID", "MODEL", "VERSION", "NODEPOOLS", "DESIRED", "LIVE", "STATE"},

@@ -50,8 +50,9 @@ class ArtifactSender : public std::enable_shared_from_this<ArtifactSender> {
       LOG_INFO("control.artifact_sent", "artifact " << sha256_ << " sent");
       return;
     }
-    stream_->async_write(std::move(chunk), false,
-                         [self = shared_from_this()](error_code write_ec) { self->next(write_ec); });
+    stream_->async_write(std::move(chunk), false, [self = shared_from_this()](error_code write_ec) {
+      self->next(write_ec);
+    });
   }
 
  private:
@@ -85,16 +86,17 @@ tunnel::TunnelServer::Handlers AgentService::handlers() {
     if (!self || is_enroll_identity(peer.identity)) return;
     asio::post(self->pool_, [self, identity = peer.identity] { self->on_connection(identity); });
   };
-  handlers.on_stream = [weak](std::shared_ptr<tunnel::Stream> stream, const tunnel::PeerInfo& peer) {
+  handlers.on_stream = [weak](std::shared_ptr<tunnel::Stream> stream,
+                              const tunnel::PeerInfo& peer) {
     auto self = weak.lock();
     if (!self) return stream->reset(tunnel::Errc::kRefusedStream, "shutting down");
     self->on_stream(stream, peer);
   };
   handlers.on_disconnect = [weak](const tunnel::PeerInfo& peer, error_code code,
                                   const std::string& reason) {
-    LOG_INFO("control.agent_disconnected", "connection " << peer.connection_index << " of "
-                                                         << peer.identity << " closed: "
-                                                         << code.message() << " " << reason);
+    LOG_INFO("control.agent_disconnected", "connection "
+                                               << peer.connection_index << " of " << peer.identity
+                                               << " closed: " << code.message() << " " << reason);
   };
   return handlers;
 }
@@ -104,18 +106,21 @@ void AgentService::authenticate(const std::string& credential,
   const auto refuse = [&done](const std::string& why) {
     done(Error(ErrorCode::kUnauthenticated, why));
   };
-  if (credential.compare(0, kJoinTokenPrefix.size() + 1, std::string(kJoinTokenPrefix) + "_") == 0) {
+  if (credential.compare(0, kJoinTokenPrefix.size() + 1, std::string(kJoinTokenPrefix) + "_") ==
+      0) {
     auto parsed = parse_token(credential, kJoinTokenPrefix);
     if (!parsed.ok()) return refuse(parsed.error().message());
     auto token = store_.get_join_token(parsed->id);
     if (!token.ok()) return refuse("unknown join token");
     if (token->used_at.has_value()) {
-      return refuse("the join token was already used; create a new one with `outpost nodepool "
-                    "join-token`");
+      return refuse(
+          "the join token was already used; create a new one with `outpost nodepool "
+          "join-token`");
     }
     if (token->expires_at <= clock_.now_seconds()) {
-      return refuse("the join token has expired; create a new one with `outpost nodepool "
-                    "join-token`");
+      return refuse(
+          "the join token has expired; create a new one with `outpost nodepool "
+          "join-token`");
     }
     if (!verify_secret(parsed->secret, token->secret_hash)) return refuse("unknown join token");
     return done(std::string(kEnrollIdentityPrefix) + parsed->id);
@@ -136,8 +141,9 @@ void AgentService::authenticate(const std::string& credential,
     }
     auto node = store_.get_node(parsed->id);
     if (!node.ok() || !verify_secret(parsed->secret, node->secret_hash)) {
-      return refuse("unknown or revoked node credential; enroll the node again with a new join "
-                    "token");
+      return refuse(
+          "unknown or revoked node credential; enroll the node again with a new join "
+          "token");
     }
     {
       std::lock_guard<std::mutex> lock(cache_mutex_);
@@ -181,13 +187,13 @@ void AgentService::on_stream(const std::shared_ptr<tunnel::Stream>& stream,
   }
   stream->set_max_message_size(kMaxControlMessage);
   auto self = shared_from_this();
-  stream->async_read([self, stream, identity = peer.identity, method](error_code ec,
-                                                                     std::string request) {
-    if (ec && ec != tunnel::Errc::kEndOfStream) return;  // the agent went away or reset
-    asio::post(self->pool_, [self, stream, identity, method, request = std::move(request)] {
-      self->handle_unary(stream, identity, method, request);
-    });
-  });
+  stream->async_read(
+      [self, stream, identity = peer.identity, method](error_code ec, std::string request) {
+        if (ec && ec != tunnel::Errc::kEndOfStream) return;  // the agent went away or reset
+        asio::post(self->pool_, [self, stream, identity, method, request = std::move(request)] {
+          self->handle_unary(stream, identity, method, request);
+        });
+      });
 }
 
 void AgentService::handle_unary(const std::shared_ptr<tunnel::Stream>& stream,
@@ -202,8 +208,8 @@ void AgentService::handle_unary(const std::shared_ptr<tunnel::Stream>& stream,
     response = report(identity, request);
   }
   if (!response.ok()) {
-    LOG_NOTICE("control.agent_call_failed", method << " from " << identity
-                                                   << " failed: " << response.error().to_string());
+    LOG_NOTICE("control.agent_call_failed",
+               method << " from " << identity << " failed: " << response.error().to_string());
     return reply_error(stream, response.error());
   }
   reply(stream, response->dump());
@@ -223,8 +229,8 @@ Result<json> AgentService::enroll(const std::string& token_id, const std::string
   node.secret_hash = hash_secret(secret);
   OUTPOST_RETURN_IF_ERROR(store_.enroll_node(token_id, clock_.now_seconds(), node));
   LOG_NOTICE("control.node_enrolled", "node " << node.id << " (" << node.name << ") enrolled in "
-                                              << node.compute_cluster_id << "/"
-                                              << node.nodepool_id << " of " << node.user_id);
+                                              << node.compute_cluster_id << "/" << node.nodepool_id
+                                              << " of " << node.user_id);
   auto self = shared_from_this();
   asio::post(pool_, [self, user = node.user_id] { self->reschedule(user); });
   return json{{"node_id", node.id},
@@ -238,9 +244,9 @@ Result<json> AgentService::report(const std::string& node_id, const std::string&
   OUTPOST_ASSIGN_OR_RETURN(auto parsed, parse_node_report(request));
   fleet_.set_replicas(node_id, parsed.replicas);
   fleet_.set_acknowledged(node_id, parsed.applied_version);
-  OUTPOST_RETURN_IF_ERROR(store_.record_report(
-      node_id, parsed.inventory.has_value() ? &*parsed.inventory : nullptr, parsed.replicas_doc,
-      parsed.applied_version, clock_.now_seconds()));
+  OUTPOST_RETURN_IF_ERROR(
+      store_.record_report(node_id, parsed.inventory.has_value() ? &*parsed.inventory : nullptr,
+                           parsed.replicas_doc, parsed.applied_version, clock_.now_seconds()));
   return json::object();
 }
 
@@ -303,18 +309,17 @@ void AgentService::push_desired(const std::string& node_id) {
   tunnel::async_read_unary_response(
       stream, [self, node_id, version](error_code ec, const std::string& response) {
         if (ec) {
-          LOG_INFO("control.desired_unacknowledged",
-                   "node " << node_id << " did not take desired state " << version << ": "
-                           << ec.message());
+          LOG_INFO("control.desired_unacknowledged", "node " << node_id
+                                                             << " did not take desired state "
+                                                             << version << ": " << ec.message());
           return;
         }
         auto parsed = parse_json(response);
         if (parsed.ok() && parsed->is_object() && parsed->contains("version") &&
             (*parsed)["version"].is_number_integer()) {
           self->fleet_.set_acknowledged(node_id, (*parsed)["version"].get<int64_t>());
-          LOG_INFO("control.desired_acknowledged",
-                   "node " << node_id << " holds desired state "
-                           << (*parsed)["version"].get<int64_t>());
+          LOG_INFO("control.desired_acknowledged", "node " << node_id << " holds desired state "
+                                                           << (*parsed)["version"].get<int64_t>());
         } else {
           LOG_WARNING("control.desired_bad_answer",
                       "node " << node_id << " answered node.desired with an unexpected document");
@@ -342,8 +347,7 @@ void AgentService::reschedule(const std::string& user_id) {
       d.min_replicas = autoscale.value("min_replicas", int64_t{0});
       d.max_replicas = autoscale.value("max_replicas", int64_t{1});
       d.disable_packing = autoscale.value("disable_packing", false);
-      auto version =
-          store_.get_version(user_id, deployment.model_id, deployment.model_version_id);
+      auto version = store_.get_version(user_id, deployment.model_id, deployment.model_version_id);
       if (version.ok() && version->config.is_object()) {
         const json compute = version->config.value("inference_compute_info", json::object());
         if (compute.is_object() && compute.contains("cpu_memory")) {

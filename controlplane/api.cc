@@ -42,10 +42,8 @@ const std::vector<Route>& routes() {
       {"DELETE", "/v2/users/{user}/compute_clusters/{cc}", Scope::kWrite, delete_cluster},
       {"GET", "/v2/users/{user}/nodepools", Scope::kRead, list_nodepools},
       {"GET", "/v2/users/{user}/compute_clusters/{cc}/nodepools", Scope::kRead, list_nodepools},
-      {"POST", "/v2/users/{user}/compute_clusters/{cc}/nodepools", Scope::kWrite,
-       create_nodepool},
-      {"GET", "/v2/users/{user}/compute_clusters/{cc}/nodepools/{np}", Scope::kRead,
-       get_nodepool},
+      {"POST", "/v2/users/{user}/compute_clusters/{cc}/nodepools", Scope::kWrite, create_nodepool},
+      {"GET", "/v2/users/{user}/compute_clusters/{cc}/nodepools/{np}", Scope::kRead, get_nodepool},
       {"DELETE", "/v2/users/{user}/compute_clusters/{cc}/nodepools/{np}", Scope::kWrite,
        delete_nodepool},
       {"POST", "/v2/users/{user}/compute_clusters/{cc}/nodepools/{np}/join_tokens", Scope::kWrite,
@@ -138,9 +136,9 @@ Status admit(ApiServices& s, const HttpRequest& request, Scope scope, Call& call
   OUTPOST_ASSIGN_OR_RETURN(call.principal, s.auth->authenticate(request.header("authorization")));
   call.request = &request;
   if (scope != Scope::kNone && call.principal.scopes.count(scope_name(scope)) == 0) {
-    return Error(ErrorCode::kPermissionDenied,
-                 std::string("this personal access token lacks the '") + scope_name(scope) +
-                     "' scope");
+    return Error(
+        ErrorCode::kPermissionDenied,
+        std::string("this personal access token lacks the '") + scope_name(scope) + "' scope");
   }
   if (scope == Scope::kAdmin && !call.principal.is_admin) {
     return Error(ErrorCode::kPermissionDenied, "only an administrator may do this");
@@ -158,7 +156,8 @@ Status admit(ApiServices& s, const HttpRequest& request, Scope scope, Call& call
 
 bool is_upload_route(const HttpRequest& head) {
   std::map<std::string, std::string> params;
-  return head.method == "POST" && match("/v2/users/{user}/models/{model}/versions", head.path, params);
+  return head.method == "POST" &&
+         match("/v2/users/{user}/models/{model}/versions", head.path, params);
 }
 
 }  // namespace
@@ -173,7 +172,8 @@ HttpHandlers Api::handlers() {
   handlers.on_request = [weak](std::shared_ptr<HttpExchange> exchange) {
     auto self = weak.lock();
     if (!self) return;
-    asio::post(self->services_.pool, [self, exchange = std::move(exchange)] { self->handle(exchange); });
+    asio::post(self->services_.pool,
+               [self, exchange = std::move(exchange)] { self->handle(exchange); });
   };
   handlers.on_websocket = [weak](std::shared_ptr<WebSocketUpgrade> upgrade) {
     auto self = weak.lock();
@@ -204,8 +204,8 @@ void Api::handle(const std::shared_ptr<HttpExchange>& exchange) {
     const Status admitted = admit(services_, request, route.scope, call);
     if (!admitted.ok()) {
       if (admitted.error().code() == ErrorCode::kUnauthenticated) {
-        LOG_NOTICE("control.auth_refused", request_id << " from " << request.remote << ": "
-                                                      << admitted.error().message());
+        LOG_NOTICE("control.auth_refused",
+                   request_id << " from " << request.remote << ": " << admitted.error().message());
       }
       return exchange->respond(error_response(admitted.error(), request_id));
     }
@@ -220,14 +220,14 @@ void Api::handle(const std::shared_ptr<HttpExchange>& exchange) {
     return exchange->respond(json_response(std::move(reply).value(), request_id));
   }
   if (path_known) {
-    return exchange->respond(error_response(
-        Error(ErrorCode::kInvalidArgument,
-              "method " + request.method + " is not allowed on " + request.path),
-        request_id));
+    return exchange->respond(
+        error_response(Error(ErrorCode::kInvalidArgument,
+                             "method " + request.method + " is not allowed on " + request.path),
+                       request_id));
   }
   exchange->respond(error_response(
-      Error(ErrorCode::kNotFound, "no endpoint " + request.method + " " + request.path +
-                                      " (docs/api.md lists them)"),
+      Error(ErrorCode::kNotFound,
+            "no endpoint " + request.method + " " + request.path + " (docs/api.md lists them)"),
       request_id));
 }
 

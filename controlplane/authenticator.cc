@@ -52,8 +52,8 @@ Result<Principal> Authenticator::authenticate(std::string_view authorization) {
     return unauthenticated("the personal access token has expired");
   }
   OUTPOST_ASSIGN_OR_RETURN(auto user, store_.get_user(key->user_id));
-  Principal principal{user.id, key->id, std::set<std::string>(key->scopes.begin(), key->scopes.end()),
-                      user.is_admin};
+  Principal principal{user.id, key->id,
+                      std::set<std::string>(key->scopes.begin(), key->scopes.end()), user.is_admin};
   std::lock_guard<std::mutex> lock(mutex_);
   if (verified_.size() >= kCacheLimit) verified_.clear();
   verified_[fingerprint] = Cached{principal, key->expires_at};

@@ -41,8 +41,8 @@ Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig 
   OUTPOST_ASSIGN_OR_RETURN(auto doc, parse_yaml(yaml));
   if (doc.is_null()) return config;
   OUTPOST_ASSIGN_OR_RETURN(auto root, ObjectReader::create(doc, ""));
-  OUTPOST_RETURN_IF_ERROR(root.only({"listen", "data_dir", "tls", "worker_path", "admin",
-                                     "limits", "url_inputs", "threads", "port_file"}));
+  OUTPOST_RETURN_IF_ERROR(root.only({"listen", "data_dir", "tls", "worker_path", "admin", "limits",
+                                     "url_inputs", "threads", "port_file"}));
   OUTPOST_ASSIGN_OR_RETURN(auto listen, root.optional_string("listen"));
   if (listen.has_value()) OUTPOST_RETURN_IF_ERROR(parse_listen(*listen, config));
   const auto assign = [](std::string& target, const std::optional<std::string>& value) {
@@ -157,8 +157,9 @@ Result<ControlConfig> load_control_config(const std::vector<std::string>& args) 
     }
   }
   if (config.tls_cert_file.empty() || config.tls_key_file.empty()) {
-    return invalid_argument("tls.cert_file and tls.key_file are required (outpost-control serves "
-                            "HTTPS only)");
+    return invalid_argument(
+        "tls.cert_file and tls.key_file are required (outpost-control serves "
+        "HTTPS only)");
   }
   return config;
 }

@@ -34,9 +34,8 @@ Status check_inventory(const json& inventory) {
       return invalid_argument("inventory.gpus: must be a list of at most 64 GPUs");
     }
     for (size_t i = 0; i < gpus->size(); ++i) {
-      OUTPOST_ASSIGN_OR_RETURN(auto gpu, ObjectReader::create((*gpus)[i], "inventory.gpus[" +
-                                                                              std::to_string(i) +
-                                                                              "]"));
+      OUTPOST_ASSIGN_OR_RETURN(
+          auto gpu, ObjectReader::create((*gpus)[i], "inventory.gpus[" + std::to_string(i) + "]"));
       OUTPOST_RETURN_IF_ERROR(gpu.optional_int("index", 0, 1024).status());
       OUTPOST_RETURN_IF_ERROR(gpu.optional_string("name").status());
       OUTPOST_RETURN_IF_ERROR(gpu.optional_int("memory_bytes", 0, INT64_MAX).status());
@@ -109,7 +108,8 @@ Result<NodeReport> parse_node_report(std::string_view text) {
       state.message = message.value_or("");
       OUTPOST_ASSIGN_OR_RETURN(auto device, replica.optional_string("device"));
       state.device = device.value_or("");
-      OUTPOST_ASSIGN_OR_RETURN(auto ongoing, replica.optional_int("ongoing_requests", 0, INT64_MAX));
+      OUTPOST_ASSIGN_OR_RETURN(auto ongoing,
+                               replica.optional_int("ongoing_requests", 0, INT64_MAX));
       state.ongoing_requests = ongoing.value_or(0);
       OUTPOST_ASSIGN_OR_RETURN(auto memory, replica.optional_int("memory_bytes", 0, INT64_MAX));
       state.memory_bytes = memory.value_or(0);
@@ -126,8 +126,9 @@ Result<NodeReport> parse_node_report(std::string_view text) {
 }
 
 std::string error_message(const Error& error) {
-  return json{{"error",
-               {{"code", std::string(error_code_name(error.code()))}, {"message", error.message()}}}}
+  return json{
+      {"error",
+       {{"code", std::string(error_code_name(error.code()))}, {"message", error.message()}}}}
       .dump();
 }
 

@@ -50,14 +50,17 @@ class ControlPlane::Impl {
     clock_ = seams.clock != nullptr ? seams.clock : &system_clock_;
     std::error_code ec;
     fs::create_directories(config_.data_dir, ec);
-    if (ec) return unavailable("cannot create the data directory " + config_.data_dir + ": " + ec.message());
+    if (ec)
+      return unavailable("cannot create the data directory " + config_.data_dir + ": " +
+                         ec.message());
     fs::permissions(config_.data_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
     temp_dir_ = config_.data_dir + "/tmp";
     fs::remove_all(temp_dir_, ec);  // leftovers of a crash
     fs::create_directories(temp_dir_, ec);
     if (ec) return unavailable("cannot create " + temp_dir_ + ": " + ec.message());
     OUTPOST_ASSIGN_OR_RETURN(store_, Store::open(config_.data_dir + "/outpost.db", *clock_));
-    OUTPOST_ASSIGN_OR_RETURN(auto artifacts, ArtifactStore::create(config_.data_dir + "/artifacts"));
+    OUTPOST_ASSIGN_OR_RETURN(auto artifacts,
+                             ArtifactStore::create(config_.data_dir + "/artifacts"));
     artifacts_ = std::make_unique<ArtifactStore>(std::move(artifacts));
     auth_ = std::make_unique<Authenticator>(*store_, *clock_);
     OUTPOST_RETURN_IF_ERROR(bootstrap_admin());
@@ -76,9 +79,8 @@ class ControlPlane::Impl {
     fetch.ca_file = config_.url_ca_file;
     fetcher_ = std::make_unique<UrlFetcher>(io_, fetch);
 
-    OUTPOST_ASSIGN_OR_RETURN(auto tls,
-                             tunnel::make_server_tls_context(config_.tls_cert_file,
-                                                             config_.tls_key_file));
+    OUTPOST_ASSIGN_OR_RETURN(
+        auto tls, tunnel::make_server_tls_context(config_.tls_cert_file, config_.tls_key_file));
     tunnel::ServerOptions tunnel_options;
     tunnel_options.connection.local_id = "outpost-control";
     tunnel_ = tunnel::TunnelServer::create(io_, tls, tunnel_options, agents_->handlers());
@@ -167,12 +169,12 @@ class ControlPlane::Impl {
     OUTPOST_ASSIGN_OR_RETURN(const int64_t users, store_->count_users());
     if (users > 0) return {};
     OUTPOST_RETURN_IF_ERROR(store_->create_user(config_.admin_user, /*is_admin=*/true));
-    OUTPOST_ASSIGN_OR_RETURN(auto key, auth_->create_key(config_.admin_user, kAllScopes,
-                                                         "admin key made at the first start",
-                                                         std::nullopt));
+    OUTPOST_ASSIGN_OR_RETURN(auto key,
+                             auth_->create_key(config_.admin_user, kAllScopes,
+                                               "admin key made at the first start", std::nullopt));
     admin_token_ = key.token;
-    LOG_NOTICE("control.admin_created", "created the administrator '" << config_.admin_user
-                                                                        << "' and its first key");
+    LOG_NOTICE("control.admin_created",
+               "created the administrator '" << config_.admin_user << "' and its first key");
     return {};
   }
 

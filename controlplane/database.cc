@@ -13,7 +13,8 @@ Error sqlite_error(sqlite3* db, std::string_view what) {
   std::string message = std::string(what) + ": " + (db != nullptr ? sqlite3_errmsg(db) : "");
   if ((code & 0xff) == SQLITE_CONSTRAINT) return Error(ErrorCode::kAlreadyExists, message);
   if ((code & 0xff) == SQLITE_FULL) {
-    return Error(ErrorCode::kResourceExhausted, "the data directory's disk is full (" + message + ")");
+    return Error(ErrorCode::kResourceExhausted,
+                 "the data directory's disk is full (" + message + ")");
   }
   if ((code & 0xff) == SQLITE_BUSY) return unavailable("the database is busy: " + message);
   return internal_error("database error: " + message);
@@ -21,8 +22,7 @@ Error sqlite_error(sqlite3* db, std::string_view what) {
 
 }  // namespace
 
-Statement::Statement(Statement&& other) noexcept
-    : db_(other.db_), statement_(other.statement_) {
+Statement::Statement(Statement&& other) noexcept : db_(other.db_), statement_(other.statement_) {
   other.statement_ = nullptr;
 }
 
@@ -80,9 +80,9 @@ bool Statement::is_null(int column) const {
 
 Result<std::unique_ptr<Database>> Database::open(const std::string& path) {
   sqlite3* raw = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &raw,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                                 nullptr);
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string message = raw != nullptr ? sqlite3_errmsg(raw) : "out of memory";
     sqlite3_close(raw);

@@ -57,8 +57,8 @@ json resolve_plain_scalar(const std::string& text) {
   char* end = nullptr;
   errno = 0;
   const long long integer = std::strtoll(begin, &end, 10);
-  if (end == begin + text.size() && errno == 0 && text.find_first_not_of("+-0123456789") ==
-                                                       std::string::npos) {
+  if (end == begin + text.size() && errno == 0 &&
+      text.find_first_not_of("+-0123456789") == std::string::npos) {
     return integer;
   }
   if (text.find_first_not_of("+-0123456789.eE") == std::string::npos &&
@@ -76,8 +76,7 @@ struct Converter {
   Result<json> convert(const YAML::Node& node, int depth) {
     if (++nodes > kMaxDocumentNodes) {
       return invalid_argument("the YAML document has more than " +
-                              std::to_string(kMaxDocumentNodes) +
-                              " nodes (aliases are expanded)");
+                              std::to_string(kMaxDocumentNodes) + " nodes (aliases are expanded)");
     }
     if (depth > kMaxDocumentDepth) {
       return invalid_argument("the YAML document nests deeper than " +

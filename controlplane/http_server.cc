@@ -103,8 +103,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void queue_write(std::string data, std::function<void(bool)> done);
   void write_next();
   std::string response_head(int status, const std::string& content_type, bool chunked,
-                            size_t length, const std::vector<std::pair<std::string, std::string>>&
-                                               extra);
+                            size_t length,
+                            const std::vector<std::pair<std::string, std::string>>& extra);
 
   std::shared_ptr<ServerImpl> server_;
   TlsStream stream_;
@@ -153,15 +153,17 @@ class Exchange final : public HttpExchange {
   }
   void start_stream(int status, std::string content_type) override {
     auto session = session_;
-    asio::post(session->executor(), [session, status, content_type = std::move(content_type)]() mutable {
-      session->send_stream_head(status, std::move(content_type));
-    });
+    asio::post(session->executor(),
+               [session, status, content_type = std::move(content_type)]() mutable {
+                 session->send_stream_head(status, std::move(content_type));
+               });
   }
   void write_chunk(std::string data, std::function<void(bool)> done) override {
     auto session = session_;
-    asio::post(session->executor(), [session, data = std::move(data), done = std::move(done)]() mutable {
-      session->send_chunk(std::move(data), std::move(done));
-    });
+    asio::post(session->executor(),
+               [session, data = std::move(data), done = std::move(done)]() mutable {
+                 session->send_chunk(std::move(data), std::move(done));
+               });
   }
   void end_stream() override {
     auto session = session_;
@@ -204,27 +206,27 @@ class Upgrade final : public WebSocketUpgrade {
 
 // A predict stream's WebSocket. Reads and writes run on the connection's strand; one write is
 // in flight at a time, the rest queue.
-class WsChannel final : public WebSocketChannel,
-                        public std::enable_shared_from_this<WsChannel> {
+class WsChannel final : public WebSocketChannel, public std::enable_shared_from_this<WsChannel> {
  public:
   explicit WsChannel(TlsStream stream) : ws_(std::move(stream)) {}
 
   websocket::stream<TlsStream>& ws() { return ws_; }
 
   void read(std::function<void(bool, std::string)> handler) override {
-    asio::post(ws_.get_executor(), [self = shared_from_this(), handler = std::move(handler)]() mutable {
-      if (self->closed_) return handler(false, {});
-      self->ws_.async_read(self->read_buffer_, [self, handler = std::move(handler)](
-                                                   error_code ec, size_t) mutable {
-        if (ec) {
-          self->closed_ = true;
-          return handler(false, {});
-        }
-        std::string message = beast::buffers_to_string(self->read_buffer_.data());
-        self->read_buffer_.consume(self->read_buffer_.size());
-        handler(true, std::move(message));
-      });
-    });
+    asio::post(ws_.get_executor(),
+               [self = shared_from_this(), handler = std::move(handler)]() mutable {
+                 if (self->closed_) return handler(false, {});
+                 self->ws_.async_read(self->read_buffer_, [self, handler = std::move(handler)](
+                                                              error_code ec, size_t) mutable {
+                   if (ec) {
+                     self->closed_ = true;
+                     return handler(false, {});
+                   }
+                   std::string message = beast::buffers_to_string(self->read_buffer_.data());
+                   self->read_buffer_.consume(self->read_buffer_.size());
+                   handler(true, std::move(message));
+                 });
+               });
   }
 
   void write(std::string message, std::function<void(bool)> done) override {
@@ -238,7 +240,8 @@ class WsChannel final : public WebSocketChannel,
   void close(uint16_t code, std::string reason) override {
     asio::post(ws_.get_executor(), [self = shared_from_this(), code, reason = std::move(reason)] {
       self->close_requested_ = true;
-      self->close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(code), reason);
+      self->close_reason_ =
+          websocket::close_reason(static_cast<websocket::close_code>(code), reason);
       if (!self->writing_) self->write_next();
     });
   }
@@ -336,22 +339,22 @@ class ServerImpl final : public HttpServer, public std::enable_shared_from_this<
 
  private:
   void do_accept() {
-    acceptor_.async_accept(asio::make_strand(io_), [self = shared_from_this()](
-                                                       error_code ec, tcp::socket socket) {
-      if (ec) {
-        if (ec == asio::error::operation_aborted || self->stopping_) return;
-        LOG_WARNING("control.accept_failed", "accept failed: " << ec.message());
-      } else {
-        error_code endpoint_ec;
-        const auto remote = socket.remote_endpoint(endpoint_ec);
-        std::string name = endpoint_ec ? "unknown"
-                                       : remote.address().to_string() + ":" +
-                                             std::to_string(remote.port());
-        socket.set_option(tcp::no_delay(true), endpoint_ec);
-        std::make_shared<Session>(self, std::move(socket), std::move(name))->start();
-      }
-      if (!self->stopping_) self->do_accept();
-    });
+    acceptor_.async_accept(
+        asio::make_strand(io_), [self = shared_from_this()](error_code ec, tcp::socket socket) {
+          if (ec) {
+            if (ec == asio::error::operation_aborted || self->stopping_) return;
+            LOG_WARNING("control.accept_failed", "accept failed: " << ec.message());
+          } else {
+            error_code endpoint_ec;
+            const auto remote = socket.remote_endpoint(endpoint_ec);
+            std::string name =
+                endpoint_ec ? "unknown"
+                            : remote.address().to_string() + ":" + std::to_string(remote.port());
+            socket.set_option(tcp::no_delay(true), endpoint_ec);
+            std::make_shared<Session>(self, std::move(socket), std::move(name))->start();
+          }
+          if (!self->stopping_) self->do_accept();
+        });
   }
 
   asio::io_context& io_;
@@ -372,16 +375,15 @@ Session::Session(std::shared_ptr<ServerImpl> server, tcp::socket socket, std::st
 
 void Session::start() {
   arm(server_->options().handshake_timeout);
-  stream_.async_handshake(asio::ssl::stream_base::server,
-                          [self = shared_from_this()](error_code ec) {
-                            if (ec) {
-                              LOG_DEBUG("control.tls_failed", "TLS handshake from "
-                                                                  << self->remote_
-                                                                  << " failed: " << ec.message());
-                              return self->close_socket();
-                            }
-                            self->read_head();
-                          });
+  stream_.async_handshake(
+      asio::ssl::stream_base::server, [self = shared_from_this()](error_code ec) {
+        if (ec) {
+          LOG_DEBUG("control.tls_failed",
+                    "TLS handshake from " << self->remote_ << " failed: " << ec.message());
+          return self->close_socket();
+        }
+        self->read_head();
+      });
 }
 
 void Session::arm(std::chrono::milliseconds timeout) {
@@ -408,8 +410,9 @@ void Session::read_head() {
   head_parser_->body_limit(boost::none);
   reading_head_ = true;
   head_ready_ = false;
-  http::async_read_header(stream_, buffer_, *head_parser_,
-                          [self = shared_from_this()](error_code ec, size_t) { self->on_head(ec); });
+  http::async_read_header(
+      stream_, buffer_, *head_parser_,
+      [self = shared_from_this()](error_code ec, size_t) { self->on_head(ec); });
 }
 
 void Session::on_head(error_code ec) {
@@ -482,36 +485,36 @@ void Session::process_head() {
     string_parser_.emplace(std::move(*head_parser_));
     string_parser_->body_limit(1024);
     arm(server_->options().handshake_timeout);
-    http::async_read(stream_, buffer_, *string_parser_, [self = shared_from_this()](error_code ec,
-                                                                                    size_t) {
-      self->disarm();
-      if (ec) return self->close_socket();
-      auto transport = std::make_unique<tunnel::WsTransport>(std::move(self->stream_));
-      self->closed_ = true;  // the stream is the tunnel's now
-      self->server_->tunnel()->accept_upgrade(std::move(transport), self->string_parser_->release(),
-                                              self->remote_);
-    });
+    http::async_read(
+        stream_, buffer_, *string_parser_, [self = shared_from_this()](error_code ec, size_t) {
+          self->disarm();
+          if (ec) return self->close_socket();
+          auto transport = std::make_unique<tunnel::WsTransport>(std::move(self->stream_));
+          self->closed_ = true;  // the stream is the tunnel's now
+          self->server_->tunnel()->accept_upgrade(std::move(transport),
+                                                  self->string_parser_->release(), self->remote_);
+        });
     return;
   }
   if (upgrade) {
     string_parser_.emplace(std::move(*head_parser_));
     string_parser_->body_limit(1024);
     arm(server_->options().handshake_timeout);
-    http::async_read(stream_, buffer_, *string_parser_, [self = shared_from_this()](error_code ec,
-                                                                                    size_t) {
-      self->disarm();
-      if (ec) return self->close_socket();
-      self->exchange_active_ = true;
-      auto upgrade_request = std::make_shared<Upgrade>(self, self->request_);
-      if (!self->server_->handlers().on_websocket) {
-        return upgrade_request->reject(
-            HttpResponse{404, "application/json",
-                         error_body("not_found", "no WebSocket endpoint here",
-                                    self->request_.request_id),
-                         {}});
-      }
-      self->server_->handlers().on_websocket(std::move(upgrade_request));
-    });
+    http::async_read(
+        stream_, buffer_, *string_parser_, [self = shared_from_this()](error_code ec, size_t) {
+          self->disarm();
+          if (ec) return self->close_socket();
+          self->exchange_active_ = true;
+          auto upgrade_request = std::make_shared<Upgrade>(self, self->request_);
+          if (!self->server_->handlers().on_websocket) {
+            return upgrade_request->reject(HttpResponse{
+                404,
+                "application/json",
+                error_body("not_found", "no WebSocket endpoint here", self->request_.request_id),
+                {}});
+          }
+          self->server_->handlers().on_websocket(std::move(upgrade_request));
+        });
     return;
   }
 
@@ -530,8 +533,7 @@ void Session::process_head() {
   arm(server_->options().body_timeout);
   auto on_read = [self = shared_from_this()](error_code ec, size_t) { self->on_body(ec); };
   if (policy.to_file) {
-    request_.body_file =
-        server_->options().temp_dir + "/upload-" + random_hex(12);
+    request_.body_file = server_->options().temp_dir + "/upload-" + random_hex(12);
     file_parser_.emplace(std::move(*head_parser_));
     file_parser_->body_limit(policy.max_bytes);
     error_code ec;
@@ -596,13 +598,13 @@ void Session::begin_exchange() {
 void Session::refuse(int status, std::string_view code, const std::string& message) {
   begin_exchange();
   keep_alive_ = false;
-  send_response(HttpResponse{status, "application/json",
-                             error_body(code, message, request_.request_id), {}});
+  send_response(
+      HttpResponse{status, "application/json", error_body(code, message, request_.request_id), {}});
 }
 
 void Session::finish_exchange(bool keep_alive) {
-  LOG_DEBUG("control.exchange_done", request_.request_id << " " << request_.method << " "
-                                                         << request_.path);
+  LOG_DEBUG("control.exchange_done",
+            request_.request_id << " " << request_.method << " " << request_.path);
   exchange_active_ = false;
   gone_handler_ = nullptr;
   if (closed_) return;
@@ -724,8 +726,8 @@ void Session::write_next() {
   write_deadline_.async_wait([weak = std::weak_ptr<Session>(shared_from_this())](error_code ec) {
     auto self = weak.lock();
     if (!ec && self) {
-      LOG_INFO("control.write_stalled", self->request_.request_id << ": a write to "
-                                                                  << self->remote_ << " stalled");
+      LOG_INFO("control.write_stalled",
+               self->request_.request_id << ": a write to " << self->remote_ << " stalled");
       self->close_socket();
     }
   });
@@ -765,17 +767,16 @@ void Session::accept_websocket(std::function<void(std::shared_ptr<WebSocketChann
     res.set(http::field::server, "outpost-control");
     res.set("X-Request-Id", request_id);
   }));
-  LOG_INFO("control.request", request_.request_id << " " << request_.method << " " << request_.path
-                                                  << " 101");
-  ws.async_accept(string_parser_->release(),
-                  [channel, on_open = std::move(on_open)](error_code ec) {
-                    if (ec) {
-                      LOG_DEBUG("control.ws_accept_failed", "WebSocket accept failed: "
-                                                                << ec.message());
-                      return;
-                    }
-                    on_open(channel);
-                  });
+  LOG_INFO("control.request",
+           request_.request_id << " " << request_.method << " " << request_.path << " 101");
+  ws.async_accept(
+      string_parser_->release(), [channel, on_open = std::move(on_open)](error_code ec) {
+        if (ec) {
+          LOG_DEBUG("control.ws_accept_failed", "WebSocket accept failed: " << ec.message());
+          return;
+        }
+        on_open(channel);
+      });
 }
 
 }  // namespace

@@ -26,8 +26,8 @@ class TunnelServer;
 namespace outpost::control {
 
 struct HttpServerOptions {
-  std::string temp_dir;                     // where uploads land while they are read
-  std::string tunnel_path = "/v1/tunnel";   // upgrades here go to the tunnel server
+  std::string temp_dir;                    // where uploads land while they are read
+  std::string tunnel_path = "/v1/tunnel";  // upgrades here go to the tunnel server
   size_t header_limit = 16 * 1024;
   std::chrono::milliseconds handshake_timeout{10'000};  // TLS + the first request head
   std::chrono::milliseconds idle_timeout{60'000};       // between requests

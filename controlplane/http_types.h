@@ -22,9 +22,9 @@ struct HttpRequest {
   std::string path;    // percent-decoded, without the query
   std::map<std::string, std::string> query;
   std::map<std::string, std::string> headers;  // names in lower case
-  std::string body;       // the body, unless it went to a file
-  std::string body_file;  // an upload's body on disk; removed when the exchange ends
-  std::string remote;     // "address:port"
+  std::string body;                            // the body, unless it went to a file
+  std::string body_file;   // an upload's body on disk; removed when the exchange ends
+  std::string remote;      // "address:port"
   std::string request_id;  // the client's X-Request-Id when safe, else generated
 
   // "" when absent. `name` in lower case.

@@ -20,7 +20,8 @@ Error field_error(std::string_view field, std::string_view message) {
 Status check_id(std::string_view id, std::string_view field) {
   if (id.empty()) return field_error(field, "must not be empty");
   if (id.size() > kMaxIdLength) {
-    return field_error(field, "is " + std::to_string(id.size()) + " characters long; ids have at most " +
+    return field_error(field, "is " + std::to_string(id.size()) +
+                                  " characters long; ids have at most " +
                                   std::to_string(kMaxIdLength));
   }
   if (!is_alnum(id.front())) {

@@ -2,11 +2,6 @@
 // its state, serves HTTPS until SIGTERM or SIGINT, then drains. On the very first start it
 // creates the administrator and shows the token once: written 0600 to admin.token_file when the
 // config names one, else printed on stdout (never logged).
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -16,6 +11,10 @@
 #include "common/log.h"
 #include "controlplane/control_config.h"
 #include "controlplane/control_plane.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace {
 

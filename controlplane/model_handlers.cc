@@ -185,8 +185,8 @@ Result<Reply> list_versions(ApiServices& s, const Call& call) {
 }
 
 Result<Reply> get_version(ApiServices& s, const Call& call) {
-  OUTPOST_ASSIGN_OR_RETURN(auto version, s.store->get_version(call.user(), call.param("model"),
-                                                              call.param("version")));
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto version, s.store->get_version(call.user(), call.param("model"), call.param("version")));
   return Reply{200, {{"model_version", version_view(version)}}};
 }
 
@@ -194,12 +194,12 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
   const std::string& model_id = call.param("model");
   OUTPOST_RETURN_IF_ERROR(check_id(model_id, "model id (in the URL)"));
   const std::string content_type = call.request->header("content-type");
-  if (call.request->body_file.empty() ||
-      (content_type.rfind("application/x-tar", 0) != 0 &&
-       content_type.rfind("application/octet-stream", 0) != 0)) {
-    return invalid_argument("send the model package as a tar archive with Content-Type: "
-                            "application/x-tar (`tar -C DIR -cf - .`, or `outpost model upload "
-                            "DIR`)");
+  if (call.request->body_file.empty() || (content_type.rfind("application/x-tar", 0) != 0 &&
+                                          content_type.rfind("application/octet-stream", 0) != 0)) {
+    return invalid_argument(
+        "send the model package as a tar archive with Content-Type: "
+        "application/x-tar (`tar -C DIR -cf - .`, or `outpost model upload "
+        "DIR`)");
   }
   FileSource source(call.request->body_file);
   if (!source.ok()) return unavailable("cannot read the uploaded package");
@@ -214,8 +214,9 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
   const auto& files = writer.files();
   const auto config_file = files.find("config.yaml");
   if (config_file == files.end()) {
-    return invalid_argument("the package has no config.yaml (it needs a model: section with the "
-                            "model's id)");
+    return invalid_argument(
+        "the package has no config.yaml (it needs a model: section with the "
+        "model's id)");
   }
   OUTPOST_ASSIGN_OR_RETURN(auto config_text, read_small_file(config_file->second.path));
   auto config = parse_yaml(config_text);
@@ -237,8 +238,8 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
   // model.user_id and app_id name where Clarifai's CLI uploads to; here a package always goes to
   // the caller's account, so they are accepted and ignored.
   if (config->contains("inference_compute_info")) {
-    auto info = parse_inference_compute_info((*config)["inference_compute_info"],
-                                             "inference_compute_info");
+    auto info =
+        parse_inference_compute_info((*config)["inference_compute_info"], "inference_compute_info");
     if (!info.ok()) return invalid_argument("config.yaml: " + info.error().message());
     (*config)["inference_compute_info"] = info.value();
   }
@@ -253,8 +254,8 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
     return invalid_argument("the package has no " + inspected.file);
   }
   if (!inspected.file_sha256.empty() && inspected.file_sha256 != model_file->second.sha256) {
-    return Error(ErrorCode::kDataLoss, "the worker saw " + inspected.file +
-                                           " with a different sha256 than the upload");
+    return Error(ErrorCode::kDataLoss,
+                 "the worker saw " + inspected.file + " with a different sha256 than the upload");
   }
 
   json artifacts = json::array();
@@ -271,10 +272,9 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
   version.artifacts = artifacts;
   version.created_at = s.clock->now_seconds();
   OUTPOST_ASSIGN_OR_RETURN(auto stored, s.store->create_version(std::move(version)));
-  LOG_NOTICE("control.model_uploaded", call.request->request_id
-                                           << ": model " << call.user() << "/" << model_id
-                                           << " version " << stored.id << " ("
-                                           << model_file->second.size << " bytes)");
+  LOG_NOTICE("control.model_uploaded",
+             call.request->request_id << ": model " << call.user() << "/" << model_id << " version "
+                                      << stored.id << " (" << model_file->second.size << " bytes)");
   return Reply{201, {{"model_version", version_view(stored)}}};
 }
 

@@ -1,12 +1,5 @@
 #include "controlplane/model_inspector.h"
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -14,6 +7,12 @@
 
 #include "controlplane/document.h"
 #include "controlplane/object_reader.h"
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 extern char** environ;
 
@@ -64,8 +63,9 @@ Result<InspectResult> parse_inspect_output(std::string_view text) {
   out.config = config != nullptr ? *config : json::object();
   const json* methods = reader->get("methods");
   if (methods == nullptr || !methods->is_array() || methods->empty()) {
-    return invalid_argument("the model exports no methods: a package needs at least one method "
-                            "(unary, generate or stream)");
+    return invalid_argument(
+        "the model exports no methods: a package needs at least one method "
+        "(unary, generate or stream)");
   }
   std::set<std::string> names;
   for (size_t i = 0; i < methods->size(); ++i) {
@@ -84,7 +84,8 @@ Result<InspectResult> parse_inspect_output(std::string_view text) {
     }
     const json* inputs = method->get("inputs");
     if (inputs != nullptr) {
-      if (!inputs->is_array()) return bad(invalid_argument(method->path_of("inputs") + ": not a list"));
+      if (!inputs->is_array())
+        return bad(invalid_argument(method->path_of("inputs") + ": not a list"));
       for (const auto& input : *inputs) {
         if (!input.is_object() || !input.contains("name") || !input["name"].is_string()) {
           return bad(invalid_argument(method->path_of("inputs") + ": each input needs a name"));
@@ -170,9 +171,9 @@ Result<InspectResult> ModelInspector::inspect(const std::string& package_dir) co
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (timed_out) {
-    return Error(ErrorCode::kDeadlineExceeded,
-                 "reading the model took longer than " + std::to_string(timeout_.count() / 1000) +
-                     " s; the package was refused");
+    return Error(ErrorCode::kDeadlineExceeded, "reading the model took longer than " +
+                                                   std::to_string(timeout_.count() / 1000) +
+                                                   " s; the package was refused");
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     std::string why = last_lines(err);

@@ -96,8 +96,7 @@ Result<std::optional<int64_t>> ObjectReader::optional_int(std::string_view key, 
   if (value == nullptr) return std::optional<int64_t>();
   int64_t number = 0;
   if (value->is_number_integer()) {
-    if (value->is_number_unsigned() &&
-        value->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    if (value->is_number_unsigned() && value->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
       return field_error(path_of(key), "must be at most " + std::to_string(max));
     }
     number = value->get<int64_t>();

@@ -32,8 +32,7 @@ class ObjectReader {
   Result<std::optional<std::string>> optional_string(std::string_view key) const;
   Result<std::string> required_string(std::string_view key) const;
   // Integers in [min, max]; a float with no fraction counts as an integer.
-  Result<std::optional<int64_t>> optional_int(std::string_view key, int64_t min,
-                                              int64_t max) const;
+  Result<std::optional<int64_t>> optional_int(std::string_view key, int64_t min, int64_t max) const;
   Result<std::optional<bool>> optional_bool(std::string_view key) const;
   // A nested object; absent gives an empty object.
   Result<ObjectReader> object(std::string_view key) const;

@@ -49,8 +49,8 @@ std::string endpoint_for(const std::string& kind) {
   return ".../outputs";
 }
 
-Result<Deployment> deployment_from_selector(ApiServices& s, const Call& call,
-                                            const json& selector, const std::string& model_id) {
+Result<Deployment> deployment_from_selector(ApiServices& s, const Call& call, const json& selector,
+                                            const std::string& model_id) {
   OUTPOST_ASSIGN_OR_RETURN(auto reader, ObjectReader::create(selector, "runner_selector"));
   OUTPOST_RETURN_IF_ERROR(reader.only({"deployment", "nodepool"}));
   const bool by_deployment = reader.has("deployment");
@@ -64,8 +64,8 @@ Result<Deployment> deployment_from_selector(ApiServices& s, const Call& call,
   const auto check_owner = [&call](const ObjectReader& object) -> Status {
     OUTPOST_ASSIGN_OR_RETURN(auto user, object.optional_string("user_id"));
     if (user.has_value() && *user != call.user()) {
-      return Error(ErrorCode::kNotFound, object.path_of("user_id") + ": user '" + *user +
-                                             "' not found");
+      return Error(ErrorCode::kNotFound,
+                   object.path_of("user_id") + ": user '" + *user + "' not found");
     }
     return {};
   };
@@ -78,9 +78,9 @@ Result<Deployment> deployment_from_selector(ApiServices& s, const Call& call,
     auto found = s.store->get_deployment(call.user(), id);
     if (!found.ok()) return Error(ErrorCode::kNotFound, "deployment '" + id + "' not found");
     if (found->model_id != model_id) {
-      return field_error(deployment.path_of("id"), "deployment '" + id + "' serves model '" +
-                                                       found->model_id + "', not '" + model_id +
-                                                       "'");
+      return field_error(
+          deployment.path_of("id"),
+          "deployment '" + id + "' serves model '" + found->model_id + "', not '" + model_id + "'");
     }
     return found;
   }
@@ -95,8 +95,8 @@ Result<Deployment> deployment_from_selector(ApiServices& s, const Call& call,
   OUTPOST_ASSIGN_OR_RETURN(auto cluster_id, cluster.required_string("id"));
   auto nodepool = s.store->get_nodepool(call.user(), pool_id);
   if (!nodepool.ok() || nodepool->compute_cluster_id != cluster_id) {
-    return Error(ErrorCode::kNotFound, "nodepool '" + pool_id + "' not found in compute cluster '" +
-                                           cluster_id + "'");
+    return Error(ErrorCode::kNotFound,
+                 "nodepool '" + pool_id + "' not found in compute cluster '" + cluster_id + "'");
   }
   OUTPOST_ASSIGN_OR_RETURN(auto deployments, s.store->list_deployments(call.user(), pool_id));
   for (auto& deployment : deployments) {
@@ -112,7 +112,8 @@ Result<Target> resolve(ApiServices& s, const Call& call, const json& selector,
   const std::string& model_id = call.param("model");
   OUTPOST_RETURN_IF_ERROR(s.store->get_model(call.user(), model_id).status());
   Target target;
-  OUTPOST_ASSIGN_OR_RETURN(target.deployment, deployment_from_selector(s, call, selector, model_id));
+  OUTPOST_ASSIGN_OR_RETURN(target.deployment,
+                           deployment_from_selector(s, call, selector, model_id));
   const auto version_param = call.params.find("version");
   if (version_param != call.params.end() &&
       version_param->second != target.deployment.model_version_id) {
@@ -120,9 +121,9 @@ Result<Target> resolve(ApiServices& s, const Call& call, const json& selector,
                             target.deployment.model_version_id + " of model '" + model_id +
                             "', not " + version_param->second);
   }
-  OUTPOST_ASSIGN_OR_RETURN(target.version,
-                           s.store->get_version(call.user(), model_id,
-                                                target.deployment.model_version_id));
+  OUTPOST_ASSIGN_OR_RETURN(
+      target.version,
+      s.store->get_version(call.user(), model_id, target.deployment.model_version_id));
   const json& methods = target.version.methods;
   if (method_name.empty()) {
     // The method named like the shape ("predict", "generate", "stream"), else the only one.
@@ -136,8 +137,8 @@ Result<Target> resolve(ApiServices& s, const Call& call, const json& selector,
     } else if (of_kind.size() == 1) {
       method_name = of_kind.front();
     } else {
-      return field_error("method", "name the method to call; the model has: " +
-                                       describe_methods(methods));
+      return field_error("method",
+                         "name the method to call; the model has: " + describe_methods(methods));
     }
   }
   for (const auto& method : methods) {
@@ -182,8 +183,8 @@ Status check_inputs(const json& method, const json& inputs, bool partial) {
       found = true;
       const std::string type = input.value("type", "");
       if (!kind_matches(type, item.value())) {
-        return field_error("inputs." + item.key(), "must be of type " + type + ", not " +
-                                                       json_type_name(item.value()));
+        return field_error("inputs." + item.key(),
+                           "must be of type " + type + ", not " + json_type_name(item.value()));
       }
     }
     if (!found) {
@@ -251,9 +252,8 @@ Error stream_failure(error_code ec, const std::shared_ptr<tunnel::Stream>& strea
     return unavailable("the connection to the node was lost before the call finished" +
                        (reason.empty() ? std::string() : ": " + reason));
   }
-  return Error(ErrorCode::kDataLoss, "the node ended the call without an answer (" +
-                                         ec.message() + (reason.empty() ? "" : ": " + reason) +
-                                         ")");
+  return Error(ErrorCode::kDataLoss, "the node ended the call without an answer (" + ec.message() +
+                                         (reason.empty() ? "" : ": " + reason) + ")");
 }
 
 HttpResponse failure_response(const Error& error, const std::string& request_id) {
@@ -308,9 +308,8 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     if (!route.ok()) return fail(route.error());
     guard_ = services_->router->track(route->node_id);
     const char* shape = generate_ ? "generate" : "unary";
-    LOG_INFO("control.predict", request_id() << ": " << shape << " " << target_.deployment.id
-                                             << "." << target_.method_name << " -> "
-                                             << route->node_id);
+    LOG_INFO("control.predict", request_id() << ": " << shape << " " << target_.deployment.id << "."
+                                             << target_.method_name << " -> " << route->node_id);
     stream_ = route->connection->open_stream(call_metadata(target_, *route, shape, request_id()),
                                              json{{"inputs", inputs}}.dump(),
                                              /*send_first_message=*/true, /*end_stream=*/true);
@@ -325,7 +324,8 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       self->cancel("the call took longer than the predict timeout");
       self->fail(Error(ErrorCode::kDeadlineExceeded,
                        "the model did not answer within " +
-                           std::to_string(self->services_->config->predict_timeout_seconds) + " s"));
+                           std::to_string(self->services_->config->predict_timeout_seconds) +
+                           " s"));
     });
     if (generate_) return read_next();
     tunnel::async_read_unary_response(
@@ -385,8 +385,8 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       if (finished_.exchange(true)) return;
       deadline_.cancel();
       json done{{"status", {{"code", "ok"}, {"description", "Ok"}, {"req_id", request_id()}}}};
-      exchange_->write_chunk(ndjson_ ? done.dump() + "\n" : "event: done\ndata: " + done.dump() + "\n\n",
-                             [](bool) {});
+      exchange_->write_chunk(
+          ndjson_ ? done.dump() + "\n" : "event: done\ndata: " + done.dump() + "\n\n", [](bool) {});
       exchange_->end_stream();
       return;
     }
@@ -433,20 +433,21 @@ void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpEx
   const std::string& request_id = call.request->request_id;
   auto request = parse_predict_body(call);
   if (!request.ok()) return exchange->respond(error_response(request.error(), request_id));
-  auto target = resolve(s, call, request->selector, request->method,
-                        generate ? "generate" : "unary");
+  auto target =
+      resolve(s, call, request->selector, request->method, generate ? "generate" : "unary");
   if (!target.ok()) return exchange->respond(error_response(target.error(), request_id));
   const Status inputs_ok = check_inputs(target->method, request->inputs, false);
   if (!inputs_ok.ok()) return exchange->respond(error_response(inputs_ok.error(), request_id));
   auto services = std::make_shared<ApiServices>(s);
-  auto call_state = std::make_shared<HttpCall>(services, exchange, std::move(target).value(), generate);
+  auto call_state =
+      std::make_shared<HttpCall>(services, exchange, std::move(target).value(), generate);
   auto inputs = std::make_shared<json>(std::move(request->inputs));
-  fetch_url_inputs(services, inputs, url_inputs(*inputs),
-                   [services, call_state, inputs](const Status& fetched) {
-                     if (!fetched.ok()) return call_state->fail(fetched.error());
-                     // Choosing a route reads the store: back to the blocking pool.
-                     asio::post(services->pool, [call_state, inputs] { call_state->start(*inputs); });
-                   });
+  fetch_url_inputs(
+      services, inputs, url_inputs(*inputs), [services, call_state, inputs](const Status& fetched) {
+        if (!fetched.ok()) return call_state->fail(fetched.error());
+        // Choosing a route reads the store: back to the blocking pool.
+        asio::post(services->pool, [call_state, inputs] { call_state->start(*inputs); });
+      });
 }
 
 // A stream call: a WebSocket with the client, a bidirectional tunnel stream with the agent.
@@ -479,14 +480,14 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
         if (!known.ok()) return self->finish(known.error(), 1007);
         const json* selector = reader->get("runner_selector");
         if (selector == nullptr) {
-          return self->finish(field_error("runner_selector",
-                                          "the first message must name the runner_selector"),
-                              1008);
+          return self->finish(
+              field_error("runner_selector", "the first message must name the runner_selector"),
+              1008);
         }
         auto method = reader->optional_string("method");
         if (!method.ok()) return self->finish(method.error(), 1007);
-        auto target = resolve(*self->services_, self->call_, *selector,
-                              method.value().value_or(""), "stream");
+        auto target = resolve(*self->services_, self->call_, *selector, method.value().value_or(""),
+                              "stream");
         if (!target.ok()) return self->finish(target.error(), 1008);
         self->target_ = std::move(target).value();
         json first;
@@ -534,9 +535,9 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       auto parsed = parse_json(message);
       if (!parsed.ok() || !parsed->is_object()) {
         self->stream_->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
-        return self->finish(parsed.ok() ? invalid_argument("each message must be a JSON object")
-                                        : parsed.error(),
-                            1007);
+        return self->finish(
+            parsed.ok() ? invalid_argument("each message must be a JSON object") : parsed.error(),
+            1007);
       }
       if (parsed->value("end", false)) {
         self->input_ended_ = true;
@@ -587,7 +588,8 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
             : json{{"status", {{"code", "ok"}, {"description", "Ok"}, {"req_id", request_id_}}}}
                   .dump();
     channel_->write(status, nullptr);
-    channel_->close(close_code, error.has_value() ? std::string(error_code_name(error->code())) : "");
+    channel_->close(close_code,
+                    error.has_value() ? std::string(error_code_name(error->code())) : "");
   }
 
   std::shared_ptr<ApiServices> services_;
@@ -623,8 +625,8 @@ void predict_stream(ApiServices& s, const Call& call, std::shared_ptr<WebSocketU
     json selector;
     if (!deployment.empty()) selector["deployment"] = {{"id", deployment}};
     if (!nodepool.empty()) {
-      selector["nodepool"] = {{"id", nodepool},
-                              {"compute_cluster", {{"id", request.query_value("compute_cluster")}}}};
+      selector["nodepool"] = {
+          {"id", nodepool}, {"compute_cluster", {{"id", request.query_value("compute_cluster")}}}};
     }
     auto resolved = resolve(s, call, selector, request.query_value("method"), "stream");
     if (!resolved.ok()) return upgrade->reject(error_response(resolved.error(), request_id));
@@ -636,7 +638,8 @@ void predict_stream(ApiServices& s, const Call& call, std::shared_ptr<WebSocketU
   Call owned = call;
   owned.request = nullptr;  // the request does not outlive the upgrade
   upgrade->accept([services, owned, target, request_id](std::shared_ptr<WebSocketChannel> channel) {
-    auto stream_call = std::make_shared<StreamCall>(services, owned, std::move(channel), request_id);
+    auto stream_call =
+        std::make_shared<StreamCall>(services, owned, std::move(channel), request_id);
     if (target.has_value()) {
       stream_call->set_target(*target);
       stream_call->start();

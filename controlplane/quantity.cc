@@ -45,12 +45,14 @@ Result<double> parse_quantity(const nlohmann::json& value, std::string_view fiel
   }
   const std::string digits(number_part);
   if (digits.empty() || digits.find_first_not_of("0123456789.") != std::string::npos) {
-    return field_error(field, "'" + text + "' is not a quantity (examples: \"8\", \"500m\", \"16Gi\")");
+    return field_error(field,
+                       "'" + text + "' is not a quantity (examples: \"8\", \"500m\", \"16Gi\")");
   }
   char* end = nullptr;
   const double number = std::strtod(digits.c_str(), &end);
   if (end != digits.c_str() + digits.size() || !std::isfinite(number)) {
-    return field_error(field, "'" + text + "' is not a quantity (examples: \"8\", \"500m\", \"16Gi\")");
+    return field_error(field,
+                       "'" + text + "' is not a quantity (examples: \"8\", \"500m\", \"16Gi\")");
   }
   return number * multiplier;
 }

@@ -22,8 +22,8 @@ Result<ObjectReader> root_object(const json& body, std::string_view root) {
   if (!top.has(root)) {
     std::string keys;
     for (const auto& item : body.items()) keys += (keys.empty() ? "" : ", ") + item.key();
-    return field_error(root, "is required: the config's root must be '" + std::string(root) +
-                                 ":'" + (keys.empty() ? "" : " (found: " + keys + ")"));
+    return field_error(root, "is required: the config's root must be '" + std::string(root) + ":'" +
+                                 (keys.empty() ? "" : " (found: " + keys + ")"));
   }
   OUTPOST_RETURN_IF_ERROR(top.only({root}));
   return top.required_object(root);
@@ -93,12 +93,12 @@ Result<std::optional<std::string>> parse_reference(const ObjectReader& parent,
 
 Result<json> parse_inference_compute_info(const json& value, std::string_view path) {
   OUTPOST_ASSIGN_OR_RETURN(auto info, ObjectReader::create(value, std::string(path)));
-  OUTPOST_RETURN_IF_ERROR(info.only({"cpu_limit", "cpu_memory", "cpu_requests",
-                                     "cpu_memory_requests", "accelerator_type",
-                                     "num_accelerators", "accelerator_memory"}));
+  OUTPOST_RETURN_IF_ERROR(
+      info.only({"cpu_limit", "cpu_memory", "cpu_requests", "cpu_memory_requests",
+                 "accelerator_type", "num_accelerators", "accelerator_memory"}));
   json out = json::object();
-  for (const char* key : {"cpu_limit", "cpu_memory", "cpu_requests", "cpu_memory_requests",
-                          "accelerator_memory"}) {
+  for (const char* key :
+       {"cpu_limit", "cpu_memory", "cpu_requests", "cpu_memory_requests", "accelerator_memory"}) {
     const json* quantity = info.get(key);
     if (quantity == nullptr) continue;
     OUTPOST_RETURN_IF_ERROR(parse_quantity(*quantity, info.path_of(key)).status());
@@ -153,9 +153,9 @@ Result<ComputeClusterSpec> parse_compute_cluster(const json& body, std::string_v
 Result<NodepoolSpec> parse_nodepool(const json& body, std::string_view compute_cluster_id,
                                     std::string_view path_id) {
   OUTPOST_ASSIGN_OR_RETURN(auto pool, root_object(body, "nodepool"));
-  OUTPOST_RETURN_IF_ERROR(pool.only({"id", "description", "compute_cluster", "instance_types",
-                                     "node_capacity_type", "min_instances", "max_instances",
-                                     "visibility"}));
+  OUTPOST_RETURN_IF_ERROR(
+      pool.only({"id", "description", "compute_cluster", "instance_types", "node_capacity_type",
+                 "min_instances", "max_instances", "visibility"}));
   NodepoolSpec spec;
   OUTPOST_ASSIGN_OR_RETURN(spec.id, resolve_id(pool, path_id));
   OUTPOST_ASSIGN_OR_RETURN(auto cluster_ref, parse_reference(pool, "compute_cluster"));
@@ -216,9 +216,9 @@ Result<NodepoolSpec> parse_nodepool(const json& body, std::string_view compute_c
   OUTPOST_ASSIGN_OR_RETURN(auto min_instances, pool.optional_int("min_instances", 0, 100000));
   OUTPOST_ASSIGN_OR_RETURN(auto max_instances, pool.optional_int("max_instances", 0, 100000));
   if (min_instances.has_value() && max_instances.has_value() && *max_instances < *min_instances) {
-    return field_error(pool.path_of("max_instances"),
-                       "(" + std::to_string(*max_instances) + ") must be at least min_instances (" +
-                           std::to_string(*min_instances) + ")");
+    return field_error(pool.path_of("max_instances"), "(" + std::to_string(*max_instances) +
+                                                          ") must be at least min_instances (" +
+                                                          std::to_string(*min_instances) + ")");
   }
   doc["min_instances"] = min_instances.value_or(0);
   if (max_instances.has_value()) doc["max_instances"] = *max_instances;
@@ -243,13 +243,14 @@ Result<DeploymentSpec> parse_deployment(const json& body, std::string_view path_
     return field_error(autoscale.path_of("enable_packing"),
                        "was renamed: write disable_packing (with the opposite value)");
   }
-  OUTPOST_RETURN_IF_ERROR(autoscale.only({"min_replicas", "max_replicas",
-                                          "traffic_history_seconds", "scale_up_delay_seconds",
-                                          "scale_down_delay_seconds", "scale_to_zero_delay_seconds",
-                                          "disable_packing"}));
+  OUTPOST_RETURN_IF_ERROR(autoscale.only({"min_replicas", "max_replicas", "traffic_history_seconds",
+                                          "scale_up_delay_seconds", "scale_down_delay_seconds",
+                                          "scale_to_zero_delay_seconds", "disable_packing"}));
   AutoscaleConfig& as = spec.autoscale;
-  OUTPOST_ASSIGN_OR_RETURN(auto min_replicas, autoscale.optional_int("min_replicas", 0, kMaxReplicas));
-  OUTPOST_ASSIGN_OR_RETURN(auto max_replicas, autoscale.optional_int("max_replicas", 0, kMaxReplicas));
+  OUTPOST_ASSIGN_OR_RETURN(auto min_replicas,
+                           autoscale.optional_int("min_replicas", 0, kMaxReplicas));
+  OUTPOST_ASSIGN_OR_RETURN(auto max_replicas,
+                           autoscale.optional_int("max_replicas", 0, kMaxReplicas));
   as.min_replicas = min_replicas.value_or(as.min_replicas);
   as.max_replicas = max_replicas.value_or(std::max(as.max_replicas, as.min_replicas));
   if (as.max_replicas < 1) {
@@ -265,9 +266,10 @@ Result<DeploymentSpec> parse_deployment(const json& body, std::string_view path_
     int64_t* target;
   };
   std::optional<int64_t> to_zero;
-  for (const SecondsField& field : {SecondsField{"traffic_history_seconds", &as.traffic_history_seconds},
-                                    SecondsField{"scale_up_delay_seconds", &as.scale_up_delay_seconds},
-                                    SecondsField{"scale_down_delay_seconds", &as.scale_down_delay_seconds}}) {
+  for (const SecondsField& field :
+       {SecondsField{"traffic_history_seconds", &as.traffic_history_seconds},
+        SecondsField{"scale_up_delay_seconds", &as.scale_up_delay_seconds},
+        SecondsField{"scale_down_delay_seconds", &as.scale_down_delay_seconds}}) {
     OUTPOST_ASSIGN_OR_RETURN(auto value, autoscale.optional_int(field.name, 0, kMaxSeconds));
     if (value.has_value()) *field.target = *value;
   }

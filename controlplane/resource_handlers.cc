@@ -24,7 +24,8 @@ json with_times(json doc, int64_t created_at) {
 }
 
 json user_view(const User& user) {
-  return {{"id", user.id}, {"is_admin", user.is_admin}, {"created_at", format_time(user.created_at)}};
+  return {
+      {"id", user.id}, {"is_admin", user.is_admin}, {"created_at", format_time(user.created_at)}};
 }
 
 json key_view(const ApiKey& key) {
@@ -162,7 +163,8 @@ Result<Reply> create_user(ApiServices& s, const Call& call) {
   if (id == "me") return field_error("user.id", "'me' is reserved: it names the caller");
   OUTPOST_ASSIGN_OR_RETURN(auto is_admin, user.optional_bool("is_admin"));
   OUTPOST_RETURN_IF_ERROR(s.store->create_user(id, is_admin.value_or(false)));
-  OUTPOST_ASSIGN_OR_RETURN(auto key, s.auth->create_key(id, kAllScopes, "initial key", std::nullopt));
+  OUTPOST_ASSIGN_OR_RETURN(auto key,
+                           s.auth->create_key(id, kAllScopes, "initial key", std::nullopt));
   OUTPOST_ASSIGN_OR_RETURN(auto created, s.store->get_user(id));
   json key_json = key_view(key.key);
   key_json["token"] = key.token;
@@ -190,21 +192,23 @@ Result<Reply> create_key(ApiServices& s, const Call& call) {
     scopes.clear();
     for (const auto& scope : *list) {
       if (!scope.is_string() || kAllScopes.count(scope.get<std::string>()) == 0) {
-        return field_error("key.scopes", "holds " + scope.dump() + "; scopes are read, write, predict");
+        return field_error("key.scopes",
+                           "holds " + scope.dump() + "; scopes are read, write, predict");
       }
       if (call.principal.scopes.count(scope.get<std::string>()) == 0) {
-        return Error(ErrorCode::kPermissionDenied,
-                     "key.scopes: a key cannot grant '" + scope.get<std::string>() +
-                         "', which the key making it lacks");
+        return Error(ErrorCode::kPermissionDenied, "key.scopes: a key cannot grant '" +
+                                                       scope.get<std::string>() +
+                                                       "', which the key making it lacks");
       }
       scopes.insert(scope.get<std::string>());
     }
   }
-  OUTPOST_ASSIGN_OR_RETURN(auto ttl, key.optional_int("expires_in_seconds", 1, int64_t{10} * 365 * 86400));
+  OUTPOST_ASSIGN_OR_RETURN(auto ttl,
+                           key.optional_int("expires_in_seconds", 1, int64_t{10} * 365 * 86400));
   std::optional<int64_t> expires_at;
   if (ttl.has_value()) expires_at = s.clock->now_seconds() + *ttl;
-  OUTPOST_ASSIGN_OR_RETURN(auto created, s.auth->create_key(call.user(), scopes,
-                                                            description.value_or(""), expires_at));
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto created, s.auth->create_key(call.user(), scopes, description.value_or(""), expires_at));
   json out = key_view(created.key);
   out["token"] = created.token;
   return Reply{201, {{"key", out}}};
@@ -257,8 +261,8 @@ Result<Reply> create_nodepool(ApiServices& s, const Call& call) {
   OUTPOST_ASSIGN_OR_RETURN(auto body, body_object(call));
   OUTPOST_ASSIGN_OR_RETURN(auto spec,
                            parse_nodepool(body, cluster.id, call.request->query_value("id")));
-  Nodepool pool{call.user(), spec.id, cluster.id, spec.max_instances, spec.doc,
-                s.clock->now_seconds()};
+  Nodepool pool{call.user(),        spec.id,  cluster.id,
+                spec.max_instances, spec.doc, s.clock->now_seconds()};
   OUTPOST_RETURN_IF_ERROR(s.store->create_nodepool(pool));
   return Reply{201, {{"nodepool", nodepool_view(s, pool)}}};
 }
@@ -304,8 +308,8 @@ Result<Reply> get_nodepool(ApiServices& s, const Call& call) {
 }
 
 Result<Reply> delete_nodepool(ApiServices& s, const Call& call) {
-  OUTPOST_ASSIGN_OR_RETURN(auto nodes,
-                           s.store->delete_nodepool(call.user(), call.param("cc"), call.param("np")));
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto nodes, s.store->delete_nodepool(call.user(), call.param("cc"), call.param("np")));
   for (const auto& node : nodes) s.agents->revoke_node(node);
   return Reply{200, json::object()};
 }
@@ -320,8 +324,8 @@ Result<Reply> create_join_token(ApiServices& s, const Call& call) {
   }
   OUTPOST_ASSIGN_OR_RETURN(auto root, ObjectReader::create(body, ""));
   OUTPOST_RETURN_IF_ERROR(root.only({"ttl_seconds"}));
-  OUTPOST_ASSIGN_OR_RETURN(auto ttl, ttl_from(root, "ttl_seconds", kDefaultJoinTokenSeconds,
-                                              kMaxJoinTokenSeconds));
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto ttl, ttl_from(root, "ttl_seconds", kDefaultJoinTokenSeconds, kMaxJoinTokenSeconds));
   JoinToken token;
   token.id = random_hex(8);
   token.user_id = call.user();
@@ -383,22 +387,24 @@ Result<Reply> create_deployment(ApiServices& s, const Call& call) {
   }
   if (!spec.model_user_id.empty() && spec.model_user_id != call.user()) {
     return field_error("deployment.worker.model.id",
-                       "model '" + spec.model_id + "' not found (models of other users cannot "
-                                                  "be deployed)");
+                       "model '" + spec.model_id +
+                           "' not found (models of other users cannot "
+                           "be deployed)");
   }
   auto model = s.store->get_model(call.user(), spec.model_id);
   if (!model.ok()) {
     return field_error("deployment.worker.model.id",
-                       "model '" + spec.model_id + "' not found (upload it with `outpost model "
-                                                   "upload`)");
+                       "model '" + spec.model_id +
+                           "' not found (upload it with `outpost model "
+                           "upload`)");
   }
   ModelVersion version;
   if (!spec.model_version_id.empty()) {
     auto found = s.store->get_version(call.user(), spec.model_id, spec.model_version_id);
     if (!found.ok()) {
-      return field_error("deployment.worker.model.model_version.id",
-                         "version '" + spec.model_version_id + "' of model '" + spec.model_id +
-                             "' not found");
+      return field_error(
+          "deployment.worker.model.model_version.id",
+          "version '" + spec.model_version_id + "' of model '" + spec.model_id + "' not found");
     }
     version = std::move(found).value();
   } else {
@@ -429,10 +435,9 @@ Result<Reply> create_deployment(ApiServices& s, const Call& call) {
   deployment.model_id = spec.model_id;
   deployment.model_version_id = version.id;
   deployment.doc = spec.doc;
-  deployment.doc["worker"] = {{"model",
-                               {{"id", spec.model_id},
-                                {"user_id", call.user()},
-                                {"model_version", {{"id", version.id}}}}}};
+  deployment.doc["worker"] = {
+      {"model",
+       {{"id", spec.model_id}, {"user_id", call.user()}, {"model_version", {{"id", version.id}}}}}};
   deployment.doc["nodepools"] = pools;
   deployment.created_at = s.clock->now_seconds();
   OUTPOST_RETURN_IF_ERROR(s.store->create_deployment(deployment));
@@ -450,7 +455,8 @@ Result<Reply> list_deployments(ApiServices& s, const Call& call) {
 }
 
 Result<Reply> get_deployment(ApiServices& s, const Call& call) {
-  OUTPOST_ASSIGN_OR_RETURN(auto deployment, s.store->get_deployment(call.user(), call.param("dep")));
+  OUTPOST_ASSIGN_OR_RETURN(auto deployment,
+                           s.store->get_deployment(call.user(), call.param("dep")));
   return Reply{200, {{"deployment", deployment_view(s, deployment)}}};
 }
 

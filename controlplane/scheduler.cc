@@ -9,9 +9,9 @@ namespace {
 
 struct NodeLoad {
   const SchedulerNode* node = nullptr;
-  int exclusive = 0;   // devices taken by disable_packing replicas
-  int shared = 0;      // packed replicas
-  double memory = 0;   // memory the placed replicas need
+  int exclusive = 0;  // devices taken by disable_packing replicas
+  int shared = 0;     // packed replicas
+  double memory = 0;  // memory the placed replicas need
 
   bool fits(const SchedulerDeployment& deployment) const {
     if (deployment.memory_per_replica > 0 && node->memory_bytes > 0 &&
@@ -52,8 +52,9 @@ std::vector<Replica> schedule(const std::string& user_id,
 
   std::vector<const SchedulerDeployment*> order;
   for (const auto& deployment : deployments) order.push_back(&deployment);
-  std::sort(order.begin(), order.end(),
-            [](const SchedulerDeployment* a, const SchedulerDeployment* b) { return a->id < b->id; });
+  std::sort(
+      order.begin(), order.end(),
+      [](const SchedulerDeployment* a, const SchedulerDeployment* b) { return a->id < b->id; });
 
   std::vector<Replica> out;
   std::vector<std::pair<const SchedulerDeployment*, Replica>> unplaced;
@@ -87,13 +88,14 @@ std::vector<Replica> schedule(const std::string& user_id,
       const bool already_here = std::any_of(out.begin(), out.end(), [&](const Replica& placed) {
         return placed.node_id == node->id && placed.deployment_id == replica.deployment_id;
       });
-      const bool other_free = std::any_of(ordered.begin(), ordered.end(), [&](const SchedulerNode* other) {
-        if (other->nodepool_id != replica.nodepool_id || other == node) return false;
-        const bool busy = std::any_of(out.begin(), out.end(), [&](const Replica& placed) {
-          return placed.node_id == other->id && placed.deployment_id == replica.deployment_id;
-        });
-        return !busy && loads[other->id].fits(*deployment);
-      });
+      const bool other_free =
+          std::any_of(ordered.begin(), ordered.end(), [&](const SchedulerNode* other) {
+            if (other->nodepool_id != replica.nodepool_id || other == node) return false;
+            const bool busy = std::any_of(out.begin(), out.end(), [&](const Replica& placed) {
+              return placed.node_id == other->id && placed.deployment_id == replica.deployment_id;
+            });
+            return !busy && loads[other->id].fits(*deployment);
+          });
       if (already_here && other_free) continue;
       if (!load.fits(*deployment)) continue;
       load.place(*deployment);
@@ -102,8 +104,7 @@ std::vector<Replica> schedule(const std::string& user_id,
       break;
     }
   }
-  std::sort(out.begin(), out.end(),
-            [](const Replica& a, const Replica& b) { return a.id < b.id; });
+  std::sort(out.begin(), out.end(), [](const Replica& a, const Replica& b) { return a.id < b.id; });
   return out;
 }
 

@@ -265,7 +265,9 @@ Replica read_replica(const Statement& s) {
   return {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4)};
 }
 
-std::string columns(const char* list, const char* rest) { return std::string("SELECT ") + list + rest; }
+std::string columns(const char* list, const char* rest) {
+  return std::string("SELECT ") + list + rest;
+}
 
 }  // namespace
 
@@ -280,10 +282,10 @@ Status Store::migrate() {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_RETURN_IF_ERROR(
       db_->exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"));
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto versions,
-      query<int64_t>(*db_, "SELECT version FROM schema_version", [](Statement&) {},
-                     [](const Statement& s) { return s.integer(0); }));
+  OUTPOST_ASSIGN_OR_RETURN(auto versions,
+                           query<int64_t>(
+                               *db_, "SELECT version FROM schema_version", [](Statement&) {},
+                               [](const Statement& s) { return s.integer(0); }));
   int64_t version = versions.empty() ? 0 : versions.front();
   constexpr int64_t kKnown = std::size(kMigrations);
   static_assert(std::size(kMigrations) == kSchemaVersion);
@@ -314,9 +316,8 @@ Status Store::create_user(const std::string& id, bool is_admin) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
       auto s, db_->prepare("INSERT INTO users (id, is_admin, created_at) VALUES (?1, ?2, ?3)"));
-  const Status done = s.bind(1, id).bind(2, int64_t{is_admin ? 1 : 0})
-                          .bind(3, clock_.now_seconds())
-                          .run();
+  const Status done =
+      s.bind(1, id).bind(2, int64_t{is_admin ? 1 : 0}).bind(3, clock_.now_seconds()).run();
   if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
     return Error(ErrorCode::kAlreadyExists, "user '" + id + "' already exists");
   }
@@ -334,16 +335,14 @@ Result<User> Store::get_user(const std::string& id) {
 Result<std::vector<User>> Store::list_users() {
   std::lock_guard<std::mutex> lock(mutex_);
   return query<User>(
-      *db_, "SELECT id, is_admin, created_at FROM users ORDER BY id", [](Statement&) {},
-      read_user);
+      *db_, "SELECT id, is_admin, created_at FROM users ORDER BY id", [](Statement&) {}, read_user);
 }
 
 Result<int64_t> Store::count_users() {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto rows, query<int64_t>(
-                     *db_, "SELECT count(*) FROM users", [](Statement&) {},
-                     [](const Statement& s) { return s.integer(0); }));
+  OUTPOST_ASSIGN_OR_RETURN(auto rows, query<int64_t>(
+                                          *db_, "SELECT count(*) FROM users", [](Statement&) {},
+                                          [](const Statement& s) { return s.integer(0); }));
   return rows.empty() ? 0 : rows.front();
 }
 
@@ -434,9 +433,9 @@ Status Store::delete_cluster(const std::string& user_id, const std::string& id) 
   OUTPOST_ASSIGN_OR_RETURN(const bool exists, s.bind(1, user_id).bind(2, id).step());
   if (!exists) return not_found("compute cluster '" + id + "'");
   if (!pools.empty()) {
-    return Error(ErrorCode::kFailedPrecondition,
-                 "compute cluster '" + id + "' still has nodepools (" + join(pools) +
-                     "); delete them first");
+    return Error(ErrorCode::kFailedPrecondition, "compute cluster '" + id +
+                                                     "' still has nodepools (" + join(pools) +
+                                                     "); delete them first");
   }
   OUTPOST_ASSIGN_OR_RETURN(
       auto del, db_->prepare("DELETE FROM compute_clusters WHERE user_id = ?1 AND id = ?2"));
@@ -471,10 +470,11 @@ Status Store::create_nodepool(const Nodepool& nodepool) {
 
 Result<Nodepool> Store::get_nodepool(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<Nodepool>(
-                    *db_, columns(kNodepoolColumns, " FROM nodepools WHERE user_id = ?1 AND id = ?2"),
-                    [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_nodepool),
-                "nodepool '" + id + "'");
+  return single(
+      query<Nodepool>(
+          *db_, columns(kNodepoolColumns, " FROM nodepools WHERE user_id = ?1 AND id = ?2"),
+          [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_nodepool),
+      "nodepool '" + id + "'");
 }
 
 Result<std::vector<Nodepool>> Store::list_nodepools(const std::string& user_id,
@@ -498,7 +498,8 @@ Result<std::vector<std::string>> Store::delete_nodepool(const std::string& user_
                                "compute_cluster_id = ?3"));
   OUTPOST_ASSIGN_OR_RETURN(const bool exists,
                            check.bind(1, user_id).bind(2, id).bind(3, compute_cluster_id).step());
-  if (!exists) return not_found("nodepool '" + id + "' in compute cluster '" + compute_cluster_id + "'");
+  if (!exists)
+    return not_found("nodepool '" + id + "' in compute cluster '" + compute_cluster_id + "'");
   OUTPOST_ASSIGN_OR_RETURN(
       auto deployments,
       query<std::string>(
@@ -508,20 +509,18 @@ Result<std::vector<std::string>> Store::delete_nodepool(const std::string& user_
           [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
           [](const Statement& s) { return s.text(0); }));
   if (!deployments.empty()) {
-    return Error(ErrorCode::kFailedPrecondition,
-                 "nodepool '" + id + "' is used by deployments (" + join(deployments) +
-                     "); delete them first");
+    return Error(ErrorCode::kFailedPrecondition, "nodepool '" + id + "' is used by deployments (" +
+                                                     join(deployments) + "); delete them first");
   }
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto nodes, query<std::string>(
-                      *db_, "SELECT id FROM nodes WHERE user_id = ?1 AND nodepool_id = ?2",
-                      [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
-                      [](const Statement& s) { return s.text(0); }));
-  for (const char* sql :
-       {"DELETE FROM replicas WHERE user_id = ?1 AND nodepool_id = ?2",
-        "DELETE FROM nodes WHERE user_id = ?1 AND nodepool_id = ?2",
-        "DELETE FROM join_tokens WHERE user_id = ?1 AND nodepool_id = ?2",
-        "DELETE FROM nodepools WHERE user_id = ?1 AND id = ?2"}) {
+  OUTPOST_ASSIGN_OR_RETURN(auto nodes,
+                           query<std::string>(
+                               *db_, "SELECT id FROM nodes WHERE user_id = ?1 AND nodepool_id = ?2",
+                               [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
+                               [](const Statement& s) { return s.text(0); }));
+  for (const char* sql : {"DELETE FROM replicas WHERE user_id = ?1 AND nodepool_id = ?2",
+                          "DELETE FROM nodes WHERE user_id = ?1 AND nodepool_id = ?2",
+                          "DELETE FROM join_tokens WHERE user_id = ?1 AND nodepool_id = ?2",
+                          "DELETE FROM nodepools WHERE user_id = ?1 AND id = ?2"}) {
     OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare(sql));
     OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id).bind(2, id).run());
   }
@@ -578,8 +577,8 @@ Status Store::delete_model(const std::string& user_id, const std::string& id) {
           [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
           [](const Statement& s) { return s.text(0); }));
   if (!deployments.empty()) {
-    return Error(ErrorCode::kFailedPrecondition, "model '" + id + "' is deployed (" +
-                                                     join(deployments) + "); delete those first");
+    return Error(ErrorCode::kFailedPrecondition,
+                 "model '" + id + "' is deployed (" + join(deployments) + "); delete those first");
   }
   for (const char* sql : {"DELETE FROM artifacts WHERE user_id = ?1 AND model_id = ?2",
                           "DELETE FROM model_versions WHERE user_id = ?1 AND model_id = ?2",
@@ -636,13 +635,13 @@ Result<ModelVersion> Store::create_version(ModelVersion version) {
 Result<ModelVersion> Store::get_version(const std::string& user_id, const std::string& model_id,
                                         const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<ModelVersion>(
-                    *db_,
-                    columns(kVersionColumns,
-                            " FROM model_versions WHERE user_id = ?1 AND model_id = ?2 AND id = ?3"),
-                    [&](Statement& s) { s.bind(1, user_id).bind(2, model_id).bind(3, id); },
-                    read_version),
-                "version '" + id + "' of model '" + model_id + "'");
+  return single(
+      query<ModelVersion>(
+          *db_,
+          columns(kVersionColumns,
+                  " FROM model_versions WHERE user_id = ?1 AND model_id = ?2 AND id = ?3"),
+          [&](Statement& s) { s.bind(1, user_id).bind(2, model_id).bind(3, id); }, read_version),
+      "version '" + id + "' of model '" + model_id + "'");
 }
 
 Result<std::optional<ModelVersion>> Store::latest_version(const std::string& user_id,
@@ -680,8 +679,8 @@ Result<bool> Store::artifact_known(const std::string& sha256) {
 Status Store::create_deployment(const Deployment& deployment) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(auto check,
-                           db_->prepare("SELECT 1 FROM deployments WHERE user_id = ?1 AND id = ?2"));
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto check, db_->prepare("SELECT 1 FROM deployments WHERE user_id = ?1 AND id = ?2"));
   OUTPOST_ASSIGN_OR_RETURN(const bool exists,
                            check.bind(1, deployment.user_id).bind(2, deployment.id).step());
   if (exists) {
@@ -750,10 +749,11 @@ Result<Deployment> Store::get_deployment(const std::string& user_id, const std::
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
       auto deployment,
-      single(query<Deployment>(
-                 *db_, columns(kDeploymentColumns, " FROM deployments WHERE user_id = ?1 AND id = ?2"),
-                 [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_deployment),
-             "deployment '" + id + "'"));
+      single(
+          query<Deployment>(
+              *db_, columns(kDeploymentColumns, " FROM deployments WHERE user_id = ?1 AND id = ?2"),
+              [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_deployment),
+          "deployment '" + id + "'"));
   OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
   return deployment;
 }
@@ -890,17 +890,18 @@ Result<std::vector<Node>> Store::list_nodes(const std::string& user_id,
 Status Store::delete_node(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(auto replicas,
-                           db_->prepare("DELETE FROM replicas WHERE user_id = ?1 AND node_id = ?2"));
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto replicas, db_->prepare("DELETE FROM replicas WHERE user_id = ?1 AND node_id = ?2"));
   OUTPOST_RETURN_IF_ERROR(replicas.bind(1, user_id).bind(2, id).run());
-  OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("DELETE FROM nodes WHERE user_id = ?1 AND id = ?2"));
+  OUTPOST_ASSIGN_OR_RETURN(auto s,
+                           db_->prepare("DELETE FROM nodes WHERE user_id = ?1 AND id = ?2"));
   OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id).bind(2, id).run());
   if (db_->changes() == 0) return not_found("node '" + id + "'");
   return tx.commit();
 }
 
-Status Store::record_report(const std::string& node_id, const json* inventory,
-                            const json& replicas, int64_t applied_version, int64_t now) {
+Status Store::record_report(const std::string& node_id, const json* inventory, const json& replicas,
+                            int64_t applied_version, int64_t now) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
       auto s, db_->prepare("UPDATE nodes SET inventory = coalesce(?2, inventory), replicas = ?3, "
@@ -963,10 +964,12 @@ Result<std::vector<std::string>> Store::replace_replicas(const std::string& user
     OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("INSERT INTO replicas (user_id, id, "
                                                   "deployment_id, nodepool_id, node_id) VALUES "
                                                   "(?1, ?2, ?3, ?4, ?5)"));
-    OUTPOST_RETURN_IF_ERROR(
-        s.bind(1, user_id).bind(2, r.id).bind(3, r.deployment_id).bind(4, r.nodepool_id)
-            .bind(5, r.node_id)
-            .run());
+    OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id)
+                                .bind(2, r.id)
+                                .bind(3, r.deployment_id)
+                                .bind(4, r.nodepool_id)
+                                .bind(5, r.node_id)
+                                .run());
   }
   for (const auto& node : nodes) {
     OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("UPDATE nodes SET desired_version = "

@@ -66,7 +66,7 @@ struct ModelVersion {
   std::string user_id;
   std::string model_id;
   std::string id;
-  int64_t seq = 0;  // 1, 2, ... per model: the latest is the highest
+  int64_t seq = 0;           // 1, 2, ... per model: the latest is the highest
   nlohmann::json config;     // the package's config.yaml, as JSON
   nlohmann::json methods;    // the method signatures, verbatim from `outpost-worker inspect`
   nlohmann::json artifacts;  // [{"name", "sha256", "size"}]
@@ -199,8 +199,7 @@ class Store {
                                                     const std::vector<Replica>& replicas);
 
  private:
-  Store(std::unique_ptr<Database> db, const WallClock& clock)
-      : db_(std::move(db)), clock_(clock) {}
+  Store(std::unique_ptr<Database> db, const WallClock& clock) : db_(std::move(db)), clock_(clock) {}
   Status migrate();
 
   std::mutex mutex_;

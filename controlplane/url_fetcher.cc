@@ -88,13 +88,13 @@ bool is_public_address(const asio::ip::address& address) {
   }
   const auto bytes = address.to_v4().to_bytes();
   if (bytes[0] == 0 || bytes[0] == 10 || bytes[0] == 127) return false;
-  if (bytes[0] == 169 && bytes[1] == 254) return false;            // link-local
-  if (bytes[0] == 172 && (bytes[1] & 0xf0) == 16) return false;    // 172.16/12
-  if (bytes[0] == 192 && bytes[1] == 168) return false;            // 192.168/16
-  if (bytes[0] == 100 && (bytes[1] & 0xc0) == 64) return false;    // 100.64/10 CGNAT
+  if (bytes[0] == 169 && bytes[1] == 254) return false;          // link-local
+  if (bytes[0] == 172 && (bytes[1] & 0xf0) == 16) return false;  // 172.16/12
+  if (bytes[0] == 192 && bytes[1] == 168) return false;          // 192.168/16
+  if (bytes[0] == 100 && (bytes[1] & 0xc0) == 64) return false;  // 100.64/10 CGNAT
   if (bytes[0] == 192 && bytes[1] == 0 && bytes[2] == 0) return false;
-  if (bytes[0] == 198 && (bytes[1] & 0xfe) == 18) return false;    // 198.18/15 benchmarking
-  if (bytes[0] >= 240) return false;                               // reserved, broadcast
+  if (bytes[0] == 198 && (bytes[1] & 0xfe) == 18) return false;  // 198.18/15 benchmarking
+  if (bytes[0] >= 240) return false;                             // reserved, broadcast
   return true;
 }
 
@@ -120,11 +120,11 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
                          "fetching the input URL took longer than " +
                              std::to_string(self->options_.timeout.count() / 1000) + " s"));
     });
-    resolver_.async_resolve(url_.host, std::to_string(url_.port),
-                            [self = shared_from_this()](error_code ec,
-                                                        tcp::resolver::results_type results) {
-                              self->on_resolve(ec, std::move(results));
-                            });
+    resolver_.async_resolve(
+        url_.host, std::to_string(url_.port),
+        [self = shared_from_this()](error_code ec, tcp::resolver::results_type results) {
+          self->on_resolve(ec, std::move(results));
+        });
   }
 
  private:
@@ -150,16 +150,16 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
       }
       tls_stream_->set_verify_callback(asio::ssl::host_name_verification(url_.host));
       beast::get_lowest_layer(*tls_stream_)
-          .async_connect(endpoints_, [self = shared_from_this()](error_code ec,
-                                                                 const tcp::endpoint&) {
-            self->on_connect(ec);
-          });
+          .async_connect(endpoints_,
+                         [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
+                           self->on_connect(ec);
+                         });
     } else {
       plain_stream_.emplace(strand_);
-      plain_stream_->async_connect(endpoints_, [self = shared_from_this()](error_code ec,
-                                                                           const tcp::endpoint&) {
-        self->on_connect(ec);
-      });
+      plain_stream_->async_connect(
+          endpoints_, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
+            self->on_connect(ec);
+          });
     }
   }
 
@@ -167,16 +167,15 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     if (finished_) return;
     if (ec) return finish(unavailable("cannot connect to " + url_.host + ": " + ec.message()));
     if (tls_stream_.has_value()) {
-      tls_stream_->async_handshake(asio::ssl::stream_base::client,
-                                   [self = shared_from_this()](error_code handshake_ec) {
-                                     if (self->finished_) return;
-                                     if (handshake_ec) {
-                                       return self->finish(unavailable(
-                                           "TLS to " + self->url_.host +
-                                           " failed: " + handshake_ec.message()));
-                                     }
-                                     self->send();
-                                   });
+      tls_stream_->async_handshake(
+          asio::ssl::stream_base::client, [self = shared_from_this()](error_code handshake_ec) {
+            if (self->finished_) return;
+            if (handshake_ec) {
+              return self->finish(
+                  unavailable("TLS to " + self->url_.host + " failed: " + handshake_ec.message()));
+            }
+            self->send();
+          });
       return;
     }
     send();
@@ -197,8 +196,9 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     parser_.header_limit(64 * 1024);
     auto on_write = [self = shared_from_this()](error_code ec, size_t) {
       if (self->finished_) return;
-      if (ec) return self->finish(unavailable("sending to " + self->url_.host + " failed: " +
-                                              ec.message()));
+      if (ec)
+        return self->finish(
+            unavailable("sending to " + self->url_.host + " failed: " + ec.message()));
       auto on_read = [self](error_code read_ec, size_t) { self->on_read(read_ec); };
       if (self->tls_stream_.has_value()) {
         http::async_read(*self->tls_stream_, self->buffer_, self->parser_, on_read);
@@ -216,9 +216,9 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
   void on_read(error_code ec) {
     if (finished_) return;
     if (ec == http::error::body_limit) {
-      return finish(Error(ErrorCode::kResourceExhausted,
-                          "the input URL's content is larger than " +
-                              std::to_string(options_.max_bytes) + " bytes"));
+      return finish(Error(ErrorCode::kResourceExhausted, "the input URL's content is larger than " +
+                                                             std::to_string(options_.max_bytes) +
+                                                             " bytes"));
     }
     if (ec) return finish(unavailable("reading from " + url_.host + " failed: " + ec.message()));
     auto& response = parser_.get();

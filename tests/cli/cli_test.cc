@@ -1,18 +1,17 @@
 // The `outpost` CLI against a real outpost-control: login, create/list/get/delete of every
 // resource, readable errors with non-zero exits, and one predict of each shape through the
 // tunnel to a test agent end.
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <fstream>
 #include <sstream>
 
 #include <gtest/gtest.h>
 
 #include "tests/controlplane/control_fixture.h"
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 extern char** environ;
 
@@ -108,12 +107,12 @@ TEST_F(CliTest, LoginKeepsTheTokenInAPrivateFile) {
   // A wrong token or a CA that does not sign the server: refused, readably, and nothing saved.
   std::ofstream(dir_.file("wrong.token")) << "opat_nope_nope\n";
   const CliRun wrong = cli({"login", "--base-url", control_.base_url(), "--ca-file", pki_.ca_file(),
-                         "--pat-file", dir_.file("wrong.token")});
+                            "--pat-file", dir_.file("wrong.token")});
   EXPECT_EQ(wrong.exit_code, 1);
   EXPECT_NE(wrong.err.find("unauthenticated"), std::string::npos) << wrong.err;
   TestPki other("other");
   const CliRun untrusted = cli({"login", "--base-url", control_.base_url(), "--ca-file",
-                             other.ca_file(), "--pat-file", dir_.file("admin.token")});
+                                other.ca_file(), "--pat-file", dir_.file("admin.token")});
   EXPECT_EQ(untrusted.exit_code, 1);
   EXPECT_NE(untrusted.err.find("TLS"), std::string::npos) << untrusted.err;
   EXPECT_EQ(cli({"cc", "list"}).exit_code, 0);  // the first login still stands
@@ -207,16 +206,16 @@ TEST_F(CliTest, PredictsOfEachShapeReachTheNodeThroughTheTunnel) {
       std::ofstream(package.file(name), std::ios::binary) << content;
     }
     ASSERT_EQ(cli({"model", "upload", package.path()}).exit_code, 0);
-    std::ofstream(dir_.file("dp.yaml")) << "deployment:\n  scheduling_choice: 4\n  worker: {model: {id: "
-                                        << model << "}}\n";
-    const CliRun created = cli({"dp", "create", "np", std::string("dep-") + model, "--config",
-                             dir_.file("dp.yaml")});
+    std::ofstream(dir_.file("dp.yaml"))
+        << "deployment:\n  scheduling_choice: 4\n  worker: {model: {id: " << model << "}}\n";
+    const CliRun created =
+        cli({"dp", "create", "np", std::string("dep-") + model, "--config", dir_.file("dp.yaml")});
     ASSERT_EQ(created.exit_code, 0) << created.err;
   }
   const CliRun token = cli({"np", "join-token", "cc", "np"});
   ASSERT_EQ(token.exit_code, 0);
-  auto enrolled = TestAgent::enroll(control_.port(), pki_.ca_file(),
-                                    token.out.substr(0, token.out.find('\n')));
+  auto enrolled =
+      TestAgent::enroll(control_.port(), pki_.ca_file(), token.out.substr(0, token.out.find('\n')));
   ASSERT_TRUE(enrolled.ok()) << enrolled.error().message();
   TestAgent node(control_.port(), pki_.ca_file(), enrolled->credential);
   ASSERT_TRUE(node.wait_connected());
@@ -243,7 +242,8 @@ TEST_F(CliTest, PredictsOfEachShapeReachTheNodeThroughTheTunnel) {
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_EQ(run.out, "abc\n");
   // stream: items from stdin, one output each
-  run = cli({"model", "stream", "accumulator", "--deployment", "dep-accumulator"}, "first\nsecond\n");
+  run =
+      cli({"model", "stream", "accumulator", "--deployment", "dep-accumulator"}, "first\nsecond\n");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_LT(run.out.find("first"), run.out.find("second")) << run.out;
   EXPECT_EQ(node.predicts(), 4);

@@ -1,16 +1,15 @@
 // The CLI's pieces that need no server: base URLs, inputs from flags, method choice, and the
 // package archive it uploads.
-#include <gtest/gtest.h>
-
-#include <sys/stat.h>
-
 #include <fstream>
+
+#include <gtest/gtest.h>
 
 #include "cli/cli_config.h"
 #include "cli/http_client.h"
 #include "cli/package_archive.h"
 #include "cli/predict_inputs.h"
 #include "tests/support/test_pki.h"
+#include <sys/stat.h>
 
 namespace outpost::cli {
 namespace {

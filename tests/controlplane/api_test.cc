@@ -1,10 +1,10 @@
 // The REST API of a real outpost-control process over verified TLS: create, read, list and
 // delete every resource; refuse bad input of every kind with an error that says what to change;
 // keep tenants apart; enforce scopes; and keep its state across a restart.
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <fstream>
+
+#include <gtest/gtest.h>
 
 #include "tests/controlplane/control_fixture.h"
 
@@ -17,8 +17,7 @@ class ApiTest : public ::testing::Test {
 
   Api api(const std::string& token) { return Api(control_.base_url(), pki_.ca_file(), token); }
 
-  std::string upload(Api& api, const std::string& model,
-                     std::map<std::string, std::string> files) {
+  std::string upload(Api& api, const std::string& model, std::map<std::string, std::string> files) {
     const std::string tar = dir_.file(model + ".tar");
     write_tar(tar, files);
     auto reply = api.upload("/v2/users/me/models/" + model + "/versions", tar);
@@ -84,7 +83,8 @@ TEST_F(ApiTest, CreatesReadsListsAndDeletesEveryResource) {
   EXPECT_EQ(admin_.get("/v2/users/me/models/text/versions/" + version).status, 200);
 
   // Deployment: unplaced until a node enrolls.
-  auto deployment = admin_.post("/v2/users/me/deployments", deployment_body("dep-1", "text", "np-1"));
+  auto deployment =
+      admin_.post("/v2/users/me/deployments", deployment_body("dep-1", "text", "np-1"));
   ASSERT_EQ(deployment.status, 201) << deployment.raw;
   EXPECT_EQ(deployment.body["deployment"]["worker"]["model"]["model_version"]["id"], version);
   EXPECT_EQ(deployment.body["deployment"]["nodepools"][0]["compute_cluster"]["id"], "cc-1");
@@ -122,7 +122,8 @@ TEST_F(ApiTest, KeysHaveScopesAndDeletedKeysStopWorking) {
   const std::string key_id = read_only.body["key"]["id"];
   Api reader = api(token);
   EXPECT_EQ(reader.get("/v2/users/me/compute_clusters").status, 200);
-  auto refused = reader.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", "x"}}}});
+  auto refused =
+      reader.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", "x"}}}});
   EXPECT_EQ(refused.status, 403);
   EXPECT_NE(error_text(refused).find("'write' scope"), std::string::npos);
   // A key cannot grant what it lacks.
@@ -136,10 +137,13 @@ TEST_F(ApiTest, KeysHaveScopesAndDeletedKeysStopWorking) {
 }
 
 TEST_F(ApiTest, RefusesBadInputWithAnErrorThatSaysWhatToChange) {
-  ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", "cc"}}}}).status,
+  ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", "cc"}}}})
+                .status,
             201);
-  ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters/cc/nodepools", json{{"nodepool", {{"id", "np"}}}}).status,
-            201);
+  ASSERT_EQ(
+      admin_.post("/v2/users/me/compute_clusters/cc/nodepools", json{{"nodepool", {{"id", "np"}}}})
+          .status,
+      201);
   upload(admin_, "text", model_package("text"));
   struct Case {
     std::string name;
@@ -222,8 +226,9 @@ TEST_F(ApiTest, TenantsSeeOnlyTheirOwnResources) {
   create_fleet(admin_, "cc", "np", "text", "dep", dir_);
   Api bob = api(create_user(admin_, "bob"));
   for (const std::string& path :
-       {std::string("/v2/users/admin/compute_clusters/cc"), std::string("/v2/users/admin/models/text"),
-        std::string("/v2/users/admin/deployments/dep"), std::string("/v2/users/admin/compute_clusters"),
+       {std::string("/v2/users/admin/compute_clusters/cc"),
+        std::string("/v2/users/admin/models/text"), std::string("/v2/users/admin/deployments/dep"),
+        std::string("/v2/users/admin/compute_clusters"),
         std::string("/v2/users/me/compute_clusters/cc"), std::string("/v2/users/me/models/text"),
         std::string("/v2/users/me/deployments/dep")}) {
     EXPECT_EQ(bob.get(path).status, 404) << path;
@@ -235,8 +240,9 @@ TEST_F(ApiTest, TenantsSeeOnlyTheirOwnResources) {
                      {"inputs", {{"text", "hi"}}}};
   EXPECT_EQ(bob.post("/v2/users/admin/models/text/outputs", predict).status, 404);
   EXPECT_EQ(bob.post("/v2/users/me/models/text/outputs", predict).status, 404);
-  const json foreign_selector{{"runner_selector", {{"deployment", {{"id", "dep"}, {"user_id", "admin"}}}}},
-                              {"inputs", {{"text", "hi"}}}};
+  const json foreign_selector{
+      {"runner_selector", {{"deployment", {{"id", "dep"}, {"user_id", "admin"}}}}},
+      {"inputs", {{"text", "hi"}}}};
   EXPECT_EQ(bob.post("/v2/users/me/models/text/outputs", foreign_selector).status, 404);
   // Bob cannot deploy Alice's model, nor onto her nodepool, from his own namespace.
   json steal = deployment_body("mine", "text", "np");
@@ -246,8 +252,9 @@ TEST_F(ApiTest, TenantsSeeOnlyTheirOwnResources) {
   EXPECT_TRUE(bob.get("/v2/users/me/compute_clusters").body["compute_clusters"].empty());
   EXPECT_EQ(bob.get("/v2/users").status, 403);
   // The same ids are free in his namespace.
-  EXPECT_EQ(bob.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", "cc"}}}}).status,
-            201);
+  EXPECT_EQ(
+      bob.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", "cc"}}}}).status,
+      201);
 }
 
 TEST_F(ApiTest, StateSurvivesARestart) {
@@ -263,7 +270,8 @@ TEST_F(ApiTest, StateSurvivesARestart) {
   EXPECT_EQ(admin.get("/v2/users/me/deployments/dep").status, 200);
   EXPECT_EQ(api(bob_token).get("/v2/users/me").body["user"]["id"], "bob");
   // The admin was created once: no second admin token on the restart.
-  EXPECT_EQ(control_.log().find("created the administrator", control_.log().find("created the administrator") + 1),
+  EXPECT_EQ(control_.log().find("created the administrator",
+                                control_.log().find("created the administrator") + 1),
             std::string::npos);
 }
 
@@ -287,7 +295,8 @@ TEST_F(ApiTest, UploadsAreCheckedBeforeTheyAreStored) {
   EXPECT_EQ(other.status, 400);
   EXPECT_NE(error_text(other).find("differs"), std::string::npos);
   // Not a tar archive.
-  EXPECT_EQ(admin_.post_text("/v2/users/me/models/text/versions", "{}", "application/json").status, 400);
+  EXPECT_EQ(admin_.post_text("/v2/users/me/models/text/versions", "{}", "application/json").status,
+            400);
   // Nothing was stored.
   EXPECT_EQ(admin_.get("/v2/users/me/models/text").status, 404);
 }

@@ -156,22 +156,25 @@ TEST(ResourceConfigTest, EachMistakeNamesItsField) {
       {"deployment:\n  id: d\n  colour: blue\n  worker: {model: {id: m}}\n" + base_tail,
        "deployment.colour"},
       {"deployment:\n  id: d\n  worker: {model: {id: m}}\n  autoscale_config: {max_replicas: "
-       "\"two\"}\n" + base_tail,
+       "\"two\"}\n" +
+           base_tail,
        "deployment.autoscale_config.max_replicas"},
       {"deployment:\n  id: d\n  worker: {model: {id: m}}\n  autoscale_config: {min_replicas: 3, "
-       "max_replicas: 2}\n" + base_tail,
+       "max_replicas: 2}\n" +
+           base_tail,
        "deployment.autoscale_config.max_replicas"},
       {"deployment:\n  id: d\n  worker: {model: {id: m}}\n  autoscale_config: {enable_packing: "
-       "true}\n" + base_tail,
+       "true}\n" +
+           base_tail,
        "deployment.autoscale_config.enable_packing"},
       {"deployment:\n  id: d\n  worker: {model: {id: m}}\n  autoscale_config: {disable_packing: "
-       "\"yes\"}\n" + base_tail,
+       "\"yes\"}\n" +
+           base_tail,
        "deployment.autoscale_config.disable_packing"},
       {"deployment:\n  id: d\n  worker: {model: {id: m}}\n  scheduling_choice: 9\n  nodepools: "
        "[{id: np}]\n",
        "deployment.scheduling_choice"},
-      {"deployment:\n  id: \"bad id!\"\n  worker: {model: {id: m}}\n" + base_tail,
-       "deployment.id"},
+      {"deployment:\n  id: \"bad id!\"\n  worker: {model: {id: m}}\n" + base_tail, "deployment.id"},
       {"deployment:\n  id: " + std::string(65, 'a') + "\n  worker: {model: {id: m}}\n" + base_tail,
        "deployment.id"},
       {"deployment:\n  id: d\n  worker: {model: {id: m}}\n  scheduling_choice: 4\n  nodepools: "
@@ -201,21 +204,23 @@ TEST(ResourceConfigTest, IdFromCommandLineMustAgreeWithConfig) {
 }
 
 TEST(ResourceConfigTest, NodepoolChecks) {
-  auto mismatch = parse_nodepool(yaml("nodepool: {id: np, compute_cluster: {id: other}}\n"), "cc", "");
+  auto mismatch =
+      parse_nodepool(yaml("nodepool: {id: np, compute_cluster: {id: other}}\n"), "cc", "");
   ASSERT_FALSE(mismatch.ok());
   EXPECT_EQ(mismatch.error().message().rfind("nodepool.compute_cluster.id:", 0), 0u);
   auto bad_quantity = parse_nodepool(
       yaml("nodepool:\n  id: np\n  instance_types: [{id: t, compute_info: {cpu_memory: lots}}]\n"),
       "cc", "");
   ASSERT_FALSE(bad_quantity.ok());
-  EXPECT_NE(bad_quantity.error().message().find("nodepool.instance_types[0].compute_info.cpu_memory"),
-            std::string::npos);
-  auto bounds = parse_nodepool(yaml("nodepool: {id: np, min_instances: 3, max_instances: 1}\n"),
-                               "cc", "");
+  EXPECT_NE(
+      bad_quantity.error().message().find("nodepool.instance_types[0].compute_info.cpu_memory"),
+      std::string::npos);
+  auto bounds =
+      parse_nodepool(yaml("nodepool: {id: np, min_instances: 3, max_instances: 1}\n"), "cc", "");
   ASSERT_FALSE(bounds.ok());
   EXPECT_EQ(bounds.error().message().rfind("nodepool.max_instances:", 0), 0u);
-  auto capacity = parse_nodepool(yaml("nodepool: {id: np, node_capacity_type: {capacity_types: [3]}}\n"),
-                                 "cc", "");
+  auto capacity = parse_nodepool(
+      yaml("nodepool: {id: np, node_capacity_type: {capacity_types: [3]}}\n"), "cc", "");
   EXPECT_FALSE(capacity.ok());
 }
 

@@ -1,11 +1,5 @@
 #include "tests/controlplane/control_fixture.h"
 
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <array>
 #include <cstring>
 #include <filesystem>
@@ -14,10 +8,15 @@
 #include <sstream>
 #include <thread>
 
-#include "controlplane/control_config.h"
 #include <boost/asio/steady_timer.hpp>
 
+#include "controlplane/control_config.h"
 #include "tunnel/calls.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 extern char** environ;
 
@@ -43,9 +42,15 @@ std::string trim(std::string text) {
 std::string base_config(const TestPki& pki, const std::string& data_dir,
                         const std::string& worker) {
   return "listen: \"127.0.0.1:0\"\n"
-         "data_dir: \"" + data_dir + "\"\n"
-         "tls: {cert_file: \"" + pki.cert_file() + "\", key_file: \"" + pki.key_file() + "\"}\n"
-         "worker_path: \"" + worker + "\"\n"
+         "data_dir: \"" +
+         data_dir +
+         "\"\n"
+         "tls: {cert_file: \"" +
+         pki.cert_file() + "\", key_file: \"" + pki.key_file() +
+         "\"}\n"
+         "worker_path: \"" +
+         worker +
+         "\"\n"
          "threads: {io: 2, blocking: 4}\n";
 }
 
@@ -59,8 +64,8 @@ ControlProcess::ControlProcess(const TestPki& pki, Options options)
   config_file_ = dir_.file("control.yaml");
   const std::string worker =
       options_.worker_path.empty() ? std::string(OUTPOST_TEST_WORKER) : options_.worker_path;
-  std::ofstream(config_file_) << base_config(pki_, data_dir_, worker)
-                              << "admin: {token_file: \"" << dir_.file("admin.token") << "\"}\n"
+  std::ofstream(config_file_) << base_config(pki_, data_dir_, worker) << "admin: {token_file: \""
+                              << dir_.file("admin.token") << "\"}\n"
                               << "port_file: \"" << dir_.file("port") << "\"\n"
                               << options_.extra_config;
   start();
@@ -105,7 +110,8 @@ void ControlProcess::stop() {
   waitpid(pid_, &status, 0);
   pid_ = -1;
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "outpost-control did not stop cleanly:\n" << log();
+      << "outpost-control did not stop cleanly:\n"
+      << log();
 }
 
 std::string ControlProcess::log() const { return read_file(dir_.file("control.log")); }
@@ -281,8 +287,8 @@ Result<json> unary(tunnel::TunnelClient& client, const std::string& method, cons
   auto parsed = json::parse(response, nullptr, false);
   if (parsed.is_discarded()) return internal_error("not JSON: " + response);
   if (parsed.is_object() && parsed.contains("error")) {
-    return Error(ErrorCode::kInvalidArgument, parsed["error"].value("code", "") + ": " +
-                                                  parsed["error"].value("message", ""));
+    return Error(ErrorCode::kInvalidArgument,
+                 parsed["error"].value("code", "") + ": " + parsed["error"].value("message", ""));
   }
   return parsed;
 }
@@ -302,8 +308,8 @@ Result<TestAgent::Enrollment> TestAgent::enroll(uint16_t port, const std::string
       last_error = status.slots[0].last_error;
     }
   };
-  auto created = tunnel::TunnelClient::create(io.io(), agent_options(port, ca_file, join_token),
-                                              handlers);
+  auto created =
+      tunnel::TunnelClient::create(io.io(), agent_options(port, ca_file, join_token), handlers);
   if (!created.ok()) return created.error();
   auto client = created.value();
   client->start();
@@ -385,16 +391,17 @@ Result<json> TestAgent::report_all(const std::string& state) {
 }
 
 Result<std::pair<json, std::string>> TestAgent::fetch_artifact(const std::string& sha256) {
-  auto opened =
-      client_->open_stream(json{{"method", "artifact.fetch"}, {"sha256", sha256}}.dump(), "",
-                           false, true);
+  auto opened = client_->open_stream(json{{"method", "artifact.fetch"}, {"sha256", sha256}}.dump(),
+                                     "", false, true);
   if (!opened.ok()) return opened.error();
   auto stream = opened.value();
   std::promise<std::pair<error_code, std::vector<std::string>>> result;
   auto messages = std::make_shared<std::vector<std::string>>();
   tunnel::async_read_all(
       stream, [messages](std::string message) { messages->push_back(std::move(message)); },
-      [&result, messages](error_code ec) { result.set_value({ec, *messages}); });
+      [&result, messages](error_code ec) {
+        result.set_value({ec, *messages});
+      });
   auto future = result.get_future();
   auto [ec, parts] = wait_for(future, "an artifact");
   if (ec) return unavailable("artifact.fetch failed: " + ec.message());
@@ -493,55 +500,55 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
     (*loop)();
     return;
   }
-  stream->async_read([this, stream, shape, metadata, note_cancel](error_code ec,
-                                                                  std::string message) {
-    if (ec) return note_cancel(ec);
-    json request = json::parse(message, nullptr, false);
-    const json inputs = request.value("inputs", json::object());
-    if (inputs.contains("fail")) {
-      stream->async_write(
-          json{{"error", {{"code", "invalid_argument"}, {"message", inputs["fail"]}}}}.dump(),
-          true, [](error_code) {});
-      return;
-    }
-    if (shape == "unary") {
-      stream->async_write(
-          json{{"outputs", {{"echo", inputs}, {"method", metadata.value("model_method", "")}}}}
-              .dump(),
-          true, [](error_code) {});
-      return;
-    }
-    // generate
-    std::vector<std::string> words;
-    std::istringstream prompt(inputs.value("prompt", std::string("one two three")));
-    for (std::string word; prompt >> word;) words.push_back(word);
-    if (stall_generate_) {
-      // An endless generate: a chunk every 20 ms until the control plane cancels the stream.
-      auto timer = std::make_shared<boost::asio::steady_timer>(io_->io());
-      auto tick = std::make_shared<std::function<void()>>();
-      *tick = [stream, timer, tick, note_cancel] {
-        stream->async_write(json{{"chunk", "tok"}}.dump(), false,
-                            [stream, timer, tick, note_cancel](error_code write_ec) {
-                              if (write_ec) {
-                                note_cancel(write_ec);
-                                *tick = nullptr;
-                                return;
-                              }
-                              timer->expires_after(std::chrono::milliseconds(20));
-                              timer->async_wait([tick](error_code) {
-                                if (*tick) (*tick)();
-                              });
-                            });
-      };
-      (*tick)();
-      return;
-    }
-    for (size_t i = 0; i < words.size(); ++i) {
-      stream->async_write(json{{"chunk", words[i]}}.dump(), i + 1 == words.size(),
-                          [](error_code) {});
-    }
-    if (words.empty()) stream->close_write();
-  });
+  stream->async_read(
+      [this, stream, shape, metadata, note_cancel](error_code ec, std::string message) {
+        if (ec) return note_cancel(ec);
+        json request = json::parse(message, nullptr, false);
+        const json inputs = request.value("inputs", json::object());
+        if (inputs.contains("fail")) {
+          stream->async_write(
+              json{{"error", {{"code", "invalid_argument"}, {"message", inputs["fail"]}}}}.dump(),
+              true, [](error_code) {});
+          return;
+        }
+        if (shape == "unary") {
+          stream->async_write(
+              json{{"outputs", {{"echo", inputs}, {"method", metadata.value("model_method", "")}}}}
+                  .dump(),
+              true, [](error_code) {});
+          return;
+        }
+        // generate
+        std::vector<std::string> words;
+        std::istringstream prompt(inputs.value("prompt", std::string("one two three")));
+        for (std::string word; prompt >> word;) words.push_back(word);
+        if (stall_generate_) {
+          // An endless generate: a chunk every 20 ms until the control plane cancels the stream.
+          auto timer = std::make_shared<boost::asio::steady_timer>(io_->io());
+          auto tick = std::make_shared<std::function<void()>>();
+          *tick = [stream, timer, tick, note_cancel] {
+            stream->async_write(json{{"chunk", "tok"}}.dump(), false,
+                                [stream, timer, tick, note_cancel](error_code write_ec) {
+                                  if (write_ec) {
+                                    note_cancel(write_ec);
+                                    *tick = nullptr;
+                                    return;
+                                  }
+                                  timer->expires_after(std::chrono::milliseconds(20));
+                                  timer->async_wait([tick](error_code) {
+                                    if (*tick) (*tick)();
+                                  });
+                                });
+          };
+          (*tick)();
+          return;
+        }
+        for (size_t i = 0; i < words.size(); ++i) {
+          stream->async_write(json{{"chunk", words[i]}}.dump(), i + 1 == words.size(),
+                              [](error_code) {});
+        }
+        if (words.empty()) stream->close_write();
+      });
 }
 
 }  // namespace outpost::testing

@@ -136,7 +136,8 @@ class TestAgent {
   };
   // node.enroll with a join token; the error's message when refused.
   static Result<Enrollment> enroll(uint16_t port, const std::string& ca_file,
-                                   const std::string& join_token, const std::string& name = "host-1",
+                                   const std::string& join_token,
+                                   const std::string& name = "host-1",
                                    json inventory = json{{"cpu_cores", 4},
                                                          {"memory_bytes", int64_t{8} << 30}});
 

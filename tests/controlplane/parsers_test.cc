@@ -1,11 +1,10 @@
 // Parsers of untrusted input that are not resource configs: model package archives, tokens,
 // input URLs, and the agent's control messages.
-#include <gtest/gtest.h>
-
 #include <cstring>
 #include <fstream>
 
 #include <boost/asio/ip/address.hpp>
+#include <gtest/gtest.h>
 
 #include "controlplane/control_messages.h"
 #include "controlplane/secrets.h"
@@ -95,9 +94,9 @@ TEST(SecretsTest, TokensRoundTripAndHashesVerifyInConstantTime) {
 
 TEST(UrlFetcherTest, PrivateAndLoopbackAddressesAreNotPublic) {
   using boost::asio::ip::make_address;
-  for (const char* address : {"127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.1.1",
-                              "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1",
-                              "::ffff:127.0.0.1", "224.0.0.1"}) {
+  for (const char* address :
+       {"127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.1.1", "100.64.0.1",
+        "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "224.0.0.1"}) {
     EXPECT_FALSE(is_public_address(make_address(address))) << address;
   }
   for (const char* address : {"8.8.8.8", "1.1.1.1", "2606:4700::1111"}) {
@@ -124,7 +123,8 @@ TEST(ControlMessagesTest, ReportsAreCheckedAndUnknownFieldsIgnored) {
   ASSERT_TRUE(report.ok()) << report.error().message();
   EXPECT_EQ(report->applied_version, 3);
   EXPECT_EQ(report->replicas[0].ongoing_requests, 2);
-  EXPECT_FALSE(parse_node_report(R"({"replicas": [{"replica_id": "x", "state": "dancing"}]})").ok());
+  EXPECT_FALSE(
+      parse_node_report(R"({"replicas": [{"replica_id": "x", "state": "dancing"}]})").ok());
   EXPECT_FALSE(parse_node_report(R"({"applied_version": "7"})").ok());
   EXPECT_FALSE(parse_enroll_request(R"({"name": "", "inventory": {}})").ok());
   EXPECT_FALSE(parse_enroll_request(R"({"inventory": {"gpus": 3}})").ok());

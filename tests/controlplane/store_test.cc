@@ -1,11 +1,12 @@
 // The SQLite state: it survives reopening, migrations run once, join tokens are single use and
 // expire (on an injected clock), and the store itself keeps one deployment per model per
 // nodepool. Plus the first-release scheduler that fills the replica table.
+#include "controlplane/store.h"
+
 #include <gtest/gtest.h>
 
 #include "controlplane/scheduler.h"
 #include "controlplane/secrets.h"
-#include "controlplane/store.h"
 #include "tests/controlplane/control_fixture.h"
 
 namespace outpost::control {
@@ -24,7 +25,8 @@ std::unique_ptr<Store> open_store(const TempDir& dir, const WallClock& clock) {
 void seed(Store& store) {
   ASSERT_TRUE(store.create_user("alice", false).ok());
   ASSERT_TRUE(store.create_cluster({"alice", "cc", json{{"id", "cc"}}, 1}).ok());
-  ASSERT_TRUE(store.create_nodepool({"alice", "np", "cc", std::nullopt, json{{"id", "np"}}, 1}).ok());
+  ASSERT_TRUE(
+      store.create_nodepool({"alice", "np", "cc", std::nullopt, json{{"id", "np"}}, 1}).ok());
   ModelVersion version;
   version.user_id = "alice";
   version.model_id = "m";
@@ -138,7 +140,8 @@ TEST(StoreTest, MaxInstancesLimitsEnrollment) {
   node.nodepool_id = "np";
   node.inventory = json::object();
   for (const char* id : {"t1", "t2"}) {
-    ASSERT_TRUE(store->create_join_token({id, "alice", "cc", "np", "h", now, now + 60, std::nullopt}).ok());
+    ASSERT_TRUE(
+        store->create_join_token({id, "alice", "cc", "np", "h", now, now + 60, std::nullopt}).ok());
   }
   node.id = "n1";
   ASSERT_TRUE(store->enroll_node("t1", now, node).ok());
@@ -154,7 +157,9 @@ TEST(StoreTest, ReplacingReplicasBumpsOnlyTheNodesThatChanged) {
   const int64_t now = clock.now_seconds();
   for (const char* id : {"a", "b"}) {
     const std::string token = std::string("t") + id;
-    ASSERT_TRUE(store->create_join_token({token, "alice", "cc", "np", "h", now, now + 60, std::nullopt}).ok());
+    ASSERT_TRUE(
+        store->create_join_token({token, "alice", "cc", "np", "h", now, now + 60, std::nullopt})
+            .ok());
     Node node;
     node.id = id;
     node.user_id = "alice";

@@ -3,14 +3,12 @@
 // single-use, expiring join tokens (on a fake clock), revocation, desired state pushed,
 // acknowledged and re-sent after a reconnect, artifacts in chunks, and predict in its three
 // shapes routed through the tunnel, with cancellation when the client goes away.
-#include <gtest/gtest.h>
-
-#include <openssl/sha.h>
-
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
+#include <gtest/gtest.h>
+#include <openssl/sha.h>
 
 #include "controlplane/secrets.h"
 #include "tests/controlplane/control_fixture.h"
@@ -23,7 +21,8 @@ class TinyHttpServer {
  public:
   explicit TinyHttpServer(std::string body)
       : body_(std::move(body)),
-        acceptor_(io_, boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0)),
+        acceptor_(io_,
+                  boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0)),
         thread_([this] { serve(); }) {}
   ~TinyHttpServer() {
     stopping_ = true;
@@ -46,9 +45,9 @@ class TinyHttpServer {
       boost::asio::streambuf request;
       boost::asio::read_until(socket, request, "\r\n\r\n", ec);
       ++hits_;
-      const std::string response = "HTTP/1.1 200 OK\r\nContent-Length: " +
-                                   std::to_string(body_.size()) + "\r\nConnection: close\r\n\r\n" +
-                                   body_;
+      const std::string response =
+          "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body_.size()) +
+          "\r\nConnection: close\r\n\r\n" + body_;
       boost::asio::write(socket, boost::asio::buffer(response), ec);
     }
   }
@@ -67,18 +66,21 @@ class TunnelTest : public ::testing::Test {
         admin_(control_.base_url(), pki_.ca_file(), control_.admin_token()) {}
 
   void make_pool(const std::string& cc = "cc", const std::string& np = "np") {
-    ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", cc}}}}).status, 201);
-    ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters/" + cc + "/nodepools",
-                          json{{"nodepool", {{"id", np}}}})
+    ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", cc}}}})
+                  .status,
+              201);
+    ASSERT_EQ(admin_
+                  .post("/v2/users/me/compute_clusters/" + cc + "/nodepools",
+                        json{{"nodepool", {{"id", np}}}})
                   .status,
               201);
   }
 
   std::string join_token(const std::string& cc = "cc", const std::string& np = "np",
                          int ttl = 3600) {
-    auto reply = admin_.post("/v2/users/me/compute_clusters/" + cc + "/nodepools/" + np +
-                                 "/join_tokens",
-                             json{{"ttl_seconds", ttl}});
+    auto reply =
+        admin_.post("/v2/users/me/compute_clusters/" + cc + "/nodepools/" + np + "/join_tokens",
+                    json{{"ttl_seconds", ttl}});
     EXPECT_EQ(reply.status, 201) << reply.raw;
     return reply.body["join_token"]["token"];
   }
@@ -99,7 +101,8 @@ class TunnelTest : public ::testing::Test {
   void upload(const std::string& model, std::map<std::string, std::string> files = {}) {
     if (files.empty()) files = model_package(model);
     write_tar(dir_.file(model + ".tar"), files);
-    auto reply = admin_.upload("/v2/users/me/models/" + model + "/versions", dir_.file(model + ".tar"));
+    auto reply =
+        admin_.upload("/v2/users/me/models/" + model + "/versions", dir_.file(model + ".tar"));
     ASSERT_EQ(reply.status, 201) << reply.raw;
   }
 
@@ -135,9 +138,7 @@ class TunnelTest : public ::testing::Test {
   Api admin_;
 };
 
-json selector(const std::string& deployment) {
-  return json{{"deployment", {{"id", deployment}}}};
-}
+json selector(const std::string& deployment) { return json{{"deployment", {{"id", deployment}}}}; }
 
 TEST_F(TunnelTest, EnrolledNodeShowsInItsNodepoolWithItsInventory) {
   make_pool();
@@ -148,18 +149,20 @@ TEST_F(TunnelTest, EnrolledNodeShowsInItsNodepoolWithItsInventory) {
   EXPECT_EQ(enrolled.response["compute_cluster_id"], "cc");
   EXPECT_EQ(enrolled.response["user_id"], "admin");
   auto node = agent(enrolled.credential);
-  ASSERT_TRUE(node->call("node.report",
-                         json{{"applied_version", 0},
-                              {"inventory", {{"cpu_cores", 8}, {"memory_bytes", 1 << 30}}},
-                              {"replicas", json::array()}})
-                  .ok());
+  ASSERT_TRUE(
+      node->call("node.report", json{{"applied_version", 0},
+                                     {"inventory", {{"cpu_cores", 8}, {"memory_bytes", 1 << 30}}},
+                                     {"replicas", json::array()}})
+          .ok());
   auto nodes = admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes");
   ASSERT_EQ(nodes.status, 200);
   ASSERT_EQ(nodes.body["nodes"].size(), 1u);
   EXPECT_EQ(nodes.body["nodes"][0]["id"], enrolled.node_id);
   EXPECT_EQ(nodes.body["nodes"][0]["online"], true);
   EXPECT_EQ(nodes.body["nodes"][0]["inventory"]["cpu_cores"], 8);
-  EXPECT_EQ(admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np").body["nodepool"]["node_count"], 1);
+  EXPECT_EQ(
+      admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np").body["nodepool"]["node_count"],
+      1);
 }
 
 TEST_F(TunnelTest, JoinTokensAreSingleUseAndExpire) {
@@ -175,7 +178,8 @@ TEST_F(TunnelTest, JoinTokensAreSingleUseAndExpire) {
   auto late = TestAgent::enroll(control_.port(), pki_.ca_file(), expiring);
   ASSERT_FALSE(late.ok());
   EXPECT_NE(late.error().message().find("401"), std::string::npos) << late.error().message();
-  EXPECT_EQ(admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes").body["nodes"].size(), 1u);
+  EXPECT_EQ(admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes").body["nodes"].size(),
+            1u);
 }
 
 TEST_F(TunnelTest, AJoinTokenAllowsOnlyEnrollment) {
@@ -196,8 +200,9 @@ TEST_F(TunnelTest, RevokingANodeDropsItsConnections) {
   make_pool();
   auto enrolled = enroll();
   auto node = agent(enrolled.credential);
-  ASSERT_EQ(admin_.del("/v2/users/me/compute_clusters/cc/nodepools/np/nodes/" + enrolled.node_id).status,
-            200);
+  ASSERT_EQ(
+      admin_.del("/v2/users/me/compute_clusters/cc/nodepools/np/nodes/" + enrolled.node_id).status,
+      200);
   EXPECT_TRUE(eventually([&] { return node->status().connected() == 0; }));
   // And the credential no longer opens a connection.
   EXPECT_TRUE(eventually([&] {
@@ -228,7 +233,8 @@ TEST_F(TunnelTest, DesiredStateIsPushedAcknowledgedAndResentAfterAReconnect) {
   EXPECT_EQ((*synced)["version"], first_version);
   // The acknowledgement shows on the node.
   EXPECT_TRUE(eventually([&] {
-    auto nodes = admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes/" + enrolled.node_id);
+    auto nodes =
+        admin_.get("/v2/users/me/compute_clusters/cc/nodepools/np/nodes/" + enrolled.node_id);
     return nodes.body["node"]["applied_version"] == first_version;
   }));
 
@@ -289,9 +295,9 @@ TEST_F(TunnelTest, UnaryPredictGoesThroughTheTunnel) {
            {"inputs", {{"text", "x"}}}});
   EXPECT_EQ(by_pool.status, 200) << by_pool.raw;
   // The model's own errors come back with their code.
-  auto failed = admin_.post("/v2/users/me/models/text/outputs",
-                            json{{"runner_selector", selector("dep-text")},
-                                 {"inputs", {{"text", "x"}}}});
+  auto failed =
+      admin_.post("/v2/users/me/models/text/outputs",
+                  json{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", "x"}}}});
   EXPECT_EQ(failed.status, 200);
 }
 
@@ -310,11 +316,14 @@ TEST_F(TunnelTest, PredictRequestsAreCheckedAgainstTheSignature) {
        "inputs.text: must be of type str"},
       {json{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", "x"}, {"colour", 1}}}},
        "inputs.colour"},
-      {json{{"runner_selector", selector("dep-text")}, {"method", "nope"}, {"inputs", json::object()}},
+      {json{{"runner_selector", selector("dep-text")},
+            {"method", "nope"},
+            {"inputs", json::object()}},
        "has no method 'nope'"},
       {json{{"runner_selector", selector("dep-gen")}, {"inputs", {{"text", "x"}}}},
        "serves model 'chargen'"},
-      {json{{"runner_selector", {{"deployment", {{"id", "dep-text"}}}, {"nodepool", {{"id", "np"}}}}},
+      {json{{"runner_selector",
+             {{"deployment", {{"id", "dep-text"}}}, {"nodepool", {{"id", "np"}}}}},
             {"inputs", {{"text", "x"}}}},
        "not both"},
   };
@@ -340,16 +349,16 @@ TEST_F(TunnelTest, PredictRequestsAreCheckedAgainstTheSignature) {
 
 TEST_F(TunnelTest, GenerateStreamsServerSentEventsAndJsonLines) {
   auto node = ready_fleet();
-  const std::string body = json{{"runner_selector", selector("dep-gen")},
-                                {"inputs", {{"prompt", "alpha beta gamma"}}}}
-                               .dump();
+  const std::string body =
+      json{{"runner_selector", selector("dep-gen")}, {"inputs", {{"prompt", "alpha beta gamma"}}}}
+          .dump();
   std::vector<std::string> pieces;
-  auto sse = admin_.client().send_streaming(
-      "POST", "/v2/users/me/models/chargen/outputs/generate", body, "application/json", {},
-      [&pieces](std::string_view data) {
-        pieces.emplace_back(data);
-        return true;
-      });
+  auto sse =
+      admin_.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate", body,
+                                     "application/json", {}, [&pieces](std::string_view data) {
+                                       pieces.emplace_back(data);
+                                       return true;
+                                     });
   ASSERT_TRUE(sse.ok()) << sse.error().message();
   EXPECT_EQ(sse->status, 200);
   EXPECT_EQ(sse->content_type, "text/event-stream");
@@ -381,10 +390,11 @@ TEST_F(TunnelTest, StreamRelaysAWebSocketBothWays) {
   auto ws = admin_.client().websocket("/v2/users/me/models/accumulator/outputs/stream");
   ASSERT_TRUE(ws.ok()) << ws.error().message();
   auto& socket = *ws.value();
-  ASSERT_TRUE(socket.send(json{{"runner_selector", selector("dep-stream")},
-                               {"method", "words"},
-                               {"inputs", {{"text", "one"}}}}
-                              .dump())
+  ASSERT_TRUE(socket
+                  .send(json{{"runner_selector", selector("dep-stream")},
+                             {"method", "words"},
+                             {"inputs", {{"text", "one"}}}}
+                            .dump())
                   .ok());
   auto first = socket.receive();
   ASSERT_TRUE(first.ok() && first->has_value());
@@ -450,7 +460,8 @@ TEST_F(TunnelTest, WithoutAReadyReplicaPredictAnswers503WithTheReason) {
 
   ASSERT_TRUE(node->report_all("ready").ok());
   EXPECT_EQ(admin_.post("/v2/users/me/models/text/outputs", request).status, 200);
-  EXPECT_EQ(admin_.get("/v2/users/me/deployments/dep-1").body["deployment"]["deployment_metrics"]["live_replicas"],
+  EXPECT_EQ(admin_.get("/v2/users/me/deployments/dep-1")
+                .body["deployment"]["deployment_metrics"]["live_replicas"],
             1);
 
   node->disconnect();
@@ -479,21 +490,23 @@ TEST_F(TunnelTest, CallsGoToTheNodeWithFewestOutstanding) {
   first->set_stall_generate(true);
   second->set_stall_generate(true);
   // A call held open on one node sends the next to the other.
-  const std::string body = json{{"runner_selector", selector("gen")}, {"inputs", {{"prompt", "p"}}}}.dump();
+  const std::string body =
+      json{{"runner_selector", selector("gen")}, {"inputs", {{"prompt", "p"}}}}.dump();
   std::atomic<bool> first_open{false};
   std::thread holder([&] {
-    (void)admin_.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate", body,
-                                         "application/json", {}, [&](std::string_view) {
-                                           first_open = true;
-                                           return first->cancelled().size() + second->cancelled().size() == 0 &&
-                                                  first->predicts() + second->predicts() < 2;
-                                         });
+    (void)admin_.client().send_streaming(
+        "POST", "/v2/users/me/models/chargen/outputs/generate", body, "application/json", {},
+        [&](std::string_view) {
+          first_open = true;
+          return first->cancelled().size() + second->cancelled().size() == 0 &&
+                 first->predicts() + second->predicts() < 2;
+        });
   });
   ASSERT_TRUE(eventually([&] { return first_open.load(); }));
   Api other(control_.base_url(), pki_.ca_file(), control_.admin_token());
   std::thread second_call([&] {
-    (void)other.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate", body,
-                                        "application/json", {},
+    (void)other.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate",
+                                        body, "application/json", {},
                                         [](std::string_view) { return false; });
   });
   second_call.join();
@@ -513,7 +526,8 @@ TEST_F(UrlInputTest, InputsByUrlAreFetchedByTheControlPlane) {
   auto reply = admin_.post(
       "/v2/users/me/models/text/outputs",
       json{{"runner_selector", selector("dep-text")},
-           {"inputs", {{"text", {{"url", "http://127.0.0.1:" + std::to_string(server.port()) + "/a"}}}}}});
+           {"inputs",
+            {{"text", {{"url", "http://127.0.0.1:" + std::to_string(server.port()) + "/a"}}}}}});
   ASSERT_EQ(reply.status, 200) << reply.raw;
   EXPECT_EQ(reply.body["outputs"]["echo"]["text"]["bytes_b64"], "ZmV0Y2hlZCB0ZXh0");
   EXPECT_EQ(server.hits(), 1);
@@ -525,8 +539,10 @@ TEST_F(TunnelTest, InputUrlsToPrivateAddressesAreRefusedByDefault) {
   for (const std::string& host : {std::string("127.0.0.1"), std::string("localhost")}) {
     auto reply = admin_.post(
         "/v2/users/me/models/text/outputs",
-        json{{"runner_selector", selector("dep-text")},
-             {"inputs", {{"text", {{"url", "http://" + host + ":" + std::to_string(server.port()) + "/"}}}}}});
+        json{
+            {"runner_selector", selector("dep-text")},
+            {"inputs",
+             {{"text", {{"url", "http://" + host + ":" + std::to_string(server.port()) + "/"}}}}}});
     EXPECT_EQ(reply.status, 403) << reply.raw;
     EXPECT_NE(reply.raw.find("private or loopback"), std::string::npos) << reply.raw;
   }
