@@ -98,4 +98,15 @@ Status model_predict(Session& s, const PredictFlags& flags);
 Status model_generate(Session& s, const PredictFlags& flags);
 Status model_stream(Session& s, const PredictFlags& flags, std::istream& in);
 
+// model test DIR: the package run through an outpost-worker on this machine, no control plane
+// (model_test_command.cc). Loads it, prints its methods, then calls the chosen method with the
+// inputs of the flags or, without inputs, each method with its config.yaml example.
+struct ModelTestFlags {
+  std::string dir;
+  std::string method;
+  std::string worker;  // the outpost-worker binary; default: $OUTPOST_WORKER, else beside outpost
+  InputFlags inputs;   // as predict's, without --url
+};
+Status model_test(const ModelTestFlags& flags, OutputFormat format, std::ostream& out);
+
 }  // namespace outpost::cli

@@ -6,7 +6,8 @@
 //                       | delete CC_ID NP_ID | join-token CC_ID NP_ID [--ttl S]
 //                       | nodes CC_ID NP_ID | remove-node CC_ID NP_ID NODE_ID
 //   outpost deployment|dp create NP_ID DEP_ID --config F | list [NP_ID] | get ID | delete ID
-//   outpost model upload DIR | list | get ID | delete ID
+//   outpost model upload DIR | list | get ID | delete ID | test DIR [--method M] [--text T |
+//                       --file F | --inputs JSON | -i NAME=VALUE] [--worker PATH]
 //   outpost model predict|generate|stream MODEL_ID --deployment ID [--text T | --file F |
 //                       --url U | --inputs JSON | -i NAME=VALUE]
 //
@@ -178,6 +179,27 @@ int main(int argc, char** argv) {
   model_delete->callback(
       [&] { set([&](Session& s) { return outpost::cli::model_delete(s, id); }); });
 
+  // model test: a local outpost-worker, no control plane and no login.
+  outpost::cli::ModelTestFlags test_flags;
+  auto* model_test = model->add_subcommand(
+      "test", "run a package in a local outpost-worker: load, methods, a call or the examples");
+  model_test->add_option("DIR", test_flags.dir, "the package directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  model_test->add_option("--method", test_flags.method,
+                         "the method to call (without inputs: the one whose example runs)");
+  model_test->add_option("--text", test_flags.inputs.text,
+                         "text for the method's first input (stream: one item each)");
+  model_test->add_option("--file", test_flags.inputs.file, "a file's bytes for the first input")
+      ->check(CLI::ExistingFile);
+  model_test->add_option("--inputs", test_flags.inputs.inputs_json,
+                         "all inputs as JSON (stream: an array of items)");
+  model_test->add_option("-i,--input", test_flags.inputs.named,
+                         "NAME=VALUE (VALUE as JSON when it parses)");
+  model_test->add_option("--worker", test_flags.worker,
+                         "the outpost-worker binary (default: $OUTPOST_WORKER, else the one "
+                         "next to outpost)");
+
   outpost::cli::PredictFlags predict;
   const auto predict_options = [&predict](CLI::App* sub) {
     sub->add_option("MODEL_ID", predict.model)->required();
@@ -222,6 +244,9 @@ int main(int argc, char** argv) {
     if (login_flags.ca_file.empty()) login_flags.ca_file = global.ca_file;
     if (login_flags.pat_file.empty()) login_flags.pat_file = global.pat_file;
     return report(outpost::cli::login(login_flags, std::cout));
+  }
+  if (model_test->parsed()) {
+    return report(outpost::cli::model_test(test_flags, global.format, std::cout));
   }
   auto session = outpost::cli::open_session(global);
   if (!session.ok()) return report(session.error());
