@@ -139,7 +139,7 @@ Status model_list(Session& s) {
   }
   std::vector<std::vector<std::string>> rows;
   for (const auto& model : reply["models"]) {
-    const json version = model["model_version"];
+    const json& version = model["model_version"];
     rows.push_back({cell(model["id"]), version.is_object() ? cell(version["id"]) : "-",
                     methods_cell(version), cell(model["created_at"])});
   }

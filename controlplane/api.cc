@@ -18,7 +18,7 @@ namespace {
 enum class Scope { kNone, kRead, kWrite, kPredict, kAdmin };
 
 using SyncHandler = Result<Reply> (*)(ApiServices&, const Call&);
-using AsyncHandler = void (*)(ApiServices&, const Call&, std::shared_ptr<HttpExchange>);
+using AsyncHandler = void (*)(ApiServices&, const Call&, const std::shared_ptr<HttpExchange>&);
 
 struct Route {
   const char* method;
@@ -29,7 +29,7 @@ struct Route {
 };
 
 const std::vector<Route>& routes() {
-  static const std::vector<Route> kRoutes = {
+  static const std::vector<Route> routes = {
       {"GET", "/v2/users", Scope::kAdmin, list_users},
       {"POST", "/v2/users", Scope::kAdmin, create_user},
       {"GET", "/v2/users/{user}", Scope::kRead, get_user},
@@ -73,16 +73,16 @@ const std::vector<Route>& routes() {
       {"POST", "/v2/users/{user}/models/{model}/versions/{version}/outputs/generate",
        Scope::kPredict, nullptr, predict_generate},
   };
-  return kRoutes;
+  return routes;
 }
 
 // The WebSocket routes: the stream predict shape.
 const std::vector<const char*>& websocket_patterns() {
-  static const std::vector<const char*> kPatterns = {
+  static const std::vector<const char*> patterns = {
       "/v2/users/{user}/models/{model}/outputs/stream",
       "/v2/users/{user}/models/{model}/versions/{version}/outputs/stream",
   };
-  return kPatterns;
+  return patterns;
 }
 
 std::vector<std::string_view> segments(std::string_view path) {

@@ -74,8 +74,10 @@ Result<Reply> list_versions(ApiServices& s, const Call& call);
 Result<Reply> get_version(ApiServices& s, const Call& call);
 
 // Predict: these answer through the exchange (or the WebSocket) themselves.
-void predict_unary(ApiServices& s, const Call& call, std::shared_ptr<HttpExchange> exchange);
-void predict_generate(ApiServices& s, const Call& call, std::shared_ptr<HttpExchange> exchange);
-void predict_stream(ApiServices& s, const Call& call, std::shared_ptr<WebSocketUpgrade> upgrade);
+void predict_unary(ApiServices& s, const Call& call, const std::shared_ptr<HttpExchange>& exchange);
+void predict_generate(ApiServices& s, const Call& call,
+                      const std::shared_ptr<HttpExchange>& exchange);
+void predict_stream(ApiServices& s, const Call& call,
+                    const std::shared_ptr<WebSocketUpgrade>& upgrade);
 
 }  // namespace outpost::control

@@ -14,6 +14,11 @@ Error unauthenticated(std::string message) {
 
 }  // namespace
 
+const std::set<std::string>& all_scopes() {
+  static const std::set<std::string> scopes = {"read", "write", "predict"};
+  return scopes;
+}
+
 Result<Principal> Authenticator::authenticate(std::string_view authorization) {
   constexpr std::string_view kScheme = "Key ";
   if (authorization.empty()) {
@@ -60,7 +65,8 @@ Result<Principal> Authenticator::authenticate(std::string_view authorization) {
   return principal;
 }
 
-Result<NewKey> Authenticator::create_key(const std::string& user_id, std::set<std::string> scopes,
+Result<NewKey> Authenticator::create_key(const std::string& user_id,
+                                         const std::set<std::string>& scopes,
                                          std::string description,
                                          std::optional<int64_t> expires_at) {
   NewKey out;

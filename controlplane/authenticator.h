@@ -18,7 +18,8 @@
 
 namespace outpost::control {
 
-inline const std::set<std::string> kAllScopes = {"read", "write", "predict"};
+// read, write, predict.
+const std::set<std::string>& all_scopes();
 
 struct Principal {
   std::string user_id;
@@ -40,7 +41,7 @@ class Authenticator {
   Result<Principal> authenticate(std::string_view authorization);
 
   // A new key for `user_id`; `expires_at` empty: never.
-  Result<NewKey> create_key(const std::string& user_id, std::set<std::string> scopes,
+  Result<NewKey> create_key(const std::string& user_id, const std::set<std::string>& scopes,
                             std::string description, std::optional<int64_t> expires_at);
   void forget_key(const std::string& key_id);
 

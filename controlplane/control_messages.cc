@@ -9,8 +9,8 @@ using nlohmann::json;
 
 namespace {
 
-const char* const kReplicaStates[] = {"pending", "fetching", "loading",
-                                      "ready",   "failed",   "stopping"};
+constexpr const char* kReplicaStates[] = {"pending", "fetching", "loading",
+                                          "ready",   "failed",   "stopping"};
 
 }  // namespace
 

@@ -50,9 +50,10 @@ class ControlPlane::Impl {
     clock_ = seams.clock != nullptr ? seams.clock : &system_clock_;
     std::error_code ec;
     fs::create_directories(config_.data_dir, ec);
-    if (ec)
+    if (ec) {
       return unavailable("cannot create the data directory " + config_.data_dir + ": " +
                          ec.message());
+    }
     fs::permissions(config_.data_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
     temp_dir_ = config_.data_dir + "/tmp";
     fs::remove_all(temp_dir_, ec);  // leftovers of a crash
@@ -77,13 +78,13 @@ class ControlPlane::Impl {
     fetch.max_bytes = config_.url_max_bytes;
     fetch.timeout = std::chrono::seconds(config_.url_timeout_seconds);
     fetch.ca_file = config_.url_ca_file;
-    fetcher_ = std::make_unique<UrlFetcher>(io_, fetch);
+    fetcher_ = std::make_unique<UrlFetcher>(*io_, fetch);
 
     OUTPOST_ASSIGN_OR_RETURN(
         auto tls, tunnel::make_server_tls_context(config_.tls_cert_file, config_.tls_key_file));
     tunnel::ServerOptions tunnel_options;
     tunnel_options.connection.local_id = "outpost-control";
-    tunnel_ = tunnel::TunnelServer::create(io_, tls, tunnel_options, agents_->handlers());
+    tunnel_ = tunnel::TunnelServer::create(*io_, tls, tunnel_options, agents_->handlers());
     agents_->set_tunnel(tunnel_);
     router_->set_tunnel(tunnel_);
 
@@ -98,14 +99,14 @@ class ControlPlane::Impl {
     services.inspector = inspector_.get();
     services.fetcher = fetcher_.get();
     services.clock = clock_;
-    services.io = &io_;
+    services.io = io_.get();
     services.pool = pool_->get_executor();
     services.temp_dir = temp_dir_;
     api_ = std::make_shared<Api>(std::move(services));
     HttpServerOptions http_options;
     http_options.temp_dir = temp_dir_;
     http_options.websocket_message_limit = config_.max_request_bytes;
-    http_ = HttpServer::create(io_, tls, http_options, api_->handlers(), tunnel_);
+    http_ = HttpServer::create(*io_, tls, http_options, api_->handlers(), tunnel_);
     LOG_INFO("control.started", "state in " << config_.data_dir << " (schema version "
                                             << store_->schema_version() << "), model inspection by "
                                             << inspector_->worker_path());
@@ -116,14 +117,14 @@ class ControlPlane::Impl {
     OUTPOST_ASSIGN_OR_RETURN(const uint16_t port,
                              http_->listen(config_.listen_address, config_.listen_port));
     for (int i = 0; i < config_.io_threads; ++i) {
-      threads_.emplace_back([this] { io_.run(); });
+      threads_.emplace_back([this] { io_->run(); });
     }
     LOG_NOTICE("control.listening", "serving the API and agents' tunnels on https://"
                                         << config_.listen_address << ":" << port);
     notify_service_manager("READY=1\nSTATUS=serving on port " + std::to_string(port));
     if (auto interval = watchdog_interval()) {
       watchdog_interval_ = *interval;
-      watchdog_ = std::make_unique<asio::steady_timer>(io_);
+      watchdog_ = std::make_unique<asio::steady_timer>(*io_);
       arm_watchdog();
     }
     return port;
@@ -134,22 +135,37 @@ class ControlPlane::Impl {
     stopped_ = true;
     notify_service_manager("STOPPING=1");
     if (watchdog_) {
-      asio::post(io_, [this] { watchdog_->cancel(); });
+      asio::post(*io_, [this] { watchdog_->cancel(); });
     }
-    http_->stop();
-    if (!threads_.empty()) {
-      std::promise<void> drained;
-      tunnel_->shutdown(std::chrono::milliseconds(1000), [&drained] { drained.set_value(); });
-      drained.get_future().wait_for(std::chrono::seconds(5));
+    if (http_) http_->stop();
+    if (!threads_.empty() && tunnel_) {
+      // Shared: the callback may come after the wait gave up.
+      auto drained = std::make_shared<std::promise<void>>();
+      auto done = drained->get_future();
+      tunnel_->shutdown(std::chrono::milliseconds(1000), [drained] { drained->set_value(); });
+      done.wait_for(std::chrono::seconds(5));
     }
     work_.reset();
-    io_.stop();
+    io_->stop();
     for (auto& thread : threads_) thread.join();
     threads_.clear();
-    pool_->join();
+    if (pool_) pool_->join();
   }
 
-  ~Impl() { stop(); }
+  ~Impl() {
+    stop();
+    // Objects that own sockets and timers go before the io_context; the io_context goes (and
+    // with it the handlers still queued, which may hold calls in flight) before what those
+    // handlers point to: the fleet, the store.
+    watchdog_.reset();
+    http_.reset();
+    api_.reset();
+    if (agents_) agents_->set_tunnel(nullptr);
+    if (router_) router_->set_tunnel(nullptr);
+    tunnel_.reset();
+    fetcher_.reset();
+    io_.reset();
+  }
 
   const std::string& admin_token() const { return admin_token_; }
 
@@ -170,7 +186,7 @@ class ControlPlane::Impl {
     if (users > 0) return {};
     OUTPOST_RETURN_IF_ERROR(store_->create_user(config_.admin_user, /*is_admin=*/true));
     OUTPOST_ASSIGN_OR_RETURN(auto key,
-                             auth_->create_key(config_.admin_user, kAllScopes,
+                             auth_->create_key(config_.admin_user, all_scopes(),
                                                "admin key made at the first start", std::nullopt));
     admin_token_ = key.token;
     LOG_NOTICE("control.admin_created",
@@ -182,8 +198,8 @@ class ControlPlane::Impl {
   SystemWallClock system_clock_;
   const WallClock* clock_ = nullptr;
   std::string temp_dir_;
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
+  std::unique_ptr<asio::io_context> io_ = std::make_unique<asio::io_context>();
+  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(*io_);
   std::unique_ptr<asio::thread_pool> pool_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<ArtifactStore> artifacts_;

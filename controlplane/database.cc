@@ -139,7 +139,7 @@ Transaction::~Transaction() {
 Status Transaction::commit() {
   Database* db = db_;
   db_ = nullptr;
-  const Status committed = db->exec("COMMIT");
+  Status committed = db->exec("COMMIT");
   if (!committed.ok()) {
     db_ = db;  // roll back in the destructor
     return committed;

@@ -78,9 +78,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void start();
 
   // Called (on the strand) by the exchange.
-  void send_response(HttpResponse response);
-  void send_stream_head(int status, std::string content_type);
-  void send_chunk(std::string data, std::function<void(bool)> done);
+  void send_response(const HttpResponse& response);
+  void send_stream_head(int status, const std::string& content_type);
+  void send_chunk(const std::string& data, std::function<void(bool)> done);
   void send_stream_end();
   void set_gone_handler(std::function<void()> handler);
   void accept_websocket(std::function<void(std::shared_ptr<WebSocketChannel>)> on_open);
@@ -120,6 +120,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool head_ready_ = false;  // a pipelined request head waits for the current exchange
   bool exchange_active_ = false;
   bool closed_ = false;
+  bool handed_over_ = false;  // stream_ was moved to the tunnel or a WebSocket
   bool keep_alive_ = true;
   bool streaming_ = false;
   HttpRequest request_;
@@ -396,6 +397,7 @@ void Session::arm(std::chrono::milliseconds timeout) {
 
 void Session::close_socket() {
   closed_ = true;
+  if (handed_over_) return;  // the stream belongs to the tunnel or the WebSocket now
   error_code ignored;
   beast::get_lowest_layer(stream_).socket().close(ignored);
   deadline_.cancel();
@@ -489,8 +491,9 @@ void Session::process_head() {
         stream_, buffer_, *string_parser_, [self = shared_from_this()](error_code ec, size_t) {
           self->disarm();
           if (ec) return self->close_socket();
+          self->closed_ = true;
+          self->handed_over_ = true;  // the stream is the tunnel's now
           auto transport = std::make_unique<tunnel::WsTransport>(std::move(self->stream_));
-          self->closed_ = true;  // the stream is the tunnel's now
           self->server_->tunnel()->accept_upgrade(std::move(transport),
                                                   self->string_parser_->release(), self->remote_);
         });
@@ -583,6 +586,8 @@ void Session::on_body(error_code ec) {
   }
   begin_exchange();
   auto exchange = std::make_shared<Exchange>(shared_from_this(), request_);
+  request_.body.clear();  // the exchange has it; the session keeps only what it logs
+  request_.body.shrink_to_fit();
   // Watch the connection: the next request's head, or the client leaving.
   if (keep_alive_) read_head();
   server_->handlers().on_request(std::move(exchange));
@@ -660,7 +665,7 @@ std::string Session::response_head(int status, const std::string& content_type, 
   return head;
 }
 
-void Session::send_response(HttpResponse response) {
+void Session::send_response(const HttpResponse& response) {
   if (!exchange_active_ || streaming_) return;
   if (closed_) {
     finish_exchange(false);
@@ -676,7 +681,7 @@ void Session::send_response(HttpResponse response) {
   });
 }
 
-void Session::send_stream_head(int status, std::string content_type) {
+void Session::send_stream_head(int status, const std::string& content_type) {
   if (!exchange_active_ || streaming_) return;
   streaming_ = true;
   LOG_INFO("control.request", request_.request_id << " " << request_.method << " " << request_.path
@@ -684,7 +689,7 @@ void Session::send_stream_head(int status, std::string content_type) {
   queue_write(response_head(status, content_type, true, 0, {}), nullptr);
 }
 
-void Session::send_chunk(std::string data, std::function<void(bool)> done) {
+void Session::send_chunk(const std::string& data, std::function<void(bool)> done) {
   if (!streaming_ || closed_) {
     if (done) done(false);
     return;
@@ -755,6 +760,8 @@ void Session::reject_websocket(HttpResponse response) {
 void Session::accept_websocket(std::function<void(std::shared_ptr<WebSocketChannel>)> on_open) {
   if (closed_) return;
   closed_ = true;  // the stream belongs to the WebSocket from here
+  handed_over_ = true;
+  deadline_.cancel();
   auto channel = std::make_shared<WsChannel>(std::move(stream_));
   auto& ws = channel->ws();
   auto timeouts = websocket::stream_base::timeout::suggested(beast::role_type::server);

@@ -11,8 +11,8 @@ using nlohmann::json;
 namespace {
 
 const json& empty_object() {
-  static const json kEmpty = json::object();
-  return kEmpty;
+  static const json empty = json::object();
+  return empty;
 }
 
 }  // namespace

@@ -206,7 +206,7 @@ Status check_inputs(const json& method, const json& inputs, bool partial) {
 }
 
 // Replaces every top-level {"url": "..."} input with {"bytes_b64": ...} of what the URL holds.
-void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, std::shared_ptr<json> inputs,
+void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, const std::shared_ptr<json>& inputs,
                       std::vector<std::string> pending, std::function<void(Status)> done) {
   if (pending.empty()) return done({});
   const std::string name = pending.back();
@@ -373,12 +373,12 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   }
 
   void read_next() {
-    stream_->async_read([self = shared_from_this()](error_code ec, std::string message) {
-      self->on_chunk(ec, std::move(message));
+    stream_->async_read([self = shared_from_this()](error_code ec, const std::string& message) {
+      self->on_chunk(ec, message);
     });
   }
 
-  void on_chunk(error_code ec, std::string message) {
+  void on_chunk(error_code ec, const std::string& message) {
     if (finished_.load()) return;
     if (ec == tunnel::Errc::kEndOfStream) {
       if (!streaming_) begin_stream();
@@ -524,7 +524,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   }
 
   void pump_from_client() {
-    channel_->read([self = shared_from_this()](bool ok, std::string message) {
+    channel_->read([self = shared_from_this()](bool ok, const std::string& message) {
       if (!ok) {
         if (!self->input_ended_ && !self->finished_.load()) {
           self->stream_->reset(tunnel::Errc::kCancel, "the client went away");
@@ -556,7 +556,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   }
 
   void pump_from_agent() {
-    stream_->async_read([self = shared_from_this()](error_code ec, std::string message) {
+    stream_->async_read([self = shared_from_this()](error_code ec, const std::string& message) {
       if (ec == tunnel::Errc::kEndOfStream) return self->finish({}, 1000);
       if (ec) return self->finish(stream_failure(ec, self->stream_), 1011);
       auto parsed = parse_json(message);
@@ -605,15 +605,18 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
 
 }  // namespace
 
-void predict_unary(ApiServices& s, const Call& call, std::shared_ptr<HttpExchange> exchange) {
+void predict_unary(ApiServices& s, const Call& call,
+                   const std::shared_ptr<HttpExchange>& exchange) {
   predict_http(s, call, exchange, false);
 }
 
-void predict_generate(ApiServices& s, const Call& call, std::shared_ptr<HttpExchange> exchange) {
+void predict_generate(ApiServices& s, const Call& call,
+                      const std::shared_ptr<HttpExchange>& exchange) {
   predict_http(s, call, exchange, true);
 }
 
-void predict_stream(ApiServices& s, const Call& call, std::shared_ptr<WebSocketUpgrade> upgrade) {
+void predict_stream(ApiServices& s, const Call& call,
+                    const std::shared_ptr<WebSocketUpgrade>& upgrade) {
   const HttpRequest& request = upgrade->request();
   const std::string& request_id = request.request_id;
   // The selector may come in the query (?deployment=ID, or ?compute_cluster=CC&nodepool=NP),

@@ -19,7 +19,7 @@ Result<double> parse_quantity(const nlohmann::json& value, std::string_view fiel
     return field_error(field, "must be a quantity such as \"8\", \"500m\" or \"16Gi\"");
   }
   const std::string text = value.get<std::string>();
-  static const std::pair<std::string_view, double> kSuffixes[] = {
+  static const std::pair<std::string_view, double> suffixes[] = {
       {"Ki", 1024.0},
       {"Mi", 1024.0 * 1024},
       {"Gi", 1024.0 * 1024 * 1024},
@@ -35,7 +35,7 @@ Result<double> parse_quantity(const nlohmann::json& value, std::string_view fiel
   };
   std::string_view number_part = text;
   double multiplier = 1;
-  for (const auto& [suffix, factor] : kSuffixes) {
+  for (const auto& [suffix, factor] : suffixes) {
     if (number_part.size() > suffix.size() &&
         number_part.substr(number_part.size() - suffix.size()) == suffix) {
       number_part.remove_suffix(suffix.size());

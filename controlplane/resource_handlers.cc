@@ -164,7 +164,7 @@ Result<Reply> create_user(ApiServices& s, const Call& call) {
   OUTPOST_ASSIGN_OR_RETURN(auto is_admin, user.optional_bool("is_admin"));
   OUTPOST_RETURN_IF_ERROR(s.store->create_user(id, is_admin.value_or(false)));
   OUTPOST_ASSIGN_OR_RETURN(auto key,
-                           s.auth->create_key(id, kAllScopes, "initial key", std::nullopt));
+                           s.auth->create_key(id, all_scopes(), "initial key", std::nullopt));
   OUTPOST_ASSIGN_OR_RETURN(auto created, s.store->get_user(id));
   json key_json = key_view(key.key);
   key_json["token"] = key.token;
@@ -191,7 +191,7 @@ Result<Reply> create_key(ApiServices& s, const Call& call) {
     }
     scopes.clear();
     for (const auto& scope : *list) {
-      if (!scope.is_string() || kAllScopes.count(scope.get<std::string>()) == 0) {
+      if (!scope.is_string() || all_scopes().count(scope.get<std::string>()) == 0) {
         return field_error("key.scopes",
                            "holds " + scope.dump() + "; scopes are read, write, predict");
       }

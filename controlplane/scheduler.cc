@@ -80,7 +80,10 @@ std::vector<Replica> schedule(const std::string& user_id,
       }
     }
   }
-  for (auto& [deployment, replica] : unplaced) {
+  for (auto& entry : unplaced) {
+    // Named references, not a structured binding: clang 14 cannot capture bindings in lambdas.
+    const auto* const deployment = entry.first;
+    Replica& replica = entry.second;
     for (const auto* node : ordered) {
       if (node->nodepool_id != replica.nodepool_id) continue;
       NodeLoad& load = loads[node->id];

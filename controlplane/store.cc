@@ -391,11 +391,11 @@ Status Store::create_cluster(const ComputeCluster& cluster) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("INSERT INTO compute_clusters (user_id, id, doc, "
                                                 "created_at) VALUES (?1, ?2, ?3, ?4)"));
-  const Status done = s.bind(1, cluster.user_id)
-                          .bind(2, cluster.id)
-                          .bind(3, cluster.doc.dump())
-                          .bind(4, cluster.created_at)
-                          .run();
+  Status done = s.bind(1, cluster.user_id)
+                    .bind(2, cluster.id)
+                    .bind(3, cluster.doc.dump())
+                    .bind(4, cluster.created_at)
+                    .run();
   if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
     return Error(ErrorCode::kAlreadyExists, "compute cluster '" + cluster.id + "' already exists");
   }
@@ -453,13 +453,13 @@ Status Store::create_nodepool(const Nodepool& nodepool) {
   OUTPOST_ASSIGN_OR_RETURN(
       auto s, db_->prepare("INSERT INTO nodepools (user_id, id, compute_cluster_id, max_instances, "
                            "doc, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
-  const Status done = s.bind(1, nodepool.user_id)
-                          .bind(2, nodepool.id)
-                          .bind(3, nodepool.compute_cluster_id)
-                          .bind(4, nodepool.max_instances)
-                          .bind(5, nodepool.doc.dump())
-                          .bind(6, nodepool.created_at)
-                          .run();
+  Status done = s.bind(1, nodepool.user_id)
+                    .bind(2, nodepool.id)
+                    .bind(3, nodepool.compute_cluster_id)
+                    .bind(4, nodepool.max_instances)
+                    .bind(5, nodepool.doc.dump())
+                    .bind(6, nodepool.created_at)
+                    .run();
   if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
     return Error(ErrorCode::kAlreadyExists,
                  "nodepool '" + nodepool.id +
@@ -534,11 +534,11 @@ Status Store::create_model(const Model& model) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("INSERT INTO models (user_id, id, description, "
                                                 "created_at) VALUES (?1, ?2, ?3, ?4)"));
-  const Status done = s.bind(1, model.user_id)
-                          .bind(2, model.id)
-                          .bind(3, model.description)
-                          .bind(4, model.created_at)
-                          .run();
+  Status done = s.bind(1, model.user_id)
+                    .bind(2, model.id)
+                    .bind(3, model.description)
+                    .bind(4, model.created_at)
+                    .run();
   if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
     return Error(ErrorCode::kAlreadyExists, "model '" + model.id + "' already exists");
   }

@@ -75,7 +75,7 @@ Status read_tar(ByteSource& source, const TarLimits& limits, TarVisitor& visitor
   std::array<char, 64 * 1024> buffer{};
   for (;;) {
     bool at_end = false;
-    const Status read = read_exact(source, header.data(), kBlock, at_end);
+    Status read = read_exact(source, header.data(), kBlock, at_end);
     if (!read.ok()) {
       // An archive may end without its two zero blocks only if it ended on a boundary.
       if (at_end && !names.empty()) return {};

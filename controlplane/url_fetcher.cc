@@ -122,8 +122,8 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     });
     resolver_.async_resolve(
         url_.host, std::to_string(url_.port),
-        [self = shared_from_this()](error_code ec, tcp::resolver::results_type results) {
-          self->on_resolve(ec, std::move(results));
+        [self = shared_from_this()](error_code ec, const tcp::resolver::results_type& results) {
+          self->on_resolve(ec, results);
         });
   }
 
@@ -196,9 +196,10 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     parser_.header_limit(64 * 1024);
     auto on_write = [self = shared_from_this()](error_code ec, size_t) {
       if (self->finished_) return;
-      if (ec)
+      if (ec) {
         return self->finish(
             unavailable("sending to " + self->url_.host + " failed: " + ec.message()));
+      }
       auto on_read = [self](error_code read_ec, size_t) { self->on_read(read_ec); };
       if (self->tls_stream_.has_value()) {
         http::async_read(*self->tls_stream_, self->buffer_, self->parser_, on_read);
@@ -239,7 +240,6 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     finished_ = true;
     timer_.cancel();
     resolver_.cancel();
-    error_code ignored;
     if (tls_stream_.has_value()) beast::get_lowest_layer(*tls_stream_).close();
     if (plain_stream_.has_value()) plain_stream_->close();
     auto done = std::move(done_);

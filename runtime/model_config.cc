@@ -9,6 +9,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "runtime/worker_protocol.h"
+
 namespace outpost::runtime {
 namespace {
 
@@ -118,7 +120,7 @@ Status read_int(const json& object, const std::string& key, int64_t low, int64_t
       it->get<int64_t>() < low || it->get<int64_t>() > high) {
     return invalid_argument("config.yaml: " + where + key + " must be an integer from " +
                             std::to_string(low) + " to " + std::to_string(high) + ", got " +
-                            it->dump());
+                            json_text(*it));
   }
   out = it->get<int64_t>();
   return {};
@@ -129,7 +131,7 @@ Status read_bool(const json& object, const std::string& key, const std::string& 
   if (it == object.end()) return {};
   if (!it->is_boolean()) {
     return invalid_argument("config.yaml: " + where + key + " must be true or false, got " +
-                            it->dump());
+                            json_text(*it));
   }
   out = it->get<bool>();
   return {};

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/base64.h"
+#include "runtime/worker_protocol.h"
 
 namespace outpost::runtime {
 namespace {
@@ -114,7 +115,7 @@ Result<std::vector<int64_t>> parse_shape(const json& shape, DType dtype, size_t 
     const auto size = dim.get<uint64_t>();
     // Keep elements * element_size <= max_bytes without overflowing on the way.
     if (size != 0 && elements > max_bytes / element_size / size) {
-      return invalid_argument(quoted(where) + ": a tensor of shape " + shape.dump() +
+      return invalid_argument(quoted(where) + ": a tensor of shape " + json_text(shape) +
                               " is larger than the limit of " + std::to_string(max_bytes) +
                               " bytes");
     }

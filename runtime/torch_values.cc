@@ -127,7 +127,7 @@ Result<c10::IValue> convert(const json& value, const c10::TypePtr& type,
     case c10::TypeKind::IntType: {
       if (value.is_number_unsigned()) {
         if (value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-          return invalid_argument(where + ": " + value.dump() + " does not fit in an int");
+          return invalid_argument(where + ": " + json_text(value) + " does not fit in an int");
         }
         return c10::IValue(static_cast<int64_t>(value.get<uint64_t>()));
       }
@@ -163,7 +163,7 @@ Result<c10::IValue> convert(const json& value, const c10::TypePtr& type,
                                          where + "[" + std::to_string(i) + "]", depth + 1));
         list.push_back(std::move(item));
       }
-      return c10::IValue(std::move(list));
+      return c10::IValue(list);  // a List is a shared handle
     }
     case c10::TypeKind::TupleType: {
       const auto& elements = type->expectRef<c10::TupleType>().elements();
@@ -204,9 +204,9 @@ Result<c10::IValue> convert(const json& value, const c10::TypePtr& type,
         }
         OUTPOST_ASSIGN_OR_RETURN(auto converted, convert(item, value_type, parts, limits,
                                                          where + "[\"" + key + "\"]", depth + 1));
-        dict.insert(std::move(converted_key), std::move(converted));
+        dict.insert(converted_key, converted);  // IValues: copies share the payload
       }
-      return c10::IValue(std::move(dict));
+      return c10::IValue(dict);  // a Dict is a shared handle
     }
     default:
       return invalid_argument(where + ": parameters of type " + type->annotation_str() +

@@ -138,7 +138,7 @@ Result<std::vector<c10::IValue>> split_rows(const c10::IValue& value,
     for (size_t i = 0; i < n; ++i) per_request.emplace_back(dict.keyType(), dict.valueType());
     for (const auto& entry : dict) {
       OUTPOST_ASSIGN_OR_RETURN(auto split, split_rows(entry.value(), rows, total));
-      for (size_t i = 0; i < n; ++i) per_request[i].insert(entry.key(), std::move(split[i]));
+      for (size_t i = 0; i < n; ++i) per_request[i].insert(entry.key(), split[i]);
     }
     std::vector<c10::IValue> out;
     for (auto& dict_i : per_request) out.emplace_back(std::move(dict_i));
@@ -270,9 +270,9 @@ class TorchScriptModel;
 
 class TorchScriptInstance final : public ModelInstance {
  public:
-  TorchScriptInstance(const TorchScriptModel& model, torch::jit::Module module,
+  TorchScriptInstance(const TorchScriptModel& model, const torch::jit::Module& module,
                       const c10::Device& device)
-      : model_(model), module_(std::move(module)), device_(device), stream_(device) {
+      : model_(model), module_(module), device_(device), stream_(device) {
     for (const auto& method : module_.get_methods()) methods_.emplace(method.name(), method);
   }
 
@@ -339,7 +339,8 @@ class TorchScriptModel final : public LoadedModel {
                                                        const ValueLimits& limits) const;
   // Resolves the public methods from the first module's schemas and config.yaml.
   Status bind(const torch::jit::Module& module, const ModelConfig& config);
-  void add_instance(torch::jit::Module module);
+  // Module is a shared handle: copying it copies a pointer.
+  void add_instance(const torch::jit::Module& module);
   Status warmup(int64_t runs);
   void measure(uint64_t device_bytes_before);
 
@@ -616,7 +617,8 @@ Result<std::unique_ptr<PreparedInputs>> TorchScriptModel::prepare_with(
     return invalid_argument("inputs must be an object of parameter name to Value (" + method.name +
                             " takes " + names() + ")");
   }
-  for (const auto& [key, value] : inputs.items()) {
+  for (const auto& item : inputs.items()) {
+    const std::string& key = item.key();
     const bool known = std::any_of(binding.params.begin(), binding.params.end(),
                                    [&](const Param& p) { return p.name == key; });
     if (!known) {
@@ -750,7 +752,8 @@ Status TorchScriptModel::bind_method(const std::string& name, MethodKind kind, b
     binding.params.push_back(std::move(param));
     info.inputs.push_back(std::move(param_info));
   }
-  for (const auto& [param_name, spec] : settings.inputs) {
+  for (const auto& input : settings.inputs) {
+    const std::string& param_name = input.first;
     const bool exists = std::any_of(binding.params.begin(), binding.params.end(),
                                     [&](const Param& p) { return p.name == param_name; });
     if (!exists) {
@@ -908,8 +911,8 @@ Status TorchScriptModel::bind(const torch::jit::Module& module, const ModelConfi
   return {};
 }
 
-void TorchScriptModel::add_instance(torch::jit::Module module) {
-  instances_.push_back(std::make_unique<TorchScriptInstance>(*this, std::move(module), device_));
+void TorchScriptModel::add_instance(const torch::jit::Module& module) {
+  instances_.push_back(std::make_unique<TorchScriptInstance>(*this, module, device_));
 }
 
 Status TorchScriptModel::warmup(int64_t runs) {
@@ -1093,7 +1096,7 @@ Result<std::unique_ptr<LoadedModel>> TorchScriptLoader::load_checked(const Model
                                              exception_text(e));
     }
     if (i == 0) OUTPOST_RETURN_IF_ERROR(model->bind(module, config));
-    model->add_instance(std::move(module));
+    model->add_instance(module);
   }
   if (!options.inspect_only && options.warmup) {
     OUTPOST_RETURN_IF_ERROR(model->warmup(config.warmup_runs));

@@ -87,7 +87,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     return call;
   }
 
-  std::future<Result<json>> request(json header, std::vector<std::string> parts) {
+  std::future<Result<json>> request(json header, const std::vector<std::string>& parts) {
     const std::string id = next_id();
     header["id"] = id;
     auto promise = std::make_shared<std::promise<Result<json>>>();
@@ -328,7 +328,8 @@ Result<std::unique_ptr<WorkerClient>> WorkerClient::connect(const Options& optio
 
 WorkerClient::~WorkerClient() { core_->stop(); }
 
-std::future<Result<json>> WorkerClient::request(json header, std::vector<std::string> parts) {
+std::future<Result<json>> WorkerClient::request(json header,
+                                                const std::vector<std::string>& parts) {
   return core_->request(std::move(header), std::move(parts));
 }
 
@@ -442,7 +443,7 @@ size_t WorkerClient::open_calls() const { return core_->open_calls(); }
 Result<std::unique_ptr<WorkerProcess>> WorkerProcess::spawn(const Options& options) {
   OUTPOST_RETURN_IF_ERROR(check_ipc_endpoint(options.spec.endpoint));
   std::vector<std::string> args = {options.binary, "serve", "--spec-json",
-                                   worker_spec_to_json(options.spec).dump()};
+                                   json_text(worker_spec_to_json(options.spec))};
   if (options.exit_with_parent) args.emplace_back("--exit-with-parent");
   std::vector<std::string> environment;
   for (char** entry = environ; *entry != nullptr; ++entry) environment.emplace_back(*entry);
@@ -450,9 +451,11 @@ Result<std::unique_ptr<WorkerProcess>> WorkerProcess::spawn(const Options& optio
   for (const auto& variable : options.environment) environment.push_back(variable);
 
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& arg : args) argv.push_back(arg.data());
   argv.push_back(nullptr);
   std::vector<char*> envp;
+  envp.reserve(environment.size() + 1);
   for (auto& variable : environment) envp.push_back(variable.data());
   envp.push_back(nullptr);
 

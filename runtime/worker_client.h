@@ -105,7 +105,7 @@ class WorkerClient {
   std::future<Result<nlohmann::json>> drain(std::chrono::milliseconds timeout, bool exit = true);
   // Any request: `header` gets a fresh "id".
   std::future<Result<nlohmann::json>> request(nlohmann::json header,
-                                              std::vector<std::string> parts = {});
+                                              const std::vector<std::string>& parts = {});
 
   // Polls health until the worker is ready (no model loading), up to `timeout`.
   Result<nlohmann::json> wait_ready(std::chrono::milliseconds timeout);

@@ -78,7 +78,7 @@ Result<json> to_base64(const json& value, std::span<const std::string> parts, si
   if (part != value.end() && (tensor || value.size() == 1)) {
     if (!part->is_number_integer() || part->get<int64_t>() < 0 ||
         part->get<uint64_t>() >= parts.size()) {
-      return invalid_argument("a Value refers to binary part " + part->dump() +
+      return invalid_argument("a Value refers to binary part " + json_text(*part) +
                               ", which the message does not have");
     }
     const std::string encoded = base64_encode(parts[part->get<size_t>()]);
@@ -175,6 +175,10 @@ Result<Message> decode_message(std::span<const std::string_view> frames, const L
 
 std::string encode_header(const json& header) {
   return header.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string json_text(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 json error_header(std::string_view id, const Error& error) {

@@ -87,6 +87,9 @@ Result<Message> decode_message(std::span<const std::string_view> frames, const L
 
 // The header frame's bytes. Strings that are not valid UTF-8 are replaced, never thrown on.
 std::string encode_header(const nlohmann::json& header);
+// Any JSON as text for messages and logs, with the same replacement (json::dump throws on
+// strings that are not UTF-8, and such strings come from untrusted input).
+std::string json_text(const nlohmann::json& value);
 
 // {"type": "error", "id": id, "code": "invalid_argument", "message": "..."}
 nlohmann::json error_header(std::string_view id, const Error& error);

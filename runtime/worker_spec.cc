@@ -95,8 +95,8 @@ Result<WorkerSpec> parse_worker_spec(std::string_view text) {
     OUTPOST_RETURN_IF_ERROR(check_keys(
         *slice, {"mode", "fraction", "mps_thread_percentage", "mps_memory_limit"}, "slice."));
     OUTPOST_RETURN_IF_ERROR(read_string(*slice, "mode", "slice.", spec.slice.mode));
-    static const std::set<std::string> kModes = {"none", "fraction", "mps", "mig", "timeslice"};
-    if (kModes.count(spec.slice.mode) == 0) {
+    static const std::set<std::string> modes = {"none", "fraction", "mps", "mig", "timeslice"};
+    if (modes.count(spec.slice.mode) == 0) {
       return bad("slice.mode must be none, fraction, mps, mig or timeslice");
     }
     if (const auto it = slice->find("fraction"); it != slice->end()) {

@@ -56,11 +56,13 @@ class CliTest : public ::testing::Test {
     std::string binary = OUTPOST_CLI_BINARY;
     args.insert(args.begin(), binary);
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& arg : args) argv.push_back(arg.data());
     argv.push_back(nullptr);
     std::vector<std::string> env_storage = {"OUTPOST_CONFIG_DIR=" + dir_.file("config"),
                                             "HOME=" + dir_.path(), "PATH=/usr/bin:/bin"};
     std::vector<char*> env;
+    env.reserve(env_storage.size() + 1);
     for (auto& item : env_storage) env.push_back(item.data());
     env.push_back(nullptr);
     pid_t pid = 0;

@@ -16,12 +16,15 @@ namespace {
 
 using nlohmann::json;
 
-const json kMethods = json::parse(R"([
+const json& methods() {
+  static const json parsed = json::parse(R"([
   {"name": "predict", "kind": "unary", "inputs": [{"name": "text", "type": "str"},
                                                   {"name": "upper", "type": "bool", "default": true}]},
   {"name": "count", "kind": "unary", "inputs": [{"name": "texts", "type": "List[str]"}]},
   {"name": "generate", "kind": "generate", "inputs": [{"name": "prompt", "type": "str"}]},
   {"name": "words", "kind": "stream", "inputs": [{"name": "text", "type": "str"}]}])");
+  return parsed;
+}
 
 TEST(CliTest, BaseUrlsMustBeHttps) {
   auto url = parse_base_url("https://control.example:8443/prefix/");
@@ -36,17 +39,17 @@ TEST(CliTest, BaseUrlsMustBeHttps) {
 }
 
 TEST(CliTest, MethodsArePickedByShapeOrName) {
-  EXPECT_EQ(pick_method(kMethods, "", "unary")->value("name", ""), "predict");
-  EXPECT_EQ(pick_method(kMethods, "", "stream")->value("name", ""), "words");
-  EXPECT_EQ(pick_method(kMethods, "count", "unary")->value("name", ""), "count");
-  auto wrong = pick_method(kMethods, "generate", "unary");
+  EXPECT_EQ(pick_method(methods(), "", "unary")->value("name", ""), "predict");
+  EXPECT_EQ(pick_method(methods(), "", "stream")->value("name", ""), "words");
+  EXPECT_EQ(pick_method(methods(), "count", "unary")->value("name", ""), "count");
+  auto wrong = pick_method(methods(), "generate", "unary");
   ASSERT_FALSE(wrong.ok());
   EXPECT_NE(wrong.error().message().find("outpost model generate"), std::string::npos);
-  EXPECT_FALSE(pick_method(kMethods, "nope", "unary").ok());
+  EXPECT_FALSE(pick_method(methods(), "nope", "unary").ok());
 }
 
 TEST(CliTest, InputsFromFlagsFillTheFirstInputOrNamedOnes) {
-  const json method = *pick_method(kMethods, "", "unary");
+  const json method = *pick_method(methods(), "", "unary");
   InputFlags text;
   text.text = {"hello"};
   text.named = {"upper=false"};
@@ -68,7 +71,7 @@ TEST(CliTest, InputsFromFlagsFillTheFirstInputOrNamedOnes) {
   EXPECT_FALSE(build_inputs(bad_json, method).ok());
   InputFlags items;
   items.text = {"a", "b"};
-  auto stream = build_stream_items(items, *pick_method(kMethods, "", "stream"));
+  auto stream = build_stream_items(items, *pick_method(methods(), "", "stream"));
   ASSERT_TRUE(stream.ok());
   EXPECT_EQ(stream->size(), 2u);
   EXPECT_EQ((*stream)[1]["text"], "b");

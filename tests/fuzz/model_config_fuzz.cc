@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "runtime/model_config.h"
+#include "runtime/worker_protocol.h"
 #include "runtime/worker_spec.h"
 
 using namespace outpost::runtime;
@@ -27,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto spec = parse_worker_spec(text);
   if (spec.ok()) {
     if (!check_ipc_endpoint(spec->endpoint).ok() || spec->device_concurrency < 1) std::abort();
-    (void)worker_spec_to_json(*spec).dump();
+    (void)json_text(worker_spec_to_json(*spec));
   } else if (spec.error().message().empty()) {
     std::abort();
   }

@@ -21,12 +21,14 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::strin
                            std::string log_file)
     : log_file_(std::move(log_file)) {
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (auto& arg : argv) args.push_back(arg.data());
   args.push_back(nullptr);
   std::vector<std::string> env_storage;
   for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
   for (auto& extra : environment) env_storage.push_back(std::move(extra));
   std::vector<char*> env;
+  env.reserve(env_storage.size() + 1);
   for (auto& entry : env_storage) env.push_back(entry.data());
   env.push_back(nullptr);
   posix_spawn_file_actions_t actions;
@@ -87,12 +89,14 @@ CommandResult run_command(const std::vector<std::string>& argv,
   const int err_fd = ::mkstemp(err_path);
   std::vector<std::string> args = argv;
   std::vector<char*> raw;
+  raw.reserve(args.size() + 1);
   for (auto& arg : args) raw.push_back(arg.data());
   raw.push_back(nullptr);
   std::vector<std::string> env_storage;
   for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
   for (const auto& extra : environment) env_storage.push_back(extra);
   std::vector<char*> env;
+  env.reserve(env_storage.size() + 1);
   for (auto& entry : env_storage) env.push_back(entry.data());
   env.push_back(nullptr);
   posix_spawn_file_actions_t actions;
