@@ -75,6 +75,7 @@ int WorkerServer::run(const std::atomic<bool>& stop_requested) {
   admin_thread_ = std::thread([this] { admin_loop(); });
   for (const auto& model : spec_.models) {
     PackageExpectations expect{model.sha256, model.size};
+    ++queued_loads_;
     post_job([this, model, expect] {
       load_job("", "", model.name, model.package, expect, model.instances, false, kDefaultTimeout);
     });
@@ -97,7 +98,8 @@ int WorkerServer::run(const std::atomic<bool>& stop_requested) {
     }
     channel_->wait(milliseconds(100));
     batch.clear();
-    channel_->receive(batch, kReceiveBatch, spec_.limits.max_parts + 1);
+    // A ROUTER's message is routing id + header + parts: max_parts + 2 frames at most.
+    channel_->receive(batch, kReceiveBatch, spec_.limits.max_parts + 2);
     for (auto& frames : batch) handle_frames(frames);
     std::set<std::string> gone;
     {
@@ -125,7 +127,13 @@ void WorkerServer::handle_frames(std::vector<zmq::message_t>& frames) {
     reply_error(client, id, message.error());
     return;
   }
-  handle(client, std::move(message).value());
+  try {
+    handle(client, std::move(message).value());
+  } catch (const nlohmann::json::exception& e) {
+    // A field of the wrong JSON type: refuse this message only; the worker goes on.
+    LOG_WARNING("worker.bad_message", "refused a message: " << e.what());
+    reply_error(client, id, invalid_argument(std::string("malformed message: ") + e.what()));
+  }
 }
 
 void WorkerServer::reply(const std::string& client, const json& header,
@@ -200,6 +208,8 @@ void WorkerServer::handle(const std::string& client, Message message) {
     const auto entry = find_call(client, id);
     if (!entry) return;  // already over; the client learns from its terminal message
     if (type == msg::kClose) {
+      // Only a stream call has input to close; for the others a close means nothing.
+      if (entry->call->shape() != CallShape::kStream) return;
       entry->host->close_input(entry->call);
     } else {
       entry->host->cancel(entry->call);
@@ -280,9 +290,10 @@ void WorkerServer::on_predict(const std::string& client, Message& message) {
       call->set_window(it->get<int64_t>());
     }
   } else {
-    static const json kEmpty = json::object();
+    static const json empty_inputs = json::object();
     const auto it = header.find("inputs");
-    auto inputs = host->model().prepare(*method, it == header.end() ? kEmpty : *it, message.parts);
+    auto inputs =
+        host->model().prepare(*method, it == header.end() ? empty_inputs : *it, message.parts);
     if (!inputs.ok()) return reply_error(client, id, inputs.error());
     call->set_inputs(std::move(inputs).value());
   }
@@ -308,15 +319,15 @@ void WorkerServer::on_predict(const std::string& client, Message& message) {
 void WorkerServer::on_item(const std::string& client, Message& message) {
   const auto entry = find_call(client, std::string(message.id()));
   if (!entry || entry->call->shape() != CallShape::kStream) return;
-  static const json kEmpty = json::object();
+  static const json empty_inputs = json::object();
   const auto it = message.header.find("inputs");
   auto inputs = entry->host->model().prepare(
-      entry->call->method(), it == message.header.end() ? kEmpty : *it, message.parts);
+      entry->call->method(), it == message.header.end() ? empty_inputs : *it, message.parts);
   if (!inputs.ok()) {
     // A bad item ends its stream: the items after it were meant to follow it.
     const auto seq = message.header.value("seq", json(nullptr));
-    entry->host->cancel(entry->call, Error(inputs.error().code(),
-                                           "item " + seq.dump() + ": " + inputs.error().message()));
+    entry->host->cancel(entry->call, Error(inputs.error().code(), "item " + json_text(seq) + ": " +
+                                                                      inputs.error().message()));
     return;
   }
   entry->host->add_item(entry->call, std::move(inputs).value());
@@ -329,16 +340,24 @@ void WorkerServer::on_load(const std::string& client, const Message& message, bo
   std::string name = string_field(header, "model");
   std::string package = string_field(header, "package");
   PackageExpectations expect;
-  if (const auto it = header.find("sha256"); it != header.end() && it->is_string()) {
+  // A check that was asked for is never skipped: a field of the wrong type is refused.
+  if (const auto it = header.find("sha256"); it != header.end()) {
+    if (!it->is_string()) {
+      return reply_error(client, id, invalid_argument("load: sha256 must be a hex string"));
+    }
     expect.sha256 = it->get<std::string>();
   }
-  if (const auto it = header.find("size"); it != header.end() && it->is_number_unsigned()) {
+  if (const auto it = header.find("size"); it != header.end()) {
+    if (!it->is_number_unsigned()) {
+      return reply_error(client, id, invalid_argument("load: size must be a byte count"));
+    }
     expect.size = it->get<uint64_t>();
   }
-  int64_t instances = 0;
+  int64_t instances = 0;  // 0: the config's (or 1)
   if (const auto it = header.find("instances"); it != header.end()) {
     if (!it->is_number_unsigned() || it->get<uint64_t>() > 64) {
-      return reply_error(client, id, invalid_argument("instances must be from 1 to 64"));
+      return reply_error(client, id,
+                         invalid_argument("instances must be from 0 (config.yaml's) to 64"));
     }
     instances = it->get<int64_t>();
   }
@@ -354,6 +373,7 @@ void WorkerServer::on_load(const std::string& client, const Message& message, bo
     return reply_error(client, id, invalid_argument("load needs a package folder"));
   }
   const auto timeout = timeout_field(header);
+  ++queued_loads_;
   post_job([this, client, id, name, package, expect, instances, reload, timeout] {
     load_job(client, id, name, package, expect, instances, reload, timeout);
   });
@@ -391,8 +411,14 @@ void WorkerServer::load_job(const std::string& client, const std::string& id, st
     name =
         opened.ok() ? opened->config.model_id : std::filesystem::path(package).filename().string();
   }
-  if (!reload) {
+  // The load leaves the queue (queued_loads_) and shows in models_ in one step under the lock,
+  // so that health never sees a moment with neither.
+  if (reload) {
     std::lock_guard lock(models_mutex_);
+    --queued_loads_;
+  } else {
+    std::lock_guard lock(models_mutex_);
+    --queued_loads_;
     const auto it = models_.find(name);
     if (it != models_.end() && it->second.state != "failed") {
       if (!client.empty()) {
@@ -524,7 +550,11 @@ void WorkerServer::drain(milliseconds timeout) {
 
 void WorkerServer::on_drain(const std::string& client, const Message& message) {
   const std::string id(message.id());
-  const bool exit = message.header.value("exit", true);
+  const auto exit_field = message.header.find("exit");
+  if (exit_field != message.header.end() && !exit_field->is_boolean()) {
+    return reply_error(client, id, invalid_argument("drain: exit must be true or false"));
+  }
+  const bool exit = exit_field == message.header.end() || exit_field->get<bool>();
   const auto timeout = timeout_field(message.header);
   draining_ = true;
   LOG_NOTICE("worker.drain", "draining" << (exit ? " and exiting" : ""));
@@ -546,6 +576,9 @@ json WorkerServer::health(std::string_view id) {
   {
     std::lock_guard lock(models_mutex_);
     problems = problems_;
+    // A load still waiting for the admin thread is not in models_ yet, but the worker is not
+    // ready while it waits.
+    if (queued_loads_ > 0) ready = false;
     for (const auto& [name, entry] : models_) {
       json item{{"name", name},
                 {"state", entry.state},

@@ -122,6 +122,7 @@ class WorkerServer final : public ResponseSink {
   std::thread admin_thread_;
 
   std::atomic<bool> draining_{false};
+  std::atomic<int> queued_loads_{0};  // loads posted to the admin thread and not finished
   std::atomic<bool> exit_requested_{false};
 };
 

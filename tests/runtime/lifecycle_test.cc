@@ -289,8 +289,10 @@ TEST(BadInputs, EachGetsItsOwnErrorWhileOthersSucceed) {
 // A peer speaking the protocol badly: each message gets a clean refusal (or is dropped when it
 // has no id to answer), and the same connection keeps working.
 TEST(BadInputs, MalformedAndOversizedMessagesAreRefusedCleanly) {
-  WorkerHarness worker({Model(model_package("classifier"))},
-                       [](WorkerSpec& spec) { spec.limits.max_message_bytes = 1 << 20; });
+  WorkerHarness worker({Model(model_package("classifier"))}, [](WorkerSpec& spec) {
+    spec.limits.max_message_bytes = 1 << 20;
+    spec.limits.max_parts = 4;
+  });
   worker.ready();
   zmq::context_t context;
   zmq::socket_t peer(context, zmq::socket_type::dealer);
@@ -327,6 +329,12 @@ TEST(BadInputs, MalformedAndOversizedMessagesAreRefusedCleanly) {
           {R"({"type": "predict", "id": "4", "shape": "unary", "model": "classifier", "method": "predict"})",
            std::string(1 << 20, 'x')}),
       "4", "resource_exhausted");
+  // A field of the wrong JSON type is refused, and the worker neither drains nor dies.
+  expect_error(exchange({R"({"type": "drain", "id": "6", "exit": 1})"}), "6", "invalid_argument");
+  // One binary part more than max_parts is refused, not cut down to the limit and accepted.
+  const std::string predict =
+      R"({"type": "predict", "id": "7", "shape": "unary", "model": "classifier", "method": "predict"})";
+  expect_error(exchange({predict, "a", "b", "c", "d", "e"}), "7", "resource_exhausted");
   // A message with an id but unknown fields is still answered.
   const json hello = exchange({R"({"type": "hello", "id": "5", "extra": [1, 2]})"});
   EXPECT_EQ(hello.value("type", ""), "hello");

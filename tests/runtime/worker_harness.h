@@ -167,10 +167,10 @@ class WorkerHarness {
     spec_.endpoint = "ipc://" + dir_.file("worker.sock");
     spec_.intra_op_threads = 1;
     for (const auto& model : models) {
-      runtime::ModelSpec item;
+      // In place: a copied ModelSpec trips GCC 12's false -Wmaybe-uninitialized on its optional.
+      runtime::ModelSpec& item = spec_.models.emplace_back();
       item.package = model.package;
       item.name = model.name;
-      spec_.models.push_back(item);
     }
     if (adjust) adjust(spec_);
     WorkerProcess::Options options;
