@@ -35,7 +35,7 @@ class Problems {
 void check_keys(const YAML::Node& map, const std::string& prefix,
                 const std::set<std::string>& allowed, Problems& problems) {
   for (const auto& item : map) {
-    const std::string key = item.first.as<std::string>();
+    const std::string key = item.first.IsScalar() ? item.first.Scalar() : "(a non-scalar key)";
     if (allowed.count(key) == 0) {
       std::string known;
       for (const auto& name : allowed) known += (known.empty() ? "" : ", ") + name;
@@ -124,7 +124,9 @@ std::string_view slicing_mode_name(SlicingMode mode) {
   return "unknown";
 }
 
-Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::string& source) {
+namespace {
+
+Result<AgentConfig> parse_document(const std::string& yaml_text, const std::string& source) {
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
@@ -207,7 +209,7 @@ Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::
   if (is_map(reserved, "reserved", problems)) {
     check_keys(reserved, "reserved.", {"cpu", "memory", "accelerator_memory"}, problems);
     if (const YAML::Node cpu = reserved["cpu"]) {
-      auto parsed = parse_cpu_quantity(cpu.as<std::string>(), "reserved.cpu");
+      auto parsed = parse_cpu_quantity(cpu.IsScalar() ? cpu.Scalar() : "", "reserved.cpu");
       if (parsed.ok()) {
         config.reserved_cpu_millicores = parsed.value();
       } else {
@@ -223,7 +225,7 @@ Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::
   if (is_map(devices, "devices", problems)) {
     check_keys(devices, "devices.", {"slicing", "gpus"}, problems);
     if (const YAML::Node slicing = devices["slicing"]) {
-      const auto mode = parse_slicing(slicing.as<std::string>());
+      const auto mode = parse_slicing(slicing.IsScalar() ? slicing.Scalar() : "");
       if (mode) {
         config.default_slicing = *mode;
       } else {
@@ -235,13 +237,14 @@ Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::
         problems.add("devices.gpus", "must map GPU indexes to slicing modes, e.g. {0: mps}");
       } else {
         for (const auto& item : gpus) {
-          const std::string key = "devices.gpus." + item.first.as<std::string>();
+          const std::string key =
+              "devices.gpus." + (item.first.IsScalar() ? item.first.Scalar() : "?");
           int index = -1;
           try {
             index = item.first.as<int>();
           } catch (const YAML::Exception&) {
           }
-          const auto mode = parse_slicing(item.second.as<std::string>(""));
+          const auto mode = parse_slicing(item.second.IsScalar() ? item.second.Scalar() : "");
           if (index < 0 || index > 63) {
             problems.add(key, "the key must be a GPU index (0-63)");
           } else if (!mode) {
@@ -273,6 +276,17 @@ Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::
 
   if (!problems.empty()) return invalid_argument(problems.text(source));
   return config;
+}
+
+}  // namespace
+
+Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::string& source) {
+  try {
+    return parse_document(yaml_text, source);
+  } catch (const YAML::Exception& e) {
+    // A shape the checks above did not foresee: still an error about the file, never a crash.
+    return invalid_argument(source + ": " + e.what());
+  }
 }
 
 Result<AgentConfig> load_agent_config(const std::string& path) {

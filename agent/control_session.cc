@@ -2,6 +2,7 @@
 
 #include <boost/asio/post.hpp>
 
+#include "common/json_fields.h"
 #include "common/log.h"
 #include "tunnel/calls.h"
 
@@ -63,8 +64,8 @@ std::optional<Error> error_from_document(const nlohmann::json& document) {
   if (!document.is_object()) return std::nullopt;
   const auto it = document.find("error");
   if (it == document.end() || !it->is_object()) return std::nullopt;
-  return Error(code_from_name(it->value("code", "internal")),
-               it->value("message", "the control plane gave no message"));
+  return Error(code_from_name(string_field_or(*it, "code", "internal")),
+               string_field_or(*it, "message", "the control plane gave no message"));
 }
 
 ControlSession::ControlSession(boost::asio::io_context& io, AgentConfig config,
@@ -160,39 +161,39 @@ void ControlSession::enroll_with(const std::shared_ptr<tunnel::TunnelClient>& cl
   }
   auto stream = opened.value();
   std::weak_ptr<ControlSession> weak = shared_from_this();
-  tunnel::async_read_unary_response(
-      stream, [weak, client, stream](error_code ec, const std::string& body) {
-        auto self = weak.lock();
-        if (!self) return;
-        {
-          std::lock_guard<std::mutex> lock(self->mutex_);
-          if (self->enrollment_ != client) return;  // an answer already came
-          self->enrollment_.reset();
-        }
-        client->shutdown(std::chrono::seconds(1), [] {});
-        if (ec) return self->retry_enrollment(stream_error(ec, stream).message());
-        const auto reply = nlohmann::json::parse(body, nullptr, false);
-        if (auto error = error_from_document(reply)) {
-          LOG_ERROR("agent.enroll_refused",
-                    "the control plane refused enrollment: " << error->message());
-          return self->retry_enrollment("enrollment refused: " + error->message());
-        }
-        if (!reply.is_object() || !reply.contains("credential") ||
-            !reply["credential"].is_string() || !reply.contains("node_id")) {
-          return self->retry_enrollment("the control plane's enrollment answer was malformed");
-        }
-        const std::string credential = reply["credential"].get<std::string>();
-        if (Status saved = self->credentials_.save_node_credential(credential); !saved.ok()) {
-          LOG_ERROR("agent.credential_write_failed", saved.error().message());
-          return self->retry_enrollment(saved.error().message());
-        }
-        self->credentials_.consume_join_token();
-        self->enrolled_ = true;
-        LOG_NOTICE("agent.enrolled", "enrolled as node " << reply["node_id"].get<std::string>()
-                                                         << " in nodepool "
-                                                         << reply.value("nodepool_id", "?"));
-        self->start_main(credential);
-      });
+  tunnel::async_read_unary_response(stream, [weak, client, stream](error_code ec,
+                                                                   const std::string& body) {
+    auto self = weak.lock();
+    if (!self) return;
+    {
+      std::lock_guard<std::mutex> lock(self->mutex_);
+      if (self->enrollment_ != client) return;  // an answer already came
+      self->enrollment_.reset();
+    }
+    client->shutdown(std::chrono::seconds(1), [] {});
+    if (ec) return self->retry_enrollment(stream_error(ec, stream).message());
+    const auto reply = nlohmann::json::parse(body, nullptr, false);
+    if (auto error = error_from_document(reply)) {
+      LOG_ERROR("agent.enroll_refused",
+                "the control plane refused enrollment: " << error->message());
+      return self->retry_enrollment("enrollment refused: " + error->message());
+    }
+    if (!reply.is_object() || !reply.contains("credential") || !reply["credential"].is_string() ||
+        !reply.contains("node_id") || !reply["node_id"].is_string()) {
+      return self->retry_enrollment("the control plane's enrollment answer was malformed");
+    }
+    const std::string credential = reply["credential"].get<std::string>();
+    if (Status saved = self->credentials_.save_node_credential(credential); !saved.ok()) {
+      LOG_ERROR("agent.credential_write_failed", saved.error().message());
+      return self->retry_enrollment(saved.error().message());
+    }
+    self->credentials_.consume_join_token();
+    self->enrolled_ = true;
+    LOG_NOTICE("agent.enrolled", "enrolled as node " << reply["node_id"].get<std::string>()
+                                                     << " in nodepool "
+                                                     << string_field_or(reply, "nodepool_id", "?"));
+    self->start_main(credential);
+  });
 }
 
 void ControlSession::retry_enrollment(const std::string& why) {
@@ -379,6 +380,7 @@ void ControlSession::fetch_artifact(const ArtifactRef& artifact, const ArtifactC
     download->stream->async_read([download, read_next](error_code ec, std::string message) {
       if (ec == tunnel::Errc::kEndOfStream) {
         if (!download->header_seen) {
+          *read_next = nullptr;
           return download->done(unavailable("artifact.fetch ended without a header"));
         }
         *read_next = nullptr;  // breaks the self-reference
@@ -395,8 +397,9 @@ void ControlSession::fetch_artifact(const ArtifactRef& artifact, const ArtifactC
           *read_next = nullptr;
           return download->done(*error);
         }
-        if (!header.is_object() || header.value("sha256", "") != download->artifact.sha256 ||
-            header.value("size", uint64_t{0}) != download->artifact.size) {
+        if (!header.is_object() ||
+            string_field_or(header, "sha256", "") != download->artifact.sha256 ||
+            uint_field_or(header, "size", 0) != download->artifact.size) {
           download->stream->reset(tunnel::Errc::kCancel, "unexpected artifact header");
           *read_next = nullptr;
           return download->done(Error(

@@ -19,6 +19,7 @@ void SystemdNotifier::send(const std::string& state) {
 void SystemdNotifier::ready() { send("READY=1"); }
 
 void SystemdNotifier::status(const std::string& text) {
+  std::lock_guard<std::mutex> lock(mutex_);
   if (text == last_status_) return;
   last_status_ = text;
   send("STATUS=" + text);

@@ -1,10 +1,11 @@
 // Tells systemd the truth about the agent (sd_notify(3) through libsystemd): READY=1 once local
 // start-up is done, STATUS= lines an operator sees in `systemctl status`, WATCHDOG=1 only while
 // the event loop and the supervisor are healthy, RELOADING=1 and STOPPING=1. Outside systemd
-// (no NOTIFY_SOCKET) every call does nothing.
+// (no NOTIFY_SOCKET) every call does nothing. Thread-safe.
 #pragma once
 
 #include <chrono>
+#include <mutex>
 #include <string>
 
 namespace outpost::agent {
@@ -25,6 +26,7 @@ class SystemdNotifier {
  private:
   void send(const std::string& state);
   std::chrono::microseconds watchdog_interval_{0};
+  std::mutex mutex_;  // several threads report state
   std::string last_status_;
 };
 

@@ -92,5 +92,22 @@ TEST(AgentConfigTest, MalformedYamlIsAClearError) {
             std::string::npos);
 }
 
+TEST(AgentConfigTest, ValuesOfTheWrongShapeAreErrorsNotCrashes) {
+  const std::string head = "control_plane: {url: wss://cp.example:8443/v1/tunnel}\n";
+  const std::pair<std::string, std::string> cases[] = {
+      {"reserved: {cpu: [1]}\n", "reserved.cpu"},
+      {"devices: {slicing: {mode: mps}}\n", "devices.slicing"},
+      {"devices: {gpus: {0: [mps]}}\n", "devices.gpus.0"},
+      {"devices: {gpus: {[0]: mps}}\n", "devices.gpus"},
+      {"reserved: {[cpu]: 1}\n", "reserved."},
+  };
+  for (const auto& [yaml, key] : cases) {
+    const auto config = parse_agent_config(head + yaml, "agent.yaml");
+    ASSERT_FALSE(config.ok()) << yaml;
+    EXPECT_NE(config.error().message().find(key), std::string::npos)
+        << yaml << " -> " << config.error().message();
+  }
+}
+
 }  // namespace
 }  // namespace outpost::agent

@@ -1,0 +1,719 @@
+#include "agent/reconciler.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <boost/asio/post.hpp>
+
+#include "common/log.h"
+#include <signal.h>
+#include <unistd.h>
+
+namespace outpost::agent {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+constexpr auto kTick = milliseconds(500);
+constexpr auto kWorkerReadyTimeout = seconds(60);
+constexpr auto kLoadTimeout = seconds(300);
+constexpr auto kUnloadTimeout = seconds(60);
+constexpr auto kStableWorker = seconds(60);
+
+std::string fnv_hex(const std::string& text) {
+  uint64_t hash = 1469598103934665603ull;
+  for (const unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  char out[17];
+  std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(hash));
+  return out;
+}
+
+std::string safe_name(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '_' || c == '.';
+    out += ok ? c : '_';
+  }
+  if (out.empty() || out[0] == '.') out = "_" + out;
+  return out.substr(0, 100);
+}
+
+// Backoff for restarts: 1 s, 2 s, 4 s ... up to `cap`.
+Clock::duration restart_delay(int crashes, int cap_seconds) {
+  const int exponent = std::min(crashes, 16);
+  return seconds(std::min<int64_t>(int64_t{1} << exponent, cap_seconds));
+}
+
+template <class T>
+std::optional<T> wait_future(std::future<T>& future, Clock::duration timeout) {
+  if (future.wait_for(timeout) != std::future_status::ready) return std::nullopt;
+  return future.get();
+}
+
+std::string describe_exit(int status) {
+  if (status > 128) return "killed by signal " + std::to_string(status - 128);
+  return "exit status " + std::to_string(status);
+}
+
+const ArtifactRef* model_file(const DesiredReplica& spec) {
+  const ArtifactRef* found = nullptr;
+  for (const auto& artifact : spec.artifacts) {
+    if (artifact.name == "config.yaml") continue;
+    if (found != nullptr) return nullptr;  // several: the worker checks config.yaml's hashes
+    found = &artifact;
+  }
+  return found;
+}
+
+}  // namespace
+
+std::string_view replica_state_name(ReplicaState state) {
+  switch (state) {
+    case ReplicaState::kPending:
+      return "pending";
+    case ReplicaState::kFetching:
+      return "fetching";
+    case ReplicaState::kLoading:
+      return "loading";
+    case ReplicaState::kReady:
+      return "ready";
+    case ReplicaState::kFailed:
+      return "failed";
+    case ReplicaState::kStopping:
+      return "stopping";
+  }
+  return "unknown";
+}
+
+Reconciler::Reconciler(boost::asio::io_context& io, AgentConfig config, Inventory inventory,
+                       const ArtifactCache& artifacts, std::shared_ptr<ControlSession> session)
+    : io_(io),
+      config_(std::move(config)),
+      inventory_(std::move(inventory)),
+      devices_(devices_of(inventory_, config_)),
+      artifacts_(artifacts),
+      session_(std::move(session)),
+      max_inflight_per_replica_(config_.max_inflight_per_replica),
+      max_streams_(config_.max_streams) {
+  cleanup_leftover_workers();
+  last_pass_ms_ = std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
+  thread_ = std::thread([this] { run(); });
+}
+
+Reconciler::~Reconciler() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Reconciler::set_on_change(std::function<void()> on_change) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  on_change_ = std::move(on_change);
+}
+
+void Reconciler::notify_change() {
+  std::function<void()> callback;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    callback = on_change_;
+  }
+  if (callback) boost::asio::post(io_, callback);
+}
+
+void Reconciler::update_limits(const AgentConfig& config) {
+  max_inflight_per_replica_ = config.max_inflight_per_replica;
+  max_streams_ = config.max_streams;
+  std::lock_guard<std::mutex> lock(mutex_);
+  config_.restart_backoff_max_seconds = config.restart_backoff_max_seconds;
+}
+
+void Reconciler::apply(DesiredState state) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const uint64_t newest = pending_state_ ? pending_state_->version : applied_version_;
+    if (state.version < newest || (state.version == newest && state.version != 0 &&
+                                   (pending_state_ || applied_version_ == state.version))) {
+      return;  // already have it (a re-sync after a reconnect, or a late push)
+    }
+    LOG_INFO("agent.desired_state", "desired state version " << state.version << ": "
+                                                             << state.replicas.size()
+                                                             << " replica(s)");
+    pending_state_ = std::move(state);
+  }
+  wake_.notify_all();
+}
+
+void Reconciler::set_state(Replica& replica, ReplicaState state, std::string message) {
+  bool changed = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    changed = replica.state != state || replica.message != message;
+    replica.state = state;
+    replica.message = std::move(message);
+  }
+  if (!changed) return;
+  if (state == ReplicaState::kReady) {
+    LOG_NOTICE("agent.replica_ready",
+               "replica " << replica.spec.replica_id << " is ready on " << replica.device);
+  } else if (state == ReplicaState::kFailed) {
+    LOG_ERROR("agent.replica_failed",
+              "replica " << replica.spec.replica_id << " failed: " << replica.message);
+  }
+  notify_change();
+}
+
+void Reconciler::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stopping_) {
+    wake_.wait_for(lock, kTick);
+    if (stopping_) break;
+    lock.unlock();
+    pass();
+    last_pass_ms_ =
+        std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
+    lock.lock();
+  }
+  std::function<void()> done = std::move(on_stopped_);
+  lock.unlock();
+  // Drain and stop every worker: in-flight calls finish within the drain timeout.
+  std::vector<std::shared_ptr<Worker>> workers;
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    for (auto& [id, worker] : workers_) workers.push_back(worker);
+    workers_.clear();
+  }
+  for (auto& worker : workers) {
+    if (worker->client) {
+      auto drained = worker->client->drain(seconds(20), true);
+      wait_future(drained, seconds(25));
+    }
+    worker->client.reset();
+    worker->process.reset();  // SIGTERM, then SIGKILL after 10 s
+  }
+  if (done) boost::asio::post(io_, done);
+}
+
+void Reconciler::stop(std::function<void()> done) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    on_stopped_ = std::move(done);
+  }
+  wake_.notify_all();
+}
+
+bool Reconciler::healthy() const {
+  const int64_t now =
+      std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
+  // A pass may wait on a model load for minutes; the watchdog allows for that.
+  return now - last_pass_ms_.load() <
+         std::chrono::duration_cast<milliseconds>(kLoadTimeout).count() + 60'000;
+}
+
+void Reconciler::pass() {
+  // 1. Take in a new desired state.
+  std::optional<DesiredState> state;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    state = std::move(pending_state_);
+    pending_state_.reset();
+  }
+  if (state) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    std::set<std::string> wanted;
+    for (auto& spec : state->replicas) {
+      wanted.insert(spec.replica_id);
+      auto it = replicas_.find(spec.replica_id);
+      if (it != replicas_.end() && it->second->state != ReplicaState::kStopping &&
+          it->second->spec == spec) {
+        continue;
+      }
+      auto replica = std::make_shared<Replica>();
+      if (it != replicas_.end()) {
+        // Same id, another model version or other resources: unload the old, load the new.
+        replica->needs_reload = true;
+        it->second->state = ReplicaState::kStopping;
+        replicas_.erase(it);
+      }
+      replica->spec = std::move(spec);
+      replicas_[replica->spec.replica_id] = replica;
+      LOG_INFO("agent.deployment_accepted", "replica " << replica->spec.replica_id << " of "
+                                                       << replica->spec.deployment_id
+                                                       << " accepted");
+    }
+    for (auto& [id, replica] : replicas_) {
+      if (wanted.count(id) == 0 && replica->state != ReplicaState::kStopping) {
+        replica->state = ReplicaState::kStopping;
+        replica->message = "no longer assigned to this node";
+      }
+    }
+    applied_version_ = state->version;
+    lock.unlock();  // notify_change() takes mutex_ itself
+    notify_change();
+  }
+
+  // 2. Artifacts.
+  std::vector<std::shared_ptr<Replica>> replicas;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [id, replica] : replicas_) replicas.push_back(replica);
+  }
+  for (auto& replica : replicas) {
+    if (replica->state != ReplicaState::kStopping) fetch_missing(*replica, replica);
+  }
+
+  // 3. Placement.
+  std::vector<DesiredReplica> specs;
+  for (auto& replica : replicas) {
+    if (replica->state != ReplicaState::kStopping) specs.push_back(replica->spec);
+  }
+  Placement placement;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    placement = place(devices_, specs, placement_);
+    placement_ = placement;
+  }
+  for (auto& replica : replicas) {
+    const auto& id = replica->spec.replica_id;
+    if (auto why = placement.unplaced.find(id); why != placement.unplaced.end()) {
+      set_state(*replica, ReplicaState::kFailed, "does not fit on this node: " + why->second);
+    } else if (auto device = placement.device_of.find(id); device != placement.device_of.end()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      replica->device = device->second;
+    }
+  }
+
+  // 4. Workers: start what the plan needs, watch what runs.
+  for (const auto& plan : placement.workers) ensure_worker(plan);
+  std::vector<std::shared_ptr<Worker>> workers;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [id, worker] : workers_) workers.push_back(worker);
+  }
+  for (auto& worker : workers) check_worker(*worker);
+
+  // 5. Unload what moved or left, load what is placed and ready to load.
+  for (auto& worker : workers) {
+    std::set<std::string> planned(worker->plan.replica_ids.begin(), worker->plan.replica_ids.end());
+    const auto loaded = worker->loaded;
+    for (const auto& id : loaded) {
+      std::shared_ptr<Replica> replica;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
+      }
+      if (planned.count(id) == 0 || !replica || replica->state == ReplicaState::kStopping ||
+          replica->needs_reload) {
+        unload_replica(*worker, id);
+        if (replica) replica->needs_reload = false;
+      }
+    }
+    for (const auto& id : worker->plan.replica_ids) {
+      std::shared_ptr<Replica> replica;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
+      }
+      if (!replica || worker->loaded.count(id) != 0 || !worker->client) continue;
+      if (replica->artifact_paths.size() != replica->spec.artifacts.size()) continue;
+      if (Clock::now() < replica->next_load) continue;
+      load_replica(*worker, *replica);
+    }
+  }
+
+  // 6. Forget stopped replicas and stop idle workers.
+  std::vector<std::shared_ptr<Worker>> idle;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = replicas_.begin(); it != replicas_.end();) {
+      bool still_loaded = false;
+      for (auto& [wid, worker] : workers_) still_loaded |= worker->loaded.count(it->first) != 0;
+      if (it->second->state == ReplicaState::kStopping && !still_loaded &&
+          it->second->inflight.load() == 0) {
+        it = replicas_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::set<std::string> planned;
+    for (const auto& plan : placement.workers) planned.insert(plan.worker_id);
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (planned.count(it->first) == 0 && it->second->loaded.empty()) {
+        idle.push_back(it->second);
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& worker : idle) {
+    LOG_INFO("agent.worker_stop", "stopping idle worker " << worker->plan.worker_id);
+    if (worker->client) {
+      auto drained = worker->client->drain(seconds(10), true);
+      wait_future(drained, seconds(15));
+    }
+    worker->client.reset();
+    worker->process.reset();
+    ::unlink(
+        (config_.runtime_dir + "/workers/w-" + fnv_hex(worker->plan.worker_id) + ".pid").c_str());
+  }
+  if (!idle.empty()) notify_change();
+}
+
+void Reconciler::fetch_missing(Replica& replica, const std::shared_ptr<Replica>& handle) {
+  if (replica.fetch_in_flight || Clock::now() < replica.next_fetch) return;
+  for (const auto& artifact : replica.spec.artifacts) {
+    if (replica.artifact_paths.count(artifact.name) != 0) continue;
+    if (auto cached = artifacts_.find(artifact.sha256, artifact.size)) {
+      replica.artifact_paths[artifact.name] = *cached;
+      continue;
+    }
+    replica.fetch_in_flight = true;
+    set_state(replica, ReplicaState::kFetching, "downloading " + artifact.name);
+    std::weak_ptr<Reconciler> weak = shared_from_this();
+    session_->fetch_artifact(
+        artifact, artifacts_, [weak, handle, artifact](Result<std::string> path) {
+          auto self = weak.lock();
+          if (!self) return;
+          {
+            std::lock_guard<std::mutex> lock(self->mutex_);
+            handle->fetch_in_flight = false;
+            if (path.ok()) {
+              handle->artifact_paths[artifact.name] = path.value();
+              handle->fetch_failures = 0;
+            } else {
+              handle->fetch_failures++;
+              handle->next_fetch = Clock::now() + restart_delay(handle->fetch_failures, 60);
+            }
+          }
+          if (!path.ok()) {
+            const bool bad_file = path.error().code() == ErrorCode::kDataLoss ||
+                                  path.error().code() == ErrorCode::kResourceExhausted;
+            self->set_state(*handle, bad_file ? ReplicaState::kFailed : ReplicaState::kFetching,
+                            "artifact " + artifact.name + ": " + path.error().message());
+          }
+          self->wake_.notify_all();
+        });
+    return;  // one download at a time per replica
+  }
+  if (replica.state == ReplicaState::kPending || replica.state == ReplicaState::kFetching) {
+    set_state(replica, ReplicaState::kLoading, "waiting for a worker");
+  }
+}
+
+std::string Reconciler::endpoint_for(const std::string& worker_id) const {
+  return "ipc://" + config_.runtime_dir + "/workers/w-" + fnv_hex(worker_id) + ".sock";
+}
+
+std::string Reconciler::worker_binary() const {
+  if (!config_.worker_binary.empty()) return config_.worker_binary;
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  for (const fs::path& candidate : {self.parent_path() / "outpost-worker",
+                                    self.parent_path().parent_path() / "runtime" / "outpost-worker",
+                                    fs::path("/usr/lib/outpost/outpost-worker")}) {
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+  }
+  return "/usr/lib/outpost/outpost-worker";
+}
+
+void Reconciler::ensure_worker(const WorkerPlan& plan) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& worker = workers_[plan.worker_id];
+  if (!worker) {
+    worker = std::make_shared<Worker>();
+    LOG_INFO("agent.worker_planned", "worker " << plan.worker_id << " on " << plan.device_id << " ("
+                                               << slicing_mode_name(plan.slicing) << ")");
+  }
+  worker->plan = plan;
+  for (const auto& id : plan.replica_ids) {
+    if (auto it = replicas_.find(id); it != replicas_.end()) it->second->worker_id = plan.worker_id;
+  }
+}
+
+Status Reconciler::start_worker(Worker& worker) {
+  runtime::WorkerSpec spec;
+  spec.worker_id = safe_name(worker.plan.worker_id);
+  spec.endpoint = endpoint_for(worker.plan.worker_id);
+  const Device* device = nullptr;
+  for (const auto& candidate : devices_) {
+    if (candidate.id == worker.plan.device_id) device = &candidate;
+  }
+  std::vector<std::string> environment;
+  if (device != nullptr && device->gpu_index >= 0) {
+    if (worker.plan.slicing == SlicingMode::kMig) {
+      // A MIG instance is the only device this worker sees.
+      environment.push_back("CUDA_VISIBLE_DEVICES=" + device->id.substr(4));
+      spec.device = "cuda:0";
+      spec.slice.mode = "mig";
+    } else {
+      spec.device = "cuda:" + std::to_string(device->gpu_index);
+      spec.slice.mode = std::string(slicing_mode_name(worker.plan.slicing));
+      uint64_t total = 0;
+      for (const auto& gpu : inventory_.gpus) {
+        if (gpu.index == device->gpu_index) total = gpu.memory_bytes;
+      }
+      if (total > 0) {
+        spec.slice.fraction = std::clamp(
+            static_cast<double>(worker.plan.memory_limit_bytes) / static_cast<double>(total), 0.01,
+            1.0);
+      }
+      if (worker.plan.slicing == SlicingMode::kMps) {
+        spec.slice.mps_memory_limit = std::to_string(worker.plan.memory_limit_bytes >> 20) + "M";
+      }
+    }
+  } else {
+    spec.device = "cpu";
+  }
+  spec.intra_op_threads = config_.worker_threads;
+  std::error_code ec;
+  fs::create_directories(config_.runtime_dir + "/workers", ec);
+  const std::string base = config_.runtime_dir + "/workers/w-" + fnv_hex(worker.plan.worker_id);
+  ::unlink((base + ".sock").c_str());
+  runtime::WorkerProcess::Options options;
+  options.binary = worker_binary();
+  options.spec = spec;
+  options.log_file = base + ".log";
+  options.environment = environment;
+  OUTPOST_ASSIGN_OR_RETURN(worker.process, runtime::WorkerProcess::spawn(options));
+  {
+    std::ofstream pid(base + ".pid");
+    pid << worker.process->pid() << "\n";
+  }
+  runtime::WorkerClient::Options client_options;
+  client_options.endpoint = spec.endpoint;
+  OUTPOST_ASSIGN_OR_RETURN(auto client, runtime::WorkerClient::connect(client_options));
+  std::shared_ptr<runtime::WorkerClient> shared(std::move(client));
+  auto ready = shared->wait_ready(kWorkerReadyTimeout);
+  if (!ready.ok()) {
+    return Error(ready.error().code(), "worker did not become ready: " + ready.error().message() +
+                                           " (see " + base + ".log)");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  worker.client = std::move(shared);
+  worker.started_at = Clock::now();
+  return {};
+}
+
+void Reconciler::check_worker(Worker& worker) {
+  if (worker.process && !worker.process->running()) {
+    const auto status = worker.process->wait(milliseconds(0));
+    worker.last_exit = status ? describe_exit(*status) : "ended";
+    const bool stable = Clock::now() - worker.started_at >= kStableWorker;
+    worker.crashes_in_a_row = stable ? 1 : worker.crashes_in_a_row + 1;
+    const auto delay =
+        restart_delay(worker.crashes_in_a_row - 1, config_.restart_backoff_max_seconds);
+    LOG_ERROR("agent.worker_crashed",
+              "worker " << worker.plan.worker_id << " (pid " << worker.process->pid() << ") "
+                        << worker.last_exit << "; restarting in "
+                        << std::chrono::duration_cast<seconds>(delay).count() << " s");
+    std::shared_ptr<runtime::WorkerClient> dead;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      dead = std::move(worker.client);
+      worker.client.reset();
+    }
+    dead.reset();  // ends its open calls (unavailable) outside the lock
+    worker.process.reset();
+    worker.next_start = Clock::now() + delay;
+    const auto loaded = worker.loaded;
+    worker.loaded.clear();
+    for (const auto& id : loaded) {
+      std::shared_ptr<Replica> replica;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
+      }
+      if (replica && replica->state != ReplicaState::kStopping) {
+        set_state(*replica, ReplicaState::kLoading, "worker " + worker.last_exit + "; restarting");
+      }
+    }
+  }
+  if (!worker.process && Clock::now() >= worker.next_start && !worker.plan.replica_ids.empty()) {
+    ++worker.restarts;
+    if (Status started = start_worker(worker); !started.ok()) {
+      worker.crashes_in_a_row++;
+      worker.next_start = Clock::now() + restart_delay(worker.crashes_in_a_row,
+                                                       config_.restart_backoff_max_seconds);
+      worker.client.reset();
+      worker.process.reset();
+      LOG_ERROR("agent.worker_start_failed",
+                "worker " << worker.plan.worker_id << ": " << started.error().message());
+      for (const auto& id : worker.plan.replica_ids) {
+        std::shared_ptr<Replica> replica;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
+        }
+        if (replica) {
+          set_state(*replica, ReplicaState::kLoading,
+                    "worker could not start: " + started.error().message());
+        }
+      }
+    } else {
+      LOG_INFO("agent.worker_started", "worker " << worker.plan.worker_id << " started (pid "
+                                                 << worker.process->pid() << ")");
+    }
+  }
+}
+
+Result<std::string> Reconciler::assemble_package(const Replica& replica) {
+  const std::string dir = config_.state_dir + "/packages/" +
+                          safe_name(replica.spec.model_version_id) + "-" +
+                          fnv_hex(replica.spec.model_version_id).substr(0, 8);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return internal_error("cannot create " + dir + ": " + ec.message());
+  for (const auto& [name, path] : replica.artifact_paths) {
+    const fs::path link = fs::path(dir) / name;
+    fs::remove(link, ec);
+    fs::create_symlink(path, link, ec);
+    if (ec) return internal_error("cannot link " + link.string() + ": " + ec.message());
+  }
+  return dir;
+}
+
+void Reconciler::load_replica(Worker& worker, Replica& replica) {
+  auto package = assemble_package(replica);
+  if (!package.ok()) {
+    set_state(replica, ReplicaState::kFailed, package.error().message());
+    return;
+  }
+  replica.needs_reload = false;  // whatever version this id had before is gone from here on
+  set_state(replica, ReplicaState::kLoading, "loading into worker " + worker.plan.worker_id);
+  runtime::LoadRequest request;
+  request.package = package.value();
+  request.model = replica.spec.replica_id;
+  if (const ArtifactRef* file = model_file(replica.spec)) {
+    request.sha256 = file->sha256;
+    request.size = file->size;
+  }
+  auto client = worker.client;
+  auto future = client->load(request);
+  auto loaded = wait_future(future, kLoadTimeout);
+  if (!loaded) {
+    replica.load_failures++;
+    replica.next_load = Clock::now() + restart_delay(replica.load_failures, 300);
+    set_state(replica, ReplicaState::kFailed, "the worker took too long to load the model");
+    return;
+  }
+  if (!loaded->ok()) {
+    replica.load_failures++;
+    replica.next_load = Clock::now() + restart_delay(replica.load_failures, 300);
+    LOG_ERROR("agent.deployment_refused",
+              "replica " << replica.spec.replica_id
+                         << ": the model was refused: " << loaded->error().message());
+    set_state(replica, ReplicaState::kFailed, "model refused: " + loaded->error().message());
+    return;
+  }
+  replica.load_failures = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    worker.loaded.insert(replica.spec.replica_id);
+  }
+  set_state(replica, ReplicaState::kReady, "");
+}
+
+void Reconciler::unload_replica(Worker& worker, const std::string& replica_id) {
+  if (worker.client) {
+    auto future = worker.client->unload(replica_id, kUnloadTimeout);
+    auto unloaded = wait_future(future, kUnloadTimeout + seconds(5));
+    if (unloaded && !unloaded->ok() && unloaded->error().code() != ErrorCode::kNotFound) {
+      LOG_WARNING("agent.unload_failed",
+                  "unloading " << replica_id << ": " << unloaded->error().message());
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  worker.loaded.erase(replica_id);
+  LOG_INFO("agent.replica_unloaded", "replica " << replica_id << " unloaded");
+}
+
+void Reconciler::cleanup_leftover_workers() {
+  // Workers of an earlier outpostd that did not die with it: never run two for one replica.
+  std::error_code ec;
+  const std::string dir = config_.runtime_dir + "/workers";
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".pid") continue;
+    std::ifstream in(entry.path());
+    pid_t pid = 0;
+    in >> pid;
+    std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string command((std::istreambuf_iterator<char>(cmdline)),
+                        std::istreambuf_iterator<char>());
+    if (pid > 1 && command.find("outpost-worker") != std::string::npos) {
+      LOG_NOTICE("agent.worker_cleanup",
+                 "stopping worker pid " << pid << " left by an earlier outpostd");
+      ::kill(pid, SIGTERM);
+      for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i) {
+        std::this_thread::sleep_for(milliseconds(50));
+      }
+      if (::kill(pid, 0) == 0) ::kill(pid, SIGKILL);
+    }
+    fs::remove(entry.path(), ec);
+  }
+}
+
+nlohmann::json Reconciler::replica_json(const Replica& replica) const {
+  return {{"replica_id", replica.spec.replica_id},
+          {"deployment_id", replica.spec.deployment_id},
+          {"model_version_id", replica.spec.model_version_id},
+          {"state", std::string(replica_state_name(replica.state))},
+          {"message", replica.message},
+          {"device", replica.device},
+          {"worker", replica.worker_id},
+          {"ongoing_requests", replica.inflight.load()}};
+}
+
+nlohmann::json Reconciler::report() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  nlohmann::json replicas = nlohmann::json::array();
+  for (const auto& [id, replica] : replicas_) replicas.push_back(replica_json(*replica));
+  return {{"applied_version", applied_version_}, {"replicas", replicas}};
+}
+
+nlohmann::json Reconciler::status() const {
+  nlohmann::json out = report();
+  out["summary"] = summary();
+  std::lock_guard<std::mutex> lock(mutex_);
+  out["desired_version"] = applied_version_;
+  nlohmann::json workers = nlohmann::json::array();
+  for (const auto& [id, worker] : workers_) {
+    workers.push_back({{"worker", id},
+                       {"device", worker->plan.device_id},
+                       {"slicing", std::string(slicing_mode_name(worker->plan.slicing))},
+                       {"pid", worker->process ? worker->process->pid() : 0},
+                       {"restarts", worker->restarts > 0 ? worker->restarts - 1 : 0},
+                       {"last_exit", worker->last_exit},
+                       {"replicas", worker->plan.replica_ids}});
+  }
+  out["workers"] = workers;
+  out["open_streams"] = open_streams_.load();
+  return out;
+}
+
+std::string Reconciler::summary() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  int ready = 0;
+  int total = 0;
+  for (const auto& [id, replica] : replicas_) {
+    if (replica->state == ReplicaState::kStopping) continue;
+    ++total;
+    if (replica->state == ReplicaState::kReady) ++ready;
+  }
+  return std::to_string(ready) + " of " + std::to_string(total) + " replicas ready";
+}
+
+}  // namespace outpost::agent

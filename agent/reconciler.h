@@ -1,0 +1,147 @@
+// Desired state -> running replicas, and predict streams -> replicas.
+//
+// One reconcile thread owns the slow work: artifact downloads are started from it (they run on
+// the tunnel), worker processes are spawned, restarted and drained from it (so they live as
+// long as it does: workers die with the agent, PR_SET_PDEATHSIG), and models are loaded and
+// unloaded from it. Each pass:
+//   1. every desired replica gets its artifacts (verified, cached) or stays `fetching`;
+//   2. placement puts replicas on devices and workers (agent/placement.h);
+//   3. every planned worker runs (a crashed one is restarted with backoff, its replicas
+//      reported not ready meanwhile) and every placed replica with its artifacts is loaded;
+//   4. replicas no longer wanted are unloaded (the worker drains them), idle workers stopped.
+// State changes are reported up at once (node.report) and every 5 s.
+//
+// Routing runs on the I/O threads and never waits: a predict stream goes to the ready replica
+// of its deployment with the fewest requests in flight, through that worker's client.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <nlohmann/json.hpp>
+
+#include "agent/artifact_cache.h"
+#include "agent/config.h"
+#include "agent/control_session.h"
+#include "agent/desired_state.h"
+#include "agent/inventory.h"
+#include "agent/placement.h"
+#include "runtime/worker_client.h"
+
+namespace outpost::agent {
+
+enum class ReplicaState { kPending, kFetching, kLoading, kReady, kFailed, kStopping };
+std::string_view replica_state_name(ReplicaState state);
+
+class Reconciler : public std::enable_shared_from_this<Reconciler> {
+ public:
+  Reconciler(boost::asio::io_context& io, AgentConfig config, Inventory inventory,
+             const ArtifactCache& artifacts, std::shared_ptr<ControlSession> session);
+  ~Reconciler();
+
+  // Called whenever a replica changes state (from the reconcile thread).
+  void set_on_change(std::function<void()> on_change);
+
+  // A newer desired state (older or equal versions are ignored).
+  void apply(DesiredState state);
+
+  // A predict stream from the control plane (docs/control-protocol.md, "predict").
+  void route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann::json& metadata);
+
+  // node.report's body: applied_version and one ReplicaStatus per replica.
+  nlohmann::json report() const;
+  // The status socket's view: replicas, workers, limits.
+  nlohmann::json status() const;
+  // "3 of 4 replicas ready" for systemd's STATUS=.
+  std::string summary() const;
+  // The reconcile thread is alive and not stuck (the systemd watchdog asks).
+  bool healthy() const;
+
+  void update_limits(const AgentConfig& config);
+
+  // Drains every worker (in-flight calls finish), stops them, then `done` (from the reconcile
+  // thread).
+  void stop(std::function<void()> done);
+
+ private:
+  struct Replica {
+    DesiredReplica spec;
+    ReplicaState state = ReplicaState::kPending;
+    std::string message;
+    std::string worker_id;
+    std::string device;
+    std::map<std::string, std::string> artifact_paths;  // name -> cached path
+    bool fetch_in_flight = false;
+    std::chrono::steady_clock::time_point next_fetch{};
+    int fetch_failures = 0;
+    int load_failures = 0;
+    std::chrono::steady_clock::time_point next_load{};
+    bool needs_reload = false;  // the same id now means another model version
+    std::atomic<int> inflight{0};
+  };
+
+  struct Worker {
+    WorkerPlan plan;
+    std::unique_ptr<runtime::WorkerProcess> process;
+    std::shared_ptr<runtime::WorkerClient> client;
+    std::set<std::string> loaded;  // replica ids
+    int restarts = 0;
+    int crashes_in_a_row = 0;
+    std::chrono::steady_clock::time_point next_start{};
+    std::chrono::steady_clock::time_point started_at{};
+    std::string last_exit;
+  };
+
+  void run();
+  void pass();
+  void fetch_missing(Replica& replica, const std::shared_ptr<Replica>& handle);
+  void ensure_worker(const WorkerPlan& plan);
+  void check_worker(Worker& worker);
+  Status start_worker(Worker& worker);
+  void load_replica(Worker& worker, Replica& replica);
+  void unload_replica(Worker& worker, const std::string& replica_id);
+  Result<std::string> assemble_package(const Replica& replica);
+  void set_state(Replica& replica, ReplicaState state, std::string message);
+  void cleanup_leftover_workers();
+  std::string endpoint_for(const std::string& worker_id) const;
+  std::string worker_binary() const;
+  void notify_change();
+  nlohmann::json replica_json(const Replica& replica) const;
+
+  boost::asio::io_context& io_;
+  AgentConfig config_;
+  const Inventory inventory_;
+  const std::vector<Device> devices_;
+  const ArtifactCache& artifacts_;
+  std::shared_ptr<ControlSession> session_;
+  std::function<void()> on_change_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  uint64_t applied_version_ = 0;
+  std::optional<DesiredState> pending_state_;
+  std::map<std::string, std::shared_ptr<Replica>> replicas_;
+  std::map<std::string, std::shared_ptr<Worker>> workers_;
+  Placement placement_;
+  std::atomic<int> open_streams_{0};
+  std::atomic<int> max_inflight_per_replica_;
+  std::atomic<int> max_streams_;
+
+  bool stopping_ = false;
+  std::function<void()> on_stopped_;
+  std::atomic<int64_t> last_pass_ms_{0};
+  std::thread thread_;
+};
+
+}  // namespace outpost::agent

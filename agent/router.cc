@@ -1,0 +1,254 @@
+// Reconciler::route: a predict stream from the control plane to a worker call.
+//
+// The stream goes to the ready replica of its deployment with the fewest requests in flight.
+// Limits: at most workers.max_streams predict streams at once, at most
+// workers.max_inflight_per_replica on one replica; past either, the caller gets
+// resource_exhausted with the limit named. Cancellation crosses both ways: a RESET from the
+// control plane cancels the worker call between steps, and a call that fails ends the stream
+// with an error document.
+#include <atomic>
+#include <mutex>
+#include <optional>
+
+#include "agent/reconciler.h"
+#include "common/json_fields.h"
+#include "common/log.h"
+
+namespace outpost::agent {
+
+using boost::system::error_code;
+
+namespace {
+
+struct RouteState {
+  std::shared_ptr<tunnel::Stream> stream;
+  std::shared_ptr<runtime::WorkerClient> client;
+  std::function<void()> release;  // frees the inflight slot, exactly once
+  std::atomic<bool> finished{false};
+  std::string request_id;
+
+  std::mutex mutex;
+  std::shared_ptr<runtime::WorkerCall> call;
+  std::optional<runtime::WireValue> waiting_item;  // a stream item the worker's window held back
+  bool cancel_requested = false;
+
+  void set_call(std::shared_ptr<runtime::WorkerCall> created) {
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      call = std::move(created);
+      cancel = cancel_requested;
+    }
+    if (cancel) call->cancel();
+  }
+  void cancel() {
+    std::shared_ptr<runtime::WorkerCall> current;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      cancel_requested = true;
+      current = call;
+    }
+    if (current) current->cancel();
+  }
+  void finish() {
+    if (!finished.exchange(true) && release) release();
+  }
+};
+
+void pump_items(const std::shared_ptr<RouteState>& route);
+
+// Sends a stream item, or keeps it until the worker's window has room. Returns whether the
+// next item may be read now.
+bool send_item(const std::shared_ptr<RouteState>& route, runtime::WireValue item) {
+  std::lock_guard<std::mutex> lock(route->mutex);
+  if (route->call->window_available() <= 0 && !route->call->done()) {
+    route->waiting_item = std::move(item);  // on_value sends it when an output frees a place
+    return false;
+  }
+  // A refusal here means the call ended; its on_done tells the control plane why.
+  return route->call->send(std::move(item)).ok();
+}
+
+void reply_error(const std::shared_ptr<tunnel::Stream>& stream, const Error& error) {
+  stream->async_write(error_document(error).dump(), true, [](error_code) {});
+}
+
+// The worker's Value, as the control protocol writes it (base64 for bytes).
+Result<nlohmann::json> to_control_value(const runtime::WireValue& value) {
+  return runtime::parts_to_base64(value.value, value.parts);
+}
+
+// {"inputs": {...}} from the control plane, as the worker protocol writes it.
+Result<runtime::WireValue> to_worker_inputs(const std::string& body) {
+  auto document = nlohmann::json::parse(body, nullptr, false);
+  if (document.is_discarded()) return invalid_argument("the request is not JSON");
+  if (!document.is_object() || !document.contains("inputs") || !document["inputs"].is_object()) {
+    return invalid_argument("the request must be {\"inputs\": {...named arguments...}}");
+  }
+  runtime::WireValue inputs;
+  inputs.value = std::move(document["inputs"]);
+  OUTPOST_RETURN_IF_ERROR(runtime::move_bytes_to_parts(inputs.value, inputs.parts));
+  return inputs;
+}
+
+runtime::CallHandlers handlers_for(const std::shared_ptr<RouteState>& route,
+                                   runtime::CallShape shape) {
+  runtime::CallHandlers handlers;
+  handlers.on_value = [route, shape](int64_t, const runtime::WireValue& value) {
+    auto converted = to_control_value(value);
+    if (!converted.ok()) {
+      route->cancel();
+      return;
+    }
+    const char* key = shape == runtime::CallShape::kGenerate ? "chunk" : "outputs";
+    const bool last = shape == runtime::CallShape::kUnary;
+    // A failed write means the control plane reset the stream (its client went away): the
+    // worker stops the call between steps.
+    route->stream->async_write(nlohmann::json{{key, converted.value()}}.dump(), last,
+                               [route](error_code ec) {
+                                 if (ec) route->cancel();
+                               });
+    if (shape != runtime::CallShape::kStream) return;
+    // An output freed a place in the call's window: send the item that waited for it.
+    std::optional<runtime::WireValue> item;
+    {
+      std::lock_guard<std::mutex> lock(route->mutex);
+      item = std::move(route->waiting_item);
+      route->waiting_item.reset();
+    }
+    if (item && send_item(route, std::move(*item))) pump_items(route);
+  };
+  handlers.on_done = [route, shape](const Status& status, std::string_view) {
+    if (status.ok()) {
+      if (shape != runtime::CallShape::kUnary) route->stream->close_write();
+    } else {
+      reply_error(route->stream, status.error());
+    }
+    route->finish();
+  };
+  return handlers;
+}
+
+// Stream calls: items from the tunnel to the worker, in order, respecting the call's window.
+// While the window is full the next item is not read, so the tunnel's credit holds the sender.
+void pump_items(const std::shared_ptr<RouteState>& route) {
+  route->stream->async_read([route](error_code ec, const std::string& body) {
+    if (ec == tunnel::Errc::kEndOfStream) {
+      (void)route->call->close();  // a refusal means the call already ended
+      return;
+    }
+    if (ec) {
+      route->cancel();  // the control plane (or its client) went away
+      return;
+    }
+    auto inputs = to_worker_inputs(body);
+    if (!inputs.ok()) {
+      route->cancel();
+      reply_error(route->stream, inputs.error());
+      return;
+    }
+    if (send_item(route, std::move(inputs).value())) pump_items(route);
+  });
+}
+
+}  // namespace
+
+void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
+                       const nlohmann::json& metadata) {
+  // Fields of the wrong type read as missing: a malformed request is refused, never thrown.
+  const std::string shape_name = string_field_or(metadata, "shape", "unary");
+  const auto shape = runtime::call_shape_from_name(shape_name);
+  const std::string deployment = string_field_or(metadata, "deployment_id", "");
+  const std::string method = string_field_or(metadata, "model_method", "predict");
+  const std::string request_id = string_field_or(metadata, "request_id", "");
+  const std::string hint = string_field_or(metadata, "replica_id", "");
+  if (!shape) {
+    return reply_error(stream, invalid_argument("unknown call shape '" + shape_name + "'"));
+  }
+  if (deployment.empty()) {
+    return reply_error(stream, invalid_argument("predict needs deployment_id"));
+  }
+
+  if (open_streams_.fetch_add(1) >= max_streams_.load()) {
+    open_streams_.fetch_sub(1);
+    return reply_error(stream,
+                       Error(ErrorCode::kResourceExhausted,
+                             "this node serves at most " + std::to_string(max_streams_.load()) +
+                                 " predict streams at once (workers.max_streams)"));
+  }
+  // Pick the least-loaded ready replica of the deployment.
+  std::shared_ptr<Replica> chosen;
+  std::shared_ptr<runtime::WorkerClient> client;
+  int ready = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [id, replica] : replicas_) {
+      if (replica->spec.deployment_id != deployment || replica->state != ReplicaState::kReady) {
+        continue;
+      }
+      auto worker = workers_.find(replica->worker_id);
+      if (worker == workers_.end() || !worker->second->client) continue;
+      ++ready;
+      const bool better = !chosen || replica->inflight.load() < chosen->inflight.load() ||
+                          (replica->inflight.load() == chosen->inflight.load() && id == hint);
+      if (better) {
+        chosen = replica;
+        client = worker->second->client;
+      }
+    }
+  }
+  if (!chosen) {
+    open_streams_.fetch_sub(1);
+    return reply_error(
+        stream, unavailable("no ready replica of deployment " + deployment + " on this node"));
+  }
+  if (chosen->inflight.fetch_add(1) >= max_inflight_per_replica_.load()) {
+    chosen->inflight.fetch_sub(1);
+    open_streams_.fetch_sub(1);
+    return reply_error(stream, Error(ErrorCode::kResourceExhausted,
+                                     "every ready replica of " + deployment + " has " +
+                                         std::to_string(max_inflight_per_replica_.load()) +
+                                         " requests in flight "
+                                         "(workers.max_inflight_per_replica)"));
+  }
+  auto route = std::make_shared<RouteState>();
+  route->stream = stream;
+  route->client = client;
+  route->request_id = request_id;
+  std::weak_ptr<Reconciler> weak = shared_from_this();
+  route->release = [weak, chosen] {
+    chosen->inflight.fetch_sub(1);
+    if (auto self = weak.lock()) self->open_streams_.fetch_sub(1);
+  };
+  const std::string model = chosen->spec.replica_id;
+  LOG_DEBUG("agent.predict",
+            "request " << request_id << " (" << shape_name << ") to replica " << model);
+  if (*shape == runtime::CallShape::kStream) {
+    route->set_call(client->stream(model, method, handlers_for(route, *shape)));
+    pump_items(route);
+    return;
+  }
+  // Unary and generate: one request message, then the call.
+  stream->async_read(
+      [route, model, method, shape = *shape](error_code ec, const std::string& body) {
+        if (ec) {
+          route->finish();
+          return;
+        }
+        auto inputs = to_worker_inputs(body);
+        if (!inputs.ok()) {
+          reply_error(route->stream, inputs.error());
+          route->finish();
+          return;
+        }
+        if (shape == runtime::CallShape::kUnary) {
+          route->set_call(route->client->unary(model, method, std::move(inputs).value(),
+                                               handlers_for(route, shape)));
+        } else {
+          route->set_call(route->client->generate(model, method, std::move(inputs).value(),
+                                                  handlers_for(route, shape)));
+        }
+      });
+}
+
+}  // namespace outpost::agent

@@ -1,0 +1,238 @@
+// The platform end to end: outpost-control, outpostd and outpost-worker as real processes on
+// loopback, driven with the real `outpost` CLI.
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "tests/e2e/platform.h"
+#include "tests/support/tcp_relay.h"
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+namespace outpost::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::seconds;
+
+bool eventually(const std::function<bool()>& condition, std::chrono::seconds limit = seconds(90)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return condition();
+}
+
+std::string predict_text(Platform& platform, const std::string& text, bool expect_ok = true) {
+  const auto result = platform.cli(
+      {"model", "predict", "text", "--deployment", "dep-text", "--text", text}, expect_ok);
+  return result.exit_code == 0 ? result.out : "ERROR: " + result.err;
+}
+
+// A deployment of the `text` example (reverses the words, upper-cases them) on one agent.
+void deploy_text(Platform& platform, const std::string& agent = "node-a",
+                 AgentOptions options = {}) {
+  platform.create_pool("cc-e2e", "np-e2e");
+  options.name = agent;
+  platform.start_agent("cc-e2e", "np-e2e", options);
+  platform.upload_model("text");
+  platform.deploy("np-e2e", "dep-text", "text");
+  ASSERT_TRUE(platform.wait_live("dep-text")) << platform.agent(agent).log();
+}
+
+std::vector<pid_t> workers_of(ChildProcess& agent) {
+  return child_pids(agent.pid(), "outpost-worker");
+}
+
+TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
+  Platform platform;
+  deploy_text(platform);
+  platform.upload_model("chargen");
+  platform.upload_model("accumulator");
+  platform.deploy("np-e2e", "dep-gen", "chargen");
+  platform.deploy("np-e2e", "dep-acc", "accumulator");
+  ASSERT_TRUE(platform.wait_live("dep-gen"));
+  ASSERT_TRUE(platform.wait_live("dep-acc"));
+
+  // Unary.
+  EXPECT_NE(predict_text(platform, "hello outpost world").find("WORLD OUTPOST HELLO"),
+            std::string::npos);
+  // Generate: every chunk arrives, as JSON lines with -o json.
+  const auto generated =
+      platform.cli({"-o", "json", "model", "generate", "chargen", "--deployment", "dep-gen",
+                    "--inputs", R"({"prompt": "ab", "max_tokens": 6})"});
+  size_t chunks = 0;
+  for (size_t at = generated.out.find("chunk"); at != std::string::npos;
+       at = generated.out.find("chunk", at + 1)) {
+    ++chunks;
+  }
+  EXPECT_GE(chunks, 6u) << generated.out;
+  // Stream: a running sum over three items, in order.
+  const auto streamed = platform.cli({"-o", "json", "model", "stream", "accumulator",
+                                      "--deployment", "dep-acc", "--inputs",
+                                      R"([{"x": {"dtype": "float32", "shape": [1], "values": [1]}},
+           {"x": {"dtype": "float32", "shape": [1], "values": [2]}},
+           {"x": {"dtype": "float32", "shape": [1], "values": [3]}}])"});
+  const auto first = streamed.out.find("1");
+  const auto third = streamed.out.rfind("6");
+  EXPECT_NE(first, std::string::npos) << streamed.out;
+  EXPECT_NE(third, std::string::npos) << streamed.out;
+
+  // Three models, one worker: they were packed onto the CPU device.
+  EXPECT_EQ(workers_of(platform.agent("node-a")).size(), 1u);
+  // The agent holds no listening TCP socket; its workers none either.
+  EXPECT_FALSE(has_listening_tcp_socket(platform.agent("node-a").pid()));
+  for (const pid_t worker : workers_of(platform.agent("node-a"))) {
+    EXPECT_FALSE(has_listening_tcp_socket(worker));
+  }
+  // `outpostd status` tells the operator the same story.
+  const auto status =
+      run_command({OUTPOSTD_BIN, "status", "--runtime-dir", platform.agent_runtime_dir("node-a")});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_NE(status.out.find("3 of 3 replicas ready"), std::string::npos) << status.out;
+}
+
+TEST(EndToEndTest, KilledWorkerComesBackAndPredictionsResume) {
+  Platform platform;
+  deploy_text(platform);
+  EXPECT_NE(predict_text(platform, "before crash").find("CRASH BEFORE"), std::string::npos);
+  const auto workers = workers_of(platform.agent("node-a"));
+  ASSERT_EQ(workers.size(), 1u);
+  ::kill(workers[0], SIGKILL);
+  // While it is down, calls fail with a clear error (or already succeed again); none hangs.
+  const auto during = platform.cli(
+      {"model", "predict", "text", "--deployment", "dep-text", "--text", "during"}, false);
+  if (during.exit_code != 0) {
+    EXPECT_FALSE(during.err.empty());
+  }
+  // The agent restarts the worker, reloads the model, and calls succeed again.
+  ASSERT_TRUE(eventually([&] {
+    return predict_text(platform, "after crash", false).find("CRASH AFTER") != std::string::npos;
+  }));
+  const auto restarted = workers_of(platform.agent("node-a"));
+  ASSERT_EQ(restarted.size(), 1u);
+  EXPECT_NE(restarted[0], workers[0]);
+  EXPECT_NE(platform.agent("node-a").log().find("agent.worker_crashed"), std::string::npos);
+}
+
+TEST(EndToEndTest, CutTunnelReconnectsAndPredictionsResume) {
+  Platform platform;
+  TcpRelay relay(platform.control_port());
+  AgentOptions options;
+  options.control_port_override = std::to_string(relay.port());
+  deploy_text(platform, "node-a", options);
+  EXPECT_NE(predict_text(platform, "one two").find("TWO ONE"), std::string::npos);
+  const int before = relay.accepted();
+  relay.cut();
+  ASSERT_TRUE(eventually([&] { return relay.accepted() > before; }));
+  ASSERT_TRUE(eventually([&] {
+    return predict_text(platform, "three four", false).find("FOUR THREE") != std::string::npos;
+  }));
+}
+
+TEST(EndToEndTest, ControlPlaneRestartKeepsStateAndAgentsResync) {
+  Platform platform;
+  deploy_text(platform);
+  platform.stop_control();
+  platform.start_control();  // same port, same data directory
+  ASSERT_TRUE(platform.wait_live("dep-text"));
+  ASSERT_TRUE(eventually([&] {
+    return predict_text(platform, "back again", false).find("AGAIN BACK") != std::string::npos;
+  }));
+  EXPECT_EQ(workers_of(platform.agent("node-a")).size(), 1u);
+}
+
+TEST(EndToEndTest, RestartedAgentNeverRunsTwoWorkersForOneReplica) {
+  Platform platform;
+  deploy_text(platform);
+  const auto old_workers = workers_of(platform.agent("node-a"));
+  ASSERT_EQ(old_workers.size(), 1u);
+  auto& agent = platform.restart_agent("node-a");
+  ASSERT_TRUE(eventually([&] {
+    return predict_text(platform, "new agent", false).find("AGENT NEW") != std::string::npos;
+  }));
+  // The old worker is gone, the new agent has exactly one.
+  EXPECT_NE(::kill(old_workers[0], 0), 0);
+  const auto workers = workers_of(agent);
+  EXPECT_EQ(workers.size(), 1u);
+  // And it kept its identity: no second enrollment, the join token was consumed once.
+  EXPECT_EQ(agent.log().find("agent.enrolling"), std::string::npos);
+}
+
+TEST(EndToEndTest, ModelWithAWrongHashIsRefusedAndReported) {
+  Platform platform;
+  deploy_text(platform);
+  // Corrupt the stored model file on the control plane's disk (tampering, a bad sector); a new
+  // node fetching it must refuse it.
+  const auto model = platform.cli_json({"model", "get", "text"});
+  std::string sha;
+  for (const auto& entry : fs::recursive_directory_iterator(platform.dir() + "/control-data")) {
+    if (entry.is_regular_file() && entry.path().filename().string().size() == 64 &&
+        entry.file_size() > 1000) {
+      sha = entry.path().filename();
+      std::fstream file(entry.path(), std::ios::in | std::ios::out | std::ios::binary);
+      file.seekp(100);
+      file.write("CORRUPTED", 9);
+    }
+  }
+  ASSERT_FALSE(sha.empty()) << "found no stored model file";
+  platform.create_pool("cc-e2e", "np-other");
+  AgentOptions options;
+  options.name = "node-b";
+  platform.start_agent("cc-e2e", "np-other", options);
+  platform.deploy("np-other", "dep-text-b", "text");
+  ASSERT_TRUE(eventually([&] {
+    const auto doc = platform.cli_json({"deployment", "get", "dep-text-b"});
+    return doc.dump().find("hash mismatch") != std::string::npos;
+  })) << platform.agent("node-b").log();
+  EXPECT_NE(platform.agent("node-b").log().find("hash mismatch"), std::string::npos);
+}
+
+TEST(EndToEndTest, SystemdHearsReadyStatusAndStoppingInOrder) {
+  Platform platform;
+  const std::string socket_path = platform.dir() + "/notify.sock";
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::snprintf(address.sun_path, sizeof address.sun_path, "%s", socket_path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  timeval timeout{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+
+  platform.create_pool("cc-e2e", "np-e2e");
+  AgentOptions options;
+  options.environment = {"NOTIFY_SOCKET=" + socket_path};
+  auto& agent = platform.start_agent("cc-e2e", "np-e2e", options);
+  std::vector<std::string> messages;
+  const auto receive_until = [&](const std::string& wanted) {
+    const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      char buffer[4096];
+      const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+      if (n <= 0) continue;
+      messages.emplace_back(buffer, static_cast<size_t>(n));
+      if (messages.back().find(wanted) != std::string::npos) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(receive_until("STATUS=connected to the control plane"));
+  agent.signal(SIGTERM);
+  ASSERT_TRUE(receive_until("STOPPING=1"));
+  EXPECT_EQ(agent.wait(seconds(60)).value_or(-1), 0);
+  ::close(fd);
+  // READY=1 comes first, before any STATUS=; STOPPING=1 comes last.
+  ASSERT_FALSE(messages.empty());
+  EXPECT_EQ(messages.front(), "READY=1");
+  EXPECT_EQ(messages.back(), "STOPPING=1");
+  bool saw_enrolling = false;
+  for (const auto& message : messages) saw_enrolling |= message.find("STATUS=enrolling") == 0;
+  EXPECT_TRUE(saw_enrolling);
+}
+
+}  // namespace
+}  // namespace outpost::testing
