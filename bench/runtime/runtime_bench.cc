@@ -20,28 +20,27 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
-#include <ATen/Parallel.h>
-#include <ATen/ops/randn.h>
-#include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
-#include <torch/csrc/jit/api/module.h>
-#include <torch/csrc/jit/serialization/import.h>
 
+#include "bench/runtime/direct_libtorch.h"
 #include "runtime/worker_client.h"
 #include "tests/support/test_pki.h"
-#include <sched.h>
 
 namespace {
 
 using namespace outpost;
 using namespace outpost::runtime;
 using nlohmann::json;
+using outpost::bench::DirectModel;
+using outpost::bench::GenerateFigures;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration;
 using std::chrono::milliseconds;
@@ -54,37 +53,12 @@ bool enabled(const char* part) {
   return only == nullptr || std::strcmp(only, part) == 0;
 }
 
-int bench_threads() {
-  if (const char* value = std::getenv("OUTPOST_BENCH_THREADS"))
-    return std::max(1, std::atoi(value));
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  sched_getaffinity(0, sizeof(set), &set);
-  return CPU_COUNT(&set);
-}
-
 std::string model_dir(const std::string& name) {
   return std::string(OUTPOST_MODELS_DIR) + "/" + name;
 }
 
 double seconds_since(Clock::time_point start) {
   return duration<double>(Clock::now() - start).count();
-}
-
-// Direct libtorch: `method` on inputs of `rows` rows, repeated for `seconds`; rows per second.
-double direct_rows_per_second(torch::jit::Module& module, const std::string& method,
-                              const std::vector<int64_t>& shape, double seconds) {
-  c10::InferenceMode guard;
-  auto callable = module.get_method(method);
-  const at::Tensor input = at::randn(shape);
-  for (int i = 0; i < 3; ++i) callable({input});
-  int64_t calls = 0;
-  const auto start = Clock::now();
-  while (seconds_since(start) < seconds) {
-    callable({input});
-    ++calls;
-  }
-  return static_cast<double>(calls * shape[0]) / seconds_since(start);
 }
 
 WireValue tensor_input(const std::vector<int64_t>& shape, uint32_t seed) {
@@ -148,45 +122,8 @@ double worker_rps(WorkerClient& client, const std::string& model, const WireValu
   return static_cast<double>(count) / elapsed;
 }
 
-struct GenerateFigures {
-  double ttft_us = 0;
-  double chunks_per_s = 0;
-};
-
 constexpr int64_t kGenerateTokens = 400;
 constexpr int kGenerateRuns = 10;
-
-GenerateFigures direct_generate(torch::jit::Module& module) {
-  c10::InferenceMode guard;
-  auto init = module.get_method("generate_init");
-  auto step = module.get_method("generate_step");
-  std::vector<double> ttft;
-  double chunks = 0;
-  double rest_seconds = 0;
-  for (int run = -2; run < kGenerateRuns; ++run) {
-    const auto start = Clock::now();
-    c10::IValue state = init({std::string("hello"), kGenerateTokens});
-    Clock::time_point first;
-    int64_t emitted = 0;
-    bool done = false;
-    while (!done) {
-      const auto result = step({state});
-      const auto& elements = result.toTupleRef().elements();
-      // The chunk as the worker would send it: a string per call.
-      const std::string chunk = elements[0].toListRef()[0].toStringRef();
-      if (emitted++ == 0) first = Clock::now();
-      state = elements[1];
-      done = elements[2].toListRef()[0].toBool();
-      if (chunk.empty()) std::abort();
-    }
-    if (run < 0) continue;
-    ttft.push_back(duration<double, std::micro>(first - start).count());
-    chunks += static_cast<double>(emitted - 1);
-    rest_seconds += seconds_since(first);
-  }
-  std::sort(ttft.begin(), ttft.end());
-  return {ttft[ttft.size() / 2], chunks / rest_seconds};
-}
 
 GenerateFigures worker_generate(WorkerClient& client) {
   std::vector<double> ttft;
@@ -203,7 +140,7 @@ GenerateFigures worker_generate(WorkerClient& client) {
     inputs.value = json{{"prompt", "hello"}, {"max_tokens", kGenerateTokens}};
     const auto start = Clock::now();
     client.generate("chargen", "generate", std::move(inputs),
-                    CallHandlers{[&](int64_t, WireValue) {
+                    CallHandlers{[&](int64_t, const WireValue&) {
                                    const auto now = Clock::now();
                                    if (emitted++ == 0) first = now;
                                    last = now;
@@ -231,50 +168,51 @@ GenerateFigures worker_generate(WorkerClient& client) {
 }  // namespace
 
 int main() {
-  const int threads = bench_threads();
-  at::set_num_interop_threads(1);
-  at::set_num_threads(threads);
+  const int threads = outpost::bench::bench_threads();
+  outpost::bench::set_torch_threads(threads);
 
   // Direct libtorch first, with nothing else running.
   std::printf("direct libtorch, %d intra-op threads\n", threads);
-  torch::jit::Module small;
-  torch::jit::Module resnet;
-  torch::jit::Module chargen;
-  {
-    c10::InferenceMode guard;
-    small = torch::jit::load(model_dir("classifier") + "/model.pt");
-    resnet = torch::jit::load(model_dir("resnet18") + "/model.pt");
-    chargen = torch::jit::load(model_dir("chargen") + "/model.pt");
+  std::unique_ptr<DirectModel> small;
+  std::unique_ptr<DirectModel> resnet;
+  std::unique_ptr<DirectModel> chargen;
+  for (auto [name, model] : {std::pair{"classifier", &small}, std::pair{"resnet18", &resnet},
+                             std::pair{"chargen", &chargen}}) {
+    auto loaded = DirectModel::load(model_dir(name));
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "%s\n", loaded.error().to_string().c_str());
+      return 1;
+    }
+    *model = std::move(loaded).value();
   }
   json out;
   out["threads"] = threads;
   if (enabled("small")) {
-    out["small_direct_b1_rps"] = direct_rows_per_second(small, "predict", {1, 256}, kSmallSeconds);
-    out["small_direct_b32_rps"] =
-        direct_rows_per_second(small, "predict", {32, 256}, kSmallSeconds);
+    out["small_direct_b1_rps"] = small->rows_per_second("predict", {1, 256}, kSmallSeconds);
+    out["small_direct_b32_rps"] = small->rows_per_second("predict", {32, 256}, kSmallSeconds);
     std::printf("  small  b1 %.0f rows/s, b32 %.0f rows/s\n",
                 out["small_direct_b1_rps"].get<double>(),
                 out["small_direct_b32_rps"].get<double>());
   }
   if (enabled("resnet")) {
     out["resnet_direct_b1_rps"] =
-        direct_rows_per_second(resnet, "predict", {1, 3, 224, 224}, kResnetSeconds);
+        resnet->rows_per_second("predict", {1, 3, 224, 224}, kResnetSeconds);
     out["resnet_direct_b8_rps"] =
-        direct_rows_per_second(resnet, "predict", {8, 3, 224, 224}, kResnetSeconds);
+        resnet->rows_per_second("predict", {8, 3, 224, 224}, kResnetSeconds);
     std::printf("  resnet b1 %.1f images/s, b8 %.1f images/s\n",
                 out["resnet_direct_b1_rps"].get<double>(),
                 out["resnet_direct_b8_rps"].get<double>());
   }
   if (enabled("generate")) {
-    const auto direct_gen = direct_generate(chargen);
+    const auto direct_gen = chargen->generate("hello", kGenerateTokens, kGenerateRuns);
     out["direct_ttft_us"] = direct_gen.ttft_us;
     out["direct_chunks_per_s"] = direct_gen.chunks_per_s;
     std::printf("  generate: first chunk %.0f us, %.0f chunks/s\n", direct_gen.ttft_us,
                 direct_gen.chunks_per_s);
   }
-  small = torch::jit::Module();
-  resnet = torch::jit::Module();
-  chargen = torch::jit::Module();
+  small.reset();
+  resnet.reset();
+  chargen.reset();
 
   // The same through an outpost-worker process.
   outpost::testing::TempDir dir;

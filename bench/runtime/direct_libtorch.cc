@@ -1,0 +1,133 @@
+#include "bench/runtime/direct_libtorch.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <exception>
+#include <utility>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/ivalue.h>  // before ops/ and jit/: under clang they need IValue complete
+#include <ATen/ops/randn.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/serialization/import.h>
+
+#include <sched.h>
+
+namespace outpost::bench {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::duration;
+
+constexpr int kWarmUpCalls = 3;
+
+double seconds_since(Clock::time_point start) {
+  return duration<double>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+int bench_threads() {
+  if (const char* value = std::getenv("OUTPOST_BENCH_THREADS")) {
+    return std::max(1, std::atoi(value));
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  sched_getaffinity(0, sizeof(set), &set);
+  return CPU_COUNT(&set);
+}
+
+void set_torch_threads(int intra_op) {
+  at::set_num_interop_threads(1);
+  at::set_num_threads(intra_op);
+}
+
+struct DirectModel::Impl {
+  torch::jit::Module module;
+};
+
+DirectModel::DirectModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DirectModel::~DirectModel() = default;
+
+Result<std::unique_ptr<DirectModel>> DirectModel::load(const std::string& package_dir) {
+  auto impl = std::make_unique<Impl>();
+  try {
+    c10::InferenceMode guard;
+    impl->module = torch::jit::load(package_dir + "/model.pt");
+    // As the worker loads it: inference mode for batch norm and dropout.
+    impl->module.eval();
+  } catch (const std::exception& e) {
+    return invalid_argument("cannot load " + package_dir + "/model.pt: " + e.what());
+  }
+  return std::unique_ptr<DirectModel>(new DirectModel(std::move(impl)));
+}
+
+double DirectModel::rows_per_second(const std::string& method, const std::vector<int64_t>& shape,
+                                    double seconds) {
+  c10::InferenceMode guard;
+  auto callable = impl_->module.get_method(method);
+  const at::Tensor input = at::randn(shape);
+  for (int i = 0; i < kWarmUpCalls; ++i) callable({input});
+  int64_t calls = 0;
+  const auto start = Clock::now();
+  while (seconds_since(start) < seconds) {
+    callable({input});
+    ++calls;
+  }
+  return static_cast<double>(calls * shape[0]) / seconds_since(start);
+}
+
+std::vector<double> DirectModel::call_latencies_us(const std::string& method,
+                                                   const std::vector<int64_t>& shape, int calls) {
+  c10::InferenceMode guard;
+  auto callable = impl_->module.get_method(method);
+  const at::Tensor input = at::randn(shape);
+  for (int i = 0; i < kWarmUpCalls; ++i) callable({input});
+  std::vector<double> micros;
+  micros.reserve(static_cast<size_t>(std::max(calls, 0)));
+  for (int i = 0; i < calls; ++i) {
+    const auto start = Clock::now();
+    callable({input});
+    micros.push_back(duration<double, std::micro>(Clock::now() - start).count());
+  }
+  return micros;
+}
+
+GenerateFigures DirectModel::generate(const std::string& prompt, int64_t max_tokens, int runs) {
+  c10::InferenceMode guard;
+  auto init = impl_->module.get_method("generate_init");
+  auto step = impl_->module.get_method("generate_step");
+  std::vector<double> ttft;
+  double chunks = 0;
+  double rest_seconds = 0;
+  for (int run = -2; run < runs; ++run) {
+    const auto start = Clock::now();
+    c10::IValue state = init({prompt, max_tokens});
+    Clock::time_point first;
+    int64_t emitted = 0;
+    bool done = false;
+    while (!done) {
+      const auto result = step({state});
+      const auto& elements = result.toTupleRef().elements();
+      // The chunk as the worker would send it: a string per call.
+      const std::string chunk = elements[0].toListRef()[0].toStringRef();
+      if (emitted++ == 0) first = Clock::now();
+      state = elements[1];
+      done = elements[2].toListRef()[0].toBool();
+      // A broken example model, not a measurement: stop loudly.
+      if (chunk.empty()) std::abort();
+    }
+    if (run < 0) continue;
+    ttft.push_back(duration<double, std::micro>(first - start).count());
+    chunks += static_cast<double>(emitted - 1);
+    rest_seconds += seconds_since(first);
+  }
+  if (ttft.empty()) return {};
+  std::sort(ttft.begin(), ttft.end());
+  return {ttft[ttft.size() / 2], rest_seconds > 0 ? chunks / rest_seconds : 0};
+}
+
+}  // namespace outpost::bench
