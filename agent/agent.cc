@@ -30,9 +30,10 @@ void Agent::start() {
   callbacks.on_desired = [weak](DesiredState state) {
     if (auto self = weak.lock()) self->reconciler_->apply(std::move(state));
   };
-  callbacks.on_predict = [weak](std::shared_ptr<tunnel::Stream> stream, nlohmann::json metadata) {
+  callbacks.on_predict = [weak](const std::shared_ptr<tunnel::Stream>& stream,
+                                const nlohmann::json& metadata) {
     if (auto self = weak.lock()) {
-      self->reconciler_->route(std::move(stream), std::move(metadata));
+      self->reconciler_->route(stream, metadata);
     } else {
       stream->reset(tunnel::Errc::kRefusedStream, "the agent is stopping");
     }

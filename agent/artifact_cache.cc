@@ -26,7 +26,7 @@ bool is_sha256_hex(const std::string& text) {
 }
 
 std::string hex(const unsigned char* bytes, unsigned int size) {
-  static const char* kDigits = "0123456789abcdef";
+  static constexpr const char* kDigits = "0123456789abcdef";
   std::string out;
   for (unsigned int i = 0; i < size; ++i) {
     out += kDigits[bytes[i] >> 4];

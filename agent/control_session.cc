@@ -15,7 +15,7 @@ namespace {
 constexpr auto kEnrollmentRetry = std::chrono::seconds(60);
 
 ErrorCode code_from_name(const std::string& name) {
-  static const std::pair<const char*, ErrorCode> kNames[] = {
+  static constexpr std::pair<const char*, ErrorCode> kNames[] = {
       {"invalid_argument", ErrorCode::kInvalidArgument},
       {"not_found", ErrorCode::kNotFound},
       {"already_exists", ErrorCode::kAlreadyExists},
@@ -213,7 +213,7 @@ void ControlSession::start_main(const std::string& credential) {
   handlers.on_status = [weak](const tunnel::ClientStatus& status) {
     if (auto self = weak.lock()) self->on_status(status);
   };
-  handlers.on_stream = [weak](std::shared_ptr<tunnel::Stream> stream, int) {
+  handlers.on_stream = [weak](const std::shared_ptr<tunnel::Stream>& stream, int) {
     if (auto self = weak.lock()) {
       self->on_stream(stream);
     } else {
@@ -306,7 +306,7 @@ void ControlSession::call(const std::string& method, const nlohmann::json& reque
 }
 
 void ControlSession::send_report(const nlohmann::json& report) {
-  call("node.report", report, [](Result<nlohmann::json> reply) {
+  call("node.report", report, [](const Result<nlohmann::json>& reply) {
     if (!reply.ok() && reply.error().code() != ErrorCode::kUnavailable) {
       LOG_WARNING("agent.report_failed", "node.report failed: " << reply.error().message());
     }
@@ -377,7 +377,7 @@ void ControlSession::fetch_artifact(const ArtifactRef& artifact, const ArtifactC
   download->stream->set_max_message_size(2 * 1024 * 1024);
   auto read_next = std::make_shared<std::function<void()>>();
   *read_next = [download, read_next] {
-    download->stream->async_read([download, read_next](error_code ec, std::string message) {
+    download->stream->async_read([download, read_next](error_code ec, const std::string& message) {
       if (ec == tunnel::Errc::kEndOfStream) {
         if (!download->header_seen) {
           *read_next = nullptr;

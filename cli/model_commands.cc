@@ -154,7 +154,7 @@ Status model_get(Session& s, const std::string& id) {
     return {};
   }
   const json model = reply["model"];
-  const json version = model["model_version"];
+  const json& version = model["model_version"];
   *s.out << "id:          " << cell(model["id"]) << "\n"
          << "created_at:  " << cell(model["created_at"]) << "\n"
          << "version:     " << (version.is_object() ? cell(version["id"]) : "-") << "\n";

@@ -86,7 +86,7 @@ tunnel::TunnelServer::Handlers AgentService::handlers() {
     if (!self || is_enroll_identity(peer.identity)) return;
     asio::post(self->pool_, [self, identity = peer.identity] { self->on_connection(identity); });
   };
-  handlers.on_stream = [weak](std::shared_ptr<tunnel::Stream> stream,
+  handlers.on_stream = [weak](const std::shared_ptr<tunnel::Stream>& stream,
                               const tunnel::PeerInfo& peer) {
     auto self = weak.lock();
     if (!self) return stream->reset(tunnel::Errc::kRefusedStream, "shutting down");

@@ -84,7 +84,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void send_stream_end();
   void set_gone_handler(std::function<void()> handler);
   void accept_websocket(std::function<void(std::shared_ptr<WebSocketChannel>)> on_open);
-  void reject_websocket(HttpResponse response);
+  void reject_websocket(const HttpResponse& response);
 
   asio::any_io_executor executor() { return stream_.get_executor(); }
 
@@ -149,21 +149,21 @@ class Exchange final : public HttpExchange {
   void respond(HttpResponse response) override {
     auto session = session_;
     asio::post(session->executor(), [session, response = std::move(response)]() mutable {
-      session->send_response(std::move(response));
+      session->send_response(response);
     });
   }
   void start_stream(int status, std::string content_type) override {
     auto session = session_;
     asio::post(session->executor(),
                [session, status, content_type = std::move(content_type)]() mutable {
-                 session->send_stream_head(status, std::move(content_type));
+                 session->send_stream_head(status, content_type);
                });
   }
   void write_chunk(std::string data, std::function<void(bool)> done) override {
     auto session = session_;
     asio::post(session->executor(),
                [session, data = std::move(data), done = std::move(done)]() mutable {
-                 session->send_chunk(std::move(data), std::move(done));
+                 session->send_chunk(data, std::move(done));
                });
   }
   void end_stream() override {
@@ -189,9 +189,8 @@ class Upgrade final : public WebSocketUpgrade {
   const HttpRequest& request() const override { return request_; }
   void reject(HttpResponse response) override {
     auto session = session_;
-    asio::post(session->executor(), [session, response = std::move(response)]() mutable {
-      session->reject_websocket(std::move(response));
-    });
+    asio::post(session->executor(),
+               [session, response = std::move(response)] { session->reject_websocket(response); });
   }
   void accept(std::function<void(std::shared_ptr<WebSocketChannel>)> on_open) override {
     auto session = session_;
@@ -752,9 +751,9 @@ void Session::write_next() {
                     });
 }
 
-void Session::reject_websocket(HttpResponse response) {
+void Session::reject_websocket(const HttpResponse& response) {
   keep_alive_ = false;
-  send_response(std::move(response));
+  send_response(response);
 }
 
 void Session::accept_websocket(std::function<void(std::shared_ptr<WebSocketChannel>)> on_open) {

@@ -118,6 +118,7 @@ Result<InspectResult> ModelInspector::inspect(const std::string& package_dir) co
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   std::vector<std::string> args_storage = {worker_path_, "inspect", package_dir};
   std::vector<char*> argv;
+  argv.reserve(args_storage.size());
   for (auto& arg : args_storage) argv.push_back(arg.data());
   argv.push_back(nullptr);
   pid_t pid = 0;

@@ -42,6 +42,7 @@ std::vector<Replica> schedule(const std::string& user_id,
                               const std::vector<SchedulerNode>& nodes,
                               const std::vector<Replica>& current) {
   std::vector<const SchedulerNode*> ordered;
+  ordered.reserve(nodes.size());
   for (const auto& node : nodes) ordered.push_back(&node);
   std::sort(ordered.begin(), ordered.end(),
             [](const SchedulerNode* a, const SchedulerNode* b) { return a->id < b->id; });
@@ -51,6 +52,7 @@ std::vector<Replica> schedule(const std::string& user_id,
   for (const auto& replica : current) existing[replica.id] = &replica;
 
   std::vector<const SchedulerDeployment*> order;
+  order.reserve(deployments.size());
   for (const auto& deployment : deployments) order.push_back(&deployment);
   std::sort(
       order.begin(), order.end(),

@@ -316,7 +316,7 @@ Status Store::create_user(const std::string& id, bool is_admin) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
       auto s, db_->prepare("INSERT INTO users (id, is_admin, created_at) VALUES (?1, ?2, ?3)"));
-  const Status done =
+  Status done =
       s.bind(1, id).bind(2, int64_t{is_admin ? 1 : 0}).bind(3, clock_.now_seconds()).run();
   if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
     return Error(ErrorCode::kAlreadyExists, "user '" + id + "' already exists");

@@ -12,7 +12,7 @@ using nlohmann::json;
 
 constexpr int kWorkKinds = 4;
 constexpr int64_t kDefaultStepBatch = 64;
-const std::string kNoKey;
+const std::string no_key;  // calls without a batching key
 
 json end_header(const Call& call, std::string_view reason, int64_t count) {
   return json{{"type", msg::kEnd}, {"id", call.id()}, {"reason", reason}, {"count", count}};
@@ -39,7 +39,7 @@ Call::Call(std::string client, std::string id, CallShape shape, const MethodInfo
 const std::string& Call::batch_key() const {
   if (state_) return state_->batch_key();
   if (inputs_) return inputs_->batch_key();
-  return kNoKey;
+  return no_key;
 }
 
 ModelHost::ModelHost(std::string name, std::unique_ptr<LoadedModel> model, FairScheduler& scheduler,

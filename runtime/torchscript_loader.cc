@@ -8,6 +8,7 @@
 #include <utility>
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>  // first: under clang the others need IValue complete
 #include <ATen/ops/cat.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/jit/api/module.h>
@@ -126,9 +127,10 @@ Result<std::vector<c10::IValue>> split_rows(const c10::IValue& value,
     std::vector<std::vector<c10::IValue>> per_request(n);
     for (size_t e = 0; e < elements.size(); ++e) {
       OUTPOST_ASSIGN_OR_RETURN(auto split, split_rows(elements[e], rows, total));
-      for (size_t i = 0; i < n; ++i) per_request[i].push_back(std::move(split[i]));
+      for (size_t i = 0; i < n; ++i) per_request[i].push_back(split[i]);
     }
     std::vector<c10::IValue> out;
+    out.reserve(per_request.size());
     for (auto& items : per_request) out.emplace_back(c10::ivalue::Tuple::create(std::move(items)));
     return out;
   }
@@ -141,6 +143,7 @@ Result<std::vector<c10::IValue>> split_rows(const c10::IValue& value,
       for (size_t i = 0; i < n; ++i) per_request[i].insert(entry.key(), split[i]);
     }
     std::vector<c10::IValue> out;
+    out.reserve(per_request.size());
     for (auto& dict_i : per_request) out.emplace_back(std::move(dict_i));
     return out;
   }

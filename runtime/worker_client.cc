@@ -73,7 +73,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     return channel_->send(frames);
   }
 
-  std::shared_ptr<WorkerCall> start_call(json header, std::vector<std::string> parts,
+  std::shared_ptr<WorkerCall> start_call(json header, const std::vector<std::string>& parts,
                                          CallShape shape, CallHandlers handlers, int64_t window) {
     const std::string id = next_id();
     header["id"] = id;
@@ -330,7 +330,7 @@ WorkerClient::~WorkerClient() { core_->stop(); }
 
 std::future<Result<json>> WorkerClient::request(json header,
                                                 const std::vector<std::string>& parts) {
-  return core_->request(std::move(header), std::move(parts));
+  return core_->request(std::move(header), parts);
 }
 
 std::future<Result<json>> WorkerClient::hello() {
@@ -392,8 +392,8 @@ std::shared_ptr<WorkerCall> WorkerClient::unary(const std::string& model, const 
               {"model", model},
               {"method", method},
               {"inputs", std::move(inputs.value)}};
-  return core_->start_call(std::move(header), std::move(inputs.parts), CallShape::kUnary,
-                           std::move(handlers), 0);
+  return core_->start_call(std::move(header), inputs.parts, CallShape::kUnary, std::move(handlers),
+                           0);
 }
 
 std::shared_ptr<WorkerCall> WorkerClient::generate(const std::string& model,
@@ -404,7 +404,7 @@ std::shared_ptr<WorkerCall> WorkerClient::generate(const std::string& model,
               {"model", model},
               {"method", method},
               {"inputs", std::move(inputs.value)}};
-  return core_->start_call(std::move(header), std::move(inputs.parts), CallShape::kGenerate,
+  return core_->start_call(std::move(header), inputs.parts, CallShape::kGenerate,
                            std::move(handlers), 0);
 }
 

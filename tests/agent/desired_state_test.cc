@@ -5,7 +5,7 @@
 namespace outpost::agent {
 namespace {
 
-const char* kSha = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+constexpr const char* kSha = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
 
 nlohmann::json replica(const std::string& id) {
   return {{"replica_id", id},
@@ -37,7 +37,7 @@ TEST(DesiredStateTest, ParsesTheDocumentedShape) {
 }
 
 TEST(DesiredStateTest, RefusesMalformedDocumentsNamingTheField) {
-  const auto refused = [](nlohmann::json doc) {
+  const auto refused = [](const nlohmann::json& doc) {
     auto state = DesiredState::from_json(doc);
     return state.ok() ? std::string("accepted") : state.error().message();
   };

@@ -18,7 +18,8 @@ class ApiTest : public ::testing::Test {
 
   Api api(const std::string& token) { return Api(control_.base_url(), pki_.ca_file(), token); }
 
-  std::string upload(Api& api, const std::string& model, std::map<std::string, std::string> files) {
+  std::string upload(Api& api, const std::string& model,
+                     const std::map<std::string, std::string>& files) {
     const std::string tar = dir_.file(model + ".tar");
     write_tar(tar, files);
     auto reply = api.upload("/v2/users/me/models/" + model + "/versions", tar);

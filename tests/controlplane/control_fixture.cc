@@ -118,7 +118,7 @@ std::string ControlProcess::log() const { return read_file(dir_.file("control.lo
 
 // --- ControlInProcess ---
 
-ControlInProcess::ControlInProcess(const TestPki& pki, std::string extra_yaml) {
+ControlInProcess::ControlInProcess(const TestPki& pki, const std::string& extra_yaml) {
   auto config = control::parse_control_config(
       base_config(pki, dir_.file("data"), OUTPOST_TEST_WORKER) + extra_yaml);
   EXPECT_TRUE(config.ok()) << config.error().message();
@@ -339,7 +339,7 @@ Result<TestAgent::Enrollment> TestAgent::enroll(uint16_t port, const std::string
   return out;
 }
 
-TestAgent::TestAgent(uint16_t port, std::string ca_file, std::string credential)
+TestAgent::TestAgent(uint16_t port, const std::string& ca_file, const std::string& credential)
     : io_(std::make_unique<IoThread>()) {
   tunnel::TunnelClient::Handlers handlers;
   handlers.on_stream = [this](const std::shared_ptr<tunnel::Stream>& stream, int) {
@@ -442,7 +442,7 @@ void TestAgent::on_stream(const std::shared_ptr<tunnel::Stream>& stream) {
   const json metadata = json::parse(stream->metadata(), nullptr, false);
   const std::string method = metadata.is_object() ? metadata.value("method", "") : "";
   if (method == "node.desired") {
-    stream->async_read([this, stream](error_code ec, std::string message) {
+    stream->async_read([this, stream](error_code ec, const std::string& message) {
       if (ec) return;
       json state = json::parse(message, nullptr, false);
       {
@@ -479,7 +479,7 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
   if (shape == "stream") {
     auto loop = std::make_shared<std::function<void()>>();
     *loop = [stream, loop, note_cancel] {
-      stream->async_read([stream, loop, note_cancel](error_code ec, std::string message) {
+      stream->async_read([stream, loop, note_cancel](error_code ec, const std::string& message) {
         if (ec == tunnel::Errc::kEndOfStream) {
           stream->close_write();
           *loop = nullptr;
@@ -501,7 +501,7 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
     return;
   }
   stream->async_read(
-      [this, stream, shape, metadata, note_cancel](error_code ec, std::string message) {
+      [this, stream, shape, metadata, note_cancel](error_code ec, const std::string& message) {
         if (ec) return note_cancel(ec);
         json request = json::parse(message, nullptr, false);
         const json inputs = request.value("inputs", json::object());

@@ -73,7 +73,7 @@ class ControlProcess {
 // outpost-control in this process, with a fake wall clock.
 class ControlInProcess {
  public:
-  explicit ControlInProcess(const TestPki& pki, std::string extra_yaml = {});
+  explicit ControlInProcess(const TestPki& pki, const std::string& extra_yaml = {});
   ~ControlInProcess();
   uint16_t port() const { return port_; }
   std::string base_url() const { return "https://localhost:" + std::to_string(port_); }
@@ -141,7 +141,7 @@ class TestAgent {
                                    json inventory = json{{"cpu_cores", 4},
                                                          {"memory_bytes", int64_t{8} << 30}});
 
-  TestAgent(uint16_t port, std::string ca_file, std::string credential);
+  TestAgent(uint16_t port, const std::string& ca_file, const std::string& credential);
   ~TestAgent();
 
   bool wait_connected();

@@ -78,8 +78,8 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
                                       R"([{"x": {"dtype": "float32", "shape": [1], "values": [1]}},
            {"x": {"dtype": "float32", "shape": [1], "values": [2]}},
            {"x": {"dtype": "float32", "shape": [1], "values": [3]}}])"});
-  const auto first = streamed.out.find("1");
-  const auto third = streamed.out.rfind("6");
+  const auto first = streamed.out.find('1');
+  const auto third = streamed.out.rfind('6');
   EXPECT_NE(first, std::string::npos) << streamed.out;
   EXPECT_NE(third, std::string::npos) << streamed.out;
 

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "tests/runtime/worker_harness.h"
 
@@ -128,18 +129,21 @@ TEST(UnaryCalls, EveryTypeRoundTrips) {
 // what it would get alone.
 TEST(Batching, BatchedResultsEqualUnbatched) {
   TempDir packages;
-  const std::string unbatched = copy_package(
-      packages, "classifier", "classifier-unbatched",
-      [](std::string text) { return replace(text, "max_batch_size: 32", "max_batch_size: 0"); });
+  const std::string unbatched =
+      copy_package(packages, "classifier", "classifier-unbatched", [](std::string text) {
+        return replace(std::move(text), "max_batch_size: 32", "max_batch_size: 0");
+      });
   WorkerHarness worker(
       {Model(model_package("classifier"), "batched"), Model(unbatched, "unbatched")});
   worker.ready();
   constexpr int kRequests = 96;
   std::vector<std::future<Result<WireValue>>> batched;
   std::vector<std::future<Result<WireValue>>> alone;
+  batched.reserve(kRequests);
   for (int i = 0; i < kRequests; ++i) {
     batched.push_back(worker.client().unary("batched", "predict", classifier_input(1 + i % 3, i)));
   }
+  alone.reserve(kRequests);
   for (int i = 0; i < kRequests; ++i) {
     alone.push_back(worker.client().unary("unbatched", "predict", classifier_input(1 + i % 3, i)));
   }
@@ -166,9 +170,9 @@ TEST(Batching, BatchedResultsEqualUnbatched) {
 
 TEST(Batching, FullQueueRefusesAndOthersSucceed) {
   TempDir packages;
-  const std::string small_queue =
-      copy_package(packages, "heavy", "heavy-small-queue",
-                   [](std::string text) { return text + "batching:\n  max_queue_size: 2\n"; });
+  const std::string small_queue = copy_package(
+      packages, "heavy", "heavy-small-queue",
+      [](const std::string& text) { return text + "batching:\n  max_queue_size: 2\n"; });
   WorkerHarness worker({Model(small_queue)});
   worker.ready();
   std::vector<std::future<Result<WireValue>>> calls;
@@ -223,9 +227,10 @@ TEST(Generate, EmitsEveryChunkThenEnds) {
 
 TEST(Generate, MaxStepsEndsTheCall) {
   TempDir packages;
-  const std::string capped = copy_package(
-      packages, "chargen", "chargen-capped",
-      [](std::string text) { return replace(text, "max_steps: 100000000", "max_steps: 5"); });
+  const std::string capped =
+      copy_package(packages, "chargen", "chargen-capped", [](std::string text) {
+        return replace(std::move(text), "max_steps: 100000000", "max_steps: 5");
+      });
   WorkerHarness worker({Model(capped)});
   worker.ready();
   Recorder recorder;
@@ -339,7 +344,7 @@ TEST(Stream, ItemsKeepTheirOrderAndCarryState) {
   for (int i = 0; i < kItems; ++i) {
     EXPECT_EQ(recorder.seqs()[i], i);
     // The running sum 1 + 2 + ... + (i + 1): the state went from item to item, in order.
-    EXPECT_EQ(floats(values[i], values[i].value)[0], static_cast<float>((i + 1) * (i + 2) / 2))
+    EXPECT_EQ(floats(values[i], values[i].value)[0], static_cast<float>((i + 1) * (i + 2)) / 2.0F)
         << i;
   }
   EXPECT_GT(refused, 0);

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <future>
 #include <thread>
+#include <utility>
 
 #include <zmq.hpp>
 
@@ -100,7 +101,7 @@ TEST(ModelFiles, CorruptTruncatedAndWrongHashAreRefused) {
 
   // No hash or size in config.yaml: only TorchScript can notice.
   const std::string unchecked =
-      copy_package(packages, "classifier", "unchecked", [](std::string text) {
+      copy_package(packages, "classifier", "unchecked", [](const std::string& text) {
         const auto at = text.find("  sha256:");
         return text.substr(0, at) + text.substr(text.find("batching:"));
       });
@@ -154,10 +155,10 @@ TEST(ModelFiles, CorruptTruncatedAndWrongHashAreRefused) {
 TEST(ModelFiles, BadConfigIsRefusedWithTheKeyNamed) {
   TempDir packages;
   const std::string typo = copy_package(packages, "classifier", "typo", [](std::string text) {
-    return replace(text, "max_queue_delay_us", "max_queue_delay");
+    return replace(std::move(text), "max_queue_delay_us", "max_queue_delay");
   });
   const std::string wrong_kind = copy_package(packages, "text", "wrong-kind", [](std::string text) {
-    return replace(text, "  predict:\n", "  predict:\n    kind: \"generate\"\n");
+    return replace(std::move(text), "  predict:\n", "  predict:\n    kind: \"generate\"\n");
   });
   WorkerHarness worker({});
   worker.ready();
@@ -389,7 +390,7 @@ TEST(Unload, ReturnsTheMemory) {
 TEST(Reload, AFailedReloadKeepsTheOldModelAndAGoodOneSwaps) {
   TempDir packages;
   const std::string broken = copy_package(packages, "text", "broken", [](std::string text) {
-    return replace(text, "size: ", "size: 1");
+    return replace(std::move(text), "size: ", "size: 1");
   });
   WorkerHarness worker({Model(model_package("text"))});
   worker.ready();
@@ -420,6 +421,7 @@ TEST(Drain, FinishesCallsInFlightThenExits) {
   WorkerHarness worker({Model(model_package("heavy"))});
   worker.ready();
   std::vector<std::future<Result<WireValue>>> calls;
+  calls.reserve(4);
   for (int i = 0; i < 4; ++i) {
     calls.push_back(worker.client().unary(
         "heavy", "predict", tensor_inputs("x", {1, 512}, std::vector<float>(512, 0.1f))));
@@ -472,7 +474,7 @@ TEST(Faults, AKilledWorkerEndsOpenCalls) {
 TEST(Packing, AHeavyModelCannotStarveALightOne) {
   TempDir packages;
   const std::string light = copy_package(packages, "classifier", "light", [](std::string text) {
-    return replace(text, "max_batch_size: 32", "max_batch_size: 0");
+    return replace(std::move(text), "max_batch_size: 32", "max_batch_size: 0");
   });
   WorkerHarness worker({Model(model_package("heavy")), Model(light, "light")});
   worker.ready();

@@ -161,7 +161,7 @@ class WorkerHarness {
     std::string name;  // empty: the package's model id
   };
 
-  explicit WorkerHarness(std::vector<Model> models,
+  explicit WorkerHarness(const std::vector<Model>& models,
                          const std::function<void(WorkerSpec&)>& adjust = {}) {
     spec_.worker_id = "test-worker";
     spec_.endpoint = "ipc://" + dir_.file("worker.sock");
