@@ -3,9 +3,12 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
 #include <yaml-cpp/yaml.h>
 
 namespace outpost::control {
@@ -118,19 +121,48 @@ struct Converter {
   }
 };
 
+// Ignores every event: used only to count documents.
+class IgnoreEvents : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// Whether `text` holds more than one document. Counts at most two: yaml-cpp 0.7 (Debian 12)
+// never stops producing empty documents for a stray flow entry at the top level (",", "\"x\" ,"),
+// so YAML::LoadAll on such a body would loop, allocating, forever.
+bool has_several_documents(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  IgnoreEvents events;
+  int documents = 0;
+  while (documents < 2 && parser.HandleNextDocument(events)) ++documents;
+  return documents > 1;
+}
+
 }  // namespace
 
 Result<json> parse_yaml(std::string_view text) {
   // yaml-cpp reports errors by exception; they are caught here and become a request error.
   try {
-    std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
-    if (documents.size() > 1) {
-      return invalid_argument("expected one YAML document, found " +
-                              std::to_string(documents.size()));
+    const std::string body(text);
+    if (has_several_documents(body)) {
+      return invalid_argument("expected one YAML document, found more (or a stray ',' at the top)");
     }
-    if (documents.empty()) return json(nullptr);
+    const YAML::Node document = YAML::Load(body);
+    if (!document) return json(nullptr);
     Converter converter;
-    return converter.convert(documents.front(), 0);
+    return converter.convert(document, 0);
   } catch (const YAML::Exception& e) {
     return invalid_argument("malformed YAML at line " + std::to_string(e.mark.line + 1) +
                             ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);

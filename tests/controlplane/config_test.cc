@@ -246,6 +246,18 @@ TEST(DocumentTest, MalformedInputGivesAPositionedError) {
   EXPECT_FALSE(parse_yaml("a: 1\na: 2\n").ok());
 }
 
+// yaml-cpp 0.7 loops forever (allocating) in LoadAll on a stray top-level flow entry; one such
+// request body must get an error, not a hung thread (found by the resource_config fuzzer).
+TEST(DocumentTest, StrayFlowEntriesAreRefusedNotHung) {
+  for (const char* body : {",", ",[", "\"x\" ,", "---\n,", ",]"}) {
+    auto parsed = parse_body_object(body, "application/yaml");
+    ASSERT_FALSE(parsed.ok()) << body;
+    EXPECT_NE(parsed.error().message().find("YAML document"), std::string::npos)
+        << body << ": " << parsed.error().message();
+  }
+  EXPECT_TRUE(parse_body_object("a: 1\n", "application/yaml").ok());
+}
+
 TEST(DocumentTest, RefusesDeepNestingAndAliasBombs) {
   EXPECT_FALSE(parse_json(std::string(1000, '[') + std::string(1000, ']')).ok());
   std::string bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
