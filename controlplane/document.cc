@@ -41,6 +41,9 @@ Result<json> parse_json(std::string_view text) {
       const auto cut = what.find("parse error");
       return invalid_argument("malformed JSON: " +
                               (cut == std::string::npos ? what : what.substr(cut)));
+    } catch (const json::exception& e) {
+      // Not only parse errors: a number too large for a double is out_of_range (406).
+      return invalid_argument(std::string("malformed JSON: ") + e.what());
     }
     return invalid_argument("malformed JSON");
   }

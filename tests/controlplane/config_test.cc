@@ -258,6 +258,14 @@ TEST(DocumentTest, StrayFlowEntriesAreRefusedNotHung) {
   EXPECT_TRUE(parse_body_object("a: 1\n", "application/yaml").ok());
 }
 
+// A number too large for a double is refused like any other malformed JSON (it used to throw
+// out of the parser and end the process; found by the resource_config fuzzer).
+TEST(DocumentTest, NumbersThatOverflowAreMalformedJson) {
+  auto parsed = parse_json("{\"a\": 1E999999}");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.error().message().find("malformed JSON"), std::string::npos);
+}
+
 TEST(DocumentTest, RefusesDeepNestingAndAliasBombs) {
   EXPECT_FALSE(parse_json(std::string(1000, '[') + std::string(1000, ']')).ok());
   std::string bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n";
