@@ -201,6 +201,7 @@ void Reconciler::run() {
       wait_future(drained, seconds(25));
     }
     worker->client.reset();
+    worker->pid = 0;
     worker->process.reset();  // SIGTERM, then SIGKILL after 10 s
   }
   if (done) boost::asio::post(io_, done);
@@ -366,6 +367,7 @@ void Reconciler::pass() {
       wait_future(drained, seconds(15));
     }
     worker->client.reset();
+    worker->pid = 0;
     worker->process.reset();
     ::unlink(
         (config_.runtime_dir + "/workers/w-" + fnv_hex(worker->plan.worker_id) + ".pid").c_str());
@@ -489,6 +491,7 @@ Status Reconciler::start_worker(Worker& worker) {
   options.log_file = base + ".log";
   options.environment = environment;
   OUTPOST_ASSIGN_OR_RETURN(worker.process, runtime::WorkerProcess::spawn(options));
+  worker.pid = worker.process->pid();
   {
     std::ofstream pid(base + ".pid");
     pid << worker.process->pid() << "\n";
@@ -527,6 +530,7 @@ void Reconciler::check_worker(Worker& worker) {
       worker.client.reset();
     }
     dead.reset();  // ends its open calls (unavailable) outside the lock
+    worker.pid = 0;
     worker.process.reset();
     worker.next_start = Clock::now() + delay;
     const auto loaded = worker.loaded;
@@ -549,6 +553,7 @@ void Reconciler::check_worker(Worker& worker) {
       worker.next_start = Clock::now() + restart_delay(worker.crashes_in_a_row,
                                                        config_.restart_backoff_max_seconds);
       worker.client.reset();
+      worker.pid = 0;
       worker.process.reset();
       LOG_ERROR("agent.worker_start_failed",
                 "worker " << worker.plan.worker_id << ": " << started.error().message());
@@ -694,7 +699,7 @@ nlohmann::json Reconciler::status() const {
     workers.push_back({{"worker", id},
                        {"device", worker->plan.device_id},
                        {"slicing", std::string(slicing_mode_name(worker->plan.slicing))},
-                       {"pid", worker->process ? worker->process->pid() : 0},
+                       {"pid", worker->pid.load()},
                        {"restarts", worker->restarts > 0 ? worker->restarts - 1 : 0},
                        {"last_exit", worker->last_exit},
                        {"replicas", worker->plan.replica_ids}});

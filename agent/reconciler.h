@@ -28,6 +28,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/types.h>
+
 #include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
 
@@ -38,6 +40,7 @@
 #include "agent/inventory.h"
 #include "agent/placement.h"
 #include "runtime/worker_client.h"
+#include <sys/types.h>
 
 namespace outpost::agent {
 
@@ -94,6 +97,9 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   struct Worker {
     WorkerPlan plan;
     std::unique_ptr<runtime::WorkerProcess> process;
+    // The process's pid for status(), which reads it under mutex_ while the reconcile thread
+    // starts and stops `process` without it.
+    std::atomic<pid_t> pid{0};
     std::shared_ptr<runtime::WorkerClient> client;
     std::set<std::string> loaded;  // replica ids
     int restarts = 0;
