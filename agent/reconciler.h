@@ -28,8 +28,6 @@
 #include <thread>
 #include <vector>
 
-#include <sys/types.h>
-
 #include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
 
