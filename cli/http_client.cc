@@ -11,6 +11,7 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <nlohmann/json.hpp>
 
+#include "tunnel/run_one_operation.h"
 #include "tunnel/tls.h"
 
 namespace outpost::cli {
@@ -90,22 +91,7 @@ Error error_from_response(const Response& response) {
 
 namespace {
 
-// Runs one asynchronous operation to completion on `io`; returns its error code.
-template <class Start>
-error_code run(asio::io_context& io, Start&& start) {
-  error_code result;
-  bool done = false;
-  start([&result, &done](error_code ec, auto&&...) {
-    result = ec;
-    done = true;
-  });
-  // Until this operation completes, not until the context runs dry: a timer the operation
-  // leaves behind (a WebSocket's handshake timeout, say) must not hold the caller.
-  io.restart();
-  while (!done && io.run_one() > 0) {
-  }
-  return result;
-}
+using tunnel::run_one_operation;
 
 std::string describe(const error_code& ec) {
   if (ec == beast::error::timeout) return "timed out";
@@ -121,15 +107,16 @@ class WebSocketImpl final : public WebSocketClient {
 
   Status send(const std::string& text) override {
     ws_->text(true);
-    const error_code ec =
-        run(*io_, [&](auto handler) { ws_->async_write(asio::buffer(text), handler); });
+    const error_code ec = run_one_operation(
+        *io_, [&](auto handler) { ws_->async_write(asio::buffer(text), handler); });
     if (ec) return unavailable("sending on the WebSocket failed: " + describe(ec));
     return {};
   }
 
   Result<std::optional<std::string>> receive() override {
     beast::flat_buffer buffer;
-    const error_code ec = run(*io_, [&](auto handler) { ws_->async_read(buffer, handler); });
+    const error_code ec =
+        run_one_operation(*io_, [&](auto handler) { ws_->async_read(buffer, handler); });
     if (ec == websocket::error::closed) return std::optional<std::string>();
     if (ec) return unavailable("the WebSocket ended: " + describe(ec));
     return std::optional<std::string>(beast::buffers_to_string(buffer.data()));
@@ -139,7 +126,8 @@ class WebSocketImpl final : public WebSocketClient {
     if (closed_) return;
     closed_ = true;
     if (ws_->is_open()) {
-      run(*io_, [&](auto handler) { ws_->async_close(websocket::close_code::normal, handler); });
+      run_one_operation(
+          *io_, [&](auto handler) { ws_->async_close(websocket::close_code::normal, handler); });
     }
   }
 
@@ -208,8 +196,8 @@ class HttpClientImpl final : public HttpClient {
     const std::string host = host_header();
     const std::string target = base_.path + path;
     beast::get_lowest_layer(*ws).expires_never();
-    const error_code ec =
-        run(*io, [&](auto handler) { ws->async_handshake(upgrade, host, target, handler); });
+    const error_code ec = run_one_operation(
+        *io, [&](auto handler) { ws->async_handshake(upgrade, host, target, handler); });
     if (ec) {
       if (upgrade.result_int() >= 400) {
         Response response;
@@ -251,7 +239,7 @@ class HttpClientImpl final : public HttpClient {
     if (ec) return unavailable("cannot resolve " + base_.host + ": " + ec.message());
     auto& tcp_stream = beast::get_lowest_layer(stream);
     tcp_stream.expires_after(std::chrono::seconds(30));
-    ec = run(io, [&](auto handler) { tcp_stream.async_connect(endpoints, handler); });
+    ec = run_one_operation(io, [&](auto handler) { tcp_stream.async_connect(endpoints, handler); });
     if (ec) {
       return unavailable("cannot connect to " + host_header() + ": " + describe(ec) +
                          " (is outpost-control running there?)");
@@ -261,7 +249,7 @@ class HttpClientImpl final : public HttpClient {
     }
     stream.set_verify_callback(asio::ssl::host_name_verification(base_.host));
     tcp_stream.expires_after(std::chrono::seconds(30));
-    ec = run(
+    ec = run_one_operation(
         io, [&](auto handler) { stream.async_handshake(asio::ssl::stream_base::client, handler); });
     if (ec) {
       std::string why = describe(ec);
@@ -281,7 +269,8 @@ class HttpClientImpl final : public HttpClient {
     OUTPOST_RETURN_IF_ERROR(connect(io, stream));
     auto& tcp_stream = beast::get_lowest_layer(stream);
     tcp_stream.expires_after(config_.timeout);
-    error_code ec = run(io, [&](auto handler) { http::async_write(stream, request, handler); });
+    error_code ec =
+        run_one_operation(io, [&](auto handler) { http::async_write(stream, request, handler); });
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
     parser.body_limit(boost::none);
@@ -289,15 +278,16 @@ class HttpClientImpl final : public HttpClient {
       // The server may have refused the request early (a body too large) and closed: its answer
       // is still worth reading.
       tcp_stream.expires_after(std::chrono::seconds(10));
-      const error_code read_ec =
-          run(io, [&](auto handler) { http::async_read(stream, buffer, parser, handler); });
+      const error_code read_ec = run_one_operation(
+          io, [&](auto handler) { http::async_read(stream, buffer, parser, handler); });
       if (read_ec || !parser.is_header_done()) {
         return unavailable("sending the request failed: " + describe(ec));
       }
       return to_response(parser.release());
     }
     tcp_stream.expires_after(config_.timeout);
-    ec = run(io, [&](auto handler) { http::async_read_header(stream, buffer, parser, handler); });
+    ec = run_one_operation(
+        io, [&](auto handler) { http::async_read_header(stream, buffer, parser, handler); });
     if (ec) return unavailable("reading the answer failed: " + describe(ec));
     const int status = static_cast<int>(parser.get().result_int());
     if (on_data != nullptr && status < 300) {
@@ -315,7 +305,8 @@ class HttpClientImpl final : public HttpClient {
       parser.on_chunk_body(on_chunk);
       while (!parser.is_done()) {
         tcp_stream.expires_after(config_.timeout);
-        ec = run(io, [&](auto handler) { http::async_read_some(stream, buffer, parser, handler); });
+        ec = run_one_operation(
+            io, [&](auto handler) { http::async_read_some(stream, buffer, parser, handler); });
         if (stopped) return Error(ErrorCode::kCancelled, "stopped reading the answer");
         if (ec) return unavailable("the answer was cut short: " + describe(ec));
         if (!parser.chunked() && !parser.get().body().empty()) {
@@ -329,7 +320,8 @@ class HttpClientImpl final : public HttpClient {
       response.body.clear();
       return response;
     }
-    ec = run(io, [&](auto handler) { http::async_read(stream, buffer, parser, handler); });
+    ec = run_one_operation(
+        io, [&](auto handler) { http::async_read(stream, buffer, parser, handler); });
     if (ec) return unavailable("reading the answer failed: " + describe(ec));
     return to_response(parser.release());
   }

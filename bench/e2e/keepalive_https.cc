@@ -10,6 +10,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 
+#include "tunnel/run_one_operation.h"
 #include "tunnel/tls.h"
 
 namespace outpost::bench {
@@ -23,21 +24,7 @@ using tcp = asio::ip::tcp;
 using boost::system::error_code;
 using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
-// Runs one asynchronous operation to completion on `io`; returns its error code. The stream's
-// deadline (tcp_stream::expires_after) bounds it.
-template <class Start>
-error_code run(asio::io_context& io, Start&& start) {
-  error_code result;
-  bool done = false;
-  start([&result, &done](error_code ec, auto&&...) {
-    result = ec;
-    done = true;
-  });
-  io.restart();
-  while (!done && io.run_one() > 0) {
-  }
-  return result;
-}
+using tunnel::run_one_operation;
 
 }  // namespace
 
@@ -58,7 +45,8 @@ struct KeepAliveHttps::Impl {
     auto& lowest = beast::get_lowest_layer(*stream);
     lowest.expires_after(target.timeout);
     const tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), target.port);
-    error_code ec = run(io, [&](auto handler) { lowest.async_connect(endpoint, handler); });
+    error_code ec =
+        run_one_operation(io, [&](auto handler) { lowest.async_connect(endpoint, handler); });
     if (ec) {
       return unavailable("cannot connect to port " + std::to_string(target.port) + ": " +
                          ec.message());
@@ -68,7 +56,7 @@ struct KeepAliveHttps::Impl {
       return invalid_argument("bad host name for TLS: " + target.host);
     }
     stream->set_verify_callback(asio::ssl::host_name_verification(target.host));
-    ec = run(io, [&](auto handler) {
+    ec = run_one_operation(io, [&](auto handler) {
       stream->async_handshake(asio::ssl::stream_base::client, handler);
     });
     if (ec) {
@@ -106,12 +94,13 @@ struct KeepAliveHttps::Impl {
     OUTPOST_RETURN_IF_ERROR(ensure_open());
     auto& lowest = beast::get_lowest_layer(*stream);
     lowest.expires_after(target.timeout);
-    error_code ec = run(io, [&](auto handler) { http::async_write(*stream, message, handler); });
+    error_code ec =
+        run_one_operation(io, [&](auto handler) { http::async_write(*stream, message, handler); });
     http::response_parser<http::string_body> parser;
     parser.body_limit(boost::none);
     if (!ec) {
-      ec =
-          run(io, [&](auto handler) { http::async_read_header(*stream, buffer, parser, handler); });
+      ec = run_one_operation(
+          io, [&](auto handler) { http::async_read_header(*stream, buffer, parser, handler); });
     }
     if (ec) {
       open = false;
@@ -128,8 +117,8 @@ struct KeepAliveHttps::Impl {
       };
       parser.on_chunk_body(on_chunk);
       while (!parser.is_done()) {
-        ec =
-            run(io, [&](auto handler) { http::async_read_some(*stream, buffer, parser, handler); });
+        ec = run_one_operation(
+            io, [&](auto handler) { http::async_read_some(*stream, buffer, parser, handler); });
         if (ec) break;
         if (!parser.chunked() && !parser.get().body().empty()) {
           (*on_data)(parser.get().body());
@@ -137,7 +126,8 @@ struct KeepAliveHttps::Impl {
         }
       }
     } else {
-      ec = run(io, [&](auto handler) { http::async_read(*stream, buffer, parser, handler); });
+      ec = run_one_operation(
+          io, [&](auto handler) { http::async_read(*stream, buffer, parser, handler); });
     }
     if (ec) {
       open = false;

@@ -32,24 +32,6 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-// Processes (not zombies) whose command line mentions `needle`, whoever their parent is: the
-// CLI's worker is the CLI's child, and is re-parented if the CLI leaves it behind.
-std::vector<pid_t> processes_mentioning(const std::string& needle) {
-  std::vector<pid_t> out;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string stat = read_file(entry.path().string() + "/stat");
-    const auto close = stat.rfind(')');
-    if (close == std::string::npos || stat.compare(close + 2, 1, "Z") == 0) continue;
-    std::string cmdline = read_file(entry.path().string() + "/cmdline");
-    for (char& c : cmdline) c = c == '\0' ? ' ' : c;
-    if (contains(cmdline, needle)) out.push_back(std::stoi(name));
-  }
-  return out;
-}
-
 template <class Predicate>
 bool eventually(Predicate predicate, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;

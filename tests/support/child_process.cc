@@ -137,8 +137,16 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
-std::vector<pid_t> child_pids(pid_t parent, const std::string& needle) {
-  std::vector<pid_t> out;
+namespace {
+
+struct ProcessEntry {
+  pid_t pid = 0;
+  pid_t ppid = 0;
+};
+
+// Live processes (not zombies) whose command line contains `needle`, from /proc.
+std::vector<ProcessEntry> live_processes(const std::string& needle) {
+  std::vector<ProcessEntry> out;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
     const std::string name = entry.path().filename();
@@ -150,11 +158,27 @@ std::vector<pid_t> child_pids(pid_t parent, const std::string& needle) {
     std::string state;
     pid_t ppid = 0;
     fields >> state >> ppid;
-    if (ppid != parent || state == "Z") continue;
+    if (state == "Z") continue;
     std::string cmdline = read_file(entry.path().string() + "/cmdline");
     for (char& c : cmdline) c = c == '\0' ? ' ' : c;
-    if (cmdline.find(needle) != std::string::npos) out.push_back(std::stoi(name));
+    if (cmdline.find(needle) != std::string::npos) out.push_back({std::stoi(name), ppid});
   }
+  return out;
+}
+
+}  // namespace
+
+std::vector<pid_t> child_pids(pid_t parent, const std::string& needle) {
+  std::vector<pid_t> out;
+  for (const auto& process : live_processes(needle)) {
+    if (process.ppid == parent) out.push_back(process.pid);
+  }
+  return out;
+}
+
+std::vector<pid_t> processes_mentioning(const std::string& needle) {
+  std::vector<pid_t> out;
+  for (const auto& process : live_processes(needle)) out.push_back(process.pid);
   return out;
 }
 

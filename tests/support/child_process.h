@@ -51,6 +51,9 @@ std::string read_file(const std::string& path);
 
 // PIDs of the children of `parent` whose command line contains `needle`.
 std::vector<pid_t> child_pids(pid_t parent, const std::string& needle);
+// PIDs of live processes (not zombies) whose command line contains `needle`, whoever their
+// parent is (a process left behind is re-parented).
+std::vector<pid_t> processes_mentioning(const std::string& needle);
 
 // Whether process `pid` holds a listening TCP socket (IPv4 or IPv6), from /proc.
 bool has_listening_tcp_socket(pid_t pid);
