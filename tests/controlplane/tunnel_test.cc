@@ -61,8 +61,8 @@ class TinyHttpServer {
 
 class TunnelTest : public ::testing::Test {
  protected:
-  explicit TunnelTest(std::string extra_yaml = {})
-      : control_(pki_, std::move(extra_yaml)),
+  explicit TunnelTest(const std::string& extra_yaml = {})
+      : control_(pki_, extra_yaml),
         admin_(control_.base_url(), pki_.ca_file(), control_.admin_token()) {}
 
   void make_pool(const std::string& cc = "cc", const std::string& np = "np") {
