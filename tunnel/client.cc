@@ -358,6 +358,10 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
 
   void on_goaway(const std::shared_ptr<Connection>& connection, Errc code, const std::string& why) {
     if (!connection || stopped_) return;
+    // Replaced by a newer connection with this identity: another agent holds this node's
+    // credential. Fighting back at once would make the two replace each other in a loop; the
+    // close that follows takes the slow, refused path instead (on_closed).
+    if (code == Errc::kReplaced) return;
     {
       std::lock_guard<std::mutex> lock(connection_mutex_);
       if (current_ != connection) return;
@@ -397,12 +401,14 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
       backoff_.on_disconnected();
       LOG_WARNING("tunnel.down",
                   "connection " << index_ << " to " << target_name() << " lost: " << why);
-      const bool replaced = code == make_error_code(Errc::kReplaced);
-      if (replaced) {
+      if (code == make_error_code(Errc::kReplaced)) {
         LOG_ERROR("tunnel.replaced",
                   "connection " << index_
                                 << " was replaced by another with the same identity; is a second "
                                    "agent running with this node's credential?");
+        return failed(FailureKind::kRefused,
+                      "replaced by a newer connection with this node's identity (a second agent "
+                      "with the same credential?)");
       }
       return failed(FailureKind::kTransient, "connection lost: " + why);
     }

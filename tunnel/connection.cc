@@ -350,7 +350,10 @@ void Connection::on_read(error_code ec, size_t bytes) {
   auto& buffer = transport_->read_buffer();
   if (ec) {
     if (closed_) return;
-    if (ec == websocket::error::closed) {
+    if (ec == websocket::error::closed && goaway_received_) {
+      // The peer said why before closing (replaced, going away...): that is the reason.
+      fail(peer_goaway_code_, "peer went away: " + peer_goaway_reason_, CloseMode::kAbort);
+    } else if (ec == websocket::error::closed) {
       const auto& reason = transport_->ws().reason();
       fail(Errc::kTunnelLost,
            "peer closed the connection (" + std::to_string(reason.code) + " " +
@@ -636,6 +639,8 @@ void Connection::handle_goaway(const Frame& frame) {
   peer_last_accepted_id_ = frame.last_stream_id;
   const Errc code = is_wire_code(frame.code) ? static_cast<Errc>(frame.code) : Errc::kInternalError;
   const std::string reason(frame.reason);
+  peer_goaway_code_ = code;
+  peer_goaway_reason_ = reason;
   LOG_INFO("tunnel.goaway_received",
            "peer " << peer_id() << " is going away (" << errc_name(code) << ": " << reason << ")");
   // Our streams above last_stream_id were never processed: refused, so safe to retry elsewhere.
@@ -856,7 +861,12 @@ void Connection::maybe_finish_drain() {
   // produced; that frame must go out before the closing handshake.
   post([self = shared_from_this()] {
     if (self->closed_ || !self->streams_.empty()) return;
-    self->fail(Errc::kNoError, "drained", CloseMode::kClose);
+    if (self->draining_) {
+      self->fail(Errc::kNoError, "drained", CloseMode::kClose);
+    } else {  // the peer's GOAWAY ended it: keep the peer's reason
+      self->fail(self->peer_goaway_code_, "peer went away: " + self->peer_goaway_reason_,
+                 CloseMode::kClose);
+    }
   });
 }
 

@@ -309,6 +309,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::atomic<size_t> stream_count_{0};
   std::atomic<bool> goaway_received_{false};
   uint32_t peer_last_accepted_id_ = kMaxWindow;
+  // The peer's GOAWAY, once received: why the connection ends when the peer then closes it.
+  Errc peer_goaway_code_ = Errc::kNoError;
+  std::string peer_goaway_reason_;
   bool closing_handshake_ = false;  // a WebSocket close is queued or in flight
   bool transport_shut_ = false;
   bool close_notified_ = false;

@@ -210,12 +210,21 @@ TEST(ClientTest, NewerConnectionWithTheSameIdentityReplacesTheOlder) {
   ASSERT_TRUE(first.wait_connected(1));
   ClientHarness second(options);
   ASSERT_TRUE(second.wait_connected(1));
-  // The first agent's connection was closed as replaced; the server keeps one per index.
-  ASSERT_TRUE(eventually([&] { return first.client->status().connected() == 0; }));
-  EXPECT_EQ(server.server->connection_count(), 1u);
+  // The first agent's connection was closed as replaced. It says why and waits minutes before
+  // it tries again, rather than replacing the newer one at once (two agents fighting forever).
+  const SlotStatus replaced = wait_for_failures(first, 1);
+  EXPECT_TRUE(replaced.refused);
+  EXPECT_NE(replaced.last_error.find("replaced"), std::string::npos) << replaced.last_error;
+  ASSERT_TRUE(eventually([&] { return scheduler.pending() == 1; }));
+  EXPECT_GE(scheduler.delays()[0], std::chrono::minutes(2));
+  EXPECT_EQ(first.client->status().connected(), 0);
+  EXPECT_EQ(second.client->status().connected(), 1);
+  // The server keeps one connection per identity and index: the newer one.
+  EXPECT_TRUE(eventually([&] { return server.server->connection_count() == 1u; }));
   std::lock_guard<std::mutex> lock(server.mutex);
   ASSERT_FALSE(server.disconnect_codes.empty());
   EXPECT_EQ(server.disconnect_codes.front(), make_error_code(Errc::kReplaced));
+  EXPECT_EQ(server.disconnect_codes.size(), 1u);
 }
 
 TEST(ClientTest, ShutdownDrainsInFlightStreams) {
