@@ -5,7 +5,7 @@
 //   data_dir: /var/lib/outpost-control
 //   tls: {cert_file: /etc/outpost-control/tls.crt, key_file: /etc/outpost-control/tls.key}
 //   worker_path: /usr/lib/outpost/outpost-worker      # runs `inspect` on uploaded models
-//   admin: {user: admin, token_file: /etc/outpost-control/admin-token}
+//   admin: {user: admin, token_file: /var/lib/outpost-control/admin-token}
 //   limits: {max_request_bytes: 16777216, max_model_bytes: 2147483648,
 //            inspect_timeout_seconds: 120, predict_timeout_seconds: 300}
 //   url_inputs: {allow_private_addresses: false, max_bytes: 16777216, timeout_seconds: 10,

@@ -24,6 +24,7 @@
 #include "controlplane/url_fetcher.h"
 #include "tunnel/server.h"
 #include "tunnel/tls.h"
+#include <unistd.h>
 
 namespace outpost::control {
 
@@ -32,12 +33,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The worker next to this executable: in a build tree or an install, they sit side by side.
+// The worker next to this executable (a build tree), else where the packages install it.
 std::string default_worker_path() {
+  const fs::path installed = "/usr/lib/outpost/outpost-worker";
   std::error_code ec;
   const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) return "outpost-worker";
-  return (self.parent_path() / "outpost-worker").string();
+  if (ec) return installed.string();
+  const fs::path beside = self.parent_path() / "outpost-worker";
+  return ::access(beside.c_str(), X_OK) == 0 || ::access(installed.c_str(), X_OK) != 0
+             ? beside.string()
+             : installed.string();
 }
 
 }  // namespace
