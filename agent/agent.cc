@@ -148,7 +148,18 @@ void Agent::reload(const AgentConfig& config) {
   changed(config.node_name != config_.node_name, "node.name");
   changed(config.state_dir != config_.state_dir || config.runtime_dir != config_.runtime_dir,
           "state_dir/runtime_dir");
+  changed(config.reserved_cpu_millicores != config_.reserved_cpu_millicores ||
+              config.reserved_memory_bytes != config_.reserved_memory_bytes ||
+              config.reserved_accelerator_memory_bytes != config_.reserved_accelerator_memory_bytes,
+          "reserved");
+  changed(config.default_slicing != config_.default_slicing ||
+              config.slicing_per_gpu != config_.slicing_per_gpu,
+          "devices");
+  changed(config.inventory_override != config_.inventory_override, "inventory_override");
+  changed(config.worker_binary != config_.worker_binary, "workers.binary");
+  changed(config.worker_threads != config_.worker_threads, "workers.threads");
   config_.log_level = config.log_level;
+  config_.max_workers = config.max_workers;
   config_.max_inflight_per_replica = config.max_inflight_per_replica;
   config_.max_streams = config.max_streams;
   config_.restart_backoff_max_seconds = config.restart_backoff_max_seconds;

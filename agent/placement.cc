@@ -159,4 +159,20 @@ Placement place(const std::vector<Device>& devices, const std::vector<DesiredRep
   return out;
 }
 
+void cap_workers(Placement& placement, size_t max_workers, const std::set<std::string>& running) {
+  if (placement.workers.size() <= max_workers) return;
+  std::stable_partition(
+      placement.workers.begin(), placement.workers.end(),
+      [&running](const WorkerPlan& plan) { return running.count(plan.worker_id) != 0; });
+  const std::string why = "workers.max_workers (" + std::to_string(max_workers) +
+                          ") reached: this node starts no more worker processes";
+  for (size_t i = max_workers; i < placement.workers.size(); ++i) {
+    for (const auto& id : placement.workers[i].replica_ids) {
+      placement.device_of.erase(id);
+      placement.unplaced[id] = why;
+    }
+  }
+  placement.workers.resize(max_workers);
+}
+
 }  // namespace outpost::agent

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -57,5 +58,10 @@ std::vector<Device> devices_of(const Inventory& inventory, const AgentConfig& co
 // it was.
 Placement place(const std::vector<Device>& devices, const std::vector<DesiredReplica>& replicas,
                 const Placement& previous);
+
+// workers.max_workers: keeps at most `max_workers` worker plans, those in `running` (worker ids
+// of processes that already run) first, then in plan order. The replicas of the plans dropped
+// move to `unplaced`, with the reason.
+void cap_workers(Placement& placement, size_t max_workers, const std::set<std::string>& running);
 
 }  // namespace outpost::agent

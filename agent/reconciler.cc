@@ -104,7 +104,9 @@ Reconciler::Reconciler(boost::asio::io_context& io, AgentConfig config, Inventor
       artifacts_(artifacts),
       session_(std::move(session)),
       max_inflight_per_replica_(config_.max_inflight_per_replica),
-      max_streams_(config_.max_streams) {
+      max_streams_(config_.max_streams),
+      max_workers_(config_.max_workers),
+      restart_backoff_max_seconds_(config_.restart_backoff_max_seconds) {
   cleanup_leftover_workers();
   last_pass_ms_ = std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
   thread_ = std::thread([this] { run(); });
@@ -136,8 +138,9 @@ void Reconciler::notify_change() {
 void Reconciler::update_limits(const AgentConfig& config) {
   max_inflight_per_replica_ = config.max_inflight_per_replica;
   max_streams_ = config.max_streams;
-  std::lock_guard<std::mutex> lock(mutex_);
-  config_.restart_backoff_max_seconds = config.restart_backoff_max_seconds;
+  max_workers_ = config.max_workers;
+  restart_backoff_max_seconds_ = config.restart_backoff_max_seconds;
+  wake_.notify_all();  // a pass now: a higher max_workers may let waiting replicas start
 }
 
 void Reconciler::apply(DesiredState state) {
@@ -285,6 +288,11 @@ void Reconciler::pass() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     placement = place(devices_, specs, placement_);
+    std::set<std::string> running;
+    for (const auto& [id, worker] : workers_) {
+      if (worker->process) running.insert(id);
+    }
+    cap_workers(placement, static_cast<size_t>(max_workers_.load()), running);
     placement_ = placement;
   }
   for (auto& replica : replicas) {
@@ -518,7 +526,7 @@ void Reconciler::check_worker(Worker& worker) {
     const bool stable = Clock::now() - worker.started_at >= kStableWorker;
     worker.crashes_in_a_row = stable ? 1 : worker.crashes_in_a_row + 1;
     const auto delay =
-        restart_delay(worker.crashes_in_a_row - 1, config_.restart_backoff_max_seconds);
+        restart_delay(worker.crashes_in_a_row - 1, restart_backoff_max_seconds_.load());
     LOG_ERROR("agent.worker_crashed",
               "worker " << worker.plan.worker_id << " (pid " << worker.process->pid() << ") "
                         << worker.last_exit << "; restarting in "
@@ -551,7 +559,7 @@ void Reconciler::check_worker(Worker& worker) {
     if (Status started = start_worker(worker); !started.ok()) {
       worker.crashes_in_a_row++;
       worker.next_start = Clock::now() + restart_delay(worker.crashes_in_a_row,
-                                                       config_.restart_backoff_max_seconds);
+                                                       restart_backoff_max_seconds_.load());
       worker.client.reset();
       worker.pid = 0;
       worker.process.reset();

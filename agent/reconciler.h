@@ -139,8 +139,11 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   std::map<std::string, std::shared_ptr<Worker>> workers_;
   Placement placement_;
   std::atomic<int> open_streams_{0};
+  // Limits that SIGHUP changes (update_limits) while the reconcile thread reads them.
   std::atomic<int> max_inflight_per_replica_;
   std::atomic<int> max_streams_;
+  std::atomic<int> max_workers_;
+  std::atomic<int> restart_backoff_max_seconds_;
 
   bool stopping_ = false;
   std::function<void()> on_stopped_;

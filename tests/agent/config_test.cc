@@ -84,6 +84,22 @@ log_level: chatty
   }
 }
 
+TEST(AgentConfigTest, RuntimeDirTooLongForWorkerSocketsIsRefused) {
+  // Worker sockets are RUNTIME_DIR/workers/w-<16 hex>.sock, and a Unix socket path holds at
+  // most 107 bytes: 75 characters fit, 76 do not.
+  const auto with_runtime_dir = [](size_t length) {
+    const std::string dir = "/" + std::string(length - 1, 'r');
+    return parse_agent_config("control_plane: {url: 'wss://cp'}\nruntime_dir: " + dir + "\n",
+                              "agent.yaml");
+  };
+  EXPECT_TRUE(with_runtime_dir(75).ok());
+  const auto refused = with_runtime_dir(76);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message().find("runtime_dir: too long"), std::string::npos)
+      << refused.error().message();
+  EXPECT_NE(refused.error().message().find("at most 75 characters"), std::string::npos);
+}
+
 TEST(AgentConfigTest, MalformedYamlIsAClearError) {
   const auto config = parse_agent_config("control_plane: [unclosed\n", "agent.yaml");
   ASSERT_FALSE(config.ok());

@@ -135,5 +135,28 @@ TEST(PlacementTest, MpsGivesEachReplicaItsOwnWorkerAndMigSplitsTheGpu) {
   EXPECT_EQ(mps_workers, 2);
 }
 
+TEST(PlacementTest, MaxWorkersKeepsRunningWorkersAndReportsTheRest) {
+  AgentConfig config;
+  config.slicing_per_gpu[0] = SlicingMode::kMps;  // a worker per replica
+  const auto devices = devices_of(fake_two_gpu_host(), config);
+  auto placement =
+      place(devices, {gpu_replica("a", 4), gpu_replica("b", 4), gpu_replica("c", 4)}, {});
+  ASSERT_EQ(placement.workers.size(), 3u);
+  const std::string running = placement.workers[2].worker_id;
+  const std::string kept_replica = placement.workers[2].replica_ids.at(0);
+  cap_workers(placement, 2, {running});
+  ASSERT_EQ(placement.workers.size(), 2u);
+  EXPECT_EQ(placement.workers[0].worker_id, running);  // a running worker is never the one cut
+  EXPECT_EQ(placement.device_of.count(kept_replica), 1u);
+  ASSERT_EQ(placement.unplaced.size(), 1u);
+  const auto& [cut, why] = *placement.unplaced.begin();
+  EXPECT_EQ(placement.device_of.count(cut), 0u);
+  EXPECT_NE(why.find("workers.max_workers (2) reached"), std::string::npos) << why;
+  // Under the cap nothing changes.
+  const auto before = placement.workers.size();
+  cap_workers(placement, 16, {});
+  EXPECT_EQ(placement.workers.size(), before);
+}
+
 }  // namespace
 }  // namespace outpost::agent
