@@ -43,13 +43,14 @@ const std::string& Call::batch_key() const {
 }
 
 ModelHost::ModelHost(std::string name, std::unique_ptr<LoadedModel> model, FairScheduler& scheduler,
-                     ResponseSink& sink, const Clock& clock)
+                     ResponseSink& sink, const Clock& clock, size_t max_output_bytes)
     : name_(std::move(name)),
       model_(std::move(model)),
       scheduler_(scheduler),
       tenant_(scheduler.add_tenant(name_)),
       sink_(sink),
-      clock_(clock) {
+      clock_(clock),
+      max_output_bytes_(max_output_bytes) {
   for (const auto& method : model_->methods()) methods_.emplace(method.name, MethodState(method));
 }
 
@@ -176,6 +177,17 @@ ModelHost::Ending ModelHost::cancelled_ending_locked(const std::shared_ptr<Call>
 
 void ModelHost::send(const Call& call, const json& header, const std::vector<std::string>& parts) {
   sink_.send(call, header, parts);
+}
+
+std::optional<Error> ModelHost::too_large(const Call& call, const WireValue& output) const {
+  // The message around the output ({"type":"result","id":...,"seq":N,"outputs":}) is small.
+  size_t bytes = 128 + call.id().size() + output.value.dump().size();
+  for (const auto& part : output.parts) bytes += part.size();
+  if (bytes <= max_output_bytes_) return std::nullopt;
+  return Error(ErrorCode::kResourceExhausted,
+               "the output takes " + std::to_string(bytes) + " bytes, over the " +
+                   std::to_string(max_output_bytes_) +
+                   "-byte message limit (limits.max_message_bytes); ask for less");
 }
 
 void ModelHost::finish(const std::shared_ptr<Call>& call, const json& header,
@@ -382,6 +394,8 @@ void ModelHost::execute_unary(ModelInstance& instance, Work& work, FairScheduler
       finish(call, error_header(call->id(), call->pending_error_.value_or(cancelled_error())));
     } else if (!results[i].ok()) {
       finish(call, error_header(call->id(), results[i].error()));
+    } else if (auto error = too_large(*call, *results[i])) {
+      finish(call, error_header(call->id(), *error));
     } else {
       json header{
           {"type", msg::kResult}, {"id", call->id()}, {"outputs", std::move(results[i]->value)}};
@@ -431,6 +445,12 @@ void ModelHost::execute_generate_step(ModelInstance& instance, Work& work,
     auto& call = work.calls[i];
     auto& outcome = outcomes[i];
     ++call->steps_;
+    if (outcome.chunk && !outcome.error) {
+      if (auto error = too_large(*call, *outcome.chunk)) {
+        outcome.error = std::move(error);
+        outcome.chunk.reset();
+      }
+    }
     if (outcome.error) continue;
     if (outcome.chunk && !call->cancelled_) {
       json header{{"type", msg::kChunk},
@@ -493,6 +513,9 @@ void ModelHost::execute_stream_item(ModelInstance& instance, Work& work,
   }
   scheduler_.stop_clock(grant);
   ++stream_items_;
+  if (output.ok()) {
+    if (auto error = too_large(*call, *output)) output = std::move(*error);
+  }
   if (output.ok() && !call->cancelled_) {
     json header{{"type", msg::kOutput},
                 {"id", call->id()},

@@ -96,8 +96,10 @@ class Call {
 
 class ModelHost {
  public:
+  // `max_output_bytes`: the most one result, chunk or stream output may take on the wire (the
+  // client's message limit); a bigger one ends its call with resource_exhausted.
   ModelHost(std::string name, std::unique_ptr<LoadedModel> model, FairScheduler& scheduler,
-            ResponseSink& sink, const Clock& clock);
+            ResponseSink& sink, const Clock& clock, size_t max_output_bytes);
   ~ModelHost();
   ModelHost(const ModelHost&) = delete;
   ModelHost& operator=(const ModelHost&) = delete;
@@ -169,6 +171,8 @@ class ModelHost {
               const std::vector<std::string>& parts = {});
   void finish_all(std::vector<Ending>& endings);
   void send(const Call& call, const nlohmann::json& header, const std::vector<std::string>& parts);
+  // An error when `output` would not fit in one message to the client.
+  std::optional<Error> too_large(const Call& call, const WireValue& output) const;
 
   const std::string name_;
   std::unique_ptr<LoadedModel> model_;
@@ -176,6 +180,7 @@ class ModelHost {
   FairScheduler::TenantId tenant_;
   ResponseSink& sink_;
   const Clock& clock_;
+  const size_t max_output_bytes_;
 
   mutable std::mutex mutex_;
   std::condition_variable work_ready_;

@@ -397,7 +397,8 @@ Result<std::shared_ptr<ModelHost>> WorkerServer::load_model(const std::string& n
   entry.model_id = package.config.model_id;
   entry.file_sha256 = package.file_sha256;
   entry.load_ms = std::chrono::duration_cast<milliseconds>(clock_.now() - started).count();
-  auto host = std::make_shared<ModelHost>(name, std::move(model), scheduler_, *this, clock_);
+  auto host = std::make_shared<ModelHost>(name, std::move(model), scheduler_, *this, clock_,
+                                          spec_.limits.max_message_bytes);
   host->start();
   return host;
 }

@@ -351,6 +351,44 @@ TEST(BadInputs, MalformedAndOversizedMessagesAreRefusedCleanly) {
   EXPECT_TRUE(worker.health().at("healthy"));
 }
 
+// An output bigger than the client accepts ends that call with a clear error; before, the
+// client dropped the reply and the call never finished.
+TEST(BadInputs, AnOutputOverTheMessageLimitIsAnErrorNotAHang) {
+  WorkerHarness worker({Model(model_package("types"))},
+                       [](WorkerSpec& spec) { spec.limits.max_message_bytes = 64 * 1024; });
+  worker.ready();
+  // echo returns its inputs. A tensor given as "values" costs 2 bytes per zero on the way in
+  // and 4 (float32) on the way out: 16,000 zeros and a 2,000-byte string make a 34 kB request
+  // and a 66 kB answer.
+  const auto echo = [](int64_t zeros) {
+    WireValue input;
+    input.value = json{{"s", std::string(2000, 's')},
+                       {"i", 1},
+                       {"f", 1.0},
+                       {"b", true},
+                       {"t",
+                        {{"dtype", "float32"},
+                         {"shape", {zeros}},
+                         {"values", std::vector<int>(static_cast<size_t>(zeros), 0)}}},
+                       {"li", json::array()},
+                       {"d", json::object()}};
+    return input;
+  };
+  auto& client = worker.client();
+  auto big = client.unary("types", "echo", echo(16'000));
+  ASSERT_EQ(big.wait_for(std::chrono::seconds(60)), std::future_status::ready)
+      << "the call never finished";
+  const auto refused = big.get();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kResourceExhausted);
+  EXPECT_NE(refused.error().message().find("message limit"), std::string::npos)
+      << refused.error().message();
+  // The model, the worker and the connection go on.
+  const auto small = client.unary("types", "echo", echo(100)).get();
+  ASSERT_TRUE(small.ok()) << small.error().to_string();
+  EXPECT_TRUE(worker.health().at("healthy"));
+}
+
 // Unload drains the model, frees its weights, and the process's memory really goes down.
 TEST(Unload, ReturnsTheMemory) {
   WorkerHarness worker({Model(model_package("text"))});
