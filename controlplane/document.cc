@@ -11,6 +11,8 @@
 #include <yaml-cpp/parser.h>
 #include <yaml-cpp/yaml.h>
 
+#include "common/utf8.h"
+
 namespace outpost::control {
 
 using nlohmann::json;
@@ -157,6 +159,12 @@ bool has_several_documents(const std::string& text) {
 
 Result<json> parse_yaml(std::string_view text) {
   // yaml-cpp reports errors by exception; they are caught here and become a request error.
+  // Strings must be UTF-8 (JSON's rule): anything else would make every later json::dump()
+  // of the stored document throw.
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos) {
+    return invalid_argument("the YAML body is not valid UTF-8 (at byte " + std::to_string(bad) +
+                            ")");
+  }
   try {
     const std::string body(text);
     if (has_several_documents(body)) {

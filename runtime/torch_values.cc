@@ -12,6 +12,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
+#include "common/utf8.h"
 #include "runtime/worker_protocol.h"
 
 namespace outpost::runtime {
@@ -46,31 +47,6 @@ std::string json_kind(const json& value) {
 Error mismatch(const std::string& where, const c10::TypePtr& type, const json& value) {
   return invalid_argument(where + ": expected " + type->annotation_str() + ", got " +
                           json_kind(value));
-}
-
-bool valid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t extra = 0;
-    if (c < 0x80) {
-      extra = 0;
-    } else if ((c & 0xe0) == 0xc0 && c >= 0xc2) {
-      extra = 1;
-    } else if ((c & 0xf0) == 0xe0) {
-      extra = 2;
-    } else if ((c & 0xf8) == 0xf0 && c <= 0xf4) {
-      extra = 3;
-    } else {
-      return false;
-    }
-    if (extra > 0 && i + extra >= s.size()) return false;
-    for (size_t k = 1; k <= extra; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
-    }
-    i += extra + 1;
-  }
-  return true;
 }
 
 at::Tensor tensor_from_wire(const WireTensor& wire) {

@@ -258,6 +258,19 @@ TEST(DocumentTest, StrayFlowEntriesAreRefusedNotHung) {
   EXPECT_TRUE(parse_body_object("a: 1\n", "application/yaml").ok());
 }
 
+// Strings that are not UTF-8 are refused at the door: stored, they made every later
+// json::dump() throw (found by the resource_config fuzzer: a crash of the control plane).
+TEST(DocumentTest, YamlThatIsNotUtf8IsRefused) {
+  const std::string body =
+      "nodepool:\n  id: np\n  capacity_types: [\xcb"
+      "1, 2]\n";
+  auto parsed = parse_body_object(body, "application/yaml");
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.error().message().find("not valid UTF-8 (at byte 38)"), std::string::npos)
+      << parsed.error().message();
+  EXPECT_TRUE(parse_body_object("name: \"h\xc3\xa9llo\"\n", "application/yaml").ok());
+}
+
 // A number too large for a double is refused like any other malformed JSON (it used to throw
 // out of the parser and end the process; found by the resource_config fuzzer).
 TEST(DocumentTest, NumbersThatOverflowAreMalformedJson) {
