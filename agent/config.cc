@@ -5,7 +5,6 @@
 #include <functional>
 #include <set>
 #include <sstream>
-#include <string_view>
 
 #include <yaml-cpp/yaml.h>
 
@@ -201,16 +200,15 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
       config.log_level != "notice" && config.log_level != "info" && config.log_level != "debug") {
     problems.add("log_level", "must be one of error, warning, notice, info, debug");
   }
-  // A Unix socket path is at most 107 bytes, and the longest under runtime_dir is a worker's
-  // (Reconciler::endpoint_for: "/workers/w-" + 16 hex digits + ".sock").
+  // A Unix socket path is at most 107 bytes, and the longest under runtime_dir is a worker's.
   constexpr size_t kMaxSocketPath = 107;
-  constexpr size_t kWorkerSocketSuffix =
-      std::string_view("/workers/w-0123456789abcdef.sock").size();
-  if (config.runtime_dir.size() + kWorkerSocketSuffix > kMaxSocketPath) {
+  const size_t worker_socket = config.worker_file(std::string(16, '0'), ".sock").size();
+  if (worker_socket > kMaxSocketPath) {
+    const size_t suffix = worker_socket - config.runtime_dir.size();
     problems.add("runtime_dir",
                  "too long: worker sockets under it would not fit a Unix socket "
                  "path (at most " +
-                     std::to_string(kMaxSocketPath - kWorkerSocketSuffix) + " characters)");
+                     std::to_string(kMaxSocketPath - suffix) + " characters)");
   }
 
   const YAML::Node reserved = root["reserved"];

@@ -55,6 +55,12 @@ struct AgentConfig {
   std::string log_level = "info";
 
   std::string socket_path() const { return runtime_dir + "/outpostd.sock"; }
+  // A worker's files: its ZeroMQ socket (".sock"), pid file (".pid") and log (".log"). `tag` names
+  // the worker in 16 hex digits (the reconciler hashes the worker's id).
+  std::string worker_dir() const { return runtime_dir + "/workers"; }
+  std::string worker_file(const std::string& tag, const char* suffix) const {
+    return worker_dir() + "/w-" + tag + suffix;
+  }
   std::string credential_path() const { return state_dir + "/node-credential"; }
   std::string artifact_dir() const { return state_dir + "/artifacts"; }
 };

@@ -8,6 +8,7 @@
 #include <boost/asio/post.hpp>
 
 #include "common/log.h"
+#include "common/worker_binary.h"
 #include <signal.h>
 #include <unistd.h>
 
@@ -377,8 +378,7 @@ void Reconciler::pass() {
     worker->client.reset();
     worker->pid = 0;
     worker->process.reset();
-    ::unlink(
-        (config_.runtime_dir + "/workers/w-" + fnv_hex(worker->plan.worker_id) + ".pid").c_str());
+    ::unlink(config_.worker_file(fnv_hex(worker->plan.worker_id), ".pid").c_str());
   }
   if (!idle.empty()) notify_change();
 }
@@ -425,19 +425,12 @@ void Reconciler::fetch_missing(Replica& replica, const std::shared_ptr<Replica>&
 }
 
 std::string Reconciler::endpoint_for(const std::string& worker_id) const {
-  return "ipc://" + config_.runtime_dir + "/workers/w-" + fnv_hex(worker_id) + ".sock";
+  return "ipc://" + config_.worker_file(fnv_hex(worker_id), ".sock");
 }
 
 std::string Reconciler::worker_binary() const {
   if (!config_.worker_binary.empty()) return config_.worker_binary;
-  std::error_code ec;
-  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  for (const fs::path& candidate : {self.parent_path() / "outpost-worker",
-                                    self.parent_path().parent_path() / "runtime" / "outpost-worker",
-                                    fs::path("/usr/lib/outpost/outpost-worker")}) {
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
-  }
-  return "/usr/lib/outpost/outpost-worker";
+  return locate_worker_binary().value_or(kInstalledWorkerBinary);
 }
 
 void Reconciler::ensure_worker(const WorkerPlan& plan) {
@@ -490,18 +483,18 @@ Status Reconciler::start_worker(Worker& worker) {
   }
   spec.intra_op_threads = config_.worker_threads;
   std::error_code ec;
-  fs::create_directories(config_.runtime_dir + "/workers", ec);
-  const std::string base = config_.runtime_dir + "/workers/w-" + fnv_hex(worker.plan.worker_id);
-  ::unlink((base + ".sock").c_str());
+  fs::create_directories(config_.worker_dir(), ec);
+  const std::string tag = fnv_hex(worker.plan.worker_id);
+  ::unlink(config_.worker_file(tag, ".sock").c_str());
   runtime::WorkerProcess::Options options;
   options.binary = worker_binary();
   options.spec = spec;
-  options.log_file = base + ".log";
+  options.log_file = config_.worker_file(tag, ".log");
   options.environment = environment;
   OUTPOST_ASSIGN_OR_RETURN(worker.process, runtime::WorkerProcess::spawn(options));
   worker.pid = worker.process->pid();
   {
-    std::ofstream pid(base + ".pid");
+    std::ofstream pid(config_.worker_file(tag, ".pid"));
     pid << worker.process->pid() << "\n";
   }
   runtime::WorkerClient::Options client_options;
@@ -511,7 +504,7 @@ Status Reconciler::start_worker(Worker& worker) {
   auto ready = shared->wait_ready(kWorkerReadyTimeout);
   if (!ready.ok()) {
     return Error(ready.error().code(), "worker did not become ready: " + ready.error().message() +
-                                           " (see " + base + ".log)");
+                                           " (see " + config_.worker_file(tag, ".log") + ")");
   }
   std::lock_guard<std::mutex> lock(mutex_);
   worker.client = std::move(shared);
@@ -657,8 +650,7 @@ void Reconciler::unload_replica(Worker& worker, const std::string& replica_id) {
 void Reconciler::cleanup_leftover_workers() {
   // Workers of an earlier outpostd that did not die with it: never run two for one replica.
   std::error_code ec;
-  const std::string dir = config_.runtime_dir + "/workers";
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+  for (const auto& entry : fs::directory_iterator(config_.worker_dir(), ec)) {
     if (entry.path().extension() != ".pid") continue;
     std::ifstream in(entry.path());
     pid_t pid = 0;

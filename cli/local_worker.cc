@@ -8,6 +8,7 @@
 #include <fstream>
 #include <utility>
 
+#include "common/worker_binary.h"
 #include <unistd.h>
 
 namespace outpost::cli {
@@ -17,11 +18,6 @@ namespace {
 std::atomic<bool> interrupt_received{false};
 
 void on_interrupt(int /*signal*/) { interrupt_received = true; }
-
-bool is_executable_file(const std::string& path) {
-  std::error_code ignored;
-  return std::filesystem::is_regular_file(path, ignored) && ::access(path.c_str(), X_OK) == 0;
-}
 
 // A fresh 0700 directory for the socket and the log, short enough for a Unix socket path.
 Result<std::string> make_private_dir() {
@@ -57,18 +53,9 @@ Result<std::string> find_worker_binary(const std::string& requested) {
     }
     return std::string(from_env);
   }
-  std::error_code error;
-  const auto self = std::filesystem::read_symlink("/proc/self/exe", error);
-  if (error) {
-    return Error(ErrorCode::kNotFound,
-                 std::string("cannot find the outpost binary's directory; ") + kHint);
-  }
-  const std::string beside = (self.parent_path() / "outpost-worker").string();
-  if (!is_executable_file(beside)) {
-    return Error(ErrorCode::kNotFound,
-                 "no outpost-worker next to " + self.string() + " (" + beside + "); " + kHint);
-  }
-  return beside;
+  if (auto located = locate_worker_binary()) return *located;
+  return Error(ErrorCode::kNotFound, "no outpost-worker at " + worker_binary_beside_self() +
+                                         " nor at " + kInstalledWorkerBinary + "; " + kHint);
 }
 
 bool LocalWorker::interrupted() { return interrupt_received.load(); }

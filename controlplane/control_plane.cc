@@ -11,6 +11,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "common/log.h"
+#include "common/worker_binary.h"
 #include "controlplane/agent_service.h"
 #include "controlplane/api.h"
 #include "controlplane/artifact_store.h"
@@ -24,7 +25,6 @@
 #include "controlplane/url_fetcher.h"
 #include "tunnel/server.h"
 #include "tunnel/tls.h"
-#include <unistd.h>
 
 namespace outpost::control {
 
@@ -33,16 +33,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The worker next to this executable (a build tree), else where the packages install it.
+// When none is found, the inspector's error names where it was expected beside this program.
 std::string default_worker_path() {
-  const fs::path installed = "/usr/lib/outpost/outpost-worker";
-  std::error_code ec;
-  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) return installed.string();
-  const fs::path beside = self.parent_path() / "outpost-worker";
-  return ::access(beside.c_str(), X_OK) == 0 || ::access(installed.c_str(), X_OK) != 0
-             ? beside.string()
-             : installed.string();
+  return locate_worker_binary().value_or(worker_binary_beside_self());
 }
 
 }  // namespace

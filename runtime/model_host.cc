@@ -43,14 +43,13 @@ const std::string& Call::batch_key() const {
 }
 
 ModelHost::ModelHost(std::string name, std::unique_ptr<LoadedModel> model, FairScheduler& scheduler,
-                     ResponseSink& sink, const Clock& clock, size_t max_output_bytes)
+                     ResponseSink& sink, const Clock& clock)
     : name_(std::move(name)),
       model_(std::move(model)),
       scheduler_(scheduler),
       tenant_(scheduler.add_tenant(name_)),
       sink_(sink),
-      clock_(clock),
-      max_output_bytes_(max_output_bytes) {
+      clock_(clock) {
   for (const auto& method : model_->methods()) methods_.emplace(method.name, MethodState(method));
 }
 
@@ -175,25 +174,19 @@ ModelHost::Ending ModelHost::cancelled_ending_locked(const std::shared_ptr<Call>
   return {call, end_header(*call, "cancelled", call->sent_.load())};
 }
 
-void ModelHost::send(const Call& call, const json& header, const std::vector<std::string>& parts) {
-  sink_.send(call, header, parts);
-}
-
-std::optional<Error> ModelHost::too_large(const Call& call, const WireValue& output) const {
-  // The message around the output ({"type":"result","id":...,"seq":N,"outputs":}) is small.
-  size_t bytes = 128 + call.id().size() + output.value.dump().size();
-  for (const auto& part : output.parts) bytes += part.size();
-  if (bytes <= max_output_bytes_) return std::nullopt;
+Status ModelHost::send(const Call& call, const json& header,
+                       const std::vector<std::string>& parts) {
+  const Status sent = sink_.send(call, header, parts);
+  // A client that is gone has its calls cancelled by the server; only a refused size matters.
+  if (sent.ok() || sent.error().code() != ErrorCode::kResourceExhausted) return {};
   return Error(ErrorCode::kResourceExhausted,
-               "the output takes " + std::to_string(bytes) + " bytes, over the " +
-                   std::to_string(max_output_bytes_) +
-                   "-byte message limit (limits.max_message_bytes); ask for less");
+               "the output does not fit the message limit (limits.max_message_bytes): " +
+                   sent.error().message() + "; ask for less");
 }
 
 void ModelHost::finish(const std::shared_ptr<Call>& call, const json& header,
                        const std::vector<std::string>& parts) {
   if (call->finished_.exchange(true)) return;
-  if (header.value("type", "") == msg::kError) ++errors_;
   ++requests_;
   // Forget the call before the client hears of its end, so that what the client asks next
   // (health, a call with the same id) finds it gone.
@@ -202,7 +195,12 @@ void ModelHost::finish(const std::shared_ptr<Call>& call, const json& header,
     std::lock_guard lock(mutex_);
     calls_.erase(call);
   }
-  send(*call, header, parts);
+  bool error = header.value("type", "") == msg::kError;
+  if (const Status sent = send(*call, header, parts); !sent.ok()) {
+    static_cast<void>(send(*call, error_header(call->id(), sent.error()), {}));  // small: fits
+    error = true;
+  }
+  if (error) ++errors_;
   calls_changed_.notify_all();
 }
 
@@ -394,8 +392,6 @@ void ModelHost::execute_unary(ModelInstance& instance, Work& work, FairScheduler
       finish(call, error_header(call->id(), call->pending_error_.value_or(cancelled_error())));
     } else if (!results[i].ok()) {
       finish(call, error_header(call->id(), results[i].error()));
-    } else if (auto error = too_large(*call, *results[i])) {
-      finish(call, error_header(call->id(), *error));
     } else {
       json header{
           {"type", msg::kResult}, {"id", call->id()}, {"outputs", std::move(results[i]->value)}};
@@ -445,21 +441,18 @@ void ModelHost::execute_generate_step(ModelInstance& instance, Work& work,
     auto& call = work.calls[i];
     auto& outcome = outcomes[i];
     ++call->steps_;
-    if (outcome.chunk && !outcome.error) {
-      if (auto error = too_large(*call, *outcome.chunk)) {
-        outcome.error = std::move(error);
-        outcome.chunk.reset();
-      }
-    }
     if (outcome.error) continue;
     if (outcome.chunk && !call->cancelled_) {
       json header{{"type", msg::kChunk},
                   {"id", call->id()},
                   {"seq", call->sent_.load()},
                   {"chunk", std::move(outcome.chunk->value)}};
-      ++call->sent_;
-      ++chunks_;
-      send(*call, header, outcome.chunk->parts);
+      if (Status sent = send(*call, header, outcome.chunk->parts); sent.ok()) {
+        ++call->sent_;
+        ++chunks_;
+      } else {
+        outcome.error = sent.error();  // the call ends with it below
+      }
     }
   }
   {
@@ -513,16 +506,16 @@ void ModelHost::execute_stream_item(ModelInstance& instance, Work& work,
   }
   scheduler_.stop_clock(grant);
   ++stream_items_;
-  if (output.ok()) {
-    if (auto error = too_large(*call, *output)) output = std::move(*error);
-  }
   if (output.ok() && !call->cancelled_) {
     json header{{"type", msg::kOutput},
                 {"id", call->id()},
                 {"seq", call->sent_.load()},
                 {"outputs", std::move(output->value)}};
-    ++call->sent_;
-    send(*call, header, output->parts);
+    if (Status sent = send(*call, header, output->parts); sent.ok()) {
+      ++call->sent_;
+    } else {
+      output = sent.error();  // the call ends with it below
+    }
   }
   std::vector<Ending> endings;
   {

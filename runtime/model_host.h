@@ -39,9 +39,11 @@ class Call;
 class ResponseSink {
  public:
   virtual ~ResponseSink() = default;
-  // Sends one message to the call's client; thread-safe. False when the client is gone.
-  virtual bool send(const Call& call, const nlohmann::json& header,
-                    const std::vector<std::string>& parts) = 0;
+  // Sends one message to the call's client; thread-safe. resource_exhausted, with nothing
+  // sent, when the message is over the client's message limit; unavailable when the client is
+  // gone.
+  virtual Status send(const Call& call, const nlohmann::json& header,
+                      const std::vector<std::string>& parts) = 0;
   // The call's terminal message went out (or its client is gone): forget the call.
   virtual void finished(const Call& call) = 0;
 };
@@ -96,10 +98,8 @@ class Call {
 
 class ModelHost {
  public:
-  // `max_output_bytes`: the most one result, chunk or stream output may take on the wire (the
-  // client's message limit); a bigger one ends its call with resource_exhausted.
   ModelHost(std::string name, std::unique_ptr<LoadedModel> model, FairScheduler& scheduler,
-            ResponseSink& sink, const Clock& clock, size_t max_output_bytes);
+            ResponseSink& sink, const Clock& clock);
   ~ModelHost();
   ModelHost(const ModelHost&) = delete;
   ModelHost& operator=(const ModelHost&) = delete;
@@ -170,9 +170,10 @@ class ModelHost {
   void finish(const std::shared_ptr<Call>& call, const nlohmann::json& header,
               const std::vector<std::string>& parts = {});
   void finish_all(std::vector<Ending>& endings);
-  void send(const Call& call, const nlohmann::json& header, const std::vector<std::string>& parts);
-  // An error when `output` would not fit in one message to the client.
-  std::optional<Error> too_large(const Call& call, const WireValue& output) const;
+  // Sends one message of `call`. An output too large for one message is not sent: the
+  // returned error (resource_exhausted) is what the call must end with.
+  Status send(const Call& call, const nlohmann::json& header,
+              const std::vector<std::string>& parts);
 
   const std::string name_;
   std::unique_ptr<LoadedModel> model_;
@@ -180,7 +181,6 @@ class ModelHost {
   FairScheduler::TenantId tenant_;
   ResponseSink& sink_;
   const Clock& clock_;
-  const size_t max_output_bytes_;
 
   mutable std::mutex mutex_;
   std::condition_variable work_ready_;

@@ -59,13 +59,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     if (closed_ || stopping_) return unavailable("the worker client is closed");
     if (lost_) return unavailable("the connection to the worker was lost");
     const std::string encoded = encode_header(header);
-    size_t total = encoded.size();
-    for (const auto& part : parts) total += part.size();
-    if (total > options_.limits.max_message_bytes) {
-      return Error(ErrorCode::kResourceExhausted,
-                   "a message of " + std::to_string(total) + " bytes is over the limit of " +
-                       std::to_string(options_.limits.max_message_bytes) + " bytes");
-    }
+    OUTPOST_RETURN_IF_ERROR(check_message_size(encoded, parts, options_.limits));
     std::vector<std::string_view> frames;
     frames.reserve(1 + parts.size());
     frames.emplace_back(encoded);

@@ -173,6 +173,16 @@ Result<Message> decode_message(std::span<const std::string_view> frames, const L
   return message;
 }
 
+Status check_message_size(std::string_view header, const std::vector<std::string>& parts,
+                          const Limits& limits) {
+  size_t total = header.size();
+  for (const auto& part : parts) total += part.size();
+  if (total <= limits.max_message_bytes) return {};
+  return Error(ErrorCode::kResourceExhausted,
+               "a message of " + std::to_string(total) + " bytes is over the limit of " +
+                   std::to_string(limits.max_message_bytes) + " bytes");
+}
+
 std::string encode_header(const json& header) {
   return header.dump(-1, ' ', false, json::error_handler_t::replace);
 }

@@ -87,6 +87,11 @@ Result<Message> decode_message(std::span<const std::string_view> frames, const L
 
 // The header frame's bytes. Strings that are not valid UTF-8 are replaced, never thrown on.
 std::string encode_header(const nlohmann::json& header);
+
+// resource_exhausted when a message of the encoded `header` and `parts` is over
+// limits.max_message_bytes: what a sender checks before it sends (the peer would refuse it).
+Status check_message_size(std::string_view header, const std::vector<std::string>& parts,
+                          const Limits& limits);
 // Any JSON as text for messages and logs, with the same replacement (json::dump throws on
 // strings that are not UTF-8, and such strings come from untrusted input).
 std::string json_text(const nlohmann::json& value);

@@ -155,21 +155,25 @@ void WorkerServer::reply_error(const std::string& client, std::string_view id, c
   reply(client, error_header(id, error));
 }
 
-bool WorkerServer::send(const Call& call, const json& header,
-                        const std::vector<std::string>& parts) {
+Status WorkerServer::send(const Call& call, const json& header,
+                          const std::vector<std::string>& parts) {
   const std::string encoded = encode_header(header);
+  // The client refuses (or, past twice the limit, disconnects on) a bigger message: the call
+  // ends with this error instead (ModelHost).
+  OUTPOST_RETURN_IF_ERROR(check_message_size(encoded, parts, spec_.limits));
   std::vector<std::string_view> frames;
   frames.reserve(2 + parts.size());
   frames.emplace_back(call.client());
   frames.emplace_back(encoded);
   for (const auto& part : parts) frames.emplace_back(part);
-  if (channel_->send(frames).ok()) return true;
+  Status sent = channel_->send(frames);
+  if (sent.ok()) return sent;
   {
     std::lock_guard lock(calls_mutex_);
     gone_clients_.insert(call.client());
   }
   channel_->wake();
-  return false;
+  return unavailable("the client is gone: " + sent.error().message());
 }
 
 void WorkerServer::finished(const Call& call) {
@@ -397,8 +401,7 @@ Result<std::shared_ptr<ModelHost>> WorkerServer::load_model(const std::string& n
   entry.model_id = package.config.model_id;
   entry.file_sha256 = package.file_sha256;
   entry.load_ms = std::chrono::duration_cast<milliseconds>(clock_.now() - started).count();
-  auto host = std::make_shared<ModelHost>(name, std::move(model), scheduler_, *this, clock_,
-                                          spec_.limits.max_message_bytes);
+  auto host = std::make_shared<ModelHost>(name, std::move(model), scheduler_, *this, clock_);
   host->start();
   return host;
 }

@@ -46,8 +46,8 @@ class WorkerServer final : public ResponseSink {
   // itself). Returns the process exit code.
   int run(const std::atomic<bool>& stop_requested);
 
-  bool send(const Call& call, const nlohmann::json& header,
-            const std::vector<std::string>& parts) override;
+  Status send(const Call& call, const nlohmann::json& header,
+              const std::vector<std::string>& parts) override;
   void finished(const Call& call) override;
 
  private:
