@@ -443,14 +443,15 @@ void ModelHost::execute_generate_step(ModelInstance& instance, Work& work,
     ++call->steps_;
     if (outcome.error) continue;
     if (outcome.chunk && !call->cancelled_) {
+      // Counted before it is sent (see Call::sent_); taken back if it cannot be.
       json header{{"type", msg::kChunk},
                   {"id", call->id()},
-                  {"seq", call->sent_.load()},
+                  {"seq", call->sent_.fetch_add(1)},
                   {"chunk", std::move(outcome.chunk->value)}};
       if (Status sent = send(*call, header, outcome.chunk->parts); sent.ok()) {
-        ++call->sent_;
         ++chunks_;
       } else {
+        --call->sent_;
         outcome.error = sent.error();  // the call ends with it below
       }
     }
@@ -507,13 +508,14 @@ void ModelHost::execute_stream_item(ModelInstance& instance, Work& work,
   scheduler_.stop_clock(grant);
   ++stream_items_;
   if (output.ok() && !call->cancelled_) {
+    // Counted before it is sent: the client may send its next item as soon as it sees this
+    // output, and add_item must not find the window still full (see Call::sent_).
     json header{{"type", msg::kOutput},
                 {"id", call->id()},
-                {"seq", call->sent_.load()},
+                {"seq", call->sent_.fetch_add(1)},
                 {"outputs", std::move(output->value)}};
-    if (Status sent = send(*call, header, output->parts); sent.ok()) {
-      ++call->sent_;
-    } else {
+    if (Status sent = send(*call, header, output->parts); !sent.ok()) {
+      --call->sent_;
       output = sent.error();  // the call ends with it below
     }
   }

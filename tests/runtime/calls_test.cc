@@ -333,7 +333,9 @@ TEST(Stream, ItemsKeepTheirOrderAndCarryState) {
     // The window is full: outputs must come back before more items go out.
     ASSERT_EQ(sent.error().code(), ErrorCode::kResourceExhausted) << sent.error().to_string();
     ++refused;
-    ASSERT_TRUE(recorder.wait_values(static_cast<size_t>(i - kWindow)));
+    ASSERT_TRUE(recorder.wait_values(static_cast<size_t>(i - kWindow)))
+        << "the call ended: "
+        << (recorder.status().ok() ? recorder.reason() : recorder.status().error().to_string());
   }
   ASSERT_TRUE(call->close().ok());
   ASSERT_TRUE(recorder.wait_done());
