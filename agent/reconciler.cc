@@ -306,12 +306,18 @@ void Reconciler::pass() {
     }
   }
 
-  // 4. Workers: start what the plan needs, watch what runs.
+  // 4. Workers: start what the plan needs, watch what runs. A worker the plan no longer names
+  // holds nothing any more: its replicas are unloaded below and it stops as idle.
   for (const auto& plan : placement.workers) ensure_worker(plan);
   std::vector<std::shared_ptr<Worker>> workers;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& [id, worker] : workers_) workers.push_back(worker);
+    std::set<std::string> planned;
+    for (const auto& plan : placement.workers) planned.insert(plan.worker_id);
+    for (auto& [id, worker] : workers_) {
+      if (planned.count(id) == 0) worker->plan.replica_ids.clear();
+      workers.push_back(worker);
+    }
   }
   for (auto& worker : workers) check_worker(*worker);
 
@@ -337,7 +343,10 @@ void Reconciler::pass() {
         std::lock_guard<std::mutex> lock(mutex_);
         if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
       }
-      if (!replica || worker->loaded.count(id) != 0 || !worker->client) continue;
+      if (!replica || replica->state == ReplicaState::kStopping || worker->loaded.count(id) != 0 ||
+          !worker->client) {
+        continue;
+      }
       if (replica->artifact_paths.size() != replica->spec.artifacts.size()) continue;
       if (Clock::now() < replica->next_load) continue;
       load_replica(*worker, *replica);
