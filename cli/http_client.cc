@@ -331,6 +331,7 @@ class HttpClientImpl final : public HttpClient {
     response.status = static_cast<int>(message.result_int());
     response.content_type = std::string(message[http::field::content_type]);
     response.request_id = std::string(message["X-Request-Id"]);
+    response.retry_after = std::string(message[http::field::retry_after]);
     response.body = std::move(message.body());
     return response;
   }

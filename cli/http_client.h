@@ -38,6 +38,7 @@ struct Response {
   int status = 0;
   std::string content_type;
   std::string request_id;
+  std::string retry_after;  // a 503's Retry-After, in seconds
   std::string body;
 };
 

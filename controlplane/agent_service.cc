@@ -8,7 +8,8 @@
 #include "common/log.h"
 #include "controlplane/control_messages.h"
 #include "controlplane/document.h"
-#include "controlplane/quantity.h"
+#include "controlplane/predict_router.h"
+#include "controlplane/scaling.h"
 #include "controlplane/scheduler.h"
 #include "controlplane/secrets.h"
 #include "tunnel/calls.h"
@@ -94,6 +95,8 @@ tunnel::TunnelServer::Handlers AgentService::handlers() {
   };
   handlers.on_disconnect = [weak](const tunnel::PeerInfo& peer, error_code code,
                                   const std::string& reason) {
+    // Requests held for a replica of this node learn that it is gone.
+    if (auto self = weak.lock(); self && self->router_ != nullptr) self->router_->wake();
     LOG_INFO("control.agent_disconnected", "connection "
                                                << peer.connection_index << " of " << peer.identity
                                                << " closed: " << code.message() << " " << reason);
@@ -160,6 +163,7 @@ void AgentService::on_connection(const std::string& identity) {
   if (!node.ok()) return;
   LOG_INFO("control.node_connected", "node " << identity << " (" << node->name << ") connected");
   if (fleet_.acknowledged(identity) < node->desired_version) push_desired(identity);
+  if (router_ != nullptr) router_->wake();
 }
 
 void AgentService::on_stream(const std::shared_ptr<tunnel::Stream>& stream,
@@ -247,6 +251,8 @@ Result<json> AgentService::report(const std::string& node_id, const std::string&
   OUTPOST_RETURN_IF_ERROR(
       store_.record_report(node_id, parsed.inventory.has_value() ? &*parsed.inventory : nullptr,
                            parsed.replicas_doc, parsed.applied_version, clock_.now_seconds()));
+  // A replica may have become ready: requests held for a cold start go now.
+  if (router_ != nullptr) router_->wake();
   return json::object();
 }
 
@@ -344,26 +350,26 @@ void AgentService::reschedule(const std::string& user_id) {
       d.id = deployment.id;
       d.nodepool_ids = deployment.nodepool_ids;
       const json autoscale = deployment.doc.value("autoscale_config", json::object());
-      d.min_replicas = autoscale.value("min_replicas", int64_t{0});
-      d.max_replicas = autoscale.value("max_replicas", int64_t{1});
       d.disable_packing = autoscale.value("disable_packing", false);
+      if (scaling_ != nullptr) {
+        d.replicas = scaling_->replicas_for(deployment);
+      } else {
+        for (const auto& pool : deployment.nodepool_ids) d.replicas[pool] = 1;
+      }
       auto version = store_.get_version(user_id, deployment.model_id, deployment.model_version_id);
       if (version.ok() && version->config.is_object()) {
-        const json compute = version->config.value("inference_compute_info", json::object());
-        if (compute.is_object() && compute.contains("cpu_memory")) {
-          auto memory = parse_quantity(compute["cpu_memory"], "cpu_memory");
-          if (memory.ok()) d.memory_per_replica = memory.value();
-        }
+        d.shape = replica_shape(version->config.value("inference_compute_info", json::object()));
       }
       wanted.push_back(std::move(d));
     }
     std::vector<SchedulerNode> fleet;
     for (const auto& node : *nodes) {
-      fleet.push_back({node.id, node.nodepool_id, inventory_devices(node.inventory),
-                       inventory_memory(node.inventory)});
+      const bool usable = scaling_ == nullptr || scaling_->usable(node.id, online(node.id));
+      fleet.push_back(scheduler_node(node, usable));
     }
-    const auto replicas = schedule(user_id, wanted, fleet, *current);
-    auto replaced = store_.replace_replicas(user_id, replicas);
+    const auto result = schedule(user_id, wanted, fleet, *current);
+    if (scaling_ != nullptr) scaling_->set_unplaced(user_id, result.unplaced);
+    auto replaced = store_.replace_replicas(user_id, result.replicas);
     if (!replaced.ok()) {
       LOG_ERROR("control.schedule_failed",
                 "cannot store the replicas of " << user_id << ": " << replaced.error().message());
@@ -375,6 +381,8 @@ void AgentService::reschedule(const std::string& user_id) {
     LOG_INFO("control.assignments_changed", "the replicas of node " << node << " changed");
     push_desired(node);
   }
+  // Requests held for a replica that moved or went away learn of it.
+  if (!changed.empty() && router_ != nullptr) router_->wake();
 }
 
 void AgentService::revoke_node(const std::string& node_id) {

@@ -25,6 +25,9 @@
 
 namespace outpost::control {
 
+class PredictRouter;
+class Scaling;
+
 inline constexpr std::string_view kEnrollIdentityPrefix = "enroll:";
 
 class AgentService : public std::enable_shared_from_this<AgentService> {
@@ -35,8 +38,13 @@ class AgentService : public std::enable_shared_from_this<AgentService> {
   // The handlers to create the TunnelServer with; set_tunnel() must follow before it listens.
   tunnel::TunnelServer::Handlers handlers();
   void set_tunnel(std::shared_ptr<tunnel::TunnelServer> tunnel) { tunnel_ = std::move(tunnel); }
+  // The autoscaler (how many replicas, which nodes are usable) and the router (woken when a
+  // replica's state changes). Set before the tunnel listens.
+  void set_scaling(Scaling* scaling) { scaling_ = scaling; }
+  void set_router(PredictRouter* router) { router_ = router; }
 
-  // Recomputes `user_id`'s replica assignments (scheduler.h) and pushes the new desired states.
+  // Recomputes `user_id`'s replica assignments (scheduler.h, with the autoscaler's counts) and
+  // pushes the new desired states.
   // Blocking (SQLite): call it from the pool.
   void reschedule(const std::string& user_id);
 
@@ -66,6 +74,8 @@ class AgentService : public std::enable_shared_from_this<AgentService> {
   const WallClock& clock_;
   boost::asio::any_io_executor pool_;
   std::shared_ptr<tunnel::TunnelServer> tunnel_;
+  Scaling* scaling_ = nullptr;
+  PredictRouter* router_ = nullptr;
 
   std::mutex reschedule_mutex_;  // one reschedule at a time: read, compute, write
   mutable std::mutex cache_mutex_;

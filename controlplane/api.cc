@@ -291,6 +291,8 @@ HttpResponse error_response(const Error& error, const std::string& request_id) {
   if (error.code() == ErrorCode::kUnauthenticated) {
     response.headers.emplace_back("WWW-Authenticate", "Key");
   }
+  // Unavailable is temporary by definition (a replica starting, a node reconnecting).
+  if (response.status == 503) response.headers.emplace_back("Retry-After", "2");
   return response;
 }
 

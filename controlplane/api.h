@@ -17,8 +17,10 @@
 #include "controlplane/control_config.h"
 #include "controlplane/fleet.h"
 #include "controlplane/http_types.h"
+#include "controlplane/metrics.h"
 #include "controlplane/model_inspector.h"
 #include "controlplane/predict_router.h"
+#include "controlplane/scaling.h"
 #include "controlplane/store.h"
 #include "controlplane/url_fetcher.h"
 #include "controlplane/wall_clock.h"
@@ -32,6 +34,8 @@ struct ApiServices {
   Fleet* fleet = nullptr;
   std::shared_ptr<AgentService> agents;
   PredictRouter* router = nullptr;
+  Scaling* scaling = nullptr;
+  ControlMetrics* metrics = nullptr;
   const ArtifactStore* artifacts = nullptr;
   const ModelInspector* inspector = nullptr;
   UrlFetcher* fetcher = nullptr;

@@ -9,31 +9,32 @@
 
 namespace outpost::control {
 
-Status parse_listen(std::string_view text, ControlConfig& config) {
+Status parse_host_port(std::string_view text, std::string_view field, std::string& address,
+                       uint16_t& port_out) {
   std::string_view host;
   std::string_view port;
   if (!text.empty() && text.front() == '[') {
     const auto close = text.find(']');
     if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      return field_error("listen", "expected [address]:port");
+      return field_error(field, "expected [address]:port");
     }
     host = text.substr(1, close - 1);
     port = text.substr(close + 2);
   } else {
     const auto colon = text.rfind(':');
-    if (colon == std::string_view::npos) return field_error("listen", "expected address:port");
+    if (colon == std::string_view::npos) return field_error(field, "expected address:port");
     host = text.substr(0, colon);
     port = text.substr(colon + 1);
   }
   int value = 0;
-  if (port.empty()) return field_error("listen", "the port is missing");
+  if (port.empty()) return field_error(field, "the port is missing");
   for (const char c : port) {
-    if (c < '0' || c > '9' || value > 65535) return field_error("listen", "bad port");
+    if (c < '0' || c > '9' || value > 65535) return field_error(field, "bad port");
     value = value * 10 + (c - '0');
   }
-  if (value > 65535) return field_error("listen", "bad port");
-  config.listen_address = host.empty() ? "0.0.0.0" : std::string(host);
-  config.listen_port = static_cast<uint16_t>(value);
+  if (value > 65535) return field_error(field, "bad port");
+  address = host.empty() ? "0.0.0.0" : std::string(host);
+  port_out = static_cast<uint16_t>(value);
   return {};
 }
 
@@ -42,7 +43,7 @@ Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig 
   if (doc.is_null()) return config;
   OUTPOST_ASSIGN_OR_RETURN(auto root, ObjectReader::create(doc, ""));
   OUTPOST_RETURN_IF_ERROR(root.only({"listen", "data_dir", "tls", "worker_path", "admin", "limits",
-                                     "url_inputs", "threads", "port_file"}));
+                                     "url_inputs", "threads", "port_file", "scaling", "metrics"}));
   OUTPOST_ASSIGN_OR_RETURN(auto listen, root.optional_string("listen"));
   if (listen.has_value()) OUTPOST_RETURN_IF_ERROR(parse_listen(*listen, config));
   const auto assign = [](std::string& target, const std::optional<std::string>& value) {
@@ -102,6 +103,34 @@ Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig 
   if (io.has_value()) config.io_threads = static_cast<int>(*io);
   OUTPOST_ASSIGN_OR_RETURN(auto blocking, threads.optional_int("blocking", 1, 256));
   if (blocking.has_value()) config.blocking_threads = static_cast<int>(*blocking);
+
+  OUTPOST_ASSIGN_OR_RETURN(auto scaling, root.object("scaling"));
+  OUTPOST_RETURN_IF_ERROR(scaling.only({"target_ongoing_requests", "max_ongoing_per_replica",
+                                        "cold_start_timeout_seconds", "max_held_requests",
+                                        "node_offline_grace_seconds"}));
+  struct IntField {
+    const char* name;
+    int64_t min;
+    int64_t max;
+    int* target;
+  };
+  for (const IntField& field :
+       {IntField{"target_ongoing_requests", 1, 10000, &config.target_ongoing_requests},
+        IntField{"max_ongoing_per_replica", 1, 100000, &config.max_ongoing_per_replica},
+        IntField{"cold_start_timeout_seconds", 1, 3600, &config.cold_start_timeout_seconds},
+        IntField{"max_held_requests", 0, 1000000, &config.max_held_requests},
+        IntField{"node_offline_grace_seconds", 0, 86400, &config.node_offline_grace_seconds}}) {
+    OUTPOST_ASSIGN_OR_RETURN(auto value, scaling.optional_int(field.name, field.min, field.max));
+    if (value.has_value()) *field.target = static_cast<int>(*value);
+  }
+
+  OUTPOST_ASSIGN_OR_RETURN(auto metrics, root.object("metrics"));
+  OUTPOST_RETURN_IF_ERROR(metrics.only({"listen"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto metrics_listen, metrics.optional_string("listen"));
+  if (metrics_listen.has_value() && !metrics_listen->empty()) {
+    OUTPOST_RETURN_IF_ERROR(parse_host_port(*metrics_listen, metrics.path_of("listen"),
+                                            config.metrics_address, config.metrics_port));
+  }
   return config;
 }
 
@@ -150,10 +179,13 @@ Result<ControlConfig> load_control_config(const std::vector<std::string>& args) 
       config.admin_token_file = value;
     } else if (name == "--port-file") {
       config.port_file = value;
+    } else if (name == "--metrics-listen") {
+      OUTPOST_RETURN_IF_ERROR(
+          parse_host_port(value, "--metrics-listen", config.metrics_address, config.metrics_port));
     } else {
       return invalid_argument("unknown flag " + name +
                               " (flags: --config --listen --data-dir --tls-cert --tls-key "
-                              "--worker-path --admin-token-file --port-file)");
+                              "--worker-path --admin-token-file --port-file --metrics-listen)");
     }
   }
   if (config.tls_cert_file.empty() || config.tls_key_file.empty()) {

@@ -12,6 +12,10 @@
 //                ca_file: ""}
 //   threads: {io: 2, blocking: 4}
 //   port_file: ""                                      # written with the bound port
+//   scaling: {target_ongoing_requests: 2, max_ongoing_per_replica: 5,
+//             cold_start_timeout_seconds: 60, max_held_requests: 100,
+//             node_offline_grace_seconds: 30}           # docs/scaling.md
+//   metrics: {listen: ""}                              # e.g. "127.0.0.1:9464"; empty: off
 #pragma once
 
 #include <cstdint>
@@ -42,17 +46,30 @@ struct ControlConfig {
   int io_threads = 2;
   int blocking_threads = 4;
   std::string port_file;
+  // scaling (docs/scaling.md)
+  int target_ongoing_requests = 2;      // per replica: the autoscaler's target
+  int max_ongoing_per_replica = 5;      // beyond: a nodepool is saturated and traffic overflows
+  int cold_start_timeout_seconds = 60;  // how long a request waits for a replica to start
+  int max_held_requests = 100;          // per deployment, waiting for a replica to start
+  int node_offline_grace_seconds = 30;  // before an offline node's replicas move
+  // metrics: a plain-HTTP Prometheus listener of its own; off when metrics_address is empty.
+  std::string metrics_address;
+  uint16_t metrics_port = 0;
 };
 
 // Reads --config FILE first, then applies the other flags over it.
 //   --config F --listen ADDR:PORT --data-dir D --tls-cert F --tls-key F --worker-path F
-//   --admin-token-file F --port-file F
+//   --admin-token-file F --port-file F --metrics-listen ADDR:PORT
 Result<ControlConfig> load_control_config(const std::vector<std::string>& args);
 
 // Parses a YAML config document (exposed for tests and the fuzzer).
 Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig base = {});
 
-// "host:port" or "[v6]:port".
-Status parse_listen(std::string_view text, ControlConfig& config);
+// "host:port" or "[v6]:port" (an empty host is 0.0.0.0); `field` names it in errors.
+Status parse_host_port(std::string_view text, std::string_view field, std::string& host,
+                       uint16_t& port);
+inline Status parse_listen(std::string_view text, ControlConfig& config) {
+  return parse_host_port(text, "listen", config.listen_address, config.listen_port);
+}
 
 }  // namespace outpost::control

@@ -44,18 +44,6 @@ Status check_inventory(const json& inventory) {
   return {};
 }
 
-int inventory_devices(const json& inventory) {
-  const auto it = inventory.find("gpus");
-  if (it == inventory.end() || !it->is_array() || it->empty()) return 1;
-  return static_cast<int>(it->size());
-}
-
-double inventory_memory(const json& inventory) {
-  const auto it = inventory.find("memory_bytes");
-  if (it == inventory.end() || !it->is_number()) return 0;
-  return it->get<double>();
-}
-
 Result<EnrollRequest> parse_enroll_request(std::string_view text) {
   OUTPOST_ASSIGN_OR_RETURN(auto doc, parse_json(text));
   OUTPOST_ASSIGN_OR_RETURN(auto reader, ObjectReader::create(doc, "enroll"));

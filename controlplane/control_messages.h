@@ -42,9 +42,6 @@ Result<NodeReport> parse_node_report(std::string_view text);
 
 // Checks an Inventory document: an object with optional cpu_cores, memory_bytes, gpus[].
 Status check_inventory(const nlohmann::json& inventory);
-// What the scheduler needs from an inventory: device count (GPUs, or 1) and memory.
-int inventory_devices(const nlohmann::json& inventory);
-double inventory_memory(const nlohmann::json& inventory);
 
 // {"error": {"code": "<name>", "message": "..."}}
 std::string error_message(const Error& error);

@@ -18,8 +18,10 @@
 #include "controlplane/authenticator.h"
 #include "controlplane/fleet.h"
 #include "controlplane/http_server.h"
+#include "controlplane/metrics.h"
 #include "controlplane/model_inspector.h"
 #include "controlplane/predict_router.h"
+#include "controlplane/scaling.h"
 #include "controlplane/service_notify.h"
 #include "controlplane/store.h"
 #include "controlplane/url_fetcher.h"
@@ -67,7 +69,21 @@ class ControlPlane::Impl {
     pool_ = std::make_unique<asio::thread_pool>(static_cast<size_t>(config_.blocking_threads));
     agents_ = std::make_shared<AgentService>(*store_, fleet_, *artifacts_, *clock_,
                                              pool_->get_executor());
-    router_ = std::make_unique<PredictRouter>(*store_, fleet_);
+    RouterOptions routing;
+    routing.max_ongoing_per_replica = config_.max_ongoing_per_replica;
+    routing.hold_timeout = std::chrono::seconds(config_.cold_start_timeout_seconds);
+    routing.max_held_per_deployment = static_cast<size_t>(config_.max_held_requests);
+    router_ = std::make_unique<PredictRouter>(*store_, fleet_, pool_->get_executor(), routing);
+    ScalingOptions scaling;
+    scaling.target_ongoing_requests = config_.target_ongoing_requests;
+    scaling.node_offline_grace_seconds = config_.node_offline_grace_seconds;
+    scaling_ = std::make_unique<Scaling>(*store_, fleet_, *clock_, scaling);
+    scaling_->set_agents(agents_);
+    scaling_->set_router(router_.get());
+    scaling_->set_metrics(&metrics_);
+    agents_->set_scaling(scaling_.get());
+    agents_->set_router(router_.get());
+    router_->set_scaling(scaling_.get());
     inspector_ = std::make_unique<ModelInspector>(
         config_.worker_path.empty() ? default_worker_path() : config_.worker_path,
         std::chrono::seconds(config_.inspect_timeout_seconds));
@@ -93,6 +109,8 @@ class ControlPlane::Impl {
     services.fleet = &fleet_;
     services.agents = agents_;
     services.router = router_.get();
+    services.scaling = scaling_.get();
+    services.metrics = &metrics_;
     services.artifacts = artifacts_.get();
     services.inspector = inspector_.get();
     services.fetcher = fetcher_.get();
@@ -119,6 +137,15 @@ class ControlPlane::Impl {
     }
     LOG_NOTICE("control.listening", "serving the API and agents' tunnels on https://"
                                         << config_.listen_address << ":" << port);
+    if (!config_.metrics_address.empty()) {
+      OUTPOST_ASSIGN_OR_RETURN(metrics_port_,
+                               metrics_.listen(config_.metrics_address, config_.metrics_port));
+      LOG_NOTICE("control.metrics_listening", "serving Prometheus metrics on http://"
+                                                  << config_.metrics_address << ":" << metrics_port_
+                                                  << "/metrics");
+    }
+    scaling_timer_ = std::make_unique<asio::steady_timer>(*io_);
+    arm_scaling();
     notify_service_manager("READY=1\nSTATUS=serving on port " + std::to_string(port));
     if (auto interval = watchdog_interval()) {
       watchdog_interval_ = *interval;
@@ -134,6 +161,9 @@ class ControlPlane::Impl {
     notify_service_manager("STOPPING=1");
     if (watchdog_) {
       asio::post(*io_, [this] { watchdog_->cancel(); });
+    }
+    if (scaling_timer_) {
+      asio::post(*io_, [this] { scaling_timer_->cancel(); });
     }
     if (http_) http_->stop();
     if (!threads_.empty() && tunnel_) {
@@ -156,6 +186,7 @@ class ControlPlane::Impl {
     // with it the handlers still queued, which may hold calls in flight) before what those
     // handlers point to: the fleet, the store.
     watchdog_.reset();
+    scaling_timer_.reset();
     http_.reset();
     api_.reset();
     if (agents_) agents_->set_tunnel(nullptr);
@@ -166,8 +197,30 @@ class ControlPlane::Impl {
   }
 
   const std::string& admin_token() const { return admin_token_; }
+  uint16_t metrics_port() const { return metrics_port_; }
 
  private:
+  // The autoscaler's tick, once a second on the pool; a slow pass delays the next one rather
+  // than running beside it.
+  void arm_scaling() {
+    scaling_timer_->expires_after(std::chrono::seconds(1));
+    scaling_timer_->async_wait([this](boost::system::error_code ec) {
+      if (ec || stopped_) return;
+      asio::post(*pool_, [this] {
+        if (stopped_) return;
+        scaling_->tick();
+        int64_t agents = 0;
+        for (const auto& identity : tunnel_->identities()) {
+          agents += identity.rfind(kEnrollIdentityPrefix, 0) != 0;
+        }
+        metrics_.set_connected_agents(agents);
+        asio::post(*io_, [this] {
+          if (!stopped_) arm_scaling();
+        });
+      });
+    });
+  }
+
   // A ping goes out only when a timer on the event loop fired and a task on the blocking pool
   // ran: a wedged loop or a pool stuck on every thread stops the pings, and systemd restarts us.
   void arm_watchdog() {
@@ -204,7 +257,11 @@ class ControlPlane::Impl {
   std::unique_ptr<Authenticator> auth_;
   Fleet fleet_;
   std::shared_ptr<AgentService> agents_;
+  ControlMetrics metrics_;
+  uint16_t metrics_port_ = 0;
   std::unique_ptr<PredictRouter> router_;
+  std::unique_ptr<Scaling> scaling_;
+  std::unique_ptr<asio::steady_timer> scaling_timer_;
   std::unique_ptr<ModelInspector> inspector_;
   std::unique_ptr<UrlFetcher> fetcher_;
   std::shared_ptr<tunnel::TunnelServer> tunnel_;
@@ -230,5 +287,6 @@ Result<std::unique_ptr<ControlPlane>> ControlPlane::create(ControlConfig config,
 Result<uint16_t> ControlPlane::start() { return impl_->start(); }
 void ControlPlane::stop() { impl_->stop(); }
 const std::string& ControlPlane::initial_admin_token() const { return impl_->admin_token(); }
+uint16_t ControlPlane::metrics_port() const { return impl_->metrics_port(); }
 
 }  // namespace outpost::control

@@ -33,6 +33,8 @@ class ControlPlane {
 
   // The admin token made by this start (first start only), else empty. Shown once.
   const std::string& initial_admin_token() const;
+  // The bound port of the metrics listener (metrics.listen), or 0 when it is off.
+  uint16_t metrics_port() const;
 
   class Impl;
 

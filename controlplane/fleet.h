@@ -1,6 +1,7 @@
 // What the control plane knows live about its nodes, in memory: the replica states each agent
 // last reported, the desired-state version it acknowledged, and how many predict calls are in
-// flight to it (for least-outstanding routing). Rebuilt from agents' reports after a restart.
+// flight to each node (for least-outstanding routing) and to each deployment's nodepool (the
+// autoscaler's signal). Rebuilt from agents' reports after a restart.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,11 @@
 #include <vector>
 
 namespace outpost::control {
+
+// The key of one deployment's replicas on one nodepool: "user/deployment/nodepool" (ids hold
+// no '/').
+std::string load_key(const std::string& user_id, const std::string& deployment_id,
+                     const std::string& nodepool_id);
 
 struct ReplicaState {
   std::string replica_id;
@@ -31,9 +37,11 @@ class Fleet {
   void set_acknowledged(const std::string& node_id, int64_t version);
   int64_t acknowledged(const std::string& node_id) const;
 
-  void begin_call(const std::string& node_id);
-  void end_call(const std::string& node_id);
+  // A predict call to `node_id` for the replicas of `key` (load_key()) starts or ends.
+  void begin_call(const std::string& node_id, const std::string& key);
+  void end_call(const std::string& node_id, const std::string& key);
   int64_t outstanding(const std::string& node_id) const;
+  int64_t ongoing(const std::string& key) const;
 
  private:
   struct NodeState {
@@ -43,6 +51,7 @@ class Fleet {
   };
   mutable std::mutex mutex_;
   std::map<std::string, NodeState> nodes_;
+  std::map<std::string, int64_t> ongoing_;
 };
 
 }  // namespace outpost::control

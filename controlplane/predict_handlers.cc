@@ -5,7 +5,9 @@
 // over one tunnel stream (docs/control-protocol.md "predict"). A client that goes away resets
 // the stream with `cancel`, which the agent passes down to the worker.
 #include <atomic>
+#include <chrono>
 #include <mutex>
+#include <set>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -303,20 +305,67 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
 
   const std::string& request_id() const { return exchange_->request().request_id; }
 
-  void start(const json& inputs) {
-    auto route = services_->router->choose(target_.deployment);
-    if (!route.ok()) return fail(route.error());
-    guard_ = services_->router->track(route->node_id);
-    const char* shape = generate_ ? "generate" : "unary";
-    LOG_INFO("control.predict", request_id() << ": " << shape << " " << target_.deployment.id << "."
-                                             << target_.method_name << " -> " << route->node_id);
-    stream_ = route->connection->open_stream(call_metadata(target_, *route, shape, request_id()),
-                                             json{{"inputs", inputs}}.dump(),
-                                             /*send_first_message=*/true, /*end_stream=*/true);
+  // Routes the call (holding it while a replica starts) and sends it. Blocking: on the pool.
+  void start(json inputs) {
+    inputs_ = std::move(inputs);
+    route();
+  }
+
+  void fail(const Error& error) {
+    if (finished_.exchange(true)) return;
+    deadline_.cancel();
+    record(std::string(error_code_name(error.code())));
+    if (streaming_) {
+      const std::string status = error_json(error, request_id());
+      exchange_->write_chunk(ndjson_ ? status + "\n" : "event: error\ndata: " + status + "\n\n",
+                             [](bool) {});
+      exchange_->end_stream();
+      return;
+    }
+    exchange_->respond(failure_response(error, request_id()));
+  }
+
+ private:
+  // How many nodes one call may try when the ones before it were lost under it.
+  static constexpr size_t kMaxAttempts = 3;
+
+  const char* shape() const { return generate_ ? "generate" : "unary"; }
+
+  void record(const std::string& code) {
+    if (services_->metrics == nullptr) return;
+    services_->metrics->request_done(
+        target_.deployment.user_id, target_.deployment.id, shape(), code,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - arrived_).count());
+  }
+
+  void route() {
+    services_->router->acquire(target_.deployment, avoid_,
+                               [self = shared_from_this()](Result<PredictRoute> route) {
+                                 if (!route.ok()) return self->fail(route.error());
+                                 self->send(std::move(route).value());
+                               });
+  }
+
+  void send(PredictRoute route) {
+    if (finished_.load()) return;
+    guard_ = services_->router->track(target_.deployment, route);
+    node_id_ = route.node_id;
+    LOG_INFO("control.predict", request_id()
+                                    << ": " << shape() << " " << target_.deployment.id << "."
+                                    << target_.method_name << " -> " << route.node_id);
+    {
+      std::lock_guard lock(stream_mutex_);
+      stream_ = route.connection->open_stream(call_metadata(target_, route, shape(), request_id()),
+                                              json{{"inputs", inputs_}}.dump(),
+                                              /*send_first_message=*/true, /*end_stream=*/true);
+    }
     std::weak_ptr<HttpCall> weak = shared_from_this();
-    exchange_->on_client_gone([weak] {
-      if (auto self = weak.lock()) self->cancel("the client went away");
-    });
+    if (!watching_client_) {
+      watching_client_ = true;
+      exchange_->on_client_gone([weak] {
+        if (auto self = weak.lock()) self->cancel("the client went away");
+      });
+    }
     deadline_.expires_after(std::chrono::seconds(services_->config->predict_timeout_seconds));
     deadline_.async_wait([weak](error_code ec) {
       auto self = weak.lock();
@@ -334,28 +383,37 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
         });
   }
 
-  void fail(const Error& error) {
-    if (finished_.exchange(true)) return;
+  // The node was lost under a call that has not answered anything yet: models are pure
+  // functions of their inputs, so the call goes again to another node, and the client sees
+  // no error. A call that already streamed a chunk is not repeated.
+  bool retry_elsewhere(error_code ec) {
+    const bool lost = ec == tunnel::Errc::kTunnelLost || ec == tunnel::Errc::kNotConnected ||
+                      ec == tunnel::Errc::kRefusedStream;
+    if (!lost || streaming_ || finished_.load() || ++attempts_ >= kMaxAttempts) return false;
+    LOG_NOTICE("control.predict_retried", request_id() << ": node " << node_id_
+                                                       << " was lost under the call ("
+                                                       << ec.message() << "); trying another node");
+    avoid_.insert(node_id_);
     deadline_.cancel();
-    if (streaming_) {
-      const std::string status = error_json(error, request_id());
-      exchange_->write_chunk(ndjson_ ? status + "\n" : "event: error\ndata: " + status + "\n\n",
-                             [](bool) {});
-      exchange_->end_stream();
-      return;
-    }
-    exchange_->respond(failure_response(error, request_id()));
+    guard_.reset();
+    asio::post(services_->pool, [self = shared_from_this()] { self->route(); });
+    return true;
   }
 
- private:
   void cancel(const std::string& why) {
-    if (stream_) stream_->reset(tunnel::Errc::kCancel, why);
+    std::shared_ptr<tunnel::Stream> stream;
+    {
+      std::lock_guard lock(stream_mutex_);
+      stream = stream_;
+    }
+    if (stream) stream->reset(tunnel::Errc::kCancel, why);
     if (!finished_.load()) {
       LOG_INFO("control.predict_cancelled", request_id() << ": " << why);
     }
   }
 
   void on_unary(error_code ec, const std::string& message) {
+    if (ec && retry_elsewhere(ec)) return;
     if (ec) return fail(stream_failure(ec, stream_));
     auto parsed = parse_json(message);
     if (!parsed.ok() || !parsed->is_object()) {
@@ -364,6 +422,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     if (auto error = agent_error(*parsed)) return fail(*error);
     if (finished_.exchange(true)) return;
     deadline_.cancel();
+    record("ok");
     Reply reply;
     reply.body = {{"outputs", parsed->value("outputs", json(nullptr))},
                   {"method", target_.method_name},
@@ -384,12 +443,14 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       if (!streaming_) begin_stream();
       if (finished_.exchange(true)) return;
       deadline_.cancel();
+      record("ok");
       json done{{"status", {{"code", "ok"}, {"description", "Ok"}, {"req_id", request_id()}}}};
       exchange_->write_chunk(
           ndjson_ ? done.dump() + "\n" : "event: done\ndata: " + done.dump() + "\n\n", [](bool) {});
       exchange_->end_stream();
       return;
     }
+    if (ec && retry_elsewhere(ec)) return;
     if (ec) return fail(stream_failure(ec, stream_));
     auto parsed = parse_json(message);
     if (!parsed.ok() || !parsed->is_object()) {
@@ -424,6 +485,13 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   std::atomic<bool> streaming_{false};
   std::atomic<bool> finished_{false};
   asio::steady_timer deadline_;
+  const std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
+  json inputs_;
+  std::set<std::string> avoid_;  // nodes lost under this call
+  std::string node_id_;
+  size_t attempts_ = 0;
+  bool watching_client_ = false;
+  std::mutex stream_mutex_;  // cancel() comes from the event loop, a retry sets it on the pool
   std::shared_ptr<tunnel::Stream> stream_;
   std::shared_ptr<void> guard_;
 };
@@ -446,7 +514,7 @@ void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpEx
       services, inputs, url_inputs(*inputs), [services, call_state, inputs](const Status& fetched) {
         if (!fetched.ok()) return call_state->fail(fetched.error());
         // Choosing a route reads the store: back to the blocking pool.
-        asio::post(services->pool, [call_state, inputs] { call_state->start(*inputs); });
+        asio::post(services->pool, [call_state, inputs] { call_state->start(std::move(*inputs)); });
       });
 }
 
@@ -498,13 +566,21 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   }
 
  private:
+  // Routes the call, held while a replica starts. Blocking: on the pool.
   void connect(const json& first_inputs) {
-    auto route = services_->router->choose(target_.deployment);
-    if (!route.ok()) return finish(route.error(), 1013);
-    guard_ = services_->router->track(route->node_id);
+    services_->router->acquire(
+        target_.deployment, {},
+        [self = shared_from_this(), first_inputs](Result<PredictRoute> route) {
+          if (!route.ok()) return self->finish(route.error(), 1013);
+          self->open(*route, first_inputs);
+        });
+  }
+
+  void open(const PredictRoute& route, const json& first_inputs) {
+    guard_ = services_->router->track(target_.deployment, route);
     LOG_INFO("control.predict", request_id_ << ": stream " << target_.deployment.id << "."
-                                            << target_.method_name << " -> " << route->node_id);
-    stream_ = route->connection->open_stream(call_metadata(target_, *route, "stream", request_id_));
+                                            << target_.method_name << " -> " << route.node_id);
+    stream_ = route.connection->open_stream(call_metadata(target_, route, "stream", request_id_));
     pump_from_agent();
     if (!first_inputs.is_null()) return forward_inputs(first_inputs);
     pump_from_client();
@@ -633,8 +709,6 @@ void predict_stream(ApiServices& s, const Call& call,
     }
     auto resolved = resolve(s, call, selector, request.query_value("method"), "stream");
     if (!resolved.ok()) return upgrade->reject(error_response(resolved.error(), request_id));
-    auto route = s.router->choose(resolved->deployment);
-    if (!route.ok()) return upgrade->reject(error_response(route.error(), request_id));
     target = std::move(resolved).value();
   }
   auto services = std::make_shared<ApiServices>(s);

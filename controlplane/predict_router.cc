@@ -1,70 +1,209 @@
 #include "controlplane/predict_router.h"
 
-#include <set>
 #include <tuple>
+
+#include <boost/asio/post.hpp>
+
+#include "controlplane/scaling.h"
 
 namespace outpost::control {
 
-Result<PredictRoute> PredictRouter::choose(const Deployment& deployment) {
-  OUTPOST_ASSIGN_OR_RETURN(auto replicas, store_.list_replicas(deployment.user_id));
-  std::optional<PredictRoute> best;
-  std::tuple<int64_t, int64_t, std::string> best_score;
+PredictRouter::PredictRouter(Store& store, Fleet& fleet, boost::asio::any_io_executor pool,
+                             RouterOptions options)
+    : store_(store), fleet_(fleet), pool_(std::move(pool)), options_(options) {}
+
+PredictRouter::Choice PredictRouter::consider(const Deployment& deployment,
+                                              const std::set<std::string>& avoid) {
+  Choice out;
+  auto replicas = store_.list_replicas(deployment.user_id);
+  if (!replicas.ok()) {
+    out.why = "the assignments cannot be read: " + replicas.error().message();
+    return out;
+  }
   size_t assigned = 0;
   std::set<std::string> offline;
   std::string not_ready;
-  for (const auto& replica : replicas) {
-    if (replica.deployment_id != deployment.id) continue;
-    ++assigned;
-    std::shared_ptr<tunnel::Connection> connection;
-    if (tunnel_) {
-      size_t fewest = SIZE_MAX;
-      for (auto& candidate : tunnel_->connections_of(replica.node_id)) {
-        if (candidate->is_going_away() || candidate->stream_count() >= fewest) continue;
-        fewest = candidate->stream_count();
-        connection = candidate;
+  std::optional<PredictRoute> overflow;  // the least saturated nodepool's best, when all are
+  double overflow_load = 0;
+  for (const auto& pool : deployment.nodepool_ids) {
+    std::optional<PredictRoute> best;
+    std::tuple<int64_t, int64_t, std::string> best_score;
+    int64_t ready = 0;
+    for (const auto& replica : *replicas) {
+      if (replica.deployment_id != deployment.id || replica.nodepool_id != pool) continue;
+      ++assigned;
+      std::shared_ptr<tunnel::Connection> connection;
+      if (tunnel_) {
+        size_t fewest = SIZE_MAX;
+        for (auto& candidate : tunnel_->connections_of(replica.node_id)) {
+          if (candidate->is_going_away() || candidate->stream_count() >= fewest) continue;
+          fewest = candidate->stream_count();
+          connection = candidate;
+        }
+      }
+      if (!connection) {
+        offline.insert(replica.node_id);
+        continue;
+      }
+      const ReplicaState state = fleet_.replica(replica.node_id, replica.id);
+      if (state.state != "ready") {
+        const bool starting = state.state.empty() || state.state == "pending" ||
+                              state.state == "fetching" || state.state == "loading";
+        out.coming = out.coming || starting;
+        if (not_ready.empty()) {
+          not_ready = "replica " + replica.id + " on " + replica.node_id + " is " +
+                      (state.state.empty() ? std::string("not reported yet") : state.state) +
+                      (state.message.empty() ? "" : " (" + state.message + ")");
+        }
+        continue;
+      }
+      if (avoid.count(replica.node_id) > 0) continue;
+      ++ready;
+      auto score = std::make_tuple(fleet_.outstanding(replica.node_id), state.ongoing_requests,
+                                   replica.node_id);
+      if (!best.has_value() || score < best_score) {
+        best = PredictRoute{replica.node_id, replica.id, pool, connection};
+        best_score = std::move(score);
       }
     }
-    if (!connection) {
-      offline.insert(replica.node_id);
-      continue;
+    if (!best.has_value()) continue;
+    const double load =
+        static_cast<double>(fleet_.ongoing(load_key(deployment.user_id, deployment.id, pool))) /
+        static_cast<double>(ready * std::max<int64_t>(1, options_.max_ongoing_per_replica));
+    if (load < 1.0) {
+      out.route = std::move(best);
+      return out;
     }
-    const ReplicaState state = fleet_.replica(replica.node_id, replica.id);
-    if (state.state != "ready") {
-      if (not_ready.empty()) {
-        not_ready = "replica " + replica.id + " on " + replica.node_id + " is " +
-                    (state.state.empty() ? std::string("not reported yet") : state.state) +
-                    (state.message.empty() ? "" : " (" + state.message + ")");
-      }
-      continue;
-    }
-    auto score = std::make_tuple(fleet_.outstanding(replica.node_id), state.ongoing_requests,
-                                 replica.node_id);
-    if (!best.has_value() || score < best_score) {
-      best = PredictRoute{replica.node_id, replica.id, connection};
-      best_score = std::move(score);
+    if (!overflow.has_value() || load < overflow_load) {
+      overflow = std::move(best);
+      overflow_load = load;
     }
   }
-  if (best.has_value()) return *best;
-  std::string why;
+  if (overflow.has_value()) {
+    out.route = std::move(overflow);
+    return out;
+  }
   if (assigned == 0) {
+    int64_t desired = 0;
+    if (scaling_ != nullptr) {
+      for (const auto& [pool, count] : scaling_->replicas_for(deployment)) desired += count;
+    }
     std::string pools;
     for (const auto& pool : deployment.nodepool_ids) pools += (pools.empty() ? "" : ", ") + pool;
-    why = "no replica is placed: no enrolled node of nodepool " + pools +
-          " has room (enroll a node with `outpost nodepool join-token`)";
+    if (scaling_ != nullptr && desired == 0) {
+      out.at_zero = true;
+      out.coming = true;
+      out.why = "it is scaled to zero and no node of nodepool " + pools +
+                " can take a replica (enroll one with `outpost nodepool join-token`)";
+    } else {
+      out.why = "no replica is placed: no enrolled node of nodepool " + pools +
+                " has room (see `outpost deployment get`)";
+    }
   } else if (!not_ready.empty()) {
-    why = not_ready;
-  } else {
+    out.why = not_ready;
+  } else if (!offline.empty()) {
     std::string nodes;
     for (const auto& node : offline) nodes += (nodes.empty() ? "" : ", ") + node;
-    why = "the nodes holding its replicas are not connected (" + nodes + ")";
+    out.why = "the nodes holding its replicas are not connected (" + nodes + ")";
+  } else {
+    out.why = "its nodes failed this call already";
   }
-  return unavailable("deployment '" + deployment.id + "' has no ready replica: " + why);
+  return out;
 }
 
-std::shared_ptr<void> PredictRouter::track(const std::string& node_id) {
-  fleet_.begin_call(node_id);
+Result<PredictRoute> PredictRouter::choose(const Deployment& deployment,
+                                           const std::set<std::string>& avoid) {
+  Choice choice = consider(deployment, avoid);
+  if (choice.route.has_value()) return *choice.route;
+  return unavailable("deployment '" + deployment.id + "' has no ready replica: " + choice.why);
+}
+
+void PredictRouter::acquire(const Deployment& deployment, std::set<std::string> avoid, Done done) {
+  Choice choice = consider(deployment, avoid);
+  if (!choice.route.has_value() && choice.at_zero && scaling_ != nullptr) {
+    // A cold start, or another request started one meanwhile: either way, look again.
+    scaling_->demand(deployment);
+    choice = consider(deployment, avoid);
+  }
+  if (choice.route.has_value()) return done(*choice.route);
+  if (!choice.coming || choice.at_zero) {
+    return done(
+        unavailable("deployment '" + deployment.id + "' has no ready replica: " + choice.why));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    size_t waiting = 0;
+    for (const auto& waiter : waiters_) {
+      waiting +=
+          waiter.deployment.user_id == deployment.user_id && waiter.deployment.id == deployment.id;
+    }
+    if (waiting < options_.max_held_per_deployment) {
+      waiters_.push_back({deployment, std::move(avoid), std::move(done),
+                          std::chrono::steady_clock::now() + options_.hold_timeout});
+      return;
+    }
+  }
+  done(unavailable("deployment '" + deployment.id + "' is starting and " +
+                   std::to_string(options_.max_held_per_deployment) +
+                   " requests already wait for it; retry later"));
+}
+
+void PredictRouter::wake() {
+  {
+    std::lock_guard lock(mutex_);
+    if (waiters_.empty() || retry_posted_) return;
+    retry_posted_ = true;
+  }
+  boost::asio::post(pool_, [this] { retry_held(false); });
+}
+
+void PredictRouter::expire_held() { retry_held(true); }
+
+void PredictRouter::retry_held(bool expire) {
+  std::list<Waiter> mine;
+  {
+    std::lock_guard lock(mutex_);
+    if (!expire) retry_posted_ = false;
+    mine.swap(waiters_);
+  }
+  const auto now = std::chrono::steady_clock::now();
+  std::list<Waiter> keep;
+  for (auto& waiter : mine) {
+    Choice choice = consider(waiter.deployment, waiter.avoid);
+    if (choice.route.has_value()) {
+      waiter.done(*choice.route);
+    } else if (!choice.coming) {
+      // Nothing is starting any more (the replica failed, the node went away): say why now.
+      waiter.done(unavailable("deployment '" + waiter.deployment.id +
+                              "' has no ready replica: " + choice.why));
+    } else if (expire && now >= waiter.deadline) {
+      waiter.done(
+          unavailable("deployment '" + waiter.deployment.id + "' got no ready replica within " +
+                      std::to_string(options_.hold_timeout.count() / 1000) + " s: " + choice.why));
+    } else {
+      keep.push_back(std::move(waiter));
+    }
+  }
+  std::lock_guard lock(mutex_);
+  waiters_.splice(waiters_.begin(), keep);
+}
+
+size_t PredictRouter::held(const std::string& user_id, const std::string& deployment_id) const {
+  std::lock_guard lock(mutex_);
+  size_t count = 0;
+  for (const auto& waiter : waiters_) {
+    count += waiter.deployment.user_id == user_id && waiter.deployment.id == deployment_id;
+  }
+  return count;
+}
+
+std::shared_ptr<void> PredictRouter::track(const Deployment& deployment,
+                                           const PredictRoute& route) {
+  const std::string key = load_key(deployment.user_id, deployment.id, route.nodepool_id);
+  fleet_.begin_call(route.node_id, key);
   Fleet* fleet = &fleet_;
-  return std::shared_ptr<void>(nullptr, [fleet, node_id](void*) { fleet->end_call(node_id); });
+  return std::shared_ptr<void>(
+      nullptr, [fleet, node = route.node_id, key](void*) { fleet->end_call(node, key); });
 }
 
 }  // namespace outpost::control

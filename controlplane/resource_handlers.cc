@@ -6,7 +6,7 @@
 #include "controlplane/ids.h"
 #include "controlplane/object_reader.h"
 #include "controlplane/resource_config.h"
-#include "controlplane/scheduler.h"
+#include "controlplane/scaling.h"
 #include "controlplane/secrets.h"
 
 namespace outpost::control {
@@ -77,20 +77,20 @@ json node_view(ApiServices& s, const Node& node) {
   return out;
 }
 
-// The deployment as configured, plus where its replicas are and how many are live.
+// The deployment as configured, plus what the autoscaler wants, where its replicas are, how
+// many are live, the recent scaling events and why replicas are not placed.
 json deployment_view(ApiServices& s, const Deployment& deployment) {
   json out = with_times(deployment.doc, deployment.created_at);
-  SchedulerDeployment wanted;
-  const json autoscale = deployment.doc.value("autoscale_config", json::object());
-  wanted.min_replicas = autoscale.value("min_replicas", int64_t{0});
-  wanted.max_replicas = autoscale.value("max_replicas", int64_t{1});
-  const int64_t per_pool = wanted_replicas(wanted);
+  const json scaling = s.scaling->status(deployment);
   auto replicas = s.store->list_replicas(deployment.user_id);
   json pools = json::array();
   json replica_views = json::array();
+  int64_t desired_total = 0;
   int64_t assigned_total = 0;
   int64_t live_total = 0;
-  for (const auto& pool : deployment.nodepool_ids) {
+  for (const auto& pool_status : scaling["nodepools"]) {
+    const std::string pool = pool_status["nodepool_id"].get<std::string>();
+    const int64_t desired = pool_status["desired_replicas"].get<int64_t>();
     int64_t assigned = 0;
     int64_t live = 0;
     if (replicas.ok()) {
@@ -106,23 +106,33 @@ json deployment_view(ApiServices& s, const Deployment& deployment) {
                                  {"nodepool_id", pool},
                                  {"node_id", replica.node_id},
                                  {"state", state.state},
-                                 {"message", state.message}});
+                                 {"message", state.message},
+                                 {"ongoing_requests", state.ongoing_requests},
+                                 {"memory_bytes", state.memory_bytes}});
       }
     }
+    desired_total += desired;
     assigned_total += assigned;
     live_total += live;
-    pools.push_back({{"nodepool_id", pool},
-                     {"desired_replicas", per_pool},
-                     {"assigned_replicas", assigned},
-                     {"live_replicas", live}});
+    json pool_view = pool_status;
+    pool_view["assigned_replicas"] = assigned;
+    pool_view["live_replicas"] = live;
+    pools.push_back(std::move(pool_view));
   }
-  const int64_t desired = per_pool * static_cast<int64_t>(deployment.nodepool_ids.size());
-  out["deployment_metrics"] = {{"desired_replicas", desired},
+  out["deployment_metrics"] = {{"desired_replicas", desired_total},
                                {"assigned_replicas", assigned_total},
                                {"live_replicas", live_total},
                                {"nodepools", pools}};
   out["replicas"] = replica_views;
-  out["state"] = live_total > 0 ? "ready" : (assigned_total > 0 ? "pending" : "unplaced");
+  out["scaling_events"] = scaling["scaling_events"];
+  out["unplaced"] = scaling["unplaced"];
+  if (live_total > 0) {
+    out["state"] = "ready";
+  } else if (assigned_total > 0) {
+    out["state"] = "pending";
+  } else {
+    out["state"] = desired_total == 0 ? "scaled_to_zero" : "unplaced";
+  }
   return out;
 }
 

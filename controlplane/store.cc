@@ -117,6 +117,16 @@ CREATE TABLE replicas (
   PRIMARY KEY (user_id, id));
 CREATE INDEX replicas_by_node ON replicas(node_id);
 )sql",
+    // 2: the autoscaler's replica counts, so that a restart keeps a deployment's scale.
+    R"sql(
+CREATE TABLE deployment_scales (
+  user_id TEXT NOT NULL,
+  deployment_id TEXT NOT NULL,
+  nodepool_id TEXT NOT NULL,
+  replicas INTEGER NOT NULL,
+  PRIMARY KEY (user_id, deployment_id, nodepool_id),
+  FOREIGN KEY (user_id, deployment_id) REFERENCES deployments(user_id, id) ON DELETE CASCADE);
+)sql",
 };
 
 json parse_stored(const std::string& text) {
@@ -978,6 +988,33 @@ Result<std::vector<std::string>> Store::replace_replicas(const std::string& user
   }
   OUTPOST_RETURN_IF_ERROR(tx.commit());
   return std::vector<std::string>(nodes.begin(), nodes.end());
+}
+
+// --- the autoscaler's counts ---
+
+Result<std::vector<DeploymentScale>> Store::list_scales() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return query<DeploymentScale>(
+      *db_,
+      "SELECT user_id, deployment_id, nodepool_id, replicas FROM deployment_scales ORDER BY "
+      "user_id, deployment_id, nodepool_id",
+      [](Statement&) {},
+      [](const Statement& s) {
+        return DeploymentScale{s.text(0), s.text(1), s.text(2), s.integer(3)};
+      });
+}
+
+Status Store::set_scale(const DeploymentScale& scale) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto s, db_->prepare("INSERT INTO deployment_scales (user_id, deployment_id, nodepool_id, "
+                           "replicas) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (user_id, deployment_id, "
+                           "nodepool_id) DO UPDATE SET replicas = excluded.replicas"));
+  return s.bind(1, scale.user_id)
+      .bind(2, scale.deployment_id)
+      .bind(3, scale.nodepool_id)
+      .bind(4, scale.replicas)
+      .run();
 }
 
 }  // namespace outpost::control

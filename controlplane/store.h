@@ -118,9 +118,18 @@ struct Replica {
   bool operator==(const Replica&) const = default;
 };
 
+// How many replicas the autoscaler wants for one deployment on one of its nodepools.
+struct DeploymentScale {
+  std::string user_id;
+  std::string deployment_id;
+  std::string nodepool_id;
+  int64_t replicas = 0;
+  bool operator==(const DeploymentScale&) const = default;
+};
+
 class Store {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   static Result<std::unique_ptr<Store>> open(const std::string& path, const WallClock& clock);
   int schema_version() const { return schema_version_; }
@@ -197,6 +206,10 @@ class Store {
   // set changed. Returns those nodes' ids.
   Result<std::vector<std::string>> replace_replicas(const std::string& user_id,
                                                     const std::vector<Replica>& replicas);
+
+  // The autoscaler's counts (deleted with their deployment).
+  Result<std::vector<DeploymentScale>> list_scales();
+  Status set_scale(const DeploymentScale& scale);
 
  private:
   Store(std::unique_ptr<Database> db, const WallClock& clock) : db_(std::move(db)), clock_(clock) {}

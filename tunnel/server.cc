@@ -328,6 +328,13 @@ size_t TunnelServer::connection_count() const {
   return registry_.size();
 }
 
+std::set<std::string> TunnelServer::identities() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::set<std::string> out;
+  for (const auto& [key, connection] : registry_) out.insert(key.first);
+  return out;
+}
+
 void TunnelServer::disconnect(const std::string& identity, Errc code, const std::string& reason) {
   std::vector<std::shared_ptr<Connection>> closing;
   {

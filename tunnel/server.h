@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -76,6 +77,8 @@ class TunnelServer : public std::enable_shared_from_this<TunnelServer> {
   // Ready connections of one identity, ordered by connection index.
   std::vector<std::shared_ptr<Connection>> connections_of(const std::string& identity) const;
   size_t connection_count() const;
+  // The identities with at least one ready connection.
+  std::set<std::string> identities() const;
 
   // Closes every connection of `identity` (a revoked credential, say).
   void disconnect(const std::string& identity, Errc code, const std::string& reason);

@@ -159,6 +159,7 @@ ApiReply Api::wrap(Result<cli::Response> response) {
   }
   reply.status = response->status;
   reply.request_id = response->request_id;
+  reply.retry_after = response->retry_after;
   reply.raw = response->body;
   reply.body = json::parse(response->body, nullptr, false);
   return reply;

@@ -79,6 +79,7 @@ class ControlInProcess {
   std::string base_url() const { return "https://localhost:" + std::to_string(port_); }
   const std::string& admin_token() const { return admin_token_; }
   FakeWallClock& clock() { return clock_; }
+  uint16_t metrics_port() const { return control_->metrics_port(); }
 
  private:
   FakeWallClock clock_;
@@ -92,6 +93,7 @@ struct ApiReply {
   int status = 0;
   json body;
   std::string request_id;
+  std::string retry_after;
   std::string raw;
 };
 

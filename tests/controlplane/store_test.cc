@@ -1,11 +1,10 @@
 // The SQLite state: it survives reopening, migrations run once, join tokens are single use and
 // expire (on an injected clock), and the store itself keeps one deployment per model per
-// nodepool. Plus the first-release scheduler that fills the replica table.
+// nodepool; the autoscaler's counts survive a restart and go with their deployment.
 #include "controlplane/store.h"
 
 #include <gtest/gtest.h>
 
-#include "controlplane/scheduler.h"
 #include "controlplane/secrets.h"
 #include "tests/controlplane/control_fixture.h"
 
@@ -98,6 +97,25 @@ TEST(StoreTest, OneDeploymentPerModelPerNodepool) {
             ErrorCode::kFailedPrecondition);
 }
 
+TEST(StoreTest, ScalesSurviveReopeningAndGoWithTheirDeployment) {
+  TempDir dir;
+  FakeWallClock clock;
+  {
+    auto store = open_store(dir, clock);
+    seed(*store);
+    ASSERT_TRUE(
+        store->create_deployment({"alice", "d1", "m", "v1", {"np"}, json::object(), 1}).ok());
+    ASSERT_TRUE(store->set_scale({"alice", "d1", "np", 3}).ok());
+    ASSERT_TRUE(store->set_scale({"alice", "d1", "np", 0}).ok());  // replaced, not added
+  }
+  auto store = open_store(dir, clock);
+  EXPECT_EQ(*store->list_scales(), (std::vector<DeploymentScale>{{"alice", "d1", "np", 0}}));
+  // A count for a deployment that does not exist is refused.
+  EXPECT_FALSE(store->set_scale({"alice", "nope", "np", 1}).ok());
+  ASSERT_TRUE(store->delete_deployment("alice", "d1").ok());
+  EXPECT_TRUE(store->list_scales()->empty());
+}
+
 TEST(StoreTest, JoinTokensAreSingleUseAndExpire) {
   TempDir dir;
   FakeWallClock clock;
@@ -178,36 +196,6 @@ TEST(StoreTest, ReplacingReplicasBumpsOnlyTheNodesThatChanged) {
   changed = store->replace_replicas("alice", {{"alice", "d/np/0", "d", "np", "b"}});
   EXPECT_EQ(*changed, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(store->get_node("a")->desired_version, 2);  // versions only grow
-}
-
-TEST(SchedulerTest, PlacesMaxOfMinReplicasAndOneFirstFit) {
-  SchedulerDeployment deployment{"d", {"np"}, 2, 5, false, 0};
-  const std::vector<SchedulerNode> nodes = {{"n2", "np", 1, 0}, {"n1", "np", 1, 0}};
-  const auto replicas = schedule("u", {deployment}, nodes, {});
-  ASSERT_EQ(replicas.size(), 2u);
-  // Spread over the pool's nodes before doubling up.
-  EXPECT_NE(replicas[0].node_id, replicas[1].node_id);
-  SchedulerDeployment zero{"z", {"np"}, 0, 3, false, 0};
-  EXPECT_EQ(schedule("u", {zero}, nodes, {}).size(), 1u);
-}
-
-TEST(SchedulerTest, KeepsPlacedReplicasWhereTheyAre) {
-  SchedulerDeployment deployment{"d", {"np"}, 1, 1, false, 0};
-  const std::vector<SchedulerNode> nodes = {{"n1", "np", 1, 0}, {"n2", "np", 1, 0}};
-  const auto replicas = schedule("u", {deployment}, nodes, {{"u", "d/np/0", "d", "np", "n2"}});
-  ASSERT_EQ(replicas.size(), 1u);
-  EXPECT_EQ(replicas[0].node_id, "n2");
-}
-
-TEST(SchedulerTest, DisablePackingTakesADeviceAndMemoryMustFit) {
-  const std::vector<SchedulerNode> nodes = {{"n1", "np", 1, 4e9}};
-  SchedulerDeployment a{"a", {"np"}, 1, 1, true, 0};
-  SchedulerDeployment b{"b", {"np"}, 1, 1, true, 0};
-  EXPECT_EQ(schedule("u", {a, b}, nodes, {}).size(), 1u);  // one device, one unpacked replica
-  SchedulerDeployment big{"big", {"np"}, 1, 1, false, 8e9};
-  EXPECT_TRUE(schedule("u", {big}, nodes, {}).empty());
-  SchedulerDeployment other_pool{"o", {"elsewhere"}, 1, 1, false, 0};
-  EXPECT_TRUE(schedule("u", {other_pool}, nodes, {}).empty());
 }
 
 }  // namespace

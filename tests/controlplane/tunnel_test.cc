@@ -3,6 +3,10 @@
 // single-use, expiring join tokens (on a fake clock), revocation, desired state pushed,
 // acknowledged and re-sent after a reconnect, artifacts in chunks, and predict in its three
 // shapes routed through the tunnel, with cancellation when the client goes away.
+#include <atomic>
+#include <future>
+#include <thread>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/streambuf.hpp>
@@ -441,35 +445,6 @@ TEST_F(TunnelTest, AClientThatLeavesCancelsItsStreamDownToTheNode) {
   EXPECT_NE(node->cancelled()[0].find("client"), std::string::npos) << node->cancelled()[0];
 }
 
-TEST_F(TunnelTest, WithoutAReadyReplicaPredictAnswers503WithTheReason) {
-  make_pool();
-  upload("text");
-  deploy("dep-1", "text");
-  const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
-  auto unplaced = admin_.post("/v2/users/me/models/text/outputs", request);
-  EXPECT_EQ(unplaced.status, 503);
-  EXPECT_NE(unplaced.raw.find("no replica is placed"), std::string::npos) << unplaced.raw;
-
-  auto enrolled = enroll();
-  auto node = agent(enrolled.credential);
-  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
-  ASSERT_TRUE(node->report_all("loading").ok());
-  auto loading = admin_.post("/v2/users/me/models/text/outputs", request);
-  EXPECT_EQ(loading.status, 503);
-  EXPECT_NE(loading.raw.find("is loading"), std::string::npos) << loading.raw;
-
-  ASSERT_TRUE(node->report_all("ready").ok());
-  EXPECT_EQ(admin_.post("/v2/users/me/models/text/outputs", request).status, 200);
-  EXPECT_EQ(admin_.get("/v2/users/me/deployments/dep-1")
-                .body["deployment"]["deployment_metrics"]["live_replicas"],
-            1);
-
-  node->disconnect();
-  auto offline = admin_.post("/v2/users/me/models/text/outputs", request);
-  EXPECT_EQ(offline.status, 503);
-  EXPECT_NE(offline.raw.find("not connected"), std::string::npos) << offline.raw;
-}
-
 TEST_F(TunnelTest, CallsGoToTheNodeWithFewestOutstanding) {
   make_pool();
   upload("chargen");
@@ -513,6 +488,211 @@ TEST_F(TunnelTest, CallsGoToTheNodeWithFewestOutstanding) {
   holder.join();
   EXPECT_EQ(first->predicts(), 1);
   EXPECT_EQ(second->predicts(), 1);
+}
+
+// Scaling: a short cold-start hold, a small saturation threshold, and a metrics listener.
+class ScalingTest : public TunnelTest {
+ protected:
+  ScalingTest()
+      : TunnelTest(
+            "scaling: {cold_start_timeout_seconds: 2, max_held_requests: 2, "
+            "max_ongoing_per_replica: 1}\nmetrics: {listen: \"127.0.0.1:0\"}\n") {}
+
+  // GET /metrics from the metrics listener, over plain HTTP.
+  std::string scrape() {
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::socket socket(io);
+    boost::system::error_code ec;
+    socket.connect({boost::asio::ip::make_address("127.0.0.1"), control_.metrics_port()}, ec);
+    if (ec) return "";
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    boost::asio::write(socket, boost::asio::buffer(request), ec);
+    std::string response;
+    char buffer[4096];
+    for (;;) {
+      const size_t n = socket.read_some(boost::asio::buffer(buffer), ec);
+      response.append(buffer, n);
+      if (ec) break;
+    }
+    return response;
+  }
+
+  void deploy_with(const std::string& id, const std::string& model, const json& autoscale,
+                   const json& pools = json::array({{{"id", "np"}}})) {
+    auto reply =
+        admin_.post("/v2/users/me/deployments", json{{"deployment",
+                                                      {{"id", id},
+                                                       {"worker", {{"model", {{"id", model}}}}},
+                                                       {"autoscale_config", autoscale},
+                                                       {"scheduling_choice", 4},
+                                                       {"nodepools", pools}}}});
+    ASSERT_EQ(reply.status, 201) << reply.raw;
+  }
+
+  // Sends `request` to the unary endpoint of `model` on a thread of its own.
+  std::future<ApiReply> predict_async(const std::string& model, const json& request) {
+    return std::async(std::launch::async, [this, model, request] {
+      Api api(control_.base_url(), pki_.ca_file(), control_.admin_token());
+      return api.post("/v2/users/me/models/" + model + "/outputs", request);
+    });
+  }
+};
+
+TEST_F(ScalingTest, WithoutAReadyReplicaPredictIsHeldThenAnswers503WithTheReason) {
+  make_pool();
+  upload("text");
+  deploy("dep-1", "text");
+  const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
+  // Nothing can start a replica: no node. Refused at once, with the reason and a Retry-After.
+  auto unplaced = admin_.post("/v2/users/me/models/text/outputs", request);
+  EXPECT_EQ(unplaced.status, 503);
+  EXPECT_NE(unplaced.raw.find("no replica is placed"), std::string::npos) << unplaced.raw;
+  EXPECT_EQ(unplaced.retry_after, "2");
+  EXPECT_NE(admin_.get("/v2/users/me/deployments/dep-1").raw.find("no node is enrolled"),
+            std::string::npos);
+
+  auto enrolled = enroll();
+  auto node = agent(enrolled.credential);
+  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
+  ASSERT_TRUE(node->report_all("loading").ok());
+  // A replica is loading: the request waits for it, up to cold_start_timeout_seconds (2 s).
+  auto loading = admin_.post("/v2/users/me/models/text/outputs", request);
+  EXPECT_EQ(loading.status, 503);
+  EXPECT_NE(loading.raw.find("within 2 s"), std::string::npos) << loading.raw;
+  EXPECT_NE(loading.raw.find("is loading"), std::string::npos) << loading.raw;
+
+  // One held while it loads is answered as soon as the replica reports ready.
+  auto held = predict_async("text", request);
+  ASSERT_TRUE(eventually([&] {
+    return scrape().find("outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"" +
+                         std::string("admin") + "\"} 1") != std::string::npos;
+  }));
+  ASSERT_TRUE(node->report_all("ready").ok());
+  const ApiReply served = held.get();
+  EXPECT_EQ(served.status, 200) << served.raw;
+  EXPECT_EQ(admin_.get("/v2/users/me/deployments/dep-1")
+                .body["deployment"]["deployment_metrics"]["live_replicas"],
+            1);
+
+  // A node that went away is not waited for: its replicas are not on their way.
+  node->disconnect();
+  auto offline = admin_.post("/v2/users/me/models/text/outputs", request);
+  EXPECT_EQ(offline.status, 503);
+  EXPECT_NE(offline.raw.find("not connected"), std::string::npos) << offline.raw;
+}
+
+TEST_F(ScalingTest, HeldRequestsAreBoundedPerDeployment) {
+  make_pool();
+  upload("text");
+  deploy("dep-1", "text");
+  auto node = agent(enroll().credential);
+  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
+  ASSERT_TRUE(node->report_all("loading").ok());
+  const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
+  auto first = predict_async("text", request);
+  auto second = predict_async("text", request);
+  ASSERT_TRUE(eventually([&] {
+    return scrape().find(
+               "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} 2") !=
+           std::string::npos;
+  }));
+  // max_held_requests is 2: the third is refused at once.
+  auto third = admin_.post("/v2/users/me/models/text/outputs", request);
+  EXPECT_EQ(third.status, 503);
+  EXPECT_NE(third.raw.find("requests already wait"), std::string::npos) << third.raw;
+  ASSERT_TRUE(node->report_all("ready").ok());
+  EXPECT_EQ(first.get().status, 200);
+  EXPECT_EQ(second.get().status, 200);
+}
+
+TEST_F(ScalingTest, IdleDeploymentScalesToZeroAndARequestBringsItBack) {
+  make_pool();
+  upload("text");
+  auto node = agent(enroll().credential);
+  deploy_with("dep-z", "text",
+              {{"min_replicas", 0},
+               {"max_replicas", 2},
+               {"scale_down_delay_seconds", 0},
+               {"scale_to_zero_delay_seconds", 1}});
+  // It starts with one replica (the first call is warm), then goes to zero when idle.
+  ASSERT_TRUE(eventually([&] { return node->last_desired()["replicas"].size() == 1; }));
+  ASSERT_TRUE(node->report_all("ready").ok());
+  ASSERT_TRUE(eventually([&] {
+    const auto desired = node->last_desired();
+    return desired.is_object() && desired["replicas"].empty();
+  }));
+  auto view = admin_.get("/v2/users/me/deployments/dep-z").body["deployment"];
+  EXPECT_EQ(view["state"], "scaled_to_zero") << view.dump();
+  EXPECT_EQ(view["deployment_metrics"]["desired_replicas"], 0);
+  ASSERT_FALSE(view["scaling_events"].empty());
+  EXPECT_NE(view["scaling_events"][0]["reason"].get<std::string>().find("no request for 1 s"),
+            std::string::npos)
+      << view.dump();
+  ASSERT_TRUE(node->report_all("ready").ok());  // the agent dropped it: nothing to report
+
+  // A request at zero: held, a replica assigned at once, served when it is ready.
+  const json request{{"runner_selector", selector("dep-z")}, {"inputs", {{"text", "x y"}}}};
+  auto held = predict_async("text", request);
+  ASSERT_TRUE(eventually([&] { return node->last_desired()["replicas"].size() == 1; }));
+  ASSERT_TRUE(node->report_all("ready").ok());
+  const ApiReply served = held.get();
+  EXPECT_EQ(served.status, 200) << served.raw;
+  view = admin_.get("/v2/users/me/deployments/dep-z").body["deployment"];
+  EXPECT_NE(view["scaling_events"][0]["reason"].get<std::string>().find("arrived at zero"),
+            std::string::npos)
+      << view.dump();
+  const std::string metrics = scrape();
+  EXPECT_NE(metrics.find("outpost_cold_starts_total{deployment=\"dep-z\",user=\"admin\"} 1"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("outpost_predict_requests_total{code=\"ok\",deployment=\"dep-z\",shape="
+                         "\"unary\",user=\"admin\"} 1"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("outpost_connected_agents 1"), std::string::npos) << metrics;
+}
+
+TEST_F(ScalingTest, TrafficOverflowsToTheNextNodepoolAndFailsOverWhenANodeGoes) {
+  make_pool("cc", "np1");
+  make_pool("cc2", "np2");
+  upload("chargen");
+  auto first = agent(enroll("cc", "np1", "a").credential);
+  auto second = agent(enroll("cc2", "np2", "b").credential);
+  deploy_with("gen", "chargen", {{"min_replicas", 1}},
+              json::array({{{"id", "np1"}}, {{"id", "np2"}}}));
+  for (auto* node : {first.get(), second.get()}) {
+    ASSERT_TRUE(eventually([&] { return node->last_desired()["replicas"].size() == 1; }));
+    ASSERT_TRUE(node->report_all("ready").ok());
+  }
+  const std::string body =
+      json{{"runner_selector", selector("gen")}, {"inputs", {{"prompt", "p"}}}}.dump();
+  // The first nodepool is preferred.
+  auto unary_first = admin_.post("/v2/users/me/models/chargen/outputs/generate", json::parse(body));
+  EXPECT_EQ(unary_first.status, 200);
+  EXPECT_EQ(first->predicts(), 1);
+  EXPECT_EQ(second->predicts(), 0);
+  // One call held open saturates np1 (max_ongoing_per_replica 1): the next overflows to np2.
+  first->set_stall_generate(true);
+  std::atomic<bool> open{false};
+  std::thread holder([&] {
+    (void)admin_.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate",
+                                         body, "application/json", {}, [&](std::string_view) {
+                                           open = true;
+                                           return false;  // hang up after the first chunk
+                                         });
+  });
+  ASSERT_TRUE(eventually([&] { return open.load(); }));
+  Api other(control_.base_url(), pki_.ca_file(), control_.admin_token());
+  EXPECT_EQ(other.post("/v2/users/me/models/chargen/outputs/generate", json::parse(body)).status,
+            200);
+  EXPECT_EQ(second->predicts(), 1);
+  holder.join();
+  first->set_stall_generate(false);
+  // np1's node goes: calls go to np2 without an error.
+  first->disconnect();
+  EXPECT_EQ(other.post("/v2/users/me/models/chargen/outputs/generate", json::parse(body)).status,
+            200);
+  EXPECT_EQ(second->predicts(), 2);
 }
 
 class UrlInputTest : public TunnelTest {

@@ -1,5 +1,6 @@
 // The platform end to end: outpost-control, outpostd and outpost-worker as real processes on
 // loopback, driven with the real `outpost` CLI.
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -191,6 +192,88 @@ TEST(EndToEndTest, ModelWithAWrongHashIsRefusedAndReported) {
     return doc.dump().find("hash mismatch") != std::string::npos;
   })) << platform.agent("node-b").log();
   EXPECT_NE(platform.agent("node-b").log().find("hash mismatch"), std::string::npos);
+}
+
+// Two agents on this machine, each with its own state directory and inventory file, in two
+// nodepools of one deployment. Killing the preferred one loses no prediction: calls in flight
+// are retried on the other, later ones go there, and the deployment says why np-a is empty.
+TEST(EndToEndTest, TwoNodepoolsFailOverWhenTheirAgentIsKilled) {
+  PlatformOptions options;
+  options.control_yaml = "scaling: {node_offline_grace_seconds: 2}\n";
+  Platform platform(options);
+  platform.create_pool("cc-e2e", "np-a");
+  platform.create_pool("cc-e2e", "np-b");
+  for (const char* name : {"node-a", "node-b"}) {
+    const std::string inventory = platform.dir() + "/" + name + "-inventory.json";
+    std::ofstream(inventory) << R"({"cpu_cores": 2, "memory_bytes": 4294967296, "gpus": []})";
+    AgentOptions agent;
+    agent.name = name;
+    agent.extra_yaml = "inventory_override: " + inventory + "\n";
+    platform.start_agent("cc-e2e", name == std::string("node-a") ? "np-a" : "np-b", agent);
+  }
+  platform.upload_model("text");
+  platform.deploy_yaml("np-a", "dep-text",
+                       "  autoscale_config: {min_replicas: 1, max_replicas: 1}\n"
+                       "  worker: {model: {id: text}}\n"
+                       "  scheduling_choice: 4\n"
+                       "  nodepools:\n    - {id: np-a, compute_cluster: {id: cc-e2e}}\n"
+                       "    - {id: np-b, compute_cluster: {id: cc-e2e}}\n");
+  ASSERT_TRUE(platform.wait_live("dep-text", 2)) << platform.agent("node-a").log();
+  // Each node reports its own inventory, from its file.
+  const auto nodes = platform.cli_json({"nodepool", "nodes", "cc-e2e", "np-a"});
+  EXPECT_NE(nodes.dump().find("4294967296"), std::string::npos) << nodes.dump();
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0};
+  std::vector<std::string> failures;
+  std::thread caller([&] {
+    while (!stop) {
+      const std::string out = predict_text(platform, "left right", false);
+      if (out.find("RIGHT LEFT") != std::string::npos) {
+        ++ok;
+      } else {
+        failures.push_back(out);
+      }
+    }
+  });
+  ASSERT_TRUE(eventually([&] { return ok.load() >= 3; }));
+  ::kill(platform.agent("node-a").pid(), SIGKILL);
+  const int before = ok.load();
+  ASSERT_TRUE(eventually([&] { return ok.load() >= before + 10; }));
+  stop = true;
+  caller.join();
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
+  // Past the grace, the scheduler gives up on np-a's only node and says so.
+  ASSERT_TRUE(eventually([&] {
+    return platform.cli_json({"deployment", "get", "dep-text"}).dump().find("offline") !=
+           std::string::npos;
+  }));
+}
+
+// A deployment with min_replicas 0 goes to zero replicas when idle (its worker exits); the next
+// request is held while a replica starts, then served.
+TEST(EndToEndTest, IdleDeploymentScalesToZeroAndTheNextRequestColdStarts) {
+  Platform platform;
+  platform.create_pool("cc-e2e", "np-e2e");
+  platform.start_agent("cc-e2e", "np-e2e");
+  platform.upload_model("text");
+  platform.deploy_yaml("np-e2e", "dep-text",
+                       "  autoscale_config: {min_replicas: 0, max_replicas: 2, "
+                       "scale_down_delay_seconds: 1, scale_to_zero_delay_seconds: 2}\n"
+                       "  worker: {model: {id: text}}\n"
+                       "  scheduling_choice: 4\n"
+                       "  nodepools: [{id: np-e2e, compute_cluster: {id: cc-e2e}}]\n");
+  // It starts with one replica; idle for 2 s, it goes to zero and the agent stops the worker.
+  ASSERT_TRUE(eventually([&] {
+    const auto doc = platform.cli_json({"deployment", "get", "dep-text"});
+    return doc.dump().find("scaled_to_zero") != std::string::npos;
+  }));
+  ASSERT_TRUE(eventually([&] { return workers_of(platform.agent("node-a")).empty(); }));
+  // Cold start: the call waits for the replica instead of failing.
+  EXPECT_NE(predict_text(platform, "cold start").find("START COLD"), std::string::npos);
+  const auto doc = platform.cli_json({"deployment", "get", "dep-text"}).dump();
+  EXPECT_NE(doc.find("a request arrived at zero replicas"), std::string::npos) << doc;
+  EXPECT_NE(doc.find("no request for 2 s"), std::string::npos) << doc;
 }
 
 TEST(EndToEndTest, SystemdHearsReadyStatusAndStoppingInOrder) {

@@ -58,7 +58,7 @@ void Platform::start_control() {
         "listen: \"" + listen + "\"\n" + "data_dir: " + dir() + "/control-data\n" +
             "tls: {cert_file: " + pki_.cert_file() + ", key_file: " + pki_.key_file() + "}\n" +
             "worker_path: " + OUTPOST_WORKER_BIN + "\n" + "admin: {user: admin, token_file: " +
-            dir() + "/admin.token}\n" + "port_file: " + port_file + "\n");
+            dir() + "/admin.token}\n" + "port_file: " + port_file + "\n" + options_.control_yaml);
   control_ = std::make_unique<ChildProcess>(
       std::vector<std::string>{OUTPOST_CONTROL_BIN, "--config", dir() + "/control.yaml"},
       std::vector<std::string>{"OUTPOST_LOG_LEVEL=" + options_.log_level}, dir() + "/control.log");
@@ -191,6 +191,13 @@ void Platform::deploy(const std::string& pool, const std::string& deployment,
                   "\n  scheduling_choice: 4\n"
                   "  nodepools:\n    - id: " +
                   pool + "\n      compute_cluster: {id: cc-e2e}\n");
+  cli({"deployment", "create", pool, deployment, "--config", path});
+}
+
+void Platform::deploy_yaml(const std::string& pool, const std::string& deployment,
+                           const std::string& body) {
+  const std::string path = dir() + "/" + deployment + ".yaml";
+  write(path, "deployment:\n  id: " + deployment + "\n" + body);
   cli({"deployment", "create", pool, deployment, "--config", path});
 }
 

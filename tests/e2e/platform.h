@@ -20,6 +20,7 @@ struct PlatformOptions {
   // Of outpost-control and every outpostd: debug for the tests' logs, info (the default of a
   // real installation) for bench_e2e, which measures through them.
   std::string log_level = "debug";
+  std::string control_yaml;  // appended to outpost-control's config
 };
 
 struct AgentOptions {
@@ -62,6 +63,9 @@ class Platform {
   // Uploads an example model package (build/models/NAME) and deploys it on `pool`.
   void upload_model(const std::string& model);
   void deploy(const std::string& pool, const std::string& deployment, const std::string& model);
+  // Creates a deployment from the body of its `deployment:` document (YAML, indented by 2),
+  // which lists `pool` among its nodepools.
+  void deploy_yaml(const std::string& pool, const std::string& deployment, const std::string& body);
   // Waits until the deployment has `count` live replicas; false after the hang guard.
   bool wait_live(const std::string& deployment, int count = 1,
                  std::chrono::seconds limit = std::chrono::seconds(120));
