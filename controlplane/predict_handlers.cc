@@ -342,11 +342,11 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     services_->router->acquire(target_.deployment, avoid_,
                                [self = shared_from_this()](Result<PredictRoute> route) {
                                  if (!route.ok()) return self->fail(route.error());
-                                 self->send(std::move(route).value());
+                                 self->send(*route);
                                });
   }
 
-  void send(PredictRoute route) {
+  void send(const PredictRoute& route) {
     if (finished_.load()) return;
     guard_ = services_->router->track(target_.deployment, route);
     node_id_ = route.node_id;

@@ -12,10 +12,8 @@ using nlohmann::json;
 
 namespace {
 
-const json& autoscale_of(const Deployment& deployment) {
-  static const json kEmpty = json::object();
-  const auto it = deployment.doc.find("autoscale_config");
-  return it == deployment.doc.end() ? kEmpty : *it;
+json autoscale_of(const Deployment& deployment) {
+  return deployment.doc.value("autoscale_config", json::object());
 }
 
 }  // namespace
@@ -33,10 +31,18 @@ ReplicaScaler& Scaling::scaler_locked(const Key& key, const Deployment& deployme
       scale_policy(autoscale_of(deployment), options_.target_ongoing_requests);
   auto it = scalers_.find(key);
   if (it == scalers_.end()) {
+    // The stored count wins (a restart keeps the scale); the caller may have read it already.
     std::optional<int64_t> known;
-    if (stored != nullptr) {
-      if (const auto found = stored->find(key); found != stored->end()) known = found->second;
+    std::map<Key, int64_t> read;
+    if (stored == nullptr) {
+      if (auto scales = store_.list_scales(); scales.ok()) {
+        for (const auto& scale : *scales) {
+          read[{scale.user_id, scale.deployment_id, scale.nodepool_id}] = scale.replicas;
+        }
+      }
+      stored = &read;
     }
+    if (const auto found = stored->find(key); found != stored->end()) known = found->second;
     it = scalers_
              .emplace(key, ReplicaScaler(policy, known.value_or(initial_replicas(policy)),
                                          seconds_now()))

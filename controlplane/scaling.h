@@ -20,6 +20,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -83,11 +84,16 @@ class Scaling {
     std::string user_id;
     std::string deployment_id;
     std::string nodepool_id;
-    auto operator<=>(const Key&) const = default;
+    bool operator<(const Key& other) const {
+      return std::tie(user_id, deployment_id, nodepool_id) <
+             std::tie(other.user_id, other.deployment_id, other.nodepool_id);
+    }
   };
   using DeploymentKey = std::pair<std::string, std::string>;  // user, deployment
 
   double seconds_now() const;
+  // The scaler of `key`, made on first use from the stored count (`stored`, or read now when
+  // null), else at initial_replicas(); its policy refreshed from the deployment.
   ReplicaScaler& scaler_locked(const Key& key, const Deployment& deployment,
                                const std::map<Key, int64_t>* stored);
   void record_locked(const Key& key, const ScaleChange& change);

@@ -198,6 +198,7 @@ TEST(SchedulerTest, BinPacksByMemoryAndCoresIntoTheFewestNodes) {
   const std::vector<SchedulerNode> nodes = {cpu_node("n1", 8, 8e9), cpu_node("n2", 8, 8e9),
                                             cpu_node("n3", 8, 8e9)};
   std::vector<SchedulerDeployment> many;
+  many.reserve(6);
   for (int i = 0; i < 6; ++i) many.push_back(deployment("m" + std::to_string(i), 1, {1, 2.5e9}));
   const auto result = schedule("u", many, nodes, {});
   ASSERT_EQ(result.replicas.size(), 6u);
@@ -206,6 +207,7 @@ TEST(SchedulerTest, BinPacksByMemoryAndCoresIntoTheFewestNodes) {
   EXPECT_EQ(per_node.size(), 2u);
   // Cores are a limit too: 3 cores per replica, 8 per node: two fit on a node.
   std::vector<SchedulerDeployment> hungry;
+  hungry.reserve(7);
   for (int i = 0; i < 7; ++i) hungry.push_back(deployment("h" + std::to_string(i), 1, {3, 0}));
   const auto cores = schedule("u", hungry, nodes, {});
   EXPECT_EQ(cores.replicas.size(), 6u);

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -195,11 +196,12 @@ TEST(EndToEndTest, ModelWithAWrongHashIsRefusedAndReported) {
 }
 
 // Two agents on this machine, each with its own state directory and inventory file, in two
-// nodepools of one deployment. Killing the preferred one loses no prediction: calls in flight
-// are retried on the other, later ones go there, and the deployment says why np-a is empty.
-TEST(EndToEndTest, TwoNodepoolsFailOverWhenTheirAgentIsKilled) {
+// nodepools of one deployment. Callers at once saturate np-a (one call in flight per replica)
+// and overflow to np-b. Killing np-a's agent loses no prediction: calls in flight are
+// retried on np-b, later ones go there, and the deployment says why np-a is empty.
+TEST(EndToEndTest, TwoNodepoolsOverflowAndFailOverWhenAnAgentIsKilled) {
   PlatformOptions options;
-  options.control_yaml = "scaling: {node_offline_grace_seconds: 2}\n";
+  options.control_yaml = "scaling: {node_offline_grace_seconds: 2, max_ongoing_per_replica: 1}\n";
   Platform platform(options);
   platform.create_pool("cc-e2e", "np-a");
   platform.create_pool("cc-e2e", "np-b");
@@ -220,28 +222,57 @@ TEST(EndToEndTest, TwoNodepoolsFailOverWhenTheirAgentIsKilled) {
                        "    - {id: np-b, compute_cluster: {id: cc-e2e}}\n");
   ASSERT_TRUE(platform.wait_live("dep-text", 2)) << platform.agent("node-a").log();
   // Each node reports its own inventory, from its file.
-  const auto nodes = platform.cli_json({"nodepool", "nodes", "cc-e2e", "np-a"});
-  EXPECT_NE(nodes.dump().find("4294967296"), std::string::npos) << nodes.dump();
+  // `outpost -o json nodepool nodes` prints the list of nodes.
+  const auto pool_a = platform.cli_json({"nodepool", "nodes", "cc-e2e", "np-a"});
+  const auto pool_b = platform.cli_json({"nodepool", "nodes", "cc-e2e", "np-b"});
+  ASSERT_TRUE(pool_a.is_array() && pool_a.size() == 1u) << pool_a.dump();
+  ASSERT_TRUE(pool_b.is_array() && pool_b.size() == 1u) << pool_b.dump();
+  EXPECT_EQ(pool_a[0]["inventory"]["memory_bytes"], 4294967296) << pool_a.dump();
+  const std::string node_a = pool_a[0]["id"];
+  const std::string node_b = pool_b[0]["id"];
+  const auto calls_to = [&](const std::string& node) {
+    const std::string log = platform.control().log();
+    size_t count = 0;
+    for (size_t at = log.find("-> " + node); at != std::string::npos;
+         at = log.find("-> " + node, at + 1)) {
+      ++count;
+    }
+    return count;
+  };
 
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0};
+  std::mutex failures_mutex;
   std::vector<std::string> failures;
-  std::thread caller([&] {
-    while (!stop) {
-      const std::string out = predict_text(platform, "left right", false);
-      if (out.find("RIGHT LEFT") != std::string::npos) {
-        ++ok;
-      } else {
-        failures.push_back(out);
+  std::vector<std::thread> callers;
+  callers.reserve(4);
+  for (int i = 0; i < 4; ++i) {
+    callers.emplace_back([&] {
+      while (!stop) {
+        const std::string out = predict_text(platform, "left right", false);
+        if (out.find("RIGHT LEFT") != std::string::npos) {
+          ++ok;
+        } else {
+          std::lock_guard lock(failures_mutex);
+          failures.push_back(out);
+        }
       }
-    }
-  });
-  ASSERT_TRUE(eventually([&] { return ok.load() >= 3; }));
-  ::kill(platform.agent("node-a").pid(), SIGKILL);
-  const int before = ok.load();
-  ASSERT_TRUE(eventually([&] { return ok.load() >= before + 10; }));
+    });
+  }
+  // Overflow: both nodepools serve while calls overlap.
+  const bool overflowed =
+      eventually([&] { return calls_to(node_a) >= 3 && calls_to(node_b) >= 3; });
+  bool failed_over = false;
+  if (overflowed) {
+    ::kill(platform.agent("node-a").pid(), SIGKILL);
+    const int before = ok.load();
+    failed_over = eventually([&] { return ok.load() >= before + 10; });
+  }
   stop = true;
-  caller.join();
+  for (auto& caller : callers) caller.join();
+  ASSERT_TRUE(overflowed) << "calls to np-a: " << calls_to(node_a)
+                          << ", to np-b: " << calls_to(node_b);
+  ASSERT_TRUE(failed_over);
   EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
   // Past the grace, the scheduler gives up on np-a's only node and says so.
   ASSERT_TRUE(eventually([&] {
