@@ -34,9 +34,13 @@ class Problems {
 
 void check_keys(const YAML::Node& map, const std::string& prefix,
                 const std::set<std::string>& allowed, Problems& problems) {
+  std::set<std::string> seen;
   for (const auto& item : map) {
     const std::string key = item.first.IsScalar() ? item.first.Scalar() : "(a non-scalar key)";
-    if (allowed.count(key) == 0) {
+    // YAML readers disagree on a repeated key (yaml-cpp keeps the first): refuse it.
+    if (!seen.insert(key).second) {
+      problems.add(prefix + key, "appears more than once; write it once");
+    } else if (allowed.count(key) == 0) {
       std::string known;
       for (const auto& name : allowed) known += (known.empty() ? "" : ", ") + name;
       problems.add(prefix + key, "unknown key (known here: " + known + ")");
@@ -267,7 +271,7 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
   if (is_map(workers, "workers", problems)) {
     check_keys(workers, "workers.",
                {"binary", "max_workers", "max_inflight_per_replica", "max_streams",
-                "restart_backoff_max_seconds", "threads"},
+                "restart_backoff_max_seconds", "threads", "idle_seconds"},
                problems);
     read_string(workers["binary"], "workers.binary", config.worker_binary, problems);
     read_int(workers["max_workers"], "workers.max_workers", 1, 256, config.max_workers, problems);
@@ -278,6 +282,8 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
     read_int(workers["restart_backoff_max_seconds"], "workers.restart_backoff_max_seconds", 1, 3600,
              config.restart_backoff_max_seconds, problems);
     read_int(workers["threads"], "workers.threads", 0, 1024, config.worker_threads, problems);
+    read_int(workers["idle_seconds"], "workers.idle_seconds", 0, 86400, config.idle_worker_seconds,
+             problems);
   }
 
   if (!problems.empty()) return invalid_argument(problems.text(source));

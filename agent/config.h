@@ -46,6 +46,10 @@ struct AgentConfig {
   int max_inflight_per_replica = 64;  // requests beyond this get resource_exhausted
   int max_streams = 4096;             // predict streams at once, all replicas together
   int restart_backoff_max_seconds = 60;
+  // A worker whose last replica left is kept this long (process and libtorch loaded, no model),
+  // so that a replica placed on its device again (a cold start after scaling to zero) skips
+  // the process start. 0: stop it at once.
+  int idle_worker_seconds = 300;
   int worker_threads = 0;  // intra-op threads per worker; 0: the worker decides
 
   // A JSON file that replaces hardware detection (tests, and hosts whose NVML lies). Named as

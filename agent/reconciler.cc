@@ -107,7 +107,8 @@ Reconciler::Reconciler(boost::asio::io_context& io, AgentConfig config, Inventor
       max_inflight_per_replica_(config_.max_inflight_per_replica),
       max_streams_(config_.max_streams),
       max_workers_(config_.max_workers),
-      restart_backoff_max_seconds_(config_.restart_backoff_max_seconds) {
+      restart_backoff_max_seconds_(config_.restart_backoff_max_seconds),
+      idle_worker_seconds_(config_.idle_worker_seconds) {
   cleanup_leftover_workers();
   last_pass_ms_ = std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
   thread_ = std::thread([this] { run(); });
@@ -141,6 +142,7 @@ void Reconciler::update_limits(const AgentConfig& config) {
   max_streams_ = config.max_streams;
   max_workers_ = config.max_workers;
   restart_backoff_max_seconds_ = config.restart_backoff_max_seconds;
+  idle_worker_seconds_ = config.idle_worker_seconds;
   wake_.notify_all();  // a pass now: a higher max_workers may let waiting replicas start
 }
 
@@ -369,13 +371,36 @@ void Reconciler::pass() {
     }
     std::set<std::string> planned;
     for (const auto& plan : placement.workers) planned.insert(plan.worker_id);
+    const auto now = Clock::now();
+    const auto keep_for = seconds(idle_worker_seconds_.load());
+    size_t kept = 0;
     for (auto it = workers_.begin(); it != workers_.end();) {
-      if (planned.count(it->first) == 0 && it->second->loaded.empty()) {
-        idle.push_back(it->second);
-        it = workers_.erase(it);
-      } else {
+      Worker& worker = *it->second;
+      if (planned.count(it->first) != 0 || !worker.loaded.empty()) {
+        worker.idle_since.reset();
         ++it;
+        continue;
       }
+      // Kept for a while if the next replica of its device would use it again (a device's
+      // shared worker, not an mps or MIG worker of one replica) and a worker slot is free.
+      const bool reusable =
+          worker.plan.worker_id == worker.plan.device_id && worker.process &&
+          placement.workers.size() + kept < static_cast<size_t>(max_workers_.load());
+      if (reusable && keep_for.count() > 0) {
+        if (!worker.idle_since) {
+          worker.idle_since = now;
+          LOG_INFO("agent.worker_idle", "worker " << it->first << " holds no replica; kept for "
+                                                  << keep_for.count()
+                                                  << " s (workers.idle_seconds)");
+        }
+        if (now - *worker.idle_since < keep_for) {
+          ++kept;
+          ++it;
+          continue;
+        }
+      }
+      idle.push_back(it->second);
+      it = workers_.erase(it);
     }
   }
   for (auto& worker : idle) {

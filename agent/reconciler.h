@@ -104,6 +104,8 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
     int crashes_in_a_row = 0;
     std::chrono::steady_clock::time_point next_start{};
     std::chrono::steady_clock::time_point started_at{};
+    // Since when it holds no replica (workers.idle_seconds keeps it that long).
+    std::optional<std::chrono::steady_clock::time_point> idle_since;
     std::string last_exit;
   };
 
@@ -144,6 +146,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   std::atomic<int> max_streams_;
   std::atomic<int> max_workers_;
   std::atomic<int> restart_backoff_max_seconds_;
+  std::atomic<int> idle_worker_seconds_;
 
   bool stopping_ = false;
   std::function<void()> on_stopped_;

@@ -64,6 +64,11 @@ double ReplicaScaler::mean_ongoing() const {
 
 int64_t ReplicaScaler::recommendation(double now) {
   prune(now);
+  // Idle long enough: zero, whatever the window still remembers of the last busy spell.
+  if (policy_.min_replicas == 0 && replicas_ > 0 &&
+      now - last_busy_ >= policy_.scale_to_zero_delay_seconds) {
+    return 0;
+  }
   const double mean = mean_ongoing();
   auto wanted = static_cast<int64_t>(std::ceil(mean / policy_.target_ongoing_requests - 1e-9));
   const bool busy_now = !samples_.empty() && samples_.back().ongoing > 0;

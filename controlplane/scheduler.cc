@@ -161,9 +161,9 @@ ReplicaShape replica_shape(const json& info) {
   shape.cpu_cores = quantity_of(info, "cpu_requests", "cpu_requests");
   shape.memory_bytes = quantity_of(info, "cpu_memory_requests", "cpu_memory");
   shape.accelerators = std::max<int64_t>(0, info.value("num_accelerators", int64_t{0}));
+  // Per accelerator, as the agent reads it too.
   if (shape.accelerators > 0) {
-    shape.accelerator_memory = quantity_of(info, "accelerator_memory", "accelerator_memory") /
-                               static_cast<double>(shape.accelerators);
+    shape.accelerator_memory = quantity_of(info, "accelerator_memory", "accelerator_memory");
   }
   return shape;
 }

@@ -7,9 +7,9 @@
 //
 // - A replica asks for `cpu_requests` cores (cpu_limit is a cap, not a reservation),
 //   `cpu_memory_requests` (else `cpu_memory`) bytes of host memory, and, when
-//   `num_accelerators` > 0, that many accelerators with `accelerator_memory /
-//   num_accelerators` free bytes on each. A quantity the model leaves out is not counted; a
-//   node that did not report a resource is not limited by it.
+//   `num_accelerators` > 0, that many accelerators with `accelerator_memory` free bytes on
+//   each. A quantity the model leaves out is not counted; a node that did not report a
+//   resource is not limited by it.
 // - disable_packing: the replica's devices (its accelerators, or the node's CPU for a replica
 //   without accelerators) hold nothing else.
 // - Stable: a replica that sits on a node that is still usable and still fits it stays there,

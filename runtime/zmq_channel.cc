@@ -60,9 +60,11 @@ Result<std::unique_ptr<ZmqChannel>> ZmqChannel::connect_dealer(zmq::context_t& c
   try {
     zmq::socket_t socket(context, zmq::socket_type::dealer);
     set_common_options(socket, limits);
-    // A worker that is starting up binds within milliseconds; retry quickly.
+    // A starting worker binds after libtorch has loaded (about a second here): retry every
+    // 10 ms without backing off, so that a cold start does not wait up to a backoff interval
+    // more. A retry against a missing ipc socket is one failed connect(2).
     socket.set(zmq::sockopt::reconnect_ivl, 10);
-    socket.set(zmq::sockopt::reconnect_ivl_max, 250);
+    socket.set(zmq::sockopt::reconnect_ivl_max, 0);
     socket.connect(endpoint);
     return std::unique_ptr<ZmqChannel>(new ZmqChannel(std::move(socket), event_fd));
   } catch (const zmq::error_t& e) {

@@ -32,6 +32,7 @@ workers:
   max_streams: 100
   restart_backoff_max_seconds: 30
   threads: 2
+  idle_seconds: 0
 log_level: debug
 )",
                                          "agent.yaml");
@@ -44,6 +45,7 @@ log_level: debug
   EXPECT_EQ(config->default_slicing, SlicingMode::kMps);
   EXPECT_EQ(config->slicing_per_gpu.at(1), SlicingMode::kMig);
   EXPECT_EQ(config->max_workers, 4);
+  EXPECT_EQ(config->idle_worker_seconds, 0);
   EXPECT_EQ(config->socket_path(), "/run/outpost-test/outpostd.sock");
 }
 
@@ -54,6 +56,7 @@ TEST(AgentConfigTest, MinimalFileGetsDefaults) {
   EXPECT_EQ(config->state_dir, "/var/lib/outpost");
   EXPECT_FALSE(config->node_name.empty());  // the host name
   EXPECT_EQ(config->default_slicing, SlicingMode::kFraction);
+  EXPECT_EQ(config->idle_worker_seconds, 300);
 }
 
 TEST(AgentConfigTest, ReportsEveryErrorWithItsKey) {
@@ -100,6 +103,15 @@ TEST(AgentConfigTest, RuntimeDirTooLongForWorkerSocketsIsRefused) {
   EXPECT_NE(refused.error().message().find("at most 75 characters"), std::string::npos);
 }
 
+TEST(AgentConfigTest, ARepeatedKeyIsAnErrorNotSilentlyDropped) {
+  const auto config = parse_agent_config(
+      "control_plane: {url: 'wss://cp'}\nworkers: {threads: 1}\nworkers: {idle_seconds: 0}\n",
+      "agent.yaml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.error().message().find("workers: appears more than once"), std::string::npos)
+      << config.error().message();
+}
+
 TEST(AgentConfigTest, MalformedYamlIsAClearError) {
   const auto config = parse_agent_config("control_plane: [unclosed\n", "agent.yaml");
   ASSERT_FALSE(config.ok());
@@ -116,6 +128,7 @@ TEST(AgentConfigTest, ValuesOfTheWrongShapeAreErrorsNotCrashes) {
       {"devices: {gpus: {0: [mps]}}\n", "devices.gpus.0"},
       {"devices: {gpus: {[0]: mps}}\n", "devices.gpus"},
       {"reserved: {[cpu]: 1}\n", "reserved."},
+      {"workers: {idle_seconds: -1}\n", "workers.idle_seconds"},
   };
   for (const auto& [yaml, key] : cases) {
     const auto config = parse_agent_config(head + yaml, "agent.yaml");

@@ -88,6 +88,18 @@ TEST(AutoscalerTest, ScalesDownAfterTheDownDelayAndToZeroAfterTheIdleTime) {
   EXPECT_NE(zero->second.reason.find("no request for 60 s"), std::string::npos);
 }
 
+TEST(AutoscalerTest, TheIdleTimeToZeroDoesNotWaitForALongerTrafficWindow) {
+  ScalePolicy p = policy(0, 5);
+  p.traffic_history_seconds = 300;  // longer than the 60 s to zero
+  ReplicaScaler scaler(p, 1, 0);
+  ASSERT_FALSE(run(scaler, 0, 5, 1).has_value());  // busy until t = 5
+  const auto zero = run(scaler, 6, 400, 0);
+  ASSERT_TRUE(zero.has_value());
+  EXPECT_EQ(zero->second.to, 0);
+  EXPECT_GE(zero->first, 65);
+  EXPECT_LE(zero->first, 66);
+}
+
 TEST(AutoscalerTest, ARequestAtZeroGetsAReplicaAtOnce) {
   ReplicaScaler scaler(policy(0, 5), 0, 0);
   EXPECT_FALSE(run(scaler, 0, 100, 0).has_value());
@@ -255,7 +267,7 @@ TEST(SchedulerTest, ShapesAndNodesComeFromComputeInfoAndInventory) {
   EXPECT_DOUBLE_EQ(replica_shape(json{{"cpu_limit", "2"}}).cpu_cores, 0);
   EXPECT_DOUBLE_EQ(shape.memory_bytes, 4.0 * (1 << 30));
   EXPECT_EQ(shape.accelerators, 2);
-  EXPECT_DOUBLE_EQ(shape.accelerator_memory, 8.0 * (1 << 30));  // per accelerator
+  EXPECT_DOUBLE_EQ(shape.accelerator_memory, 16.0 * (1 << 30));  // on each accelerator
   Node node;
   node.id = "n";
   node.nodepool_id = "np";

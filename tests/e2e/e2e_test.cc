@@ -286,7 +286,9 @@ TEST(EndToEndTest, TwoNodepoolsOverflowAndFailOverWhenAnAgentIsKilled) {
 TEST(EndToEndTest, IdleDeploymentScalesToZeroAndTheNextRequestColdStarts) {
   Platform platform;
   platform.create_pool("cc-e2e", "np-e2e");
-  platform.start_agent("cc-e2e", "np-e2e");
+  AgentOptions agent;
+  agent.workers_yaml = "  idle_seconds: 0\n";  // no idle worker kept: a full cold start
+  platform.start_agent("cc-e2e", "np-e2e", agent);
   platform.upload_model("text");
   platform.deploy_yaml("np-e2e", "dep-text",
                        "  autoscale_config: {min_replicas: 0, max_replicas: 2, "

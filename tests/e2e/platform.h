@@ -28,7 +28,8 @@ struct AgentOptions {
   std::string control_port_override;  // connect through a relay instead
   std::string extra_yaml;
   std::vector<std::string> environment;
-  int worker_threads = 1;  // intra-op threads of each worker (workers.threads)
+  int worker_threads = 1;    // intra-op threads of each worker (workers.threads)
+  std::string workers_yaml;  // more `workers:` keys, each line indented by two spaces
 };
 
 class Platform {
