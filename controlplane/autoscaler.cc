@@ -20,23 +20,24 @@ std::string format(double value) {
 ScalePolicy scale_policy(const nlohmann::json& autoscale, double target_ongoing_requests) {
   ScalePolicy policy;
   if (autoscale.is_object()) {
-    policy.min_replicas = autoscale.value("min_replicas", policy.min_replicas);
-    policy.max_replicas = autoscale.value("max_replicas", policy.max_replicas);
-    policy.traffic_history_seconds =
-        autoscale.value("traffic_history_seconds", policy.traffic_history_seconds);
-    policy.scale_up_delay_seconds =
-        autoscale.value("scale_up_delay_seconds", policy.scale_up_delay_seconds);
-    policy.scale_down_delay_seconds =
-        autoscale.value("scale_down_delay_seconds", policy.scale_down_delay_seconds);
-    policy.scale_to_zero_delay_seconds =
-        autoscale.value("scale_to_zero_delay_seconds", policy.scale_to_zero_delay_seconds);
+    policy.autoscale.min_replicas = autoscale.value("min_replicas", policy.autoscale.min_replicas);
+    policy.autoscale.max_replicas = autoscale.value("max_replicas", policy.autoscale.max_replicas);
+    policy.autoscale.traffic_history_seconds =
+        autoscale.value("traffic_history_seconds", policy.autoscale.traffic_history_seconds);
+    policy.autoscale.scale_up_delay_seconds =
+        autoscale.value("scale_up_delay_seconds", policy.autoscale.scale_up_delay_seconds);
+    policy.autoscale.scale_down_delay_seconds =
+        autoscale.value("scale_down_delay_seconds", policy.autoscale.scale_down_delay_seconds);
+    policy.autoscale.scale_to_zero_delay_seconds = autoscale.value(
+        "scale_to_zero_delay_seconds", policy.autoscale.scale_to_zero_delay_seconds);
   }
   policy.target_ongoing_requests = std::max(1e-3, target_ongoing_requests);
   return policy;
 }
 
 int64_t initial_replicas(const ScalePolicy& policy) {
-  return std::min(std::max<int64_t>(policy.min_replicas, 1), policy.max_replicas);
+  return std::min(std::max<int64_t>(policy.autoscale.min_replicas, 1),
+                  policy.autoscale.max_replicas);
 }
 
 ReplicaScaler::ReplicaScaler(ScalePolicy policy, int64_t replicas, double now)
@@ -44,7 +45,8 @@ ReplicaScaler::ReplicaScaler(ScalePolicy policy, int64_t replicas, double now)
 
 void ReplicaScaler::prune(double now) {
   // The window always keeps at least the latest sample.
-  while (samples_.size() > 1 && samples_.front().at < now - policy_.traffic_history_seconds) {
+  while (samples_.size() > 1 &&
+         samples_.front().at < now - policy_.autoscale.traffic_history_seconds) {
     samples_.pop_front();
   }
 }
@@ -65,8 +67,8 @@ double ReplicaScaler::mean_ongoing() const {
 int64_t ReplicaScaler::recommendation(double now) {
   prune(now);
   // Idle long enough: zero, whatever the window still remembers of the last busy spell.
-  if (policy_.min_replicas == 0 && replicas_ > 0 &&
-      now - last_busy_ >= policy_.scale_to_zero_delay_seconds) {
+  if (policy_.autoscale.min_replicas == 0 && replicas_ > 0 &&
+      now - last_busy_ >= policy_.autoscale.scale_to_zero_delay_seconds) {
     return 0;
   }
   const double mean = mean_ongoing();
@@ -75,10 +77,11 @@ int64_t ReplicaScaler::recommendation(double now) {
   if (busy_now || mean > 0) wanted = std::max<int64_t>(wanted, 1);
   // Zero only after a long enough idle time; until then one replica stays (a deployment
   // already at zero stays there until a request comes).
-  if (wanted == 0 && replicas_ > 0 && now - last_busy_ < policy_.scale_to_zero_delay_seconds) {
+  if (wanted == 0 && replicas_ > 0 &&
+      now - last_busy_ < policy_.autoscale.scale_to_zero_delay_seconds) {
     wanted = 1;
   }
-  return std::clamp(wanted, policy_.min_replicas, policy_.max_replicas);
+  return std::clamp(wanted, policy_.autoscale.min_replicas, policy_.autoscale.max_replicas);
 }
 
 ScaleChange ReplicaScaler::change_to(int64_t to, std::string reason) {
@@ -91,31 +94,31 @@ ScaleChange ReplicaScaler::change_to(int64_t to, std::string reason) {
 
 std::optional<ScaleChange> ReplicaScaler::demand(double now) {
   last_busy_ = now;
-  if (replicas_ > 0 || policy_.max_replicas < 1) return std::nullopt;
+  if (replicas_ > 0 || policy_.autoscale.max_replicas < 1) return std::nullopt;
   return change_to(1, "a request arrived at zero replicas");
 }
 
 std::optional<ScaleChange> ReplicaScaler::evaluate(double now) {
   // Bounds first: a changed config applies at once.
-  if (replicas_ < policy_.min_replicas) {
-    return change_to(policy_.min_replicas,
-                     "min_replicas is " + std::to_string(policy_.min_replicas));
+  if (replicas_ < policy_.autoscale.min_replicas) {
+    return change_to(policy_.autoscale.min_replicas,
+                     "min_replicas is " + std::to_string(policy_.autoscale.min_replicas));
   }
-  if (replicas_ > policy_.max_replicas) {
-    return change_to(policy_.max_replicas,
-                     "max_replicas is " + std::to_string(policy_.max_replicas));
+  if (replicas_ > policy_.autoscale.max_replicas) {
+    return change_to(policy_.autoscale.max_replicas,
+                     "max_replicas is " + std::to_string(policy_.autoscale.max_replicas));
   }
   const int64_t wanted = recommendation(now);
   const std::string load = format(mean_ongoing()) + " ongoing requests on average over " +
-                           format(policy_.traffic_history_seconds) + " s, target " +
+                           format(policy_.autoscale.traffic_history_seconds) + " s, target " +
                            format(policy_.target_ongoing_requests) + " per replica";
   if (wanted > replicas_) {
     below_since_.reset();
     if (replicas_ == 0) return change_to(wanted, "requests arrived at zero replicas");
     if (!above_since_) above_since_ = now;
-    if (now - *above_since_ >= policy_.scale_up_delay_seconds) {
+    if (now - *above_since_ >= policy_.autoscale.scale_up_delay_seconds) {
       return change_to(wanted, load + "; above " + std::to_string(replicas_) + " replicas for " +
-                                   format(policy_.scale_up_delay_seconds) + " s");
+                                   format(policy_.autoscale.scale_up_delay_seconds) + " s");
     }
     return std::nullopt;
   }
@@ -124,11 +127,12 @@ std::optional<ScaleChange> ReplicaScaler::evaluate(double now) {
     if (!below_since_) below_since_ = now;
     if (wanted == 0) {
       // The idle time (scale_to_zero_delay_seconds) has passed: recommendation() checked it.
-      return change_to(0, "no request for " + format(policy_.scale_to_zero_delay_seconds) + " s");
+      return change_to(
+          0, "no request for " + format(policy_.autoscale.scale_to_zero_delay_seconds) + " s");
     }
-    if (now - *below_since_ >= policy_.scale_down_delay_seconds) {
+    if (now - *below_since_ >= policy_.autoscale.scale_down_delay_seconds) {
       return change_to(wanted, load + "; below " + std::to_string(replicas_) + " replicas for " +
-                                   format(policy_.scale_down_delay_seconds) + " s");
+                                   format(policy_.autoscale.scale_down_delay_seconds) + " s");
     }
     return std::nullopt;
   }

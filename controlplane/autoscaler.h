@@ -20,15 +20,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "controlplane/resource_config.h"
+
 namespace outpost::control {
 
+// A deployment's autoscale_config (resource_config.h: Clarifai's fields and defaults) and the
+// control plane's target load per replica.
 struct ScalePolicy {
-  int64_t min_replicas = 0;
-  int64_t max_replicas = 5;
-  double traffic_history_seconds = 300;
-  double scale_up_delay_seconds = 300;
-  double scale_down_delay_seconds = 300;
-  double scale_to_zero_delay_seconds = 1800;
+  AutoscaleConfig autoscale;
   double target_ongoing_requests = 2;
 };
 

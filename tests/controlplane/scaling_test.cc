@@ -12,12 +12,12 @@ using nlohmann::json;
 
 ScalePolicy policy(int64_t min, int64_t max) {
   ScalePolicy p;
-  p.min_replicas = min;
-  p.max_replicas = max;
-  p.traffic_history_seconds = 10;
-  p.scale_up_delay_seconds = 5;
-  p.scale_down_delay_seconds = 20;
-  p.scale_to_zero_delay_seconds = 60;
+  p.autoscale.min_replicas = min;
+  p.autoscale.max_replicas = max;
+  p.autoscale.traffic_history_seconds = 10;
+  p.autoscale.scale_up_delay_seconds = 5;
+  p.autoscale.scale_down_delay_seconds = 20;
+  p.autoscale.scale_to_zero_delay_seconds = 60;
   p.target_ongoing_requests = 2;
   return p;
 }
@@ -90,7 +90,7 @@ TEST(AutoscalerTest, ScalesDownAfterTheDownDelayAndToZeroAfterTheIdleTime) {
 
 TEST(AutoscalerTest, TheIdleTimeToZeroDoesNotWaitForALongerTrafficWindow) {
   ScalePolicy p = policy(0, 5);
-  p.traffic_history_seconds = 300;  // longer than the 60 s to zero
+  p.autoscale.traffic_history_seconds = 300;  // longer than the 60 s to zero
   ReplicaScaler scaler(p, 1, 0);
   ASSERT_FALSE(run(scaler, 0, 5, 1).has_value());  // busy until t = 5
   const auto zero = run(scaler, 6, 400, 0);
@@ -123,12 +123,12 @@ TEST(AutoscalerTest, PolicyComesFromTheDeploymentsAutoscaleConfig) {
                     {"scale_to_zero_delay_seconds", 60},
                     {"disable_packing", false}};
   const ScalePolicy p = scale_policy(config, 3);
-  EXPECT_EQ(p.min_replicas, 1);
-  EXPECT_EQ(p.max_replicas, 7);
-  EXPECT_EQ(p.traffic_history_seconds, 30);
-  EXPECT_EQ(p.scale_up_delay_seconds, 40);
-  EXPECT_EQ(p.scale_down_delay_seconds, 50);
-  EXPECT_EQ(p.scale_to_zero_delay_seconds, 60);
+  EXPECT_EQ(p.autoscale.min_replicas, 1);
+  EXPECT_EQ(p.autoscale.max_replicas, 7);
+  EXPECT_EQ(p.autoscale.traffic_history_seconds, 30);
+  EXPECT_EQ(p.autoscale.scale_up_delay_seconds, 40);
+  EXPECT_EQ(p.autoscale.scale_down_delay_seconds, 50);
+  EXPECT_EQ(p.autoscale.scale_to_zero_delay_seconds, 60);
   EXPECT_EQ(p.target_ongoing_requests, 3);
   EXPECT_EQ(initial_replicas(p), 1);
   EXPECT_EQ(initial_replicas(scale_policy({{"min_replicas", 0}}, 2)), 1);  // the first call is warm
