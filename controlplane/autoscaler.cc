@@ -8,6 +8,8 @@ namespace outpost::control {
 
 namespace {
 
+double seconds(int64_t value) { return static_cast<double>(value); }
+
 std::string format(double value) {
   std::ostringstream out;
   out.precision(3);
@@ -46,7 +48,7 @@ ReplicaScaler::ReplicaScaler(ScalePolicy policy, int64_t replicas, double now)
 void ReplicaScaler::prune(double now) {
   // The window always keeps at least the latest sample.
   while (samples_.size() > 1 &&
-         samples_.front().at < now - policy_.autoscale.traffic_history_seconds) {
+         samples_.front().at < now - seconds(policy_.autoscale.traffic_history_seconds)) {
     samples_.pop_front();
   }
 }
@@ -68,7 +70,7 @@ int64_t ReplicaScaler::recommendation(double now) {
   prune(now);
   // Idle long enough: zero, whatever the window still remembers of the last busy spell.
   if (policy_.autoscale.min_replicas == 0 && replicas_ > 0 &&
-      now - last_busy_ >= policy_.autoscale.scale_to_zero_delay_seconds) {
+      now - last_busy_ >= seconds(policy_.autoscale.scale_to_zero_delay_seconds)) {
     return 0;
   }
   const double mean = mean_ongoing();
@@ -78,7 +80,7 @@ int64_t ReplicaScaler::recommendation(double now) {
   // Zero only after a long enough idle time; until then one replica stays (a deployment
   // already at zero stays there until a request comes).
   if (wanted == 0 && replicas_ > 0 &&
-      now - last_busy_ < policy_.autoscale.scale_to_zero_delay_seconds) {
+      now - last_busy_ < seconds(policy_.autoscale.scale_to_zero_delay_seconds)) {
     wanted = 1;
   }
   return std::clamp(wanted, policy_.autoscale.min_replicas, policy_.autoscale.max_replicas);
@@ -110,15 +112,15 @@ std::optional<ScaleChange> ReplicaScaler::evaluate(double now) {
   }
   const int64_t wanted = recommendation(now);
   const std::string load = format(mean_ongoing()) + " ongoing requests on average over " +
-                           format(policy_.autoscale.traffic_history_seconds) + " s, target " +
-                           format(policy_.target_ongoing_requests) + " per replica";
+                           std::to_string(policy_.autoscale.traffic_history_seconds) +
+                           " s, target " + format(policy_.target_ongoing_requests) + " per replica";
   if (wanted > replicas_) {
     below_since_.reset();
     if (replicas_ == 0) return change_to(wanted, "requests arrived at zero replicas");
     if (!above_since_) above_since_ = now;
-    if (now - *above_since_ >= policy_.autoscale.scale_up_delay_seconds) {
+    if (now - *above_since_ >= seconds(policy_.autoscale.scale_up_delay_seconds)) {
       return change_to(wanted, load + "; above " + std::to_string(replicas_) + " replicas for " +
-                                   format(policy_.autoscale.scale_up_delay_seconds) + " s");
+                                   std::to_string(policy_.autoscale.scale_up_delay_seconds) + " s");
     }
     return std::nullopt;
   }
@@ -127,12 +129,13 @@ std::optional<ScaleChange> ReplicaScaler::evaluate(double now) {
     if (!below_since_) below_since_ = now;
     if (wanted == 0) {
       // The idle time (scale_to_zero_delay_seconds) has passed: recommendation() checked it.
-      return change_to(
-          0, "no request for " + format(policy_.autoscale.scale_to_zero_delay_seconds) + " s");
+      return change_to(0, "no request for " +
+                              std::to_string(policy_.autoscale.scale_to_zero_delay_seconds) + " s");
     }
-    if (now - *below_since_ >= policy_.autoscale.scale_down_delay_seconds) {
+    if (now - *below_since_ >= seconds(policy_.autoscale.scale_down_delay_seconds)) {
       return change_to(wanted, load + "; below " + std::to_string(replicas_) + " replicas for " +
-                                   format(policy_.autoscale.scale_down_delay_seconds) + " s");
+                                   std::to_string(policy_.autoscale.scale_down_delay_seconds) +
+                                   " s");
     }
     return std::nullopt;
   }
