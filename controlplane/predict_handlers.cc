@@ -308,6 +308,14 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   // Routes the call (holding it while a replica starts) and sends it. Blocking: on the pool.
   void start(json inputs) {
     inputs_ = std::move(inputs);
+    std::weak_ptr<HttpCall> weak = shared_from_this();
+    exchange_->on_client_gone([weak] {
+      auto self = weak.lock();
+      if (!self) return;
+      self->client_gone_ = true;
+      self->cancel("the client went away");
+      self->services_->router->wake();  // a held call is dropped at once
+    });
     route();
   }
 
@@ -339,14 +347,21 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   }
 
   void route() {
-    services_->router->acquire(target_.deployment, avoid_,
-                               [self = shared_from_this()](Result<PredictRoute> route) {
-                                 if (!route.ok()) return self->fail(route.error());
-                                 self->send(*route);
-                               });
+    std::weak_ptr<HttpCall> weak = shared_from_this();
+    services_->router->acquire(
+        target_.deployment, avoid_,
+        [self = shared_from_this()](Result<PredictRoute> route) {
+          if (!route.ok()) return self->fail(route.error());
+          self->send(*route);
+        },
+        [weak] {
+          auto self = weak.lock();
+          return self && !self->client_gone_.load();
+        });
   }
 
   void send(const PredictRoute& route) {
+    if (client_gone_.load()) return fail(Error(ErrorCode::kCancelled, "the client went away"));
     if (finished_.load()) return;
     guard_ = services_->router->track(target_.deployment, route);
     node_id_ = route.node_id;
@@ -360,12 +375,6 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
                                               /*send_first_message=*/true, /*end_stream=*/true);
     }
     std::weak_ptr<HttpCall> weak = shared_from_this();
-    if (!watching_client_) {
-      watching_client_ = true;
-      exchange_->on_client_gone([weak] {
-        if (auto self = weak.lock()) self->cancel("the client went away");
-      });
-    }
     deadline_.expires_after(std::chrono::seconds(services_->config->predict_timeout_seconds));
     deadline_.async_wait([weak](error_code ec) {
       auto self = weak.lock();
@@ -490,7 +499,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   std::set<std::string> avoid_;  // nodes lost under this call
   std::string node_id_;
   size_t attempts_ = 0;
-  bool watching_client_ = false;
+  std::atomic<bool> client_gone_{false};
   std::mutex stream_mutex_;  // cancel() comes from the event loop, a retry sets it on the pool
   std::shared_ptr<tunnel::Stream> stream_;
   std::shared_ptr<void> guard_;

@@ -118,7 +118,8 @@ Result<PredictRoute> PredictRouter::choose(const Deployment& deployment,
   return unavailable("deployment '" + deployment.id + "' has no ready replica: " + choice.why);
 }
 
-void PredictRouter::acquire(const Deployment& deployment, std::set<std::string> avoid, Done done) {
+void PredictRouter::acquire(const Deployment& deployment, std::set<std::string> avoid, Done done,
+                            std::function<bool()> wanted) {
   Choice choice = consider(deployment, avoid);
   if (!choice.route.has_value() && choice.at_zero && scaling_ != nullptr) {
     // A cold start, or another request started one meanwhile: either way, look again.
@@ -138,7 +139,7 @@ void PredictRouter::acquire(const Deployment& deployment, std::set<std::string> 
           waiter.deployment.user_id == deployment.user_id && waiter.deployment.id == deployment.id;
     }
     if (waiting < options_.max_held_per_deployment) {
-      waiters_.push_back({deployment, std::move(avoid), std::move(done),
+      waiters_.push_back({deployment, std::move(avoid), std::move(done), std::move(wanted),
                           std::chrono::steady_clock::now() + options_.hold_timeout});
       return;
     }
@@ -169,6 +170,10 @@ void PredictRouter::retry_held(bool expire) {
   const auto now = std::chrono::steady_clock::now();
   std::list<Waiter> keep;
   for (auto& waiter : mine) {
+    if (waiter.wanted && !waiter.wanted()) {
+      waiter.done(Error(ErrorCode::kCancelled, "the caller gave up while the call was held"));
+      continue;
+    }
     Choice choice = consider(waiter.deployment, waiter.avoid);
     if (choice.route.has_value()) {
       waiter.done(*choice.route);

@@ -64,8 +64,11 @@ class PredictRouter {
                               const std::set<std::string>& avoid = {});
 
   // choose(), or hold the request while a replica starts (see above). `done` runs once, on the
-  // pool. Blocking: call it from the pool.
-  void acquire(const Deployment& deployment, std::set<std::string> avoid, Done done);
+  // pool. `wanted`, when given, tells whether the caller still waits: a held request whose
+  // caller gave up (the client hung up; call wake() then) is dropped with `cancelled` at the
+  // next retry. Blocking: call it from the pool.
+  void acquire(const Deployment& deployment, std::set<std::string> avoid, Done done,
+               std::function<bool()> wanted = nullptr);
 
   // A replica may have become ready: retry the held requests (posted to the pool).
   void wake();
@@ -87,6 +90,7 @@ class PredictRouter {
     Deployment deployment;
     std::set<std::string> avoid;
     Done done;
+    std::function<bool()> wanted;
     std::chrono::steady_clock::time_point deadline;
   };
   Choice consider(const Deployment& deployment, const std::set<std::string>& avoid);

@@ -9,6 +9,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read_until.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <gtest/gtest.h>
@@ -603,6 +604,63 @@ TEST_F(ScalingTest, HeldRequestsAreBoundedPerDeployment) {
   ASSERT_TRUE(node->report_all("ready").ok());
   EXPECT_EQ(first.get().status, 200);
   EXPECT_EQ(second.get().status, 200);
+}
+
+TEST_F(ScalingTest, AHeldCallWhoseClientHangsUpIsDroppedAndNeverSent) {
+  make_pool();
+  upload("text");
+  deploy("dep-1", "text");
+  auto node = agent(enroll().credential);
+  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
+  ASSERT_TRUE(node->report_all("loading").ok());
+  const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
+  // A client (HTTP/1.1 keep-alive, verified TLS) that sends the call and hangs up while the
+  // replica still loads, before the hold (2 s) is over.
+  const std::string held_one =
+      "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} 1";
+  const std::string held_none =
+      "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} 0";
+  {
+    boost::asio::io_context io;
+    boost::asio::ssl::context tls(boost::asio::ssl::context::tls_client);
+    tls.load_verify_file(pki_.ca_file());
+    boost::asio::ssl::stream<boost::asio::ip::tcp::socket> stream(io, tls);
+    stream.set_verify_mode(boost::asio::ssl::verify_peer);
+    stream.set_verify_callback(boost::asio::ssl::host_name_verification("localhost"));
+    SSL_set_tlsext_host_name(stream.native_handle(), "localhost");
+    stream.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), control_.port()});
+    stream.handshake(boost::asio::ssl::stream_base::client);
+    const std::string body = request.dump();
+    const std::string http =
+        "POST /v2/users/me/models/text/outputs HTTP/1.1\r\nHost: localhost\r\n"
+        "Authorization: Key " +
+        control_.admin_token() +
+        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+        "\r\n\r\n" + body;
+    boost::asio::write(stream, boost::asio::buffer(http));
+    ASSERT_TRUE(eventually([&] { return scrape().find(held_one) != std::string::npos; }));
+    stream.next_layer().close();  // hangs up without an answer
+  }
+  // Its held call is dropped as cancelled (not left to time out as unavailable), and its place
+  // is free: two new calls are both held (max_held_requests 2).
+  ASSERT_TRUE(eventually([&] { return scrape().find(held_none) != std::string::npos; }));
+  const std::string after_hang_up = scrape();
+  EXPECT_NE(after_hang_up.find("code=\"cancelled\",deployment=\"dep-1\""), std::string::npos)
+      << after_hang_up;
+  EXPECT_EQ(after_hang_up.find("code=\"unavailable\",deployment=\"dep-1\""), std::string::npos)
+      << after_hang_up;
+  auto first = predict_async("text", request);
+  auto second = predict_async("text", request);
+  ASSERT_TRUE(eventually([&] {
+    return scrape().find(
+               "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} "
+               "2") != std::string::npos;
+  }));
+  ASSERT_TRUE(node->report_all("ready").ok());
+  EXPECT_EQ(first.get().status, 200);
+  EXPECT_EQ(second.get().status, 200);
+  // Only the two calls whose clients waited reached the node.
+  EXPECT_EQ(node->predicts(), 2);
 }
 
 TEST_F(ScalingTest, IdleDeploymentScalesToZeroAndARequestBringsItBack) {

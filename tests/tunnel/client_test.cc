@@ -219,8 +219,14 @@ TEST(ClientTest, NewerConnectionWithTheSameIdentityReplacesTheOlder) {
   EXPECT_GE(scheduler.delays()[0], std::chrono::minutes(2));
   EXPECT_EQ(first.client->status().connected(), 0);
   EXPECT_EQ(second.client->status().connected(), 1);
-  // The server keeps one connection per identity and index: the newer one.
+  // The server keeps one connection per identity and index: the newer one. (The registry
+  // drops the older one when the newer registers; its disconnect handler runs once its close
+  // completes, a moment later: wait for that too.)
   EXPECT_TRUE(eventually([&] { return server.server->connection_count() == 1u; }));
+  EXPECT_TRUE(eventually([&] {
+    std::lock_guard<std::mutex> lock(server.mutex);
+    return !server.disconnect_codes.empty();
+  }));
   std::lock_guard<std::mutex> lock(server.mutex);
   ASSERT_FALSE(server.disconnect_codes.empty());
   EXPECT_EQ(server.disconnect_codes.front(), make_error_code(Errc::kReplaced));
