@@ -25,29 +25,26 @@ double Scaling::seconds_now() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
 }
 
-ReplicaScaler& Scaling::scaler_locked(const Key& key, const Deployment& deployment,
-                                      const std::map<Key, int64_t>* stored) {
+ReplicaScaler& Scaling::scaler_locked(const Key& key, const Deployment& deployment, bool* fresh) {
   const ScalePolicy policy =
       scale_policy(autoscale_of(deployment), options_.target_ongoing_requests);
   auto it = scalers_.find(key);
   if (it == scalers_.end()) {
-    // The stored count wins (a restart keeps the scale); the caller may have read it already.
+    // The stored count wins (a restart keeps the scale). Read only here, when a scaler is made.
     std::optional<int64_t> known;
-    std::map<Key, int64_t> read;
-    if (stored == nullptr) {
-      if (auto scales = store_.list_scales(); scales.ok()) {
-        for (const auto& scale : *scales) {
-          read[{scale.user_id, scale.deployment_id, scale.nodepool_id}] = scale.replicas;
+    if (auto scales = store_.list_scales(); scales.ok()) {
+      for (const auto& scale : *scales) {
+        if (Key{scale.user_id, scale.deployment_id, scale.nodepool_id} == key) {
+          known = scale.replicas;
         }
       }
-      stored = &read;
     }
-    if (const auto found = stored->find(key); found != stored->end()) known = found->second;
     it = scalers_
              .emplace(key, ReplicaScaler(policy, known.value_or(initial_replicas(policy)),
                                          seconds_now()))
              .first;
     if (!known) persist(key, it->second.replicas());
+    if (fresh != nullptr) *fresh = !known;
   }
   it->second.set_policy(policy);
   return it->second;
@@ -81,8 +78,7 @@ std::map<std::string, int64_t> Scaling::replicas_for(const Deployment& deploymen
   std::lock_guard lock(mutex_);
   std::map<std::string, int64_t> out;
   for (const auto& pool : deployment.nodepool_ids) {
-    out[pool] =
-        scaler_locked({deployment.user_id, deployment.id, pool}, deployment, nullptr).replicas();
+    out[pool] = scaler_locked({deployment.user_id, deployment.id, pool}, deployment).replicas();
   }
   return out;
 }
@@ -116,8 +112,7 @@ bool Scaling::demand(const Deployment& deployment) {
   {
     std::lock_guard lock(mutex_);
     for (const auto& pool : deployment.nodepool_ids) {
-      if (scaler_locked({deployment.user_id, deployment.id, pool}, deployment, nullptr).replicas() >
-          0) {
+      if (scaler_locked({deployment.user_id, deployment.id, pool}, deployment).replicas() > 0) {
         return false;  // replicas are wanted already: they are starting, or the nodes are away
       }
     }
@@ -141,7 +136,7 @@ bool Scaling::demand(const Deployment& deployment) {
   {
     std::lock_guard lock(mutex_);
     const Key key{deployment.user_id, deployment.id, chosen};
-    auto change = scaler_locked(key, deployment, nullptr).demand(seconds_now());
+    auto change = scaler_locked(key, deployment).demand(seconds_now());
     if (!change) return false;
     record_locked(key, *change);
     cold_pool_[{deployment.user_id, deployment.id}] = chosen;
@@ -153,14 +148,9 @@ bool Scaling::demand(const Deployment& deployment) {
 
 void Scaling::tick() {
   auto users = store_.list_users();
-  auto stored_list = store_.list_scales();
-  if (!users.ok() || !stored_list.ok()) {
+  if (!users.ok()) {
     LOG_ERROR("control.scaling_failed", "cannot read the state to autoscale");
     return;
-  }
-  std::map<Key, int64_t> stored;
-  for (const auto& scale : *stored_list) {
-    stored[{scale.user_id, scale.deployment_id, scale.nodepool_id}] = scale.replicas;
   }
   const double now = seconds_now();
   std::set<std::string> dirty;
@@ -194,9 +184,9 @@ void Scaling::tick() {
       for (const auto& pool : deployment.nodepool_ids) {
         const Key key{user.id, deployment.id, pool};
         live.insert(key);
-        const bool is_new = scalers_.find(key) == scalers_.end() && stored.count(key) == 0;
-        ReplicaScaler& scaler = scaler_locked(key, deployment, &stored);
-        if (is_new) dirty.insert(user.id);
+        bool fresh = false;  // a deployment seen for the first time: place its replicas
+        ReplicaScaler& scaler = scaler_locked(key, deployment, &fresh);
+        if (fresh) dirty.insert(user.id);
         const double ongoing =
             static_cast<double>(fleet_.ongoing(load_key(user.id, deployment.id, pool)) +
                                 (pool == held_pool ? held : 0));
@@ -243,8 +233,7 @@ json Scaling::status(const Deployment& deployment) {
   json pools = json::array();
   const double now = seconds_now();
   for (const auto& pool : deployment.nodepool_ids) {
-    ReplicaScaler& scaler =
-        scaler_locked({deployment.user_id, deployment.id, pool}, deployment, nullptr);
+    ReplicaScaler& scaler = scaler_locked({deployment.user_id, deployment.id, pool}, deployment);
     pools.push_back({{"nodepool_id", pool},
                      {"desired_replicas", scaler.replicas()},
                      {"recommended_replicas", scaler.recommendation(now)},

@@ -84,6 +84,10 @@ class Scaling {
     std::string user_id;
     std::string deployment_id;
     std::string nodepool_id;
+    bool operator==(const Key& other) const {
+      return std::tie(user_id, deployment_id, nodepool_id) ==
+             std::tie(other.user_id, other.deployment_id, other.nodepool_id);
+    }
     bool operator<(const Key& other) const {
       return std::tie(user_id, deployment_id, nodepool_id) <
              std::tie(other.user_id, other.deployment_id, other.nodepool_id);
@@ -92,10 +96,10 @@ class Scaling {
   using DeploymentKey = std::pair<std::string, std::string>;  // user, deployment
 
   double seconds_now() const;
-  // The scaler of `key`, made on first use from the stored count (`stored`, or read now when
-  // null), else at initial_replicas(); its policy refreshed from the deployment.
-  ReplicaScaler& scaler_locked(const Key& key, const Deployment& deployment,
-                               const std::map<Key, int64_t>* stored);
+  // The scaler of `key`, made on first use from the stored count, else at initial_replicas()
+  // (then `*fresh` is set: nothing was placed for it yet); its policy refreshed from the
+  // deployment.
+  ReplicaScaler& scaler_locked(const Key& key, const Deployment& deployment, bool* fresh = nullptr);
   void record_locked(const Key& key, const ScaleChange& change);
   void persist(const Key& key, int64_t replicas);
 

@@ -530,6 +530,15 @@ class ScalingTest : public TunnelTest {
     ASSERT_EQ(reply.status, 201) << reply.raw;
   }
 
+  // Waits until the metrics show `count` calls held or in flight for dep-1 on np (the gauge
+  // refreshes once a second); false after the hang guard.
+  bool wait_ongoing(int count) {
+    const std::string series =
+        "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} " +
+        std::to_string(count) + "\n";
+    return eventually([&] { return scrape().find(series) != std::string::npos; });
+  }
+
   // Sends `request` to the unary endpoint of `model` on a thread of its own.
   std::future<ApiReply> predict_async(const std::string& model, const json& request) {
     return std::async(std::launch::async, [this, model, request] {
@@ -564,10 +573,7 @@ TEST_F(ScalingTest, WithoutAReadyReplicaPredictIsHeldThenAnswers503WithTheReason
 
   // One held while it loads is answered as soon as the replica reports ready.
   auto held = predict_async("text", request);
-  ASSERT_TRUE(eventually([&] {
-    return scrape().find("outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"" +
-                         std::string("admin") + "\"} 1") != std::string::npos;
-  }));
+  ASSERT_TRUE(wait_ongoing(1));
   ASSERT_TRUE(node->report_all("ready").ok());
   const ApiReply served = held.get();
   EXPECT_EQ(served.status, 200) << served.raw;
@@ -592,11 +598,7 @@ TEST_F(ScalingTest, HeldRequestsAreBoundedPerDeployment) {
   const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
   auto first = predict_async("text", request);
   auto second = predict_async("text", request);
-  ASSERT_TRUE(eventually([&] {
-    return scrape().find(
-               "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} 2") !=
-           std::string::npos;
-  }));
+  ASSERT_TRUE(wait_ongoing(2));
   // max_held_requests is 2: the third is refused at once.
   auto third = admin_.post("/v2/users/me/models/text/outputs", request);
   EXPECT_EQ(third.status, 503);
@@ -616,10 +618,6 @@ TEST_F(ScalingTest, AHeldCallWhoseClientHangsUpIsDroppedAndNeverSent) {
   const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
   // A client (HTTP/1.1 keep-alive, verified TLS) that sends the call and hangs up while the
   // replica still loads, before the hold (2 s) is over.
-  const std::string held_one =
-      "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} 1";
-  const std::string held_none =
-      "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} 0";
   {
     boost::asio::io_context io;
     boost::asio::ssl::context tls(boost::asio::ssl::context::tls_client);
@@ -638,12 +636,12 @@ TEST_F(ScalingTest, AHeldCallWhoseClientHangsUpIsDroppedAndNeverSent) {
         "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
         "\r\n\r\n" + body;
     boost::asio::write(stream, boost::asio::buffer(http));
-    ASSERT_TRUE(eventually([&] { return scrape().find(held_one) != std::string::npos; }));
+    ASSERT_TRUE(wait_ongoing(1));
     stream.next_layer().close();  // hangs up without an answer
   }
   // Its held call is dropped as cancelled (not left to time out as unavailable), and its place
   // is free: two new calls are both held (max_held_requests 2).
-  ASSERT_TRUE(eventually([&] { return scrape().find(held_none) != std::string::npos; }));
+  ASSERT_TRUE(wait_ongoing(0));
   const std::string after_hang_up = scrape();
   EXPECT_NE(after_hang_up.find("code=\"cancelled\",deployment=\"dep-1\""), std::string::npos)
       << after_hang_up;
@@ -651,11 +649,7 @@ TEST_F(ScalingTest, AHeldCallWhoseClientHangsUpIsDroppedAndNeverSent) {
       << after_hang_up;
   auto first = predict_async("text", request);
   auto second = predict_async("text", request);
-  ASSERT_TRUE(eventually([&] {
-    return scrape().find(
-               "outpost_predict_ongoing{deployment=\"dep-1\",nodepool=\"np\",user=\"admin\"} "
-               "2") != std::string::npos;
-  }));
+  ASSERT_TRUE(wait_ongoing(2));
   ASSERT_TRUE(node->report_all("ready").ok());
   EXPECT_EQ(first.get().status, 200);
   EXPECT_EQ(second.get().status, 200);
