@@ -560,7 +560,9 @@ Result<std::shared_ptr<TunnelClient>> TunnelClient::create(asio::io_context& io,
 
 TunnelClient::TunnelClient(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
 
-TunnelClient::~TunnelClient() = default;
+// Each slot holds the shared state, which lists the slots: the list goes with the client, so
+// that the slots and the state are freed once the slots' last operations have ended.
+TunnelClient::~TunnelClient() { shared_->slots.clear(); }
 
 void TunnelClient::start() {
   for (auto& slot : shared_->slots) slot->start();

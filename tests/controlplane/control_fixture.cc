@@ -527,7 +527,11 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
           // An endless generate: a chunk every 20 ms until the control plane cancels the stream.
           auto timer = std::make_shared<boost::asio::steady_timer>(io_->io());
           auto tick = std::make_shared<std::function<void()>>();
-          *tick = [stream, timer, tick, note_cancel] {
+          // The function holds itself weakly: only the write or the wait in flight keeps it, so
+          // an agent stopped mid-stream leaves no cycle behind.
+          *tick = [stream, timer, weak = std::weak_ptr<std::function<void()>>(tick), note_cancel] {
+            auto tick = weak.lock();
+            if (!tick) return;
             stream->async_write(json{{"chunk", "tok"}}.dump(), false,
                                 [stream, timer, tick, note_cancel](error_code write_ec) {
                                   if (write_ec) {

@@ -16,6 +16,9 @@ using boost::system::error_code;
 
 struct RelayState {
   std::vector<std::weak_ptr<TcpRelay::Link>> links;
+  // Frozen links: a frozen pump has no operation in flight to keep its link alive, and a link
+  // destroyed would close its sockets, which a silent drop must not do.
+  std::vector<std::shared_ptr<TcpRelay::Link>> frozen;
 };
 
 // One relayed connection: two sockets and a pump in each direction.
@@ -93,6 +96,7 @@ TcpRelay::~TcpRelay() {
   });
   io_.stop();
   thread_.join();
+  state_->frozen.clear();  // links hold the state: no cycle left behind
 }
 
 void TcpRelay::accept() {
@@ -126,6 +130,7 @@ void TcpRelay::cut() {
       if (auto link = weak.lock()) link->close();
     }
     state_->links.clear();
+    state_->frozen.clear();
     done.set_value();
   });
   done.get_future().wait();
@@ -135,7 +140,10 @@ void TcpRelay::freeze() {
   std::promise<void> done;
   asio::post(io_, [this, &done] {
     for (auto& weak : state_->links) {
-      if (auto link = weak.lock()) link->frozen = true;
+      if (auto link = weak.lock()) {
+        link->frozen = true;
+        state_->frozen.push_back(link);
+      }
     }
     done.set_value();
   });
@@ -152,6 +160,7 @@ void TcpRelay::thaw() {
         link->forward(link->down);
       }
     }
+    state_->frozen.clear();
     done.set_value();
   });
   done.get_future().wait();
