@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include "common/log.h"
+#include <sys/stat.h>
 
 namespace outpost::agent {
 
@@ -11,6 +12,9 @@ constexpr uint64_t kMaxArtifactBytes = uint64_t{64} << 30;
 
 Result<std::shared_ptr<Agent>> Agent::create(boost::asio::io_context& io, AgentConfig config) {
   auto agent = std::shared_ptr<Agent>(new Agent(io, std::move(config)));
+  // The node credential and the verified artifacts live here: private from the first start on,
+  // before enrollment writes the credential (credentials.h).
+  ::chmod(agent->config_.state_dir.c_str(), 0700);
   OUTPOST_ASSIGN_OR_RETURN(agent->inventory_, detect_inventory(agent->config_.inventory_override));
   OUTPOST_ASSIGN_OR_RETURN(agent->artifacts_,
                            ArtifactCache::open(agent->config_.artifact_dir(), kMaxArtifactBytes));
@@ -145,6 +149,9 @@ void Agent::reload(const AgentConfig& config) {
           "control_plane.ca_file/pins");
   changed(config.proxy != config_.proxy, "control_plane.proxy");
   changed(config.connections != config_.connections, "control_plane.connections");
+  changed(config.keepalive_seconds != config_.keepalive_seconds ||
+              config.dead_after_seconds != config_.dead_after_seconds,
+          "control_plane.keepalive_seconds/dead_after_seconds");
   changed(config.node_name != config_.node_name, "node.name");
   changed(config.state_dir != config_.state_dir || config.runtime_dir != config_.runtime_dir,
           "state_dir/runtime_dir");

@@ -151,11 +151,23 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
 
   const YAML::Node cp = root["control_plane"];
   if (is_map(cp, "control_plane", problems)) {
-    check_keys(cp, "control_plane.", {"url", "ca_file", "pins", "proxy", "connections"}, problems);
+    check_keys(cp, "control_plane.",
+               {"url", "ca_file", "pins", "proxy", "connections", "keepalive_seconds",
+                "dead_after_seconds"},
+               problems);
     read_string(cp["url"], "control_plane.url", config.control_plane_url, problems);
     read_string(cp["ca_file"], "control_plane.ca_file", config.ca_file, problems);
     read_string(cp["proxy"], "control_plane.proxy", config.proxy, problems);
     read_int(cp["connections"], "control_plane.connections", 1, 16, config.connections, problems);
+    read_int(cp["keepalive_seconds"], "control_plane.keepalive_seconds", 1, 3600,
+             config.keepalive_seconds, problems);
+    read_int(cp["dead_after_seconds"], "control_plane.dead_after_seconds", 2, 7200,
+             config.dead_after_seconds, problems);
+    if (config.dead_after_seconds <= config.keepalive_seconds) {
+      problems.add("control_plane.dead_after_seconds",
+                   "must be longer than keepalive_seconds (" +
+                       std::to_string(config.keepalive_seconds) + ")");
+    }
     if (const YAML::Node pins = cp["pins"]) {
       if (!pins.IsSequence()) {
         problems.add("control_plane.pins", "must be a list of sha256/<base64> pins");

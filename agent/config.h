@@ -23,6 +23,10 @@ struct AgentConfig {
   std::vector<std::string> pins;  // sha256/<base64> SPKI pins
   std::string proxy;              // http://[user:pass@]host:port; empty: HTTPS_PROXY / NO_PROXY
   int connections = 2;
+  // Tunnel keepalive: a PING every keepalive_seconds; a peer silent for dead_after_seconds (a
+  // link that drops packets without closing) is declared dead and the tunnel reconnects.
+  int keepalive_seconds = 15;
+  int dead_after_seconds = 45;
 
   // node:
   std::string node_name;        // default: the host name

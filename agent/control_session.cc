@@ -44,6 +44,8 @@ tunnel::ClientOptions tunnel_options(const AgentConfig& config, const std::strin
   options.proxy_url = config.proxy;
   options.connections = connections;
   options.connection.local_id = config.node_name;
+  options.connection.ping_interval = std::chrono::seconds(config.keepalive_seconds);
+  options.connection.dead_after = std::chrono::seconds(config.dead_after_seconds);
   return options;
 }
 

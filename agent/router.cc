@@ -199,8 +199,10 @@ void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
   }
   if (!chosen) {
     open_streams_.fetch_sub(1);
-    return reply_error(
-        stream, unavailable("no ready replica of deployment " + deployment + " on this node"));
+    // Refused, not failed: nothing ran, so the control plane opens the call on another node.
+    stream->reset(tunnel::Errc::kRefusedStream,
+                  "no ready replica of deployment " + deployment + " on this node");
+    return;
   }
   if (chosen->inflight.fetch_add(1) >= max_inflight_per_replica_.load()) {
     chosen->inflight.fetch_sub(1);

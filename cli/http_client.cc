@@ -208,6 +208,11 @@ class HttpClientImpl final : public HttpClient {
       }
       return unavailable("the WebSocket upgrade failed: " + describe(ec));
     }
+    // Open: a peer that stops answering pings for the call's timeout is gone (a link that drops
+    // packets silently would otherwise leave a receive waiting forever).
+    timeouts.idle_timeout = config_.timeout;
+    timeouts.keep_alive_pings = true;
+    ws->set_option(timeouts);
     return std::unique_ptr<WebSocketClient>(
         std::make_unique<WebSocketImpl>(std::move(io), tls_, std::move(ws)));
   }

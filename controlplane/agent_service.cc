@@ -75,11 +75,13 @@ AgentService::AgentService(Store& store, Fleet& fleet, const ArtifactStore& arti
 tunnel::TunnelServer::Handlers AgentService::handlers() {
   std::weak_ptr<AgentService> weak = shared_from_this();
   tunnel::TunnelServer::Handlers handlers;
-  handlers.authenticate = [weak](const std::string& credential, const tunnel::PeerInfo&,
+  handlers.authenticate = [weak](const std::string& credential, const tunnel::PeerInfo& peer,
                                  const tunnel::TunnelServer::AuthDone& done) {
     auto self = weak.lock();
     if (!self) return done(unavailable("the control plane is shutting down"));
-    asio::post(self->pool_, [self, credential, done] { self->authenticate(credential, done); });
+    asio::post(self->pool_, [self, credential, remote = peer.remote_address, done] {
+      self->authenticate(credential, remote, done);
+    });
   };
   handlers.on_connection = [weak](const std::shared_ptr<tunnel::Connection>&,
                                   const tunnel::PeerInfo& peer) {
@@ -104,11 +106,42 @@ tunnel::TunnelServer::Handlers AgentService::handlers() {
   return handlers;
 }
 
-void AgentService::authenticate(const std::string& credential,
-                                tunnel::TunnelServer::AuthDone done) {
-  const auto refuse = [&done](const std::string& why) {
-    done(Error(ErrorCode::kUnauthenticated, why));
+void AgentService::authenticate(const std::string& credential, const std::string& remote,
+                                const tunnel::TunnelServer::AuthDone& done) {
+  auto identity = check_credential(credential, remote);
+  if (!identity.ok() && identity.error().code() == ErrorCode::kUnauthenticated &&
+      throttle_ != nullptr) {
+    throttle_->record_failure(remote);
+  }
+  done(std::move(identity));
+}
+
+Result<std::string> AgentService::check_credential(const std::string& credential,
+                                                   const std::string& remote) {
+  const auto refuse = [](const std::string& why) -> Error {
+    return {ErrorCode::kUnauthenticated, why};
   };
+  // A node credential verified before passes even while its address is throttled: it costs no
+  // KDF, and a guess can never be in this cache.
+  const bool node_credential = credential.compare(0, kNodeCredentialPrefix.size() + 1,
+                                                  std::string(kNodeCredentialPrefix) + "_") == 0;
+  const std::string fingerprint = node_credential ? sha256_hex(credential) : std::string();
+  if (node_credential) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    const auto it = verified_.find(fingerprint);
+    if (it != verified_.end()) {
+      auto node = store_.get_node(it->second);
+      if (node.ok()) return it->second;
+      verified_.erase(it);
+    }
+  }
+  if (throttle_ != nullptr) {
+    if (const int64_t wait = throttle_->retry_after(remote); wait > 0) {
+      return Error(ErrorCode::kResourceExhausted,
+                   "too many refused credentials from this address; try again in " +
+                       std::to_string(wait) + " s");
+    }
+  }
   if (credential.compare(0, kJoinTokenPrefix.size() + 1, std::string(kJoinTokenPrefix) + "_") ==
       0) {
     auto parsed = parse_token(credential, kJoinTokenPrefix);
@@ -126,22 +159,11 @@ void AgentService::authenticate(const std::string& credential,
           "join-token`");
     }
     if (!verify_secret(parsed->secret, token->secret_hash)) return refuse("unknown join token");
-    return done(std::string(kEnrollIdentityPrefix) + parsed->id);
+    return std::string(kEnrollIdentityPrefix) + parsed->id;
   }
-  if (credential.compare(0, kNodeCredentialPrefix.size() + 1,
-                         std::string(kNodeCredentialPrefix) + "_") == 0) {
+  if (node_credential) {
     auto parsed = parse_token(credential, kNodeCredentialPrefix);
     if (!parsed.ok()) return refuse(parsed.error().message());
-    const std::string fingerprint = sha256_hex(credential);
-    {
-      std::lock_guard<std::mutex> lock(cache_mutex_);
-      const auto it = verified_.find(fingerprint);
-      if (it != verified_.end()) {
-        auto node = store_.get_node(it->second);
-        if (node.ok()) return done(it->second);
-        verified_.erase(it);
-      }
-    }
     auto node = store_.get_node(parsed->id);
     if (!node.ok() || !verify_secret(parsed->secret, node->secret_hash)) {
       return refuse(
@@ -153,9 +175,10 @@ void AgentService::authenticate(const std::string& credential,
       if (verified_.size() >= kVerifiedCacheLimit) verified_.clear();
       verified_[fingerprint] = node->id;
     }
-    return done(node->id);
+    return node->id;
   }
-  refuse("unknown credential kind: expected a join token (ojt_...) or a node credential (onc_...)");
+  return refuse(
+      "unknown credential kind: expected a join token (ojt_...) or a node credential (onc_...)");
 }
 
 void AgentService::on_connection(const std::string& identity) {

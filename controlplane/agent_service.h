@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "controlplane/artifact_store.h"
+#include "controlplane/auth_throttle.h"
 #include "controlplane/fleet.h"
 #include "controlplane/store.h"
 #include "controlplane/wall_clock.h"
@@ -42,6 +43,8 @@ class AgentService : public std::enable_shared_from_this<AgentService> {
   // replica's state changes). Set before the tunnel listens.
   void set_scaling(Scaling* scaling) { scaling_ = scaling; }
   void set_router(PredictRouter* router) { router_ = router; }
+  // Refused credentials count against their sender's address; set before the tunnel listens.
+  void set_throttle(AuthThrottle* throttle) { throttle_ = throttle; }
 
   // Recomputes `user_id`'s replica assignments (scheduler.h, with the autoscaler's counts) and
   // pushes the new desired states.
@@ -57,7 +60,9 @@ class AgentService : public std::enable_shared_from_this<AgentService> {
   Result<nlohmann::json> desired_state(const std::string& node_id);
 
  private:
-  void authenticate(const std::string& credential, tunnel::TunnelServer::AuthDone done);
+  void authenticate(const std::string& credential, const std::string& remote,
+                    const tunnel::TunnelServer::AuthDone& done);
+  Result<std::string> check_credential(const std::string& credential, const std::string& remote);
   void on_connection(const std::string& identity);
   void on_stream(const std::shared_ptr<tunnel::Stream>& stream, const tunnel::PeerInfo& peer);
   void handle_unary(const std::shared_ptr<tunnel::Stream>& stream, const std::string& identity,
@@ -76,6 +81,7 @@ class AgentService : public std::enable_shared_from_this<AgentService> {
   std::shared_ptr<tunnel::TunnelServer> tunnel_;
   Scaling* scaling_ = nullptr;
   PredictRouter* router_ = nullptr;
+  AuthThrottle* throttle_ = nullptr;
 
   std::mutex reschedule_mutex_;  // one reschedule at a time: read, compute, write
   mutable std::mutex cache_mutex_;

@@ -1,5 +1,6 @@
 #include "controlplane/api.h"
 
+#include <optional>
 #include <vector>
 
 #include <boost/asio/post.hpp>
@@ -131,9 +132,27 @@ const char* scope_name(Scope scope) {
   return "";
 }
 
+// A 429 with Retry-After while the client's address is over its budget of refused credentials
+// (auth_throttle.h), decided before any KDF runs; nothing when it may try.
+std::optional<HttpResponse> throttled(ApiServices& s, const HttpRequest& request) {
+  const int64_t wait = s.auth->retry_after(request.header("authorization"), request.remote);
+  if (wait <= 0) return std::nullopt;
+  LOG_DEBUG("control.auth_throttled_request",
+            request.request_id << " from " << request.remote << ": throttled for " << wait << " s");
+  HttpResponse response =
+      error_response(Error(ErrorCode::kResourceExhausted,
+                           "too many refused credentials from this address; try again in " +
+                               std::to_string(wait) + " s"),
+                     request.request_id);
+  response.status = 429;
+  response.headers.emplace_back("Retry-After", std::to_string(wait));
+  return response;
+}
+
 // Authenticates, checks the scope and the {user} of the path. Fills call.
 Status admit(ApiServices& s, const HttpRequest& request, Scope scope, Call& call) {
-  OUTPOST_ASSIGN_OR_RETURN(call.principal, s.auth->authenticate(request.header("authorization")));
+  OUTPOST_ASSIGN_OR_RETURN(call.principal,
+                           s.auth->authenticate(request.header("authorization"), request.remote));
   call.request = &request;
   if (scope != Scope::kNone && call.principal.scopes.count(scope_name(scope)) == 0) {
     return Error(
@@ -201,6 +220,7 @@ void Api::handle(const std::shared_ptr<HttpExchange>& exchange) {
     if (!match(route.pattern, request.path, call.params)) continue;
     path_known = true;
     if (request.method != route.method) continue;
+    if (auto refusal = throttled(services_, request)) return exchange->respond(std::move(*refusal));
     const Status admitted = admit(services_, request, route.scope, call);
     if (!admitted.ok()) {
       if (admitted.error().code() == ErrorCode::kUnauthenticated) {
@@ -236,6 +256,7 @@ void Api::handle_websocket(const std::shared_ptr<WebSocketUpgrade>& upgrade) {
   for (const char* pattern : websocket_patterns()) {
     Call call;
     if (!match(pattern, request.path, call.params)) continue;
+    if (auto refusal = throttled(services_, request)) return upgrade->reject(std::move(*refusal));
     const Status admitted = admit(services_, request, Scope::kPredict, call);
     if (!admitted.ok()) {
       return upgrade->reject(error_response(admitted.error(), request.request_id));

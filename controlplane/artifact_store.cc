@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 
+#include <sys/stat.h>
+
 namespace outpost::control {
 
 namespace fs = std::filesystem;
@@ -17,6 +19,7 @@ Result<ArtifactStore> ArtifactStore::create(std::string root) {
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) return unavailable("cannot create the artifact directory " + root + ": " + ec.message());
+  ::chmod(root.c_str(), 0700);
   return ArtifactStore(std::move(root));
 }
 
@@ -33,9 +36,12 @@ Status ArtifactStore::import(const std::string& file, const std::string& sha256)
   if (!is_sha256_hex(sha256)) return internal_error("bad artifact hash " + sha256);
   std::error_code ec;
   const std::string target = path_of(sha256);
-  fs::create_directories(fs::path(target).parent_path(), ec);
+  const std::string parent = fs::path(target).parent_path().string();
+  fs::create_directories(parent, ec);
   if (ec) return unavailable("cannot store an artifact: " + ec.message());
+  ::chmod(parent.c_str(), 0700);
   if (fs::is_regular_file(target, ec)) return {};
+  ::chmod(file.c_str(), 0600);  // a user's model: readable by outpost-control only
   fs::rename(file, target, ec);
   if (ec) return unavailable("cannot store an artifact: " + ec.message());
   return {};

@@ -1,6 +1,7 @@
 // Model artifacts on disk, content-addressed: <root>/<first two hex digits>/<sha256>. A file
 // is written aside and renamed into place, so a reader never sees a partial artifact; the same
-// bytes uploaded twice are stored once.
+// bytes uploaded twice are stored once. Directories are 0700 and artifacts 0600: users' models
+// are readable by outpost-control alone.
 #pragma once
 
 #include <cstdint>

@@ -19,7 +19,34 @@ const std::set<std::string>& all_scopes() {
   return scopes;
 }
 
-Result<Principal> Authenticator::authenticate(std::string_view authorization) {
+Result<Principal> Authenticator::authenticate(std::string_view authorization,
+                                              std::string_view remote) {
+  auto principal = check(authorization);
+  if (!principal.ok() && principal.error().code() == ErrorCode::kUnauthenticated &&
+      !authorization.empty() && throttle_ != nullptr) {
+    throttle_->record_failure(remote);
+  }
+  return principal;
+}
+
+int64_t Authenticator::retry_after(std::string_view authorization, std::string_view remote) {
+  if (throttle_ == nullptr) return 0;
+  const int64_t wait = throttle_->retry_after(remote);
+  if (wait == 0) return 0;
+  constexpr std::string_view kScheme = "Key ";
+  if (authorization.substr(0, kScheme.size()) == kScheme) {
+    const std::string fingerprint = sha256_hex(authorization.substr(kScheme.size()));
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = verified_.find(fingerprint);
+    if (it != verified_.end() &&
+        (!it->second.expires_at.has_value() || *it->second.expires_at > clock_.now_seconds())) {
+      return 0;
+    }
+  }
+  return wait;
+}
+
+Result<Principal> Authenticator::check(std::string_view authorization) {
   constexpr std::string_view kScheme = "Key ";
   if (authorization.empty()) {
     return unauthenticated("missing credential: send 'Authorization: Key <personal access token>'");

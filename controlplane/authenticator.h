@@ -1,7 +1,7 @@
 // Personal access tokens: `Authorization: Key opat_<key id>_<secret>`. Keys are stored as a
 // salted PBKDF2 hash; a verified token is remembered (by its SHA-256, never in clear) so that
 // each request does not pay the KDF. Deleting a key forgets it at once; expiry is checked on
-// every request.
+// every request. Refused tokens count against their sender's address in the AuthThrottle.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "controlplane/auth_throttle.h"
 #include "controlplane/store.h"
 #include "controlplane/wall_clock.h"
 
@@ -35,10 +36,16 @@ struct NewKey {
 
 class Authenticator {
  public:
-  Authenticator(Store& store, const WallClock& clock) : store_(store), clock_(clock) {}
+  // `throttle` may be null (no throttling).
+  Authenticator(Store& store, const WallClock& clock, AuthThrottle* throttle = nullptr)
+      : store_(store), clock_(clock), throttle_(throttle) {}
 
-  // From the Authorization header. unauthenticated with a message saying what is wrong.
-  Result<Principal> authenticate(std::string_view authorization);
+  // From the Authorization header sent from `remote` ("address:port"). unauthenticated with a
+  // message saying what is wrong; every refusal but a missing header counts against `remote`.
+  Result<Principal> authenticate(std::string_view authorization, std::string_view remote = {});
+  // Seconds before `remote` may present `authorization`: 0 when the token was verified before
+  // (and has not expired) or the address is within its budget of refusals.
+  int64_t retry_after(std::string_view authorization, std::string_view remote);
 
   // A new key for `user_id`; `expires_at` empty: never.
   Result<NewKey> create_key(const std::string& user_id, const std::set<std::string>& scopes,
@@ -50,8 +57,11 @@ class Authenticator {
     Principal principal;
     std::optional<int64_t> expires_at;
   };
+  Result<Principal> check(std::string_view authorization);
+
   Store& store_;
   const WallClock& clock_;
+  AuthThrottle* throttle_;
   std::mutex mutex_;
   std::unordered_map<std::string, Cached> verified_;  // sha256(token) -> principal
 };

@@ -42,8 +42,9 @@ Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig 
   OUTPOST_ASSIGN_OR_RETURN(auto doc, parse_yaml(yaml));
   if (doc.is_null()) return config;
   OUTPOST_ASSIGN_OR_RETURN(auto root, ObjectReader::create(doc, ""));
-  OUTPOST_RETURN_IF_ERROR(root.only({"listen", "data_dir", "tls", "worker_path", "admin", "limits",
-                                     "url_inputs", "threads", "port_file", "scaling", "metrics"}));
+  OUTPOST_RETURN_IF_ERROR(
+      root.only({"listen", "data_dir", "tls", "worker_path", "admin", "limits", "url_inputs",
+                 "threads", "port_file", "scaling", "metrics", "tunnel", "auth_throttle"}));
   OUTPOST_ASSIGN_OR_RETURN(auto listen, root.optional_string("listen"));
   if (listen.has_value()) OUTPOST_RETURN_IF_ERROR(parse_listen(*listen, config));
   const auto assign = [](std::string& target, const std::optional<std::string>& value) {
@@ -123,6 +124,25 @@ Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig 
     OUTPOST_ASSIGN_OR_RETURN(auto value, scaling.optional_int(field.name, field.min, field.max));
     if (value.has_value()) *field.target = static_cast<int>(*value);
   }
+
+  OUTPOST_ASSIGN_OR_RETURN(auto tunnel, root.object("tunnel"));
+  OUTPOST_RETURN_IF_ERROR(tunnel.only({"keepalive_seconds", "dead_after_seconds"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto keepalive, tunnel.optional_int("keepalive_seconds", 1, 3600));
+  if (keepalive.has_value()) config.tunnel_keepalive_seconds = static_cast<int>(*keepalive);
+  OUTPOST_ASSIGN_OR_RETURN(auto dead_after, tunnel.optional_int("dead_after_seconds", 2, 7200));
+  if (dead_after.has_value()) config.tunnel_dead_after_seconds = static_cast<int>(*dead_after);
+  if (config.tunnel_dead_after_seconds <= config.tunnel_keepalive_seconds) {
+    return invalid_argument(tunnel.path_of("dead_after_seconds") +
+                            ": must be longer than keepalive_seconds (" +
+                            std::to_string(config.tunnel_keepalive_seconds) + ")");
+  }
+
+  OUTPOST_ASSIGN_OR_RETURN(auto throttle, root.object("auth_throttle"));
+  OUTPOST_RETURN_IF_ERROR(throttle.only({"max_failures", "window_seconds"}));
+  OUTPOST_ASSIGN_OR_RETURN(auto max_failures, throttle.optional_int("max_failures", 0, 1'000'000));
+  if (max_failures.has_value()) config.auth_max_failures = static_cast<int>(*max_failures);
+  OUTPOST_ASSIGN_OR_RETURN(auto window, throttle.optional_int("window_seconds", 1, 86400));
+  if (window.has_value()) config.auth_window_seconds = static_cast<int>(*window);
 
   OUTPOST_ASSIGN_OR_RETURN(auto metrics, root.object("metrics"));
   OUTPOST_RETURN_IF_ERROR(metrics.only({"listen"}));

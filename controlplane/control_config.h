@@ -16,6 +16,7 @@
 //             cold_start_timeout_seconds: 60, max_held_requests: 100,
 //             node_offline_grace_seconds: 30}           # docs/scaling.md
 //   metrics: {listen: ""}                              # e.g. "127.0.0.1:9464"; empty: off
+//   auth_throttle: {max_failures: 10, window_seconds: 60}  # per address; 0 failures: off
 #pragma once
 
 #include <cstdint>
@@ -52,6 +53,13 @@ struct ControlConfig {
   int cold_start_timeout_seconds = 60;  // how long a request waits for a replica to start
   int max_held_requests = 100;          // per deployment, waiting for a replica to start
   int node_offline_grace_seconds = 30;  // before an offline node's replicas move
+  // tunnel keepalive: a PING every keepalive_seconds; an agent silent for dead_after_seconds is
+  // gone (its calls are retried elsewhere, docs/scaling.md).
+  int tunnel_keepalive_seconds = 15;
+  int tunnel_dead_after_seconds = 45;
+  // auth_throttle (auth_throttle.h): refused credentials allowed per source address and window.
+  int auth_max_failures = 10;
+  int auth_window_seconds = 60;
   // metrics: a plain-HTTP Prometheus listener of its own; off when metrics_address is empty.
   std::string metrics_address;
   uint16_t metrics_port = 0;

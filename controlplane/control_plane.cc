@@ -15,6 +15,7 @@
 #include "controlplane/agent_service.h"
 #include "controlplane/api.h"
 #include "controlplane/artifact_store.h"
+#include "controlplane/auth_throttle.h"
 #include "controlplane/authenticator.h"
 #include "controlplane/fleet.h"
 #include "controlplane/http_server.h"
@@ -59,11 +60,14 @@ class ControlPlane::Impl {
     fs::remove_all(temp_dir_, ec);  // leftovers of a crash
     fs::create_directories(temp_dir_, ec);
     if (ec) return unavailable("cannot create " + temp_dir_ + ": " + ec.message());
+    fs::permissions(temp_dir_, fs::perms::owner_all, fs::perm_options::replace, ec);
     OUTPOST_ASSIGN_OR_RETURN(store_, Store::open(config_.data_dir + "/outpost.db", *clock_));
     OUTPOST_ASSIGN_OR_RETURN(auto artifacts,
                              ArtifactStore::create(config_.data_dir + "/artifacts"));
     artifacts_ = std::make_unique<ArtifactStore>(std::move(artifacts));
-    auth_ = std::make_unique<Authenticator>(*store_, *clock_);
+    auth_throttle_ = std::make_unique<AuthThrottle>(
+        AuthThrottleOptions{config_.auth_max_failures, config_.auth_window_seconds}, *clock_);
+    auth_ = std::make_unique<Authenticator>(*store_, *clock_, auth_throttle_.get());
     OUTPOST_RETURN_IF_ERROR(bootstrap_admin());
 
     pool_ = std::make_unique<asio::thread_pool>(static_cast<size_t>(config_.blocking_threads));
@@ -83,6 +87,7 @@ class ControlPlane::Impl {
     scaling_->set_metrics(&metrics_);
     agents_->set_scaling(scaling_.get());
     agents_->set_router(router_.get());
+    agents_->set_throttle(auth_throttle_.get());
     router_->set_scaling(scaling_.get());
     inspector_ = std::make_unique<ModelInspector>(
         config_.worker_path.empty() ? default_worker_path() : config_.worker_path,
@@ -98,6 +103,9 @@ class ControlPlane::Impl {
         auto tls, tunnel::make_server_tls_context(config_.tls_cert_file, config_.tls_key_file));
     tunnel::ServerOptions tunnel_options;
     tunnel_options.connection.local_id = "outpost-control";
+    tunnel_options.connection.ping_interval =
+        std::chrono::seconds(config_.tunnel_keepalive_seconds);
+    tunnel_options.connection.dead_after = std::chrono::seconds(config_.tunnel_dead_after_seconds);
     tunnel_ = tunnel::TunnelServer::create(*io_, tls, tunnel_options, agents_->handlers());
     agents_->set_tunnel(tunnel_);
     router_->set_tunnel(tunnel_);
@@ -254,6 +262,7 @@ class ControlPlane::Impl {
   std::unique_ptr<asio::thread_pool> pool_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<ArtifactStore> artifacts_;
+  std::unique_ptr<AuthThrottle> auth_throttle_;
   std::unique_ptr<Authenticator> auth_;
   Fleet fleet_;
   std::shared_ptr<AgentService> agents_;

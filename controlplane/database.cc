@@ -1,8 +1,14 @@
 #include "controlplane/database.h"
 
+#include <cerrno>
+#include <cstring>
+
 #include <sqlite3.h>
 
 #include "common/log.h"
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace outpost::control {
 
@@ -79,6 +85,15 @@ bool Statement::is_null(int column) const {
 }
 
 Result<std::unique_ptr<Database>> Database::open(const std::string& path) {
+  // The database holds every hash and every record: 0600. SQLite gives its -wal and -shm files
+  // the database's mode, so creating it 0600 first (and tightening an older one) covers them.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return unavailable("cannot open the database " + path + ": " + std::strerror(errno));
+  }
+  ::fchmod(fd, 0600);
+  ::close(fd);
+  for (const char* suffix : {"-wal", "-shm"}) ::chmod((path + suffix).c_str(), 0600);
   sqlite3* raw = nullptr;
   const int rc =
       sqlite3_open_v2(path.c_str(), &raw,

@@ -53,6 +53,9 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // Everything it creates (database, artifacts, uploads, the port file) is private to its user,
+  // under systemd (UMask=0077 in the unit) or not.
+  umask(0077);
   auto control = outpost::control::ControlPlane::create(config.value());
   if (!control.ok()) {
     std::fprintf(stderr, "outpost-control: %s\n", control.error().message().c_str());

@@ -19,6 +19,7 @@
 #include "controlplane/document.h"
 #include "controlplane/ids.h"
 #include "controlplane/object_reader.h"
+#include "controlplane/predict_request.h"
 #include "tunnel/calls.h"
 
 namespace outpost::control {
@@ -158,55 +159,6 @@ Result<Target> resolve(ApiServices& s, const Call& call, const json& selector,
                                    "'; it has: " + describe_methods(methods));
 }
 
-bool kind_matches(const std::string& type, const json& value) {
-  if (value.is_object() && (value.contains("url") || value.contains("bytes_b64"))) {
-    return type == "str" || type == "Tensor" || type == "bytes";
-  }
-  if (type == "str") return value.is_string();
-  if (type == "int") return value.is_number_integer();
-  if (type == "float") return value.is_number();
-  if (type == "bool") return value.is_boolean();
-  return true;  // composite types are the runtime's to check
-}
-
-// Checks the inputs' names (and simple types) against the signature. `partial`: a stream item,
-// which may carry only some of the inputs.
-Status check_inputs(const json& method, const json& inputs, bool partial) {
-  if (!inputs.is_object()) {
-    return field_error("inputs", "must be an object of the method's named arguments");
-  }
-  const json declared = method.value("inputs", json::array());
-  std::string names;
-  for (const auto& input : declared) names += (names.empty() ? "" : ", ") + input.value("name", "");
-  for (const auto& item : inputs.items()) {
-    bool found = false;
-    for (const auto& input : declared) {
-      if (input.value("name", "") != item.key()) continue;
-      found = true;
-      const std::string type = input.value("type", "");
-      if (!kind_matches(type, item.value())) {
-        return field_error("inputs." + item.key(),
-                           "must be of type " + type + ", not " + json_type_name(item.value()));
-      }
-    }
-    if (!found) {
-      return field_error("inputs." + item.key(),
-                         "the method '" + method.value("name", "") + "' has no input '" +
-                             item.key() + "' (its inputs: " + (names.empty() ? "none" : names) +
-                             ")");
-    }
-  }
-  if (!partial) {
-    for (const auto& input : declared) {
-      const std::string name = input.value("name", "");
-      if (!input.contains("default") && !inputs.contains(name)) {
-        return field_error("inputs." + name, "is required");
-      }
-    }
-  }
-  return {};
-}
-
 // Replaces every top-level {"url": "..."} input with {"bytes_b64": ...} of what the URL holds.
 void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, const std::shared_ptr<json>& inputs,
                       std::vector<std::string> pending, std::function<void(Status)> done) {
@@ -222,17 +174,6 @@ void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, const std::shared_p
     (*inputs)[name] = {{"bytes_b64", base64_encode(body.value())}};
     fetch_url_inputs(s, inputs, std::move(pending), std::move(done));
   });
-}
-
-std::vector<std::string> url_inputs(const json& inputs) {
-  std::vector<std::string> out;
-  for (const auto& item : inputs.items()) {
-    if (item.value().is_object() && item.value().size() == 1 && item.value().contains("url") &&
-        item.value()["url"].is_string()) {
-      out.push_back(item.key());
-    }
-  }
-  return out;
 }
 
 std::string call_metadata(const Target& target, const PredictRoute& route, const char* shape,
@@ -264,29 +205,13 @@ HttpResponse failure_response(const Error& error, const std::string& request_id)
   return response;
 }
 
-struct PredictRequest {
-  std::string method;
-  json selector;
-  json inputs;
-};
-
 Result<PredictRequest> parse_predict_body(const Call& call) {
   OUTPOST_ASSIGN_OR_RETURN(auto body, body_object(call));
-  OUTPOST_ASSIGN_OR_RETURN(auto reader, ObjectReader::create(body, ""));
-  OUTPOST_RETURN_IF_ERROR(reader.only({"runner_selector", "method", "inputs"}));
-  PredictRequest out;
-  const json* selector = reader.get("runner_selector");
-  if (selector == nullptr) {
-    return field_error("runner_selector",
-                       "is required: {\"deployment\": {\"id\": \"...\"}} or a nodepool");
-  }
-  out.selector = *selector;
-  OUTPOST_ASSIGN_OR_RETURN(auto method, reader.optional_string("method"));
-  out.method = method.value_or("");
-  const json* inputs = reader.get("inputs");
-  out.inputs = inputs != nullptr ? *inputs : json::object();
-  return out;
+  return parse_predict_request(body);
 }
+
+// Tries of a call on different nodes when a node is lost under it or refuses it.
+constexpr size_t kMaxAttempts = 3;
 
 // One unary or generate call in flight: the exchange, the tunnel stream, the deadline.
 class HttpCall : public std::enable_shared_from_this<HttpCall> {
@@ -334,9 +259,6 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   }
 
  private:
-  // How many nodes one call may try when the ones before it were lost under it.
-  static constexpr size_t kMaxAttempts = 3;
-
   const char* shape() const { return generate_ ? "generate" : "unary"; }
 
   void record(const std::string& code) {
@@ -586,52 +508,91 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   }
 
   void open(const PredictRoute& route, const json& first_inputs) {
+    open_on(route);
+    if (!first_inputs.is_null()) return forward_inputs(first_inputs);
+    pump_from_client();
+  }
+
+  // Opens the call on the route's node and replays what the client sent so far (nothing, unless
+  // the call is opened again elsewhere).
+  void open_on(const PredictRoute& route) {
     guard_ = services_->router->track(target_.deployment, route);
     LOG_INFO("control.predict", request_id_ << ": stream " << target_.deployment.id << "."
                                             << target_.method_name << " -> " << route.node_id);
-    stream_ = route.connection->open_stream(call_metadata(target_, route, "stream", request_id_));
-    pump_from_agent();
-    if (!first_inputs.is_null()) return forward_inputs(first_inputs);
-    pump_from_client();
+    std::shared_ptr<tunnel::Stream> stream =
+        route.connection->open_stream(call_metadata(target_, route, "stream", request_id_));
+    {
+      std::lock_guard lock(mutex_);
+      node_id_ = route.node_id;
+      stream_ = stream;
+      for (const std::string& message : sent_)
+        stream->async_write(message, false, [](error_code) {});
+      if (input_ended_) stream->close_write();
+      rerouting_ = false;
+    }
+    pump_from_agent(stream);
+  }
+
+  std::shared_ptr<tunnel::Stream> current_stream() {
+    std::lock_guard lock(mutex_);
+    return stream_;
   }
 
   void forward_inputs(const json& inputs) {
     const Status ok = check_inputs(target_.method, inputs, true);
     if (!ok.ok()) {
-      stream_->reset(tunnel::Errc::kCancel, "the client sent bad inputs");
+      current_stream()->reset(tunnel::Errc::kCancel, "the client sent bad inputs");
       return finish(ok.error(), 1007);
     }
-    stream_->async_write(json{{"inputs", inputs}}.dump(), false,
-                         [self = shared_from_this()](error_code ec) {
-                           if (ec) return;  // the agent side ended; pump_from_agent reports it
-                           self->pump_from_client();
-                         });
+    std::string message = json{{"inputs", inputs}}.dump();
+    std::shared_ptr<tunnel::Stream> stream;
+    {
+      std::lock_guard lock(mutex_);
+      // Until the node has answered, the call may still be opened elsewhere: keep the inputs.
+      if (!answered_) sent_.push_back(message);
+      if (!rerouting_) stream = stream_;
+    }
+    if (!stream) return pump_from_client();  // the new node gets it with the replay
+    // A failed write: the agent side ended, and pump_from_agent retries the call or reports it.
+    stream->async_write(std::move(message), false,
+                        [self = shared_from_this()](error_code) { self->pump_from_client(); });
   }
 
   void pump_from_client() {
+    if (finished_.load()) return;
     channel_->read([self = shared_from_this()](bool ok, const std::string& message) {
       if (!ok) {
-        if (!self->input_ended_ && !self->finished_.load()) {
-          self->stream_->reset(tunnel::Errc::kCancel, "the client went away");
+        bool ended = false;
+        {
+          std::lock_guard lock(self->mutex_);
+          ended = self->input_ended_;
+        }
+        if (!ended && !self->finished_.load()) {
+          self->current_stream()->reset(tunnel::Errc::kCancel, "the client went away");
           LOG_INFO("control.predict_cancelled", self->request_id_ << ": the client went away");
         }
         return;
       }
       auto parsed = parse_json(message);
       if (!parsed.ok() || !parsed->is_object()) {
-        self->stream_->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
+        self->current_stream()->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
         return self->finish(
             parsed.ok() ? invalid_argument("each message must be a JSON object") : parsed.error(),
             1007);
       }
       if (parsed->value("end", false)) {
-        self->input_ended_ = true;
-        self->stream_->close_write();
+        std::shared_ptr<tunnel::Stream> stream;
+        {
+          std::lock_guard lock(self->mutex_);
+          self->input_ended_ = true;
+          if (!self->rerouting_) stream = self->stream_;
+        }
+        if (stream) stream->close_write();
         self->pump_from_client();  // keep reading: a close from the client still cancels
         return;
       }
       if (!parsed->contains("inputs")) {
-        self->stream_->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
+        self->current_stream()->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
         return self->finish(invalid_argument("each message carries {\"inputs\": {...}} or "
                                              "{\"end\": true}"),
                             1007);
@@ -640,26 +601,62 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
     });
   }
 
-  void pump_from_agent() {
-    stream_->async_read([self = shared_from_this()](error_code ec, const std::string& message) {
+  // The node was lost under the call, or refused it, before it answered anything: the call is
+  // opened on another node with the inputs sent so far (a stream's state starts afresh there,
+  // and the client has seen no output of the first). Once an output reached the client, a lost
+  // node ends the call with an error.
+  bool retry_elsewhere(error_code ec) {
+    const bool lost = ec == tunnel::Errc::kTunnelLost || ec == tunnel::Errc::kNotConnected ||
+                      ec == tunnel::Errc::kRefusedStream;
+    std::string node;
+    {
+      std::lock_guard lock(mutex_);
+      if (!lost || answered_ || finished_.load() || ++attempts_ >= kMaxAttempts) return false;
+      rerouting_ = true;
+      node = node_id_;
+      avoid_.insert(node);
+    }
+    LOG_NOTICE("control.predict_retried", request_id_ << ": node " << node
+                                                      << " was lost under the stream call ("
+                                                      << ec.message() << "); trying another node");
+    guard_.reset();
+    asio::post(services_->pool, [self = shared_from_this(), avoid = avoid_] {
+      self->services_->router->acquire(self->target_.deployment, avoid,
+                                       [self](Result<PredictRoute> route) {
+                                         if (!route.ok()) return self->finish(route.error(), 1013);
+                                         self->open_on(*route);
+                                       });
+    });
+    return true;
+  }
+
+  void pump_from_agent(const std::shared_ptr<tunnel::Stream>& stream) {
+    stream->async_read([self = shared_from_this(), stream](error_code ec,
+                                                           const std::string& message) {
       if (ec == tunnel::Errc::kEndOfStream) return self->finish({}, 1000);
-      if (ec) return self->finish(stream_failure(ec, self->stream_), 1011);
+      if (ec && self->retry_elsewhere(ec)) return;
+      if (ec) return self->finish(stream_failure(ec, stream), 1011);
       auto parsed = parse_json(message);
       if (!parsed.ok() || !parsed->is_object()) {
-        self->stream_->reset(tunnel::Errc::kCancel, "malformed output");
+        stream->reset(tunnel::Errc::kCancel, "malformed output");
         return self->finish(Error(ErrorCode::kDataLoss, "the node sent a malformed message"), 1011);
       }
       if (auto error = agent_error(*parsed)) {
-        self->stream_->reset(tunnel::Errc::kCancel, "the node reported an error");
+        stream->reset(tunnel::Errc::kCancel, "the node reported an error");
         return self->finish(*error, 1011);
       }
+      {
+        std::lock_guard lock(self->mutex_);
+        self->answered_ = true;
+        self->sent_.clear();
+      }
       self->channel_->write(json{{"outputs", parsed->value("outputs", json(nullptr))}}.dump(),
-                            [self](bool ok) {
+                            [self, stream](bool ok) {
                               if (!ok) {
-                                self->stream_->reset(tunnel::Errc::kCancel, "the client went away");
+                                stream->reset(tunnel::Errc::kCancel, "the client went away");
                                 return;
                               }
-                              self->pump_from_agent();
+                              self->pump_from_agent(stream);
                             });
     });
   }
@@ -682,10 +679,17 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   std::shared_ptr<WebSocketChannel> channel_;
   std::string request_id_;
   Target target_;
-  std::shared_ptr<tunnel::Stream> stream_;
   std::shared_ptr<void> guard_;
-  bool input_ended_ = false;
   std::atomic<bool> finished_{false};
+  std::mutex mutex_;  // the client's side, the node's side and a retry meet here
+  std::shared_ptr<tunnel::Stream> stream_;
+  std::vector<std::string> sent_;  // inputs forwarded before the node's first output
+  bool answered_ = false;          // an output reached the client: no retry any more
+  bool rerouting_ = false;         // between a lost node and the next one
+  bool input_ended_ = false;
+  std::string node_id_;
+  std::set<std::string> avoid_;  // nodes lost under this call
+  size_t attempts_ = 0;
 };
 
 }  // namespace

@@ -44,6 +44,8 @@ int status_for(ErrorCode code) {
       return 400;
     case ErrorCode::kNotFound:
       return 404;
+    case ErrorCode::kResourceExhausted:
+      return 429;  // too many refused credentials from this address: slowed down, not refused
     default:
       return 503;
   }

@@ -46,7 +46,8 @@ struct ServerOptions {
 class TunnelServer : public std::enable_shared_from_this<TunnelServer> {
  public:
   // Calls back exactly once, from any thread, with the identity or why it is refused
-  // (kUnauthenticated answers 401, kPermissionDenied 403, anything else 503).
+  // (kUnauthenticated answers 401, kPermissionDenied 403, kResourceExhausted 429, anything else
+  // 503).
   using AuthDone = std::function<void(Result<std::string> identity)>;
 
   struct Handlers {

@@ -57,6 +57,23 @@ TEST(AgentConfigTest, MinimalFileGetsDefaults) {
   EXPECT_FALSE(config->node_name.empty());  // the host name
   EXPECT_EQ(config->default_slicing, SlicingMode::kFraction);
   EXPECT_EQ(config->idle_worker_seconds, 300);
+  EXPECT_EQ(config->keepalive_seconds, 15);
+  EXPECT_EQ(config->dead_after_seconds, 45);
+}
+
+TEST(AgentConfigTest, TunnelKeepaliveIsConfigurableAndChecked) {
+  const auto config = parse_agent_config(
+      "control_plane: {url: 'wss://cp', keepalive_seconds: 2, dead_after_seconds: 6}\n",
+      "agent.yaml");
+  ASSERT_TRUE(config.ok()) << config.error().message();
+  EXPECT_EQ(config->keepalive_seconds, 2);
+  EXPECT_EQ(config->dead_after_seconds, 6);
+  const auto backwards = parse_agent_config(
+      "control_plane: {url: 'wss://cp', keepalive_seconds: 30, dead_after_seconds: 30}\n",
+      "agent.yaml");
+  ASSERT_FALSE(backwards.ok());
+  EXPECT_NE(backwards.error().message().find("control_plane.dead_after_seconds"), std::string::npos)
+      << backwards.error().message();
 }
 
 TEST(AgentConfigTest, ReportsEveryErrorWithItsKey) {

@@ -318,5 +318,21 @@ url_inputs: {allow_private_addresses: true}
   EXPECT_FALSE(load_control_config({"--listen", "127.0.0.1:1"}).ok());  // no TLS: refused
 }
 
+TEST(ControlConfigTest, TunnelKeepaliveIsConfigurableAndChecked) {
+  auto defaults = parse_control_config("listen: \"127.0.0.1:9443\"\n");
+  ASSERT_TRUE(defaults.ok()) << defaults.error().message();
+  EXPECT_EQ(defaults->tunnel_keepalive_seconds, 15);
+  EXPECT_EQ(defaults->tunnel_dead_after_seconds, 45);
+  auto config = parse_control_config("tunnel: {keepalive_seconds: 2, dead_after_seconds: 6}\n");
+  ASSERT_TRUE(config.ok()) << config.error().message();
+  EXPECT_EQ(config->tunnel_keepalive_seconds, 2);
+  EXPECT_EQ(config->tunnel_dead_after_seconds, 6);
+  // A peer declared dead before its first ping could be answered would flap forever.
+  auto backwards = parse_control_config("tunnel: {keepalive_seconds: 10, dead_after_seconds: 5}\n");
+  ASSERT_FALSE(backwards.ok());
+  EXPECT_NE(backwards.error().message().find("tunnel.dead_after_seconds"), std::string::npos)
+      << backwards.error().message();
+}
+
 }  // namespace
 }  // namespace outpost::control

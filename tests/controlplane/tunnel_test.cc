@@ -726,11 +726,12 @@ TEST_F(ScalingTest, TrafficOverflowsToTheNextNodepoolAndFailsOverWhenANodeGoes) 
   // One call held open saturates np1 (max_ongoing_per_replica 1): the next overflows to np2.
   first->set_stall_generate(true);
   std::atomic<bool> open{false};
+  std::atomic<bool> release{false};
   std::thread holder([&] {
     (void)admin_.client().send_streaming("POST", "/v2/users/me/models/chargen/outputs/generate",
                                          body, "application/json", {}, [&](std::string_view) {
                                            open = true;
-                                           return false;  // hang up after the first chunk
+                                           return !release.load();  // hang up when released
                                          });
   });
   ASSERT_TRUE(eventually([&] { return open.load(); }));
@@ -738,6 +739,7 @@ TEST_F(ScalingTest, TrafficOverflowsToTheNextNodepoolAndFailsOverWhenANodeGoes) 
   EXPECT_EQ(other.post("/v2/users/me/models/chargen/outputs/generate", json::parse(body)).status,
             200);
   EXPECT_EQ(second->predicts(), 1);
+  release = true;
   holder.join();
   first->set_stall_generate(false);
   // np1's node goes: calls go to np2 without an error.

@@ -135,8 +135,9 @@ ChildProcess& Platform::start_agent(const std::string& cluster, const std::strin
                                                                  : options.control_port_override;
   const std::string config = base + "/agent.yaml";
   write(config,
-        "control_plane:\n  url: wss://localhost:" + port + "/v1/tunnel\n  ca_file: " +
-            pki_.ca_file() + "\n  connections: 2\nnode:\n  name: " + options.name +
+        "control_plane:\n  url: wss://localhost:" + port +
+            "/v1/tunnel\n  ca_file: " + pki_.ca_file() + "\n  connections: 2\n" +
+            options.control_plane_yaml + "node:\n  name: " + options.name +
             "\n  join_token_file: " + base + "/join-token\nstate_dir: " + base +
             "/state\nruntime_dir: " + base + "/run\nworkers:\n  binary: " + OUTPOST_WORKER_BIN +
             "\n  threads: " + std::to_string(options.worker_threads) + "\n" + options.workers_yaml +

@@ -28,8 +28,9 @@ struct AgentOptions {
   std::string control_port_override;  // connect through a relay instead
   std::string extra_yaml;
   std::vector<std::string> environment;
-  int worker_threads = 1;    // intra-op threads of each worker (workers.threads)
-  std::string workers_yaml;  // more `workers:` keys, each line indented by two spaces
+  int worker_threads = 1;          // intra-op threads of each worker (workers.threads)
+  std::string workers_yaml;        // more `workers:` keys, each line indented by two spaces
+  std::string control_plane_yaml;  // more `control_plane:` keys, likewise
 };
 
 class Platform {

@@ -1,0 +1,34 @@
+// The untrusted half of a predict call (docs/api.md "Predict"): the request body, and the inputs
+// it names checked against the method's signature. Pure functions of their arguments, apart from
+// predict_handlers.cc so that the predict_request fuzzer can drive them without a server.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace outpost::control {
+
+struct PredictRequest {
+  std::string method;       // "" when the body names none (the model's only method)
+  nlohmann::json selector;  // runner_selector as sent; resolved by the handler
+  nlohmann::json inputs;    // as sent; an empty object when the body has none
+};
+
+// Reads a parsed request body: {"runner_selector": ..., "method": "...", "inputs": {...}}.
+// Unknown keys and a missing runner_selector are refused, naming the field.
+Result<PredictRequest> parse_predict_request(const nlohmann::json& body);
+
+// Checks the inputs' names (and simple types) against `method`, a signature from the model's
+// inspection ({"name": ..., "inputs": [{"name", "type", "default"?}...]}). `partial`: a stream
+// item, which may carry only some of the inputs.
+Status check_inputs(const nlohmann::json& method, const nlohmann::json& inputs, bool partial);
+
+// The names of the top-level inputs given as {"url": "<string>"}, whose bytes the control plane
+// fetches before the call. Every name returned has a string "url".
+std::vector<std::string> url_inputs(const nlohmann::json& inputs);
+
+}  // namespace outpost::control

@@ -1,0 +1,436 @@
+// The control plane's security checks, as a client or an operator sees them: repeated refused
+// credentials are slowed down (429 with Retry-After, on the REST API and the agents' tunnel) while
+// a client that was working keeps working; the listener speaks TLS 1.2 or newer only; the state
+// on disk is private (0700 directories, 0600 files); an upload above the limit is refused with a
+// clear error before anything is stored; and no secret comes back in an error or goes to the log.
+//
+// Checked elsewhere, not repeated here: tokens are stored as salted PBKDF2 hashes and compared in
+// constant time (secrets.cc; ApiTest.RefusesBadTokens), a fetched artifact whose hash does not
+// match is refused before use (tests/agent/artifact_cache_test.cc and, end to end,
+// EndToEndTest's tampered artifact), the agent's credential file is 0600 in a 0700 directory
+// (tests/agent/credentials_test.cc), the CLI's login config is 0600 (tests/cli), and no secret
+// reaches any process's log, command line or environment on a whole platform
+// (tests/e2e/security_test.cc).
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "controlplane/artifact_store.h"
+#include "controlplane/auth_throttle.h"
+#include "controlplane/store.h"
+#include "tests/controlplane/control_fixture.h"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace outpost::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+unsigned mode_of(const std::string& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return 0;
+  return info.st_mode & 0777;
+}
+
+std::string error_code_of(const ApiReply& reply) {
+  return reply.body.is_object() ? reply.body["status"].value("code", "") : "";
+}
+std::string error_text(const ApiReply& reply) {
+  return reply.body.is_object() ? reply.body["status"].value("description", "") : "";
+}
+
+// "<prefix>_<id>_<secret>" -> "<secret>".
+std::string secret_part(const std::string& token) { return token.substr(token.rfind('_') + 1); }
+
+// The same token with the last digit of its secret changed: a wrong token that looks real.
+std::string near_miss(const std::string& token) {
+  std::string wrong = token;
+  wrong.back() = wrong.back() == '0' ? '1' : '0';
+  return wrong;
+}
+
+// --- the throttle itself, on an injected clock ---
+
+TEST(AuthThrottleTest, RefusesAnAddressOverItsBudgetUntilTheWindowCloses) {
+  FakeWallClock clock;
+  control::AuthThrottle throttle({/*max_failures=*/3, /*window_seconds=*/60}, clock);
+  throttle.record_failure("10.0.0.1:4000");
+  clock.advance(10);
+  throttle.record_failure("10.0.0.1:4001");
+  EXPECT_EQ(throttle.retry_after("10.0.0.1:4002"), 0);
+  throttle.record_failure("10.0.0.1:4003");
+  // The window opened at the first refusal, 10 s ago.
+  EXPECT_EQ(throttle.retry_after("10.0.0.1:4004"), 50);
+  EXPECT_EQ(throttle.retry_after("10.0.0.2:4004"), 0);  // another address has its own budget
+  clock.advance(49);
+  EXPECT_EQ(throttle.retry_after("10.0.0.1:1"), 1);
+  clock.advance(1);
+  EXPECT_EQ(throttle.retry_after("10.0.0.1:1"), 0);
+  // A fresh window and a fresh budget.
+  throttle.record_failure("10.0.0.1:1");
+  throttle.record_failure("10.0.0.1:1");
+  EXPECT_EQ(throttle.retry_after("10.0.0.1:1"), 0);
+}
+
+TEST(AuthThrottleTest, OldRefusalsDoNotAddUpAcrossWindows) {
+  FakeWallClock clock;
+  control::AuthThrottle throttle({3, 60}, clock);
+  for (int i = 0; i < 10; ++i) {
+    throttle.record_failure("10.0.0.1:1");
+    throttle.record_failure("10.0.0.1:1");
+    EXPECT_EQ(throttle.retry_after("10.0.0.1:1"), 0) << i;
+    clock.advance(61);
+  }
+}
+
+TEST(AuthThrottleTest, CountsIpv6ByItsPrefixAndMappedIpv4AsIpv4) {
+  using control::AuthThrottle;
+  EXPECT_EQ(AuthThrottle::source_of("192.0.2.7:443"), "192.0.2.7");
+  EXPECT_EQ(AuthThrottle::source_of("::ffff:192.0.2.7:443"), "192.0.2.7");
+  EXPECT_EQ(AuthThrottle::source_of("2001:db8:1:2:aaaa::1:443"), "2001:db8:1:2::/64");
+  EXPECT_EQ(AuthThrottle::source_of("[2001:db8:1:2::5]:443"), "2001:db8:1:2::/64");
+  FakeWallClock clock;
+  AuthThrottle throttle({2, 60}, clock);
+  throttle.record_failure("2001:db8:1:2::1:50000");
+  throttle.record_failure("2001:db8:1:2:ffff::9:50001");
+  EXPECT_GT(throttle.retry_after("2001:db8:1:2::77:1"), 0);
+  EXPECT_EQ(throttle.retry_after("2001:db8:1:3::1:1"), 0);
+}
+
+TEST(AuthThrottleTest, ZeroFailuresTurnsItOff) {
+  FakeWallClock clock;
+  control::AuthThrottle throttle({0, 60}, clock);
+  for (int i = 0; i < 100; ++i) throttle.record_failure("10.0.0.1:1");
+  EXPECT_EQ(throttle.retry_after("10.0.0.1:1"), 0);
+}
+
+// --- the throttle in a control plane, REST and tunnel ---
+
+class ThrottleTest : public ::testing::Test {
+ protected:
+  ThrottleTest()
+      : control_(pki_, "auth_throttle: {max_failures: 3, window_seconds: 60}\n"),
+        admin_(api(control_.admin_token())) {}
+
+  Api api(const std::string& token) { return Api(control_.base_url(), pki_.ca_file(), token); }
+
+  std::string join_token() {
+    auto reply = admin_.post("/v2/users/me/compute_clusters/cc/nodepools/np/join_tokens",
+                             json{{"ttl_seconds", 3600}});
+    EXPECT_EQ(reply.status, 201) << reply.raw;
+    return reply.body["join_token"]["token"];
+  }
+
+  // A WebSocket upgrade on the tunnel with `credential`, one attempt: the HTTP status.
+  int tunnel_upgrade(const std::string& credential) {
+    Api raw = api("");
+    auto reply = raw.client().send("GET", "/v1/tunnel", "", "",
+                                   {{"Connection", "Upgrade"},
+                                    {"Upgrade", "websocket"},
+                                    {"Sec-WebSocket-Version", "13"},
+                                    {"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="},
+                                    {"Sec-WebSocket-Protocol", "outpost-tunnel.v1"},
+                                    {"Authorization", "Bearer " + credential}});
+    EXPECT_TRUE(reply.ok()) << reply.error().message();
+    return reply.ok() ? reply->status : 0;
+  }
+
+  TestPki pki_;
+  ControlInProcess control_;
+  Api admin_;
+};
+
+TEST_F(ThrottleTest, RepeatedBadTokensGet429WhileAWorkingTokenKeepsWorking) {
+  ASSERT_EQ(admin_.get("/v2/users/me").status, 200);  // the admin's token: verified once
+  auto created = admin_.post("/v2/users/me/keys", json{{"key", {{"description", "unused"}}}});
+  ASSERT_EQ(created.status, 201);
+  const std::string unused = created.body["key"]["token"];
+  Api wrong = api(near_miss(control_.admin_token()));
+  for (int i = 0; i < 3; ++i) {
+    auto refused = wrong.get("/v2/users/me");
+    EXPECT_EQ(refused.status, 401) << refused.raw;
+  }
+  // Over the budget: refused at once, saying when to come back.
+  auto throttled = wrong.get("/v2/users/me");
+  EXPECT_EQ(throttled.status, 429) << throttled.raw;
+  EXPECT_EQ(error_code_of(throttled), "resource_exhausted");
+  EXPECT_EQ(throttled.retry_after, "60");
+  EXPECT_NE(error_text(throttled).find("try again in 60 s"), std::string::npos) << throttled.raw;
+  // A token that worked before from here still works; a correct one never verified from here
+  // waits like any other guess; the health check needs no credential.
+  EXPECT_EQ(admin_.get("/v2/users/me").status, 200);
+  EXPECT_EQ(api(unused).get("/v2/users/me").status, 429);
+  EXPECT_EQ(api("").get("/v2/healthz").status, 200);
+  control_.clock().advance(59);
+  EXPECT_EQ(api(unused).get("/v2/users/me").retry_after, "1");
+  control_.clock().advance(1);
+  EXPECT_EQ(api(unused).get("/v2/users/me").status, 200);
+  EXPECT_EQ(wrong.get("/v2/users/me").status, 401);
+}
+
+TEST_F(ThrottleTest, RepeatedBadAgentCredentialsGet429OnTheTunnel) {
+  ASSERT_EQ(admin_.post("/v2/users/me/compute_clusters", json{{"compute_cluster", {{"id", "cc"}}}})
+                .status,
+            201);
+  ASSERT_EQ(
+      admin_.post("/v2/users/me/compute_clusters/cc/nodepools", json{{"nodepool", {{"id", "np"}}}})
+          .status,
+      201);
+  const std::string token = join_token();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(tunnel_upgrade(near_miss(token)), 401);
+  EXPECT_EQ(tunnel_upgrade(near_miss(token)), 429);
+  EXPECT_EQ(tunnel_upgrade(token), 429);  // a join token is never verified before: it waits too
+  // The budget is per address, across the API and the tunnel.
+  auto created = admin_.post("/v2/users/me/keys", json{{"key", {{"description", "unused"}}}});
+  EXPECT_EQ(api(created.body["key"]["token"]).get("/v2/users/me").status, 429);
+
+  control_.clock().advance(60);
+  auto enrolled = TestAgent::enroll(control_.port(), pki_.ca_file(), token);
+  ASSERT_TRUE(enrolled.ok()) << enrolled.error().message();
+  {
+    TestAgent node(control_.port(), pki_.ca_file(), enrolled->credential);
+    ASSERT_TRUE(node.wait_connected());
+  }
+
+  // Guesses at the node credential use up the budget again; the node, verified before,
+  // reconnects.
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(tunnel_upgrade(near_miss(enrolled->credential)), 401);
+  EXPECT_EQ(tunnel_upgrade(near_miss(enrolled->credential)), 429);
+  TestAgent again(control_.port(), pki_.ca_file(), enrolled->credential);
+  EXPECT_TRUE(again.wait_connected());
+}
+
+// --- TLS versions ---
+
+struct Handshake {
+  bool ok = false;
+  int version = 0;          // negotiated, when ok
+  unsigned long error = 0;  // the first OpenSSL error, when not
+};
+
+// A TLS handshake with the listener at 127.0.0.1:`port`, offering exactly `min`..`max`. The client
+// is made able to speak old versions (security level 0), so a refusal is the server's.
+Handshake handshake(uint16_t port, const std::string& ca_file, int min, int max) {
+  Handshake out;
+  SSL_CTX* context = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_set_security_level(context, 0);
+  SSL_CTX_set_cipher_list(context, "DEFAULT:@SECLEVEL=0");
+  SSL_CTX_set_min_proto_version(context, min);
+  SSL_CTX_set_max_proto_version(context, max);
+  SSL_CTX_load_verify_locations(context, ca_file.c_str(), nullptr);
+  SSL_CTX_set_verify(context, SSL_VERIFY_PEER, nullptr);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)), 0);
+  SSL* ssl = SSL_new(context);
+  SSL_set_tlsext_host_name(ssl, "localhost");
+  SSL_set1_host(ssl, "localhost");
+  SSL_set_fd(ssl, fd);
+  ERR_clear_error();
+  out.ok = SSL_connect(ssl) == 1;
+  if (out.ok) {
+    out.version = SSL_version(ssl);
+    SSL_shutdown(ssl);
+  } else {
+    out.error = ERR_peek_error();
+  }
+  SSL_free(ssl);
+  ::close(fd);
+  SSL_CTX_free(context);
+  ERR_clear_error();
+  return out;
+}
+
+TEST(TlsTest, TheListenerRefusesTls10And11AndSpeaks12And13) {
+  TestPki pki;
+  ControlInProcess control(pki);
+  for (const int old : {TLS1_VERSION, TLS1_1_VERSION}) {
+    const Handshake refused = handshake(control.port(), pki.ca_file(), old, old);
+    ASSERT_FALSE(refused.ok) << "TLS version " << std::hex << old << " was accepted";
+    if (ERR_GET_REASON(refused.error) == SSL_R_NO_PROTOCOLS_AVAILABLE) {
+      GTEST_SKIP() << "this OpenSSL cannot offer TLS version " << std::hex << old
+                   << ", so the server's refusal cannot be shown";
+    }
+    // The server answered with a protocol_version alert: it is the server that said no.
+    EXPECT_EQ(ERR_GET_REASON(refused.error), SSL_R_TLSV1_ALERT_PROTOCOL_VERSION)
+        << ERR_reason_error_string(refused.error);
+  }
+  const Handshake twelve = handshake(control.port(), pki.ca_file(), TLS1_2_VERSION, TLS1_2_VERSION);
+  EXPECT_TRUE(twelve.ok) << ERR_reason_error_string(twelve.error);
+  EXPECT_EQ(twelve.version, TLS1_2_VERSION);
+  const Handshake any = handshake(control.port(), pki.ca_file(), TLS1_VERSION, TLS1_3_VERSION);
+  EXPECT_TRUE(any.ok) << ERR_reason_error_string(any.error);
+  EXPECT_EQ(any.version, TLS1_3_VERSION);  // the newest both speak
+}
+
+// --- state on disk ---
+
+// Under a permissive umask, so that the modes come from the code and not from the environment.
+class PermissiveUmask {
+ public:
+  PermissiveUmask() : old_(::umask(0022)) {}
+  ~PermissiveUmask() { ::umask(old_); }
+  PermissiveUmask(const PermissiveUmask&) = delete;
+  PermissiveUmask& operator=(const PermissiveUmask&) = delete;
+
+ private:
+  mode_t old_;
+};
+
+TEST(StateFilesTest, TheDatabaseAndItsJournalAre0600) {
+  PermissiveUmask umask;
+  TempDir dir;
+  const std::string path = dir.file("outpost.db");
+  std::ofstream(path) << "";  // an older file with a looser mode is tightened
+  ::chmod(path.c_str(), 0644);
+  FakeWallClock clock;
+  auto store = control::Store::open(path, clock);
+  ASSERT_TRUE(store.ok()) << store.error().message();
+  ASSERT_TRUE((*store)->create_user("alice", false).ok());
+  EXPECT_EQ(mode_of(path), 0600u);
+  for (const char* suffix : {"-wal", "-shm"}) {
+    if (fs::exists(path + suffix)) {
+      EXPECT_EQ(mode_of(path + suffix), 0600u) << suffix;
+    }
+  }
+}
+
+TEST(StateFilesTest, ArtifactsAre0600InDirectories0700) {
+  PermissiveUmask umask;
+  TempDir dir;
+  auto store = control::ArtifactStore::create(dir.file("artifacts"));
+  ASSERT_TRUE(store.ok());
+  const std::string sha(64, 'a');
+  std::ofstream(dir.file("upload")) << "model bytes";
+  ::chmod(dir.file("upload").c_str(), 0644);
+  ASSERT_TRUE(store->import(dir.file("upload"), sha).ok());
+  EXPECT_EQ(mode_of(dir.file("artifacts")), 0700u);
+  EXPECT_EQ(mode_of(dir.file("artifacts/aa")), 0700u);
+  EXPECT_EQ(mode_of(store->path_of(sha)), 0600u);
+}
+
+// The real process, after an upload: everything under its data directory is private.
+TEST(StateFilesTest, TheControlPlanesDataDirectoryIsPrivate) {
+  TestPki pki;
+  TempDir dir;
+  ControlProcess control(pki);
+  Api admin(control.base_url(), pki.ca_file(), control.admin_token());
+  create_fleet(admin, "cc", "np", "text", "dep", dir);
+  size_t files = 0;
+  EXPECT_EQ(mode_of(control.data_dir()), 0700u);
+  for (const auto& entry : fs::recursive_directory_iterator(control.data_dir())) {
+    if (entry.is_directory()) {
+      EXPECT_EQ(mode_of(entry.path()), 0700u) << entry.path();
+    } else if (entry.is_regular_file()) {
+      EXPECT_EQ(mode_of(entry.path()), 0600u) << entry.path();
+      ++files;
+    }
+  }
+  EXPECT_GE(files, 2u);  // at least the database and the model's artifact
+  EXPECT_TRUE(fs::exists(control.data_dir() + "/outpost.db"));
+}
+
+// --- uploads ---
+
+TEST(UploadLimitTest, AModelAboveTheLimitIsRefusedAndNothingIsKept) {
+  TestPki pki;
+  TempDir dir;
+  ControlProcess control(pki, {"limits: {max_model_bytes: 4096}\n", ""});
+  Api admin(control.base_url(), pki.ca_file(), control.admin_token());
+  auto package = model_package("text");
+  package["model.pt"] = std::string(16 * 1024, 'x');
+  write_tar(dir.file("big.tar"), package);
+  auto refused = admin.upload("/v2/users/me/models/text/versions", dir.file("big.tar"));
+  EXPECT_EQ(refused.status, 413) << refused.raw;
+  EXPECT_EQ(error_code_of(refused), "resource_exhausted");
+  EXPECT_NE(error_text(refused).find("larger than the 4096 bytes"), std::string::npos)
+      << refused.raw;
+  EXPECT_EQ(admin.get("/v2/users/me/models/text").status, 404);
+  EXPECT_TRUE(fs::is_empty(control.data_dir() + "/tmp"));
+  EXPECT_TRUE(fs::is_empty(control.data_dir() + "/artifacts"));
+}
+
+// --- secrets in errors and logs ---
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST(SecretsTest, NoSecretComesBackInAnErrorOrGoesToTheLog) {
+  TestPki pki;
+  TempDir dir;
+  ::setenv("OUTPOST_LOG_LEVEL", "debug", 1);  // everything the process can say
+  ControlProcess control(pki);
+  ::unsetenv("OUTPOST_LOG_LEVEL");
+  Api admin(control.base_url(), pki.ca_file(), control.admin_token());
+  create_fleet(admin, "cc", "np", "text", "dep", dir);
+  auto join =
+      admin.post("/v2/users/me/compute_clusters/cc/nodepools/np/join_tokens", json::object());
+  ASSERT_EQ(join.status, 201) << join.raw;
+  const std::string join_token = join.body["join_token"]["token"];
+  auto enrolled = TestAgent::enroll(control.port(), pki.ca_file(), join_token);
+  ASSERT_TRUE(enrolled.ok()) << enrolled.error().message();
+  const std::string credential = enrolled->credential;
+  {
+    TestAgent node(control.port(), pki.ca_file(), credential);
+    ASSERT_TRUE(node.wait_connected());
+    EXPECT_TRUE(node.call("node.sync").ok());
+  }
+  auto key = admin.post("/v2/users/me/keys", json{{"key", {{"description", "ci"}}}});
+  const std::string pat = key.body["key"]["token"];
+  EXPECT_EQ(Api(control.base_url(), pki.ca_file(), pat).get("/v2/users/me").status, 200);
+
+  // Wrong credentials that look like the real ones, and what the clients hear back.
+  std::vector<std::string> secrets = {control.admin_token(), pat, join_token, credential};
+  std::vector<std::string> answers;
+  for (const std::string& wrong : {near_miss(pat), near_miss(control.admin_token())}) {
+    secrets.push_back(wrong);
+    auto refused = Api(control.base_url(), pki.ca_file(), wrong).get("/v2/users/me");
+    EXPECT_EQ(refused.status, 401);
+    answers.push_back(refused.raw);
+  }
+  for (const std::string& wrong : {near_miss(join_token), near_miss(credential)}) {
+    secrets.push_back(wrong);
+    auto refused = TestAgent::enroll(control.port(), pki.ca_file(), wrong);
+    ASSERT_FALSE(refused.ok());
+    answers.push_back(refused.error().message());
+  }
+  // Used twice: refused, and the answer does not echo it.
+  secrets.push_back(join_token);
+  auto reused = TestAgent::enroll(control.port(), pki.ca_file(), join_token);
+  ASSERT_FALSE(reused.ok());
+  answers.push_back(reused.error().message());
+
+  control.stop();
+  const std::string log = control.log();
+  ASSERT_NE(log.find("auth_refused"), std::string::npos) << "the refusals were not logged:\n"
+                                                         << log;
+  const std::string database = read_all(control.data_dir() + "/outpost.db") +
+                               read_all(control.data_dir() + "/outpost.db-wal");
+  for (const std::string& secret : secrets) {
+    for (const std::string& needle : {secret, secret_part(secret)}) {
+      EXPECT_EQ(log.find(needle), std::string::npos) << "the log holds " << needle;
+      EXPECT_EQ(database.find(needle), std::string::npos) << "the database holds " << needle;
+      for (const std::string& answer : answers) {
+        EXPECT_EQ(answer.find(needle), std::string::npos) << answer;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace outpost::testing

@@ -1,0 +1,648 @@
+// The soak (scripts/soak SECONDS; a short run is part of the test suite): outpost-control, two
+// outpostd with their workers, on loopback, under a steady mixed load of unary, generate and
+// stream calls while faults are injected on a schedule:
+//
+//   tunnel_cut      the relay between node-a and the control plane closes every connection
+//   silent_drop     the relay stops forwarding on node-a's connections but keeps them open
+//   worker_kill     kill -9 of node-b's worker
+//   agent_restart   kill -9 of node-a's outpostd, then a new one (what systemd does)
+//   control_restart outpost-control stopped and started again on the same port and database
+//   agent_drain     SIGTERM to node-a's outpostd (it drains), then a new one
+//
+// Every call is counted as succeeded, failed with an error (grouped by message in the report)
+// or lost: no answer within the client's deadline. Unary calls are retried as an idempotent
+// client would (connection refused or reset, 502/503/504, Retry-After honoured); generate and
+// stream calls only when the control plane never took them (refused connection, 503). The RSS
+// and open descriptors of every process are sampled every two seconds. The last line printed is
+// one JSON object with the figures; the test fails when a call is lost, when a failure has no
+// message, or when the aims (docs/reliability.md) are missed.
+//
+// OUTPOST_SOAK_SECONDS sets the length (default 90: each fault once).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/http_client.h"
+#include "common/base64.h"
+#include "tests/e2e/platform.h"
+#include "tests/support/tcp_relay.h"
+#include <signal.h>
+
+namespace outpost::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// One attempt without an answer for this long is a lost call: the client gives up on it.
+constexpr seconds kCallDeadline{30};
+// Keepalive of both ends, short so that a silent drop is noticed within seconds.
+constexpr int kKeepaliveSeconds = 2;
+constexpr int kDeadAfterSeconds = 6;
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kUnderAsan = true;
+#else
+constexpr bool kUnderAsan = false;
+#endif
+#else
+constexpr bool kUnderAsan = false;
+#endif
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// ---- counting ----------------------------------------------------------------------------
+
+enum class Kind { kSucceeded, kFailed, kLost };
+
+struct Outcome {
+  Kind kind = Kind::kSucceeded;
+  std::string error;  // why it failed or was lost
+  int retries = 0;
+};
+
+class Tally {
+ public:
+  void add(const std::string& shape, const Outcome& outcome) {
+    std::lock_guard lock(mutex_);
+    Counts& counts = shapes_[shape];
+    ++counts.requests;
+    counts.retries += outcome.retries;
+    switch (outcome.kind) {
+      case Kind::kSucceeded:
+        ++counts.succeeded;
+        break;
+      case Kind::kFailed:
+        ++counts.failed;
+        ++errors_[shape + ": " + outcome.error];
+        break;
+      case Kind::kLost:
+        ++counts.lost;
+        ++errors_[shape + " lost: " + outcome.error];
+        break;
+    }
+  }
+
+  struct Counts {
+    int64_t requests = 0;
+    int64_t succeeded = 0;
+    int64_t failed = 0;
+    int64_t lost = 0;
+    int64_t retries = 0;
+  };
+
+  std::map<std::string, Counts> shapes() const {
+    std::lock_guard lock(mutex_);
+    return shapes_;
+  }
+  std::map<std::string, int64_t> errors() const {
+    std::lock_guard lock(mutex_);
+    return errors_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, Counts> shapes_;
+  std::map<std::string, int64_t> errors_;
+};
+
+// ---- the load ----------------------------------------------------------------------------
+
+bool timed_out(const Error& error) {
+  return error.message().find("timed out") != std::string::npos;
+}
+
+// Transport failures where the request may not have reached the control plane, or the control
+// plane went away under it: an idempotent call may go again.
+bool retryable_status(int status) { return status == 502 || status == 503 || status == 504; }
+
+// The accumulator's output: one float32 ({"dtype", "shape": [1], "data_b64"}), or NaN.
+double running_sum(const json& value) {
+  if (!value.is_object() || value.value("dtype", "") != "float32") return std::nan("");
+  auto bytes = base64_decode(value.value("data_b64", ""));
+  if (!bytes.ok() || bytes->size() != sizeof(float)) return std::nan("");
+  float out = 0;
+  std::memcpy(&out, bytes->data(), sizeof out);
+  return out;
+}
+
+class Load {
+ public:
+  Load(uint16_t port, std::string ca_file, std::string pat, std::shared_ptr<Tally> tally)
+      : port_(port), ca_file_(std::move(ca_file)), pat_(std::move(pat)), tally_(std::move(tally)) {}
+
+  void start(int unary, int generate, int stream) {
+    for (int i = 0; i < unary; ++i) spawn("unary", [this] { return unary_call(); });
+    for (int i = 0; i < generate; ++i) spawn("generate", [this] { return generate_call(); });
+    for (int i = 0; i < stream; ++i) spawn("stream", [this] { return stream_call(); });
+  }
+
+  // Stops the load and waits for the calls in flight. A call still unanswered well past its
+  // deadline is counted lost and its thread left behind (returns false: keep this object).
+  bool stop() {
+    stop_ = true;
+    const auto limit = Clock::now() + 2 * kCallDeadline;
+    while (finished_.load() < static_cast<int>(threads_.size()) && Clock::now() < limit) {
+      std::this_thread::sleep_for(milliseconds(100));
+    }
+    const bool all_done = finished_.load() == static_cast<int>(threads_.size());
+    for (size_t i = 0; i < threads_.size(); ++i) {
+      if (all_done) {
+        threads_[i].join();
+      } else {
+        if (!done_[i]->load()) tally_->add(shapes_[i], {Kind::kLost, "no answer, no deadline", 0});
+        threads_[i].detach();
+      }
+    }
+    threads_.clear();
+    return all_done;
+  }
+
+ private:
+  void spawn(const std::string& shape, std::function<Outcome()> call) {
+    shapes_.push_back(shape);
+    done_.push_back(std::make_unique<std::atomic<bool>>(false));
+    std::atomic<bool>* done = done_.back().get();
+    threads_.emplace_back([this, shape, done, call = std::move(call)] {
+      while (!stop_) {
+        tally_->add(shape, call());
+        std::this_thread::sleep_for(milliseconds(20));  // a steady load, not a CPU-bound loop
+      }
+      *done = true;
+      ++finished_;
+    });
+  }
+
+  std::unique_ptr<cli::HttpClient> client() {
+    cli::ClientConfig config;
+    config.base_url = "https://localhost:" + std::to_string(port_);
+    config.ca_file = ca_file_;
+    config.pat = pat_;
+    config.timeout = kCallDeadline;
+    auto made = cli::HttpClient::create(config);
+    if (!made.ok()) {
+      ADD_FAILURE() << made.error().to_string();
+      std::abort();
+    }
+    return std::move(*made);
+  }
+
+  // Backs off before try `attempt`, honouring a Retry-After up to a second.
+  static void back_off(int attempt, const std::string& retry_after = {}) {
+    int ms = std::min(1000, 50 << std::min(attempt, 5));
+    if (!retry_after.empty()) ms = std::min(1000, std::atoi(retry_after.c_str()) * 1000);
+    std::this_thread::sleep_for(milliseconds(ms));
+  }
+
+  // How long an idempotent call keeps retrying: a control-plane restart takes a few seconds.
+  static constexpr seconds kRetryFor{60};
+
+  Outcome unary_call() {
+    const std::string body = json{{"runner_selector", {{"deployment", {{"id", "dep-text"}}}}},
+                                  {"method", "predict"},
+                                  {"inputs", {{"text", "left right"}}}}
+                                 .dump();
+    const auto give_up = Clock::now() + kRetryFor;
+    Outcome outcome;
+    auto http = client();
+    for (int attempt = 0;; ++attempt) {
+      auto response = http->send("POST", "/v2/users/me/models/text/outputs", body);
+      std::string why;
+      std::string retry_after;
+      if (!response.ok()) {
+        if (timed_out(response.error())) return {Kind::kLost, response.error().message(), attempt};
+        why = response.error().message();
+      } else if (response->status == 200) {
+        if (response->body.find("RIGHT LEFT") == std::string::npos) {
+          return {Kind::kFailed, "wrong answer: " + response->body.substr(0, 200), attempt};
+        }
+        return {Kind::kSucceeded, "", attempt};
+      } else {
+        why = cli::error_from_response(*response).to_string();
+        if (!retryable_status(response->status)) return {Kind::kFailed, why, attempt};
+        retry_after = response->retry_after;
+      }
+      if (Clock::now() > give_up) return {Kind::kFailed, "gave up retrying: " + why, attempt};
+      back_off(attempt, retry_after);
+    }
+  }
+
+  // A refused connection or a 503 before anything was sent back: the call never started.
+  Outcome generate_call() {
+    const std::string body = json{{"runner_selector", {{"deployment", {{"id", "dep-gen"}}}}},
+                                  {"method", "generate"},
+                                  {"inputs", {{"prompt", "ab"}, {"max_tokens", 6}}}}
+                                 .dump();
+    const auto give_up = Clock::now() + kRetryFor;
+    auto http = client();
+    for (int attempt = 0;; ++attempt) {
+      std::string pending;
+      int chunks = 0;
+      std::string status_code;
+      std::string status_text;
+      auto response = http->send_streaming(
+          "POST", "/v2/users/me/models/chargen/outputs/generate", body, "application/json",
+          {{"Accept", "application/x-ndjson"}}, [&](std::string_view data) {
+            pending.append(data);
+            for (auto end = pending.find('\n'); end != std::string::npos;
+                 end = pending.find('\n')) {
+              const json line = json::parse(pending.substr(0, end), nullptr, false);
+              pending.erase(0, end + 1);
+              if (line.contains("chunk")) ++chunks;
+              if (line.contains("status")) {
+                status_code = line["status"].value("code", "");
+                status_text = line["status"].dump();
+              }
+            }
+            return true;
+          });
+      std::string why;
+      if (!response.ok()) {
+        if (timed_out(response.error())) return {Kind::kLost, response.error().message(), attempt};
+        why = response.error().message();
+        // Refused, or cut during the TLS handshake: the request was never sent.
+        const bool never_started = chunks == 0 && (why.find("refused") != std::string::npos ||
+                                                   why.find("TLS with") != std::string::npos);
+        if (!never_started) return {Kind::kFailed, why, attempt};
+      } else if (response->status == 200) {
+        if (status_code == "ok" && chunks >= 6) return {Kind::kSucceeded, "", attempt};
+        if (status_code.empty()) return {Kind::kFailed, "cut short without a status", attempt};
+        return {Kind::kFailed, "ended with " + status_text, attempt};
+      } else {
+        why = cli::error_from_response(*response).to_string();
+        if (response->status != 503) return {Kind::kFailed, why, attempt};
+      }
+      if (Clock::now() > give_up) return {Kind::kFailed, "gave up retrying: " + why, attempt};
+      back_off(attempt, response.ok() ? response->retry_after : "");
+    }
+  }
+
+  Outcome stream_call() {
+    const auto give_up = Clock::now() + kRetryFor;
+    auto http = client();
+    for (int attempt = 0;; ++attempt) {
+      auto socket = http->websocket(
+          "/v2/users/me/models/accumulator/outputs/stream?deployment=dep-acc&method=stream");
+      if (!socket.ok()) {
+        const std::string why = socket.error().message();
+        if (timed_out(socket.error())) return {Kind::kLost, why, attempt};
+        const bool never_started =
+            why.find("refused") != std::string::npos || why.find("TLS with") != std::string::npos ||
+            why.find("503") != std::string::npos || why.find("unavailable") != std::string::npos;
+        if (!never_started) return {Kind::kFailed, why, attempt};
+        if (Clock::now() > give_up) return {Kind::kFailed, "gave up retrying: " + why, attempt};
+        back_off(attempt);
+        continue;
+      }
+      auto& ws = **socket;
+      bool start_again = false;
+      double sum = 0;
+      for (int i = 1; i <= 5; ++i) {
+        sum += i;
+        const json item = {
+            {"inputs", {{"x", {{"dtype", "float32"}, {"shape", {1}}, {"values", {i}}}}}}};
+        if (auto sent = ws.send(item.dump()); !sent.ok()) {
+          return {Kind::kFailed, sent.error().message(), attempt};
+        }
+        auto message = ws.receive();
+        if (!message.ok()) {
+          const Kind kind = timed_out(message.error()) ? Kind::kLost : Kind::kFailed;
+          return {kind, message.error().message(), attempt};
+        }
+        if (!message->has_value()) return {Kind::kFailed, "closed without a status", attempt};
+        const json reply = json::parse(**message, nullptr, false);
+        if (!reply.is_object() || !reply.contains("outputs")) {
+          // `unavailable` before any output (close 1013): no replica took the call; try later.
+          const bool never_started = i == 1 && reply.is_object() && reply.contains("status") &&
+                                     reply["status"].value("code", "") == "unavailable" &&
+                                     Clock::now() < give_up;
+          if (never_started) {
+            start_again = true;
+            break;
+          }
+          return {Kind::kFailed, "ended with " + (**message).substr(0, 300), attempt};
+        }
+        if (running_sum(reply["outputs"]) != sum) {
+          return {Kind::kFailed, "wrong running sum: " + reply.dump(), attempt};
+        }
+      }
+      if (start_again) {
+        ws.close();
+        back_off(attempt);
+        continue;
+      }
+      if (auto sent = ws.send(R"({"end": true})"); !sent.ok()) {
+        return {Kind::kFailed, sent.error().message(), attempt};
+      }
+      auto last = ws.receive();
+      ws.close();
+      if (!last.ok()) {
+        const Kind kind = timed_out(last.error()) ? Kind::kLost : Kind::kFailed;
+        return {kind, last.error().message(), attempt};
+      }
+      if (!last->has_value()) return {Kind::kFailed, "closed without a status", attempt};
+      const json status = json::parse(**last, nullptr, false);
+      if (!status.is_object() || status["status"].value("code", "") != "ok") {
+        return {Kind::kFailed, "ended with " + (**last).substr(0, 300), attempt};
+      }
+      return {Kind::kSucceeded, "", attempt};
+    }
+  }
+
+  uint16_t port_;
+  std::string ca_file_;
+  std::string pat_;
+  std::shared_ptr<Tally> tally_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> finished_{0};
+  std::vector<std::string> shapes_;
+  std::vector<std::unique_ptr<std::atomic<bool>>> done_;
+  std::vector<std::thread> threads_;
+};
+
+// ---- resources ---------------------------------------------------------------------------
+
+struct Sample {
+  double at = 0;  // seconds since the soak began
+  int64_t rss_kb = 0;
+  int64_t fds = 0;
+};
+
+int64_t rss_kb(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6);
+  }
+  return -1;
+}
+
+int64_t open_fds(pid_t pid) {
+  std::error_code ec;
+  int64_t count = 0;
+  for (fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end; !ec && it != end;
+       it.increment(ec)) {
+    ++count;
+  }
+  return ec ? -1 : count;
+}
+
+// Samples of each process incarnation ("control 1234"), since processes are restarted.
+class Sampler {
+ public:
+  void sample(double at, const std::string& role, pid_t pid) {
+    if (pid <= 0) return;
+    const int64_t rss = rss_kb(pid);
+    const int64_t fds = open_fds(pid);
+    if (rss < 0 || fds < 0) return;  // gone meanwhile
+    series_[role + " " + std::to_string(pid)].push_back({at, rss, fds});
+  }
+
+  // Growth of every incarnation that was sampled for `window` seconds after its own warm-up
+  // (`warmup` seconds after it was first seen): the median of its first five samples after the
+  // warm-up against the median of its last five (a steady load moves both a little).
+  json growth(double warmup, double window) const {
+    json processes = json::array();
+    double worst_rss_pct = 0;
+    int64_t fd_growth = 0;
+    for (const auto& [name, samples] : series_) {
+      if (samples.empty()) continue;
+      const double born = samples.front().at;
+      std::vector<Sample> steady;
+      for (const Sample& s : samples) {
+        if (s.at >= born + warmup) steady.push_back(s);
+      }
+      if (steady.size() < 10 || steady.back().at - steady.front().at < window) continue;
+      const auto median = [](std::vector<int64_t> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      std::vector<int64_t> rss_first, rss_last, fd_first, fd_last;
+      for (size_t i = 0; i < 5; ++i) {
+        rss_first.push_back(steady[i].rss_kb);
+        fd_first.push_back(steady[i].fds);
+        rss_last.push_back(steady[steady.size() - 1 - i].rss_kb);
+        fd_last.push_back(steady[steady.size() - 1 - i].fds);
+      }
+      const double rss_pct = 100.0 * static_cast<double>(median(rss_last) - median(rss_first)) /
+                             static_cast<double>(median(rss_first));
+      const int64_t fds = median(fd_last) - median(fd_first);
+      worst_rss_pct = std::max(worst_rss_pct, rss_pct);
+      fd_growth += fds;
+      processes.push_back({{"process", name},
+                           {"seconds", std::lround(steady.back().at - steady.front().at)},
+                           {"rss_kb_start", median(rss_first)},
+                           {"rss_kb_end", median(rss_last)},
+                           {"rss_growth_pct", std::round(rss_pct * 100) / 100},
+                           {"fds_start", median(fd_first)},
+                           {"fds_end", median(fd_last)}});
+    }
+    return {{"rss_growth_pct", std::round(worst_rss_pct * 100) / 100},
+            {"fd_growth", fd_growth},
+            {"processes", processes}};
+  }
+
+ private:
+  std::map<std::string, std::vector<Sample>> series_;
+};
+
+// ---- the soak ----------------------------------------------------------------------------
+
+int soak_seconds() {
+  const char* text = std::getenv("OUTPOST_SOAK_SECONDS");
+  const int value = text != nullptr ? std::atoi(text) : 0;
+  return value > 0 ? value : 90;
+}
+
+TEST(SoakTest, MixedLoadUnderEveryFault) {
+  const int total = soak_seconds();
+  PlatformOptions options;
+  options.log_level = "info";
+  options.control_yaml = "tunnel: {keepalive_seconds: " + std::to_string(kKeepaliveSeconds) +
+                         ", dead_after_seconds: " + std::to_string(kDeadAfterSeconds) + "}\n" +
+                         "scaling: {node_offline_grace_seconds: 20}\n";
+  Platform platform(options);
+  TcpRelay relay(platform.control_port());
+  platform.create_pool("cc-e2e", "np-soak");
+  for (const char* name : {"node-a", "node-b"}) {
+    AgentOptions agent;
+    agent.name = name;
+    if (std::string(name) == "node-a") agent.control_port_override = std::to_string(relay.port());
+    agent.control_plane_yaml = "  keepalive_seconds: " + std::to_string(kKeepaliveSeconds) +
+                               "\n  dead_after_seconds: " + std::to_string(kDeadAfterSeconds) +
+                               "\n";
+    platform.start_agent("cc-e2e", "np-soak", agent);
+  }
+  for (const char* model : {"text", "chargen", "accumulator"}) platform.upload_model(model);
+  const auto deploy = [&](const std::string& id, const std::string& model) {
+    platform.deploy_yaml("np-soak", id,
+                         "  autoscale_config: {min_replicas: 2, max_replicas: 2}\n"
+                         "  worker: {model: {id: " +
+                             model +
+                             "}}\n"
+                             "  scheduling_choice: 4\n"
+                             "  nodepools:\n    - {id: np-soak, compute_cluster: {id: cc-e2e}}\n");
+  };
+  deploy("dep-text", "text");
+  deploy("dep-gen", "chargen");
+  deploy("dep-acc", "accumulator");
+  for (const char* id : {"dep-text", "dep-gen", "dep-acc"}) {
+    ASSERT_TRUE(platform.wait_live(id, 2)) << id << "\n" << platform.agent("node-a").log();
+  }
+
+  auto tally = std::make_shared<Tally>();
+  Sampler sampler;
+  const auto began = Clock::now();
+  std::atomic<bool> sampling{true};
+  std::mutex platform_mutex;  // the fault schedule replaces processes the sampler reads
+  std::thread sampler_thread([&] {
+    while (sampling) {
+      {
+        std::lock_guard lock(platform_mutex);
+        const double at = seconds_since(began);
+        sampler.sample(at, "control", platform.control().pid());
+        for (const char* name : {"node-a", "node-b"}) {
+          const pid_t agent = platform.agent(name).pid();
+          sampler.sample(at, std::string("agent ") + name, agent);
+          for (const pid_t worker : child_pids(agent, "outpost-worker")) {
+            sampler.sample(at, std::string("worker ") + name, worker);
+          }
+        }
+      }
+      std::this_thread::sleep_for(seconds(2));
+    }
+  });
+
+  // On the heap: a call that never ends keeps its thread, and so its Load, alive.
+  auto load = std::make_unique<Load>(platform.control_port(), platform.pki().ca_file(),
+                                     platform.admin_token(), tally);
+  load->start(/*unary=*/3, /*generate=*/1, /*stream=*/1);
+
+  // The schedule: a warm-up, then the six faults in turn, evenly spaced, as often as fits.
+  const std::vector<std::string> kinds = {"tunnel_cut",    "silent_drop",     "worker_kill",
+                                          "agent_restart", "control_restart", "agent_drain"};
+  const double warmup = std::min(20.0, total / 6.0);
+  const int cycles = std::max(1, total / 300);
+  const double spacing = (total - warmup) / static_cast<double>(kinds.size() * cycles + 1);
+  std::map<std::string, int> injected;
+  std::vector<std::string> fault_problems;
+  for (int n = 0; n < static_cast<int>(kinds.size()) * cycles; ++n) {
+    const double when = warmup + spacing * n;
+    while (seconds_since(began) < when) std::this_thread::sleep_for(milliseconds(100));
+    const std::string& kind = kinds[n % kinds.size()];
+    std::fprintf(stderr, "soak: %.0f s: %s\n", seconds_since(began), kind.c_str());
+    if (kind == "tunnel_cut") {
+      relay.cut();
+    } else if (kind == "silent_drop") {
+      // Held until node-a has noticed and connected again; then the dead links are let go.
+      const int before = relay.accepted();
+      relay.freeze();
+      const auto limit = Clock::now() + seconds(kDeadAfterSeconds * 4);
+      while (relay.accepted() == before && Clock::now() < limit) {
+        std::this_thread::sleep_for(milliseconds(100));
+      }
+      if (relay.accepted() == before) fault_problems.push_back("node-a never noticed the drop");
+      relay.thaw();
+    } else if (kind == "worker_kill") {
+      const auto workers = child_pids(platform.agent("node-b").pid(), "outpost-worker");
+      if (workers.empty()) fault_problems.push_back("node-b had no worker to kill");
+      for (const pid_t worker : workers) ::kill(worker, SIGKILL);
+    } else if (kind == "agent_restart") {
+      std::lock_guard lock(platform_mutex);
+      platform.agent("node-a").signal(SIGKILL);
+      platform.restart_agent("node-a");
+    } else if (kind == "control_restart") {
+      std::lock_guard lock(platform_mutex);
+      platform.stop_control();
+      platform.start_control();
+    } else if (kind == "agent_drain") {
+      std::lock_guard lock(platform_mutex);
+      platform.restart_agent("node-a");  // SIGTERM: drains, exits; then a new one
+    }
+    ++injected[kind];
+  }
+  while (seconds_since(began) < total) std::this_thread::sleep_for(milliseconds(100));
+  if (!load->stop()) (void)load.release();
+  sampling = false;
+  sampler_thread.join();
+
+  // ---- the report ----
+  int64_t requests = 0, succeeded = 0, failed = 0, lost = 0;
+  json shapes = json::object();
+  for (const auto& [shape, c] : tally->shapes()) {
+    requests += c.requests;
+    succeeded += c.succeeded;
+    failed += c.failed;
+    lost += c.lost;
+    shapes[shape] = {{"requests", c.requests},
+                     {"succeeded", c.succeeded},
+                     {"failed", c.failed},
+                     {"lost", c.lost},
+                     {"retries", c.retries}};
+  }
+  const auto unary = tally->shapes()["unary"];
+  const double unary_rate = unary.requests > 0 ? static_cast<double>(unary.succeeded) /
+                                                     static_cast<double>(unary.requests)
+                                               : 0.0;
+  const json resources = sampler.growth(/*warmup=*/30, /*window=*/std::min(60.0, total / 3.0));
+  json failures = json::object();
+  for (const auto& [message, count] : tally->errors()) failures[message] = count;
+  // Growth is judged on a run long enough for it to mean something, and not under ASan, whose
+  // quarantine holds freed memory by design (the short run in the test suite reports it only).
+  const bool judge_growth = total >= 300 && !kUnderAsan;
+  const bool clean = lost == 0 && unary_rate >= 0.9999 && fault_problems.empty() &&
+                     (!judge_growth || (resources["rss_growth_pct"].get<double>() <= 5.0 &&
+                                        resources["fd_growth"].get<int64_t>() <= 0));
+  json report = {{"seconds", total},
+                 {"requests", requests},
+                 {"succeeded", succeeded},
+                 {"failed", failed},
+                 {"lost", lost},
+                 {"unary_success_rate", std::floor(unary_rate * 1e6) / 1e6},
+                 {"rss_growth_pct", resources["rss_growth_pct"]},
+                 {"fd_growth", resources["fd_growth"]},
+                 {"faults", injected},
+                 {"shapes", shapes},
+                 {"failures", failures},
+                 {"processes", resources["processes"]},
+                 {"growth_judged", judge_growth},
+                 {"clean", clean}};
+  // gtest's own lines come after this one; scripts/soak prints it again as its last line.
+  std::printf("soak-report %s\n", report.dump().c_str());
+  std::fflush(stdout);
+
+  EXPECT_TRUE(fault_problems.empty()) << fault_problems.front();
+  EXPECT_EQ(lost, 0) << failures.dump(2);
+  for (const auto& [message, count] : tally->errors()) {
+    const size_t colon = message.find(": ");
+    EXPECT_TRUE(colon != std::string::npos && colon + 2 < message.size())
+        << "a failure without a message: " << message;
+  }
+  for (const char* shape : {"unary", "generate", "stream"}) {
+    EXPECT_GT(tally->shapes()[shape].succeeded, 0) << shape;
+  }
+  EXPECT_GE(unary_rate, 0.9999) << failures.dump(2);
+  if (judge_growth) {
+    EXPECT_LE(resources["rss_growth_pct"].get<double>(), 5.0) << resources.dump(2);
+    EXPECT_LE(resources["fd_growth"].get<int64_t>(), 0) << resources.dump(2);
+  }
+}
+
+}  // namespace
+}  // namespace outpost::testing
