@@ -212,6 +212,8 @@ Result<PredictRequest> parse_predict_body(const Call& call) {
 
 // Tries of a call on different nodes when a node is lost under it or refuses it.
 constexpr size_t kMaxAttempts = 3;
+// Inputs of a stream call kept, before the node's first output, to open it again elsewhere.
+constexpr size_t kMaxReplayedInputs = 1024;
 
 // One unary or generate call in flight: the exchange, the tunnel stream, the deadline.
 class HttpCall : public std::enable_shared_from_this<HttpCall> {
@@ -546,11 +548,23 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
     }
     std::string message = json{{"inputs", inputs}}.dump();
     std::shared_ptr<tunnel::Stream> stream;
+    bool too_many = false;
     {
       std::lock_guard lock(mutex_);
-      // Until the node has answered, the call may still be opened elsewhere: keep the inputs.
-      if (!answered_) sent_.push_back(message);
+      // Until the node has answered, the call may still be opened elsewhere: keep the inputs
+      // (a bounded number: while the call waits for a node, nothing else holds the client back).
+      if (!answered_) {
+        sent_.push_back(message);
+        too_many = sent_.size() > kMaxReplayedInputs;
+      }
       if (!rerouting_) stream = stream_;
+    }
+    if (too_many) {
+      if (stream) stream->reset(tunnel::Errc::kCancel, "too many inputs before any output");
+      return finish(
+          Error(ErrorCode::kResourceExhausted, "more than " + std::to_string(kMaxReplayedInputs) +
+                                                   " inputs sent before the model's first output"),
+          1008);
     }
     if (!stream) return pump_from_client();  // the new node gets it with the replay
     // A failed write: the agent side ended, and pump_from_agent retries the call or reports it.
