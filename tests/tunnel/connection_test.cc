@@ -287,7 +287,7 @@ TEST(ConnectionTest, DrainFinishesOpenStreamsRefusesNewOnesAndTheAgentMovesOn) {
   old_connection->drain(std::chrono::seconds(20));
   // The agent opens a replacement at once; new calls go there.
   ASSERT_TRUE(eventually(
-      [&] { return server.connections.size() == 2 && client.client->status().connected() == 1; }));
+      [&] { return server.connections_seen() == 2 && client.client->status().connected() == 1; }));
   EXPECT_EQ(client.unary("after drain").second, "after drain");
   // The call that was in flight on the draining connection still completes.
   server_side->async_write("finished", true, [](error_code) {});

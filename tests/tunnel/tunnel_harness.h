@@ -138,6 +138,13 @@ struct ServerHarness {
     return connections.empty() ? nullptr : connections.back();
   }
 
+  // How many connections the server has handed over so far (read under the lock: the server's
+  // threads add to the list).
+  size_t connections_seen() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return connections.size();
+  }
+
   TestPki pki;
   IoThread io;
   std::shared_ptr<tunnel::TunnelServer> server;
