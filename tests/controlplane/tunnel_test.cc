@@ -539,6 +539,18 @@ class ScalingTest : public TunnelTest {
     return eventually([&] { return scrape().find(series) != std::string::npos; });
   }
 
+  // dep-1 of `text` on np, its one node connected and reporting the replica as loading (so
+  // that calls are held); null when the node never got its desired state.
+  std::unique_ptr<TestAgent> loading_text_deployment() {
+    make_pool();
+    upload("text");
+    deploy("dep-1", "text");
+    auto node = agent(enroll().credential);
+    if (!eventually([&] { return !node->last_desired().is_null(); })) return nullptr;
+    if (!node->report_all("loading").ok()) return nullptr;
+    return node;
+  }
+
   // Sends `request` to the unary endpoint of `model` on a thread of its own.
   std::future<ApiReply> predict_async(const std::string& model, const json& request) {
     return std::async(std::launch::async, [this, model, request] {
@@ -589,12 +601,8 @@ TEST_F(ScalingTest, WithoutAReadyReplicaPredictIsHeldThenAnswers503WithTheReason
 }
 
 TEST_F(ScalingTest, HeldRequestsAreBoundedPerDeployment) {
-  make_pool();
-  upload("text");
-  deploy("dep-1", "text");
-  auto node = agent(enroll().credential);
-  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
-  ASSERT_TRUE(node->report_all("loading").ok());
+  auto node = loading_text_deployment();
+  ASSERT_NE(node, nullptr);
   const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
   auto first = predict_async("text", request);
   auto second = predict_async("text", request);
@@ -609,12 +617,8 @@ TEST_F(ScalingTest, HeldRequestsAreBoundedPerDeployment) {
 }
 
 TEST_F(ScalingTest, AHeldCallWhoseClientHangsUpIsDroppedAndNeverSent) {
-  make_pool();
-  upload("text");
-  deploy("dep-1", "text");
-  auto node = agent(enroll().credential);
-  ASSERT_TRUE(eventually([&] { return !node->last_desired().is_null(); }));
-  ASSERT_TRUE(node->report_all("loading").ok());
+  auto node = loading_text_deployment();
+  ASSERT_NE(node, nullptr);
   const json request{{"runner_selector", selector("dep-1")}, {"inputs", {{"text", "x"}}}};
   // A client (HTTP/1.1 keep-alive, verified TLS) that sends the call and hangs up while the
   // replica still loads, before the hold (2 s) is over.

@@ -36,6 +36,7 @@
 #include "cli/http_client.h"
 #include "common/base64.h"
 #include "tests/e2e/platform.h"
+#include "tests/support/sanitizers.h"
 #include "tests/support/tcp_relay.h"
 #include <signal.h>
 
@@ -53,16 +54,6 @@ constexpr seconds kCallDeadline{30};
 // Keepalive of both ends, short so that a silent drop is noticed within seconds.
 constexpr int kKeepaliveSeconds = 2;
 constexpr int kDeadAfterSeconds = 6;
-
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kUnderAsan = true;
-#else
-constexpr bool kUnderAsan = false;
-#endif
-#else
-constexpr bool kUnderAsan = false;
-#endif
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -588,7 +579,8 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
   // ---- the report ----
   int64_t requests = 0, succeeded = 0, failed = 0, lost = 0;
   json shapes = json::object();
-  for (const auto& [shape, c] : tally->shapes()) {
+  auto counts = tally->shapes();  // the load has stopped: one snapshot serves the report
+  for (const auto& [shape, c] : counts) {
     requests += c.requests;
     succeeded += c.succeeded;
     failed += c.failed;
@@ -599,7 +591,7 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
                      {"lost", c.lost},
                      {"retries", c.retries}};
   }
-  const auto unary = tally->shapes()["unary"];
+  const auto unary = counts["unary"];
   const double unary_rate = unary.requests > 0 ? static_cast<double>(unary.succeeded) /
                                                      static_cast<double>(unary.requests)
                                                : 0.0;
@@ -638,7 +630,7 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
         << "a failure without a message: " << message;
   }
   for (const char* shape : {"unary", "generate", "stream"}) {
-    EXPECT_GT(tally->shapes()[shape].succeeded, 0) << shape;
+    EXPECT_GT(counts[shape].succeeded, 0) << shape;
   }
   EXPECT_GE(unary_rate, 0.9999) << failures.dump(2);
   if (judge_growth) {

@@ -14,6 +14,7 @@
 
 #include "runtime/model_package.h"
 #include "tests/runtime/worker_harness.h"
+#include "tests/support/sanitizers.h"
 #include <sys/wait.h>
 
 namespace outpost::testing {
@@ -390,22 +391,17 @@ TEST(BadInputs, AnOutputOverTheMessageLimitIsAnErrorNotAHang) {
   EXPECT_TRUE(worker.health().at("healthy"));
 }
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define OUTPOST_UNDER_ASAN 1
-#endif
-#endif
-
 // Unload drains the model, frees its weights, and the process's memory really goes down.
 TEST(Unload, ReturnsTheMemory) {
-#ifdef OUTPOST_UNDER_ASAN
-  // ASan keeps freed memory in its quarantine by design (to catch use after free): with it off,
-  // the worker's RSS shows what the worker itself gave back. Inherited by the worker started here.
-  const char* options = std::getenv("ASAN_OPTIONS");
-  const std::string asan_options =
-      std::string(options != nullptr ? options : "") + ":quarantine_size_mb=0";
-  ::setenv("ASAN_OPTIONS", asan_options.c_str(), 1);
-#endif
+  if (kUnderAsan) {
+    // ASan keeps freed memory in its quarantine by design (to catch use after free): with it off,
+    // the worker's RSS shows what the worker itself gave back. Inherited by the worker started
+    // here.
+    const char* options = std::getenv("ASAN_OPTIONS");
+    const std::string asan_options =
+        std::string(options != nullptr ? options : "") + ":quarantine_size_mb=0";
+    ::setenv("ASAN_OPTIONS", asan_options.c_str(), 1);
+  }
   WorkerHarness worker({Model(model_package("text"))});
   worker.ready();
   const uint64_t baseline = rss_bytes(worker.process().pid());
