@@ -47,6 +47,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     run_deferred();
     std::unique_lock lock(lifecycle_);
     closed_ = true;
+    if (channel_) channel_->stop_monitor();
     monitor_.close();
     channel_.reset();
   }

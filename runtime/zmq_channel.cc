@@ -180,6 +180,12 @@ Result<zmq::socket_t> ZmqChannel::monitor(zmq::context_t& context) {
   }
 }
 
+void ZmqChannel::stop_monitor() {
+  std::lock_guard lock(mutex_);
+  // A null endpoint stops the socket's monitor (zmq_socket_monitor(3) since 4.0).
+  zmq_socket_monitor(socket_.handle(), nullptr, 0);
+}
+
 int read_monitor_event(zmq::socket_t& monitor) {
   try {
     zmq::message_t event;
