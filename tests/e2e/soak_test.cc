@@ -26,8 +26,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -374,6 +376,7 @@ struct Sample {
   double at = 0;  // seconds since the soak began
   int64_t rss_kb = 0;
   int64_t fds = 0;
+  std::vector<std::string> descriptors;  // what each fd is, so that a growth names what stayed
 };
 
 int64_t rss_kb(pid_t pid) {
@@ -384,14 +387,56 @@ int64_t rss_kb(pid_t pid) {
   return -1;
 }
 
-int64_t open_fds(pid_t pid) {
+// "127.0.0.1:8443" from /proc/net/tcp's "0100007F:20FB" (IPv4 only; IPv6 keeps the hex).
+std::string tcp_address(const std::string& hex) {
+  const auto colon = hex.find(':');
+  if (colon != 8) return hex;
+  const uint32_t ip = static_cast<uint32_t>(std::stoul(hex.substr(0, 8), nullptr, 16));
+  const unsigned port = static_cast<unsigned>(std::stoul(hex.substr(colon + 1), nullptr, 16));
+  return std::to_string(ip & 0xff) + "." + std::to_string((ip >> 8) & 0xff) + "." +
+         std::to_string((ip >> 16) & 0xff) + "." + std::to_string(ip >> 24) + ":" +
+         std::to_string(port);
+}
+
+// socket inode -> "tcp LOCAL -> REMOTE STATE" for the process's TCP sockets.
+std::map<std::string, std::string> tcp_sockets(pid_t pid) {
+  static constexpr const char* kStates[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
+                                            "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
+                                            "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
+  std::map<std::string, std::string> out;
+  for (const char* table : {"tcp", "tcp6"}) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+          timeout >> inode;
+      const unsigned code = static_cast<unsigned>(std::stoul(state, nullptr, 16));
+      out["socket:[" + inode + "]"] = std::string("tcp ") + tcp_address(local) + " -> " +
+                                      tcp_address(remote) + " " +
+                                      (code < std::size(kStates) ? kStates[code] : state);
+    }
+  }
+  return out;
+}
+
+// Every open descriptor of `pid` as "FD TARGET", TCP sockets with their addresses.
+std::vector<std::string> descriptors(pid_t pid) {
+  std::vector<std::string> out;
   std::error_code ec;
-  int64_t count = 0;
+  const auto sockets = tcp_sockets(pid);
   for (fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end; !ec && it != end;
        it.increment(ec)) {
-    ++count;
+    std::error_code link_ec;
+    std::string target = fs::read_symlink(it->path(), link_ec).string();
+    if (const auto tcp = sockets.find(target); tcp != sockets.end()) target = tcp->second;
+    out.push_back(it->path().filename().string() + " " + target);
   }
-  return ec ? -1 : count;
+  if (ec) return {};
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 // Samples of each process incarnation ("control 1234"), since processes are restarted.
@@ -400,9 +445,10 @@ class Sampler {
   void sample(double at, const std::string& role, pid_t pid) {
     if (pid <= 0) return;
     const int64_t rss = rss_kb(pid);
-    const int64_t fds = open_fds(pid);
-    if (rss < 0 || fds < 0) return;  // gone meanwhile
-    series_[role + " " + std::to_string(pid)].push_back({at, rss, fds});
+    std::vector<std::string> fds = descriptors(pid);
+    if (rss < 0 || fds.empty()) return;  // gone meanwhile
+    const auto count = static_cast<int64_t>(fds.size());
+    series_[role + " " + std::to_string(pid)].push_back({at, rss, count, std::move(fds)});
   }
 
   // Growth of every incarnation that was sampled for `window` seconds after its own warm-up
@@ -424,28 +470,40 @@ class Sampler {
         std::sort(v.begin(), v.end());
         return v[v.size() / 2];
       };
-      std::vector<int64_t> rss_first, rss_last, fd_first, fd_last;
+      std::vector<int64_t> rss_first, rss_last;
+      const Sample* fewest_first = &steady.front();
+      const Sample* fewest_last = &steady.back();
       for (size_t i = 0; i < 5; ++i) {
-        rss_first.push_back(steady[i].rss_kb);
-        fd_first.push_back(steady[i].fds);
-        rss_last.push_back(steady[steady.size() - 1 - i].rss_kb);
-        fd_last.push_back(steady[steady.size() - 1 - i].fds);
+        const Sample& first = steady[i];
+        const Sample& last = steady[steady.size() - 1 - i];
+        rss_first.push_back(first.rss_kb);
+        rss_last.push_back(last.rss_kb);
+        if (first.fds < fewest_first->fds) fewest_first = &first;
+        if (last.fds < fewest_last->fds) fewest_last = &last;
       }
       const double rss_pct = 100.0 * static_cast<double>(median(rss_last) - median(rss_first)) /
                              static_cast<double>(median(rss_first));
       // Descriptors: the floor of each five. The control plane holds a socket per call in
       // flight, which comes and goes with the load; a leaked descriptor raises the floor.
-      const int64_t fds = *std::min_element(fd_last.begin(), fd_last.end()) -
-                          *std::min_element(fd_first.begin(), fd_first.end());
+      const int64_t fds = fewest_last->fds - fewest_first->fds;
       worst_rss_pct = std::max(worst_rss_pct, rss_pct);
       fd_growth += fds;
-      processes.push_back({{"process", name},
-                           {"seconds", std::lround(steady.back().at - steady.front().at)},
-                           {"rss_kb_start", median(rss_first)},
-                           {"rss_kb_end", median(rss_last)},
-                           {"rss_growth_pct", std::round(rss_pct * 100) / 100},
-                           {"fds_start", *std::min_element(fd_first.begin(), fd_first.end())},
-                           {"fds_end", *std::min_element(fd_last.begin(), fd_last.end())}});
+      json process = {{"process", name},
+                      {"seconds", std::lround(steady.back().at - steady.front().at)},
+                      {"rss_kb_start", median(rss_first)},
+                      {"rss_kb_end", median(rss_last)},
+                      {"rss_growth_pct", std::round(rss_pct * 100) / 100},
+                      {"fds_start", fewest_first->fds},
+                      {"fds_end", fewest_last->fds}};
+      if (fds > 0) {
+        // What the floor gained: descriptors open at the end that were not at the start.
+        std::vector<std::string> gained;
+        std::set_difference(fewest_last->descriptors.begin(), fewest_last->descriptors.end(),
+                            fewest_first->descriptors.begin(), fewest_first->descriptors.end(),
+                            std::back_inserter(gained));
+        process["fds_gained"] = gained;
+      }
+      processes.push_back(std::move(process));
     }
     return {{"rss_growth_pct", std::round(worst_rss_pct * 100) / 100},
             {"fd_growth", fd_growth},
