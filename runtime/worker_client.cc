@@ -461,6 +461,10 @@ Result<std::unique_ptr<WorkerProcess>> WorkerProcess::spawn(const Options& optio
                                      O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
   }
+  // The worker gets stdin, stdout and stderr, nothing else of ours: Asio does not mark its
+  // sockets close-on-exec, so without this a worker (running a model's code) held the agent's
+  // tunnel connections, and one that outlived its agent kept them open at the control plane.
+  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   pid_t pid = -1;
   const int rc =
       posix_spawn(&pid, options.binary.c_str(), &actions, nullptr, argv.data(), envp.data());

@@ -5,8 +5,11 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -15,7 +18,9 @@
 #include "runtime/model_package.h"
 #include "tests/runtime/worker_harness.h"
 #include "tests/support/sanitizers.h"
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace outpost::testing {
 namespace {
@@ -517,6 +522,47 @@ TEST(Faults, AKilledWorkerEndsOpenCalls) {
   auto after = worker.client().health().get();
   ASSERT_FALSE(after.ok());
   EXPECT_EQ(after.error().code(), ErrorCode::kUnavailable);
+}
+
+// What each open descriptor of `pid` links to ("socket:[4711]", "pipe:[12]", a path), by number.
+std::map<int, std::string> descriptor_targets(pid_t pid) {
+  std::map<int, std::string> out;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
+       !ec && it != end; it.increment(ec)) {
+    std::error_code link_ec;
+    out[std::stoi(it->path().filename().string())] =
+        std::filesystem::read_symlink(it->path(), link_ec).string();
+  }
+  return out;
+}
+
+// A worker runs a model's code: it must hold none of its parent's descriptors but stdin, stdout
+// and stderr. The agent's sockets are Asio's, which are not close-on-exec; a socket and a pipe
+// made the same way stand for them here.
+TEST(Spawn, TheWorkerHoldsNoneOfItsParentsDescriptors) {
+  const int socket_fd = ::socket(AF_INET, SOCK_STREAM, 0);  // no SOCK_CLOEXEC, as Asio makes it
+  ASSERT_GE(socket_fd, 0);
+  std::array<int, 2> pipe_fds{-1, -1};
+  ASSERT_EQ(::pipe(pipe_fds.data()), 0);
+  std::set<std::string> ours;  // every socket, pipe and anonymous inode the test process holds
+  for (const auto& [fd, target] : descriptor_targets(::getpid())) {
+    if (target.find(":[") != std::string::npos) ours.insert(target);
+  }
+  const auto mine = descriptor_targets(::getpid());
+  ASSERT_TRUE(ours.count(mine.at(socket_fd)) == 1 && ours.count(mine.at(pipe_fds[0])) == 1);
+
+  WorkerHarness worker({Model(model_package("text"))});
+  worker.ready();
+  const auto theirs = descriptor_targets(worker.process().pid());
+  ASSERT_GT(theirs.size(), 3u);  // its own: the ZeroMQ socket, libzmq's eventfds, ...
+  for (const auto& [fd, target] : theirs) {
+    if (fd <= STDERR_FILENO) continue;  // stdin is inherited; stdout and stderr are its log
+    EXPECT_EQ(ours.count(target), 0u) << "the worker's fd " << fd << " is its parent's " << target;
+  }
+  ::close(socket_fd);
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
 }
 
 // Two models packed in one worker share the device fairly: while a heavy model has a backlog,
