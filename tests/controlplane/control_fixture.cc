@@ -82,6 +82,7 @@ void ControlProcess::start() {
                                    O_WRONLY | O_CREAT | O_APPEND, 0600);
   posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, dir_.file("control.out").c_str(),
                                    O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);  // nothing else of the test's
   std::string binary = OUTPOST_CONTROL_BINARY;
   std::string flag = "--config";
   std::vector<char*> argv = {binary.data(), flag.data(), config_file_.data(), nullptr};

@@ -37,6 +37,9 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::strin
                                    0600);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  // Nothing else of the test's: a process that held the fault relay's or another process's
+  // sockets would keep a "cut" connection open, and its descriptor count would include ours.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   const int rc = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) throw std::runtime_error("cannot start " + argv[0]);
@@ -104,6 +107,7 @@ CommandResult run_command(const std::vector<std::string>& argv,
   posix_spawn_file_actions_adddup2(&actions, out_fd, 1);
   posix_spawn_file_actions_adddup2(&actions, err_fd, 2);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);  // nothing else of the test's
   pid_t pid = -1;
   CommandResult result;
   const int rc = posix_spawn(&pid, raw[0], &actions, nullptr, raw.data(), env.data());

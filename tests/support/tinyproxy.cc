@@ -78,6 +78,7 @@ Tinyproxy::Tinyproxy(const std::string& user, const std::string& password) {
   const std::string output = dir_.file("tinyproxy.out");
   posix_spawn_file_actions_addopen(&actions, 1, output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);  // nothing else of the test's
   const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv, environ);
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) throw std::runtime_error("cannot start tinyproxy");
