@@ -1,19 +1,20 @@
 // The soak (scripts/soak SECONDS; a short run is part of the test suite): outpost-control, two
 // outpostd with their workers, on loopback, under a steady mixed load of unary, generate and
-// stream calls while faults are injected on a schedule:
+// stream calls while faults are injected on a schedule, in this order:
 //
+//   control_restart outpost-control stopped and started again on the same port and database
+//   agent_restart   kill -9 of node-a's outpostd, then a new one (what systemd does)
+//   agent_drain     SIGTERM to node-a's outpostd (it drains), then a new one
 //   tunnel_cut      the relay between node-a and the control plane closes every connection
 //   silent_drop     the relay stops forwarding on node-a's connections but keeps them open
 //   worker_kill     kill -9 of node-b's worker
-//   agent_restart   kill -9 of node-a's outpostd, then a new one (what systemd does)
-//   control_restart outpost-control stopped and started again on the same port and database
-//   agent_drain     SIGTERM to node-a's outpostd (it drains), then a new one
 //
 // Every call is counted as succeeded, failed with an error (grouped by message in the report)
 // or lost: no answer within the client's deadline. Unary calls are retried as an idempotent
 // client would (connection refused or reset, 502/503/504, Retry-After honoured); generate and
 // stream calls only when the control plane never took them (refused connection, 503). The RSS
-// and open descriptors of every process are sampled every two seconds. The last line printed is
+// of every process is sampled every two seconds; the open descriptors of each role are read
+// before the load and after it, with no call in flight. The last line printed is
 // one JSON object with the figures; the test fails when a call is lost, when a failure has no
 // message, or when the aims (docs/reliability.md) are missed.
 //
@@ -26,7 +27,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -375,8 +375,6 @@ class Load {
 struct Sample {
   double at = 0;  // seconds since the soak began
   int64_t rss_kb = 0;
-  int64_t fds = 0;
-  std::vector<std::string> descriptors;  // what each fd is, so that a growth names what stayed
 };
 
 int64_t rss_kb(pid_t pid) {
@@ -422,7 +420,7 @@ std::map<std::string, std::string> tcp_sockets(pid_t pid) {
   return out;
 }
 
-// Every open descriptor of `pid` as "FD TARGET", TCP sockets with their addresses.
+// Every open descriptor of `pid` ("12 tcp 127.0.0.1:A -> 127.0.0.1:B ESTABLISHED", "3 /path").
 std::vector<std::string> descriptors(pid_t pid) {
   std::vector<std::string> out;
   std::error_code ec;
@@ -430,13 +428,70 @@ std::vector<std::string> descriptors(pid_t pid) {
   for (fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end; !ec && it != end;
        it.increment(ec)) {
     std::error_code link_ec;
-    std::string target = fs::read_symlink(it->path(), link_ec).string();
-    if (const auto tcp = sockets.find(target); tcp != sockets.end()) target = tcp->second;
-    out.push_back(it->path().filename().string() + " " + target);
+    const std::string target = fs::read_symlink(it->path(), link_ec).string();
+    const auto tcp = sockets.find(target);
+    out.push_back(it->path().filename().string() + " " +
+                  (tcp != sockets.end() ? tcp->second : target));
   }
   if (ec) return {};
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// The open descriptors of each role ("control", "agent node-a", "workers node-b") while no call
+// is in flight. Processes are restarted by the faults, but a role's new process holds what the
+// old one held (its listener, database, tunnel connections, worker sockets): a role that holds
+// more at the end than at the start has leaked.
+using QuietState = std::map<std::string, std::vector<std::string>>;
+
+QuietState read_state(Platform& platform) {
+  QuietState state;
+  state["control"] = descriptors(platform.control().pid());
+  for (const char* name : {"node-a", "node-b"}) {
+    const pid_t agent = platform.agent(name).pid();
+    state[std::string("agent ") + name] = descriptors(agent);
+    auto& workers = state[std::string("workers ") + name];
+    for (const pid_t worker : child_pids(agent, "outpost-worker")) {
+      for (auto& fd : descriptors(worker)) workers.push_back(std::to_string(worker) + ": " + fd);
+    }
+  }
+  return state;
+}
+
+// Read once every role's count has stayed the same for three readings a second apart (a call's
+// connection closing, a reconnecting tunnel), or after 30 s.
+QuietState quiet_state(Platform& platform) {
+  const auto counts = [](const QuietState& state) {
+    std::map<std::string, size_t> out;
+    for (const auto& [role, fds] : state) out[role] = fds.size();
+    return out;
+  };
+  QuietState state = read_state(platform);
+  int same = 0;
+  for (const auto limit = Clock::now() + seconds(30); same < 2 && Clock::now() < limit;) {
+    std::this_thread::sleep_for(seconds(1));
+    QuietState next = read_state(platform);
+    same = counts(next) == counts(state) ? same + 1 : 0;
+    state = std::move(next);
+  }
+  return state;
+}
+
+// Per role: the descriptors at the start and at the end; those a role gained are listed.
+json descriptor_growth(const QuietState& start, const QuietState& end) {
+  json roles = json::object();
+  int64_t growth = 0;
+  for (const auto& [role, fds] : end) {
+    const auto before = start.count(role) != 0 ? start.at(role).size() : 0;
+    const auto grown = static_cast<int64_t>(fds.size()) - static_cast<int64_t>(before);
+    growth += std::max<int64_t>(grown, 0);
+    roles[role] = {{"start", before}, {"end", fds.size()}};
+    if (grown > 0) {
+      roles[role]["descriptors_start"] = start.count(role) != 0 ? start.at(role) : fds;
+      roles[role]["descriptors_end"] = fds;
+    }
+  }
+  return {{"fd_growth", growth}, {"roles", roles}};
 }
 
 // Samples of each process incarnation ("control 1234"), since processes are restarted.
@@ -445,19 +500,16 @@ class Sampler {
   void sample(double at, const std::string& role, pid_t pid) {
     if (pid <= 0) return;
     const int64_t rss = rss_kb(pid);
-    std::vector<std::string> fds = descriptors(pid);
-    if (rss < 0 || fds.empty()) return;  // gone meanwhile
-    const auto count = static_cast<int64_t>(fds.size());
-    series_[role + " " + std::to_string(pid)].push_back({at, rss, count, std::move(fds)});
+    if (rss < 0) return;  // gone meanwhile
+    series_[role + " " + std::to_string(pid)].push_back({at, rss});
   }
 
-  // Growth of every incarnation that was sampled for `window` seconds after its own warm-up
+  // RSS growth of every incarnation that was sampled for `window` seconds after its own warm-up
   // (`warmup` seconds after it was first seen): the median of its first five samples after the
   // warm-up against the median of its last five (a steady load moves both a little).
   json growth(double warmup, double window) const {
     json processes = json::array();
     double worst_rss_pct = 0;
-    int64_t fd_growth = 0;
     for (const auto& [name, samples] : series_) {
       if (samples.empty()) continue;
       const double born = samples.front().at;
@@ -471,43 +523,21 @@ class Sampler {
         return v[v.size() / 2];
       };
       std::vector<int64_t> rss_first, rss_last;
-      const Sample* fewest_first = &steady.front();
-      const Sample* fewest_last = &steady.back();
       for (size_t i = 0; i < 5; ++i) {
-        const Sample& first = steady[i];
-        const Sample& last = steady[steady.size() - 1 - i];
-        rss_first.push_back(first.rss_kb);
-        rss_last.push_back(last.rss_kb);
-        if (first.fds < fewest_first->fds) fewest_first = &first;
-        if (last.fds < fewest_last->fds) fewest_last = &last;
+        rss_first.push_back(steady[i].rss_kb);
+        rss_last.push_back(steady[steady.size() - 1 - i].rss_kb);
       }
       const double rss_pct = 100.0 * static_cast<double>(median(rss_last) - median(rss_first)) /
                              static_cast<double>(median(rss_first));
-      // Descriptors: the floor of each five. The control plane holds a socket per call in
-      // flight, which comes and goes with the load; a leaked descriptor raises the floor.
-      const int64_t fds = fewest_last->fds - fewest_first->fds;
       worst_rss_pct = std::max(worst_rss_pct, rss_pct);
-      fd_growth += fds;
       json process = {{"process", name},
                       {"seconds", std::lround(steady.back().at - steady.front().at)},
                       {"rss_kb_start", median(rss_first)},
                       {"rss_kb_end", median(rss_last)},
-                      {"rss_growth_pct", std::round(rss_pct * 100) / 100},
-                      {"fds_start", fewest_first->fds},
-                      {"fds_end", fewest_last->fds}};
-      if (fds > 0) {
-        // What the floor gained: descriptors open at the end that were not at the start.
-        std::vector<std::string> gained;
-        std::set_difference(fewest_last->descriptors.begin(), fewest_last->descriptors.end(),
-                            fewest_first->descriptors.begin(), fewest_first->descriptors.end(),
-                            std::back_inserter(gained));
-        process["fds_gained"] = gained;
-      }
+                      {"rss_growth_pct", std::round(rss_pct * 100) / 100}};
       processes.push_back(std::move(process));
     }
-    return {{"rss_growth_pct", std::round(worst_rss_pct * 100) / 100},
-            {"fd_growth", fd_growth},
-            {"processes", processes}};
+    return {{"rss_growth_pct", std::round(worst_rss_pct * 100) / 100}, {"processes", processes}};
   }
 
  private:
@@ -558,6 +588,10 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
     ASSERT_TRUE(platform.wait_live(id, 2)) << id << "\n" << platform.agent("node-a").log();
   }
 
+  // Descriptors are compared between two quiet moments: now, before the load, and at the end,
+  // after the load has stopped and the nodes are back (see QuietState).
+  const QuietState quiet_start = quiet_state(platform);
+
   auto tally = std::make_shared<Tally>();
   Sampler sampler;
   const auto began = Clock::now();
@@ -587,8 +621,10 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
   load->start(/*unary=*/3, /*generate=*/1, /*stream=*/1);
 
   // The schedule: a warm-up, then the six faults in turn, evenly spaced, as often as fits.
-  const std::vector<std::string> kinds = {"tunnel_cut",    "silent_drop",     "worker_kill",
-                                          "agent_restart", "control_restart", "agent_drain"};
+  // The control plane is restarted first and node-a's agent next, so that the processes alive
+  // at the end have lived through the faults that follow (their descriptors are compared).
+  const std::vector<std::string> kinds = {"control_restart", "agent_restart", "agent_drain",
+                                          "tunnel_cut",      "silent_drop",   "worker_kill"};
   const double warmup = std::min(20.0, total / 6.0);
   const int cycles = std::max(1, total / 300);
   const double spacing = (total - warmup) / static_cast<double>(kinds.size() * cycles + 1);
@@ -633,6 +669,12 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
   if (!load->stop()) (void)load.release();
   sampling = false;
   sampler_thread.join();
+  // The end's quiet moment: every replica back, no call in flight.
+  for (const char* id : {"dep-text", "dep-gen", "dep-acc"}) {
+    if (!platform.wait_live(id, 2))
+      fault_problems.push_back(std::string(id) + " not back at the end");
+  }
+  const json descriptors = descriptor_growth(quiet_start, quiet_state(platform));
 
   // ---- the report ----
   int64_t requests = 0, succeeded = 0, failed = 0, lost = 0;
@@ -661,7 +703,7 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
   const bool judge_growth = total >= 300 && !kUnderAsan;
   const bool clean = lost == 0 && unary_rate >= 0.9999 && fault_problems.empty() &&
                      (!judge_growth || (resources["rss_growth_pct"].get<double>() <= 5.0 &&
-                                        resources["fd_growth"].get<int64_t>() <= 0));
+                                        descriptors["fd_growth"].get<int64_t>() <= 0));
   json report = {{"seconds", total},
                  {"requests", requests},
                  {"succeeded", succeeded},
@@ -669,11 +711,12 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
                  {"lost", lost},
                  {"unary_success_rate", std::floor(unary_rate * 1e6) / 1e6},
                  {"rss_growth_pct", resources["rss_growth_pct"]},
-                 {"fd_growth", resources["fd_growth"]},
+                 {"fd_growth", descriptors["fd_growth"]},
                  {"faults", injected},
                  {"shapes", shapes},
                  {"failures", failures},
                  {"processes", resources["processes"]},
+                 {"descriptors", descriptors["roles"]},
                  {"growth_judged", judge_growth},
                  {"clean", clean}};
   // gtest's own lines come after this one; scripts/soak prints it again as its last line.
@@ -693,7 +736,7 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
   EXPECT_GE(unary_rate, 0.9999) << failures.dump(2);
   if (judge_growth) {
     EXPECT_LE(resources["rss_growth_pct"].get<double>(), 5.0) << resources.dump(2);
-    EXPECT_LE(resources["fd_growth"].get<int64_t>(), 0) << resources.dump(2);
+    EXPECT_LE(descriptors["fd_growth"].get<int64_t>(), 0) << descriptors.dump(2);
   }
 }
 
