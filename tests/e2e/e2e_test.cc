@@ -87,7 +87,9 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
 
   // Three models, one worker: they were packed onto the CPU device.
   EXPECT_EQ(workers_of(platform.agent("node-a")).size(), 1u);
-  // The agent holds no listening TCP socket; its workers none either.
+  // The agent holds no listening TCP socket; its workers none either. (The check sees the
+  // control plane's listener, so it would see theirs.)
+  ASSERT_TRUE(has_listening_tcp_socket(platform.control().pid()));
   EXPECT_FALSE(has_listening_tcp_socket(platform.agent("node-a").pid()));
   for (const pid_t worker : workers_of(platform.agent("node-a"))) {
     EXPECT_FALSE(has_listening_tcp_socket(worker));

@@ -29,7 +29,6 @@
 #include <fstream>
 #include <map>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -385,46 +384,15 @@ int64_t rss_kb(pid_t pid) {
   return -1;
 }
 
-// "127.0.0.1:8443" from /proc/net/tcp's "0100007F:20FB" (IPv4 only; IPv6 keeps the hex).
-std::string tcp_address(const std::string& hex) {
-  const auto colon = hex.find(':');
-  if (colon != 8) return hex;
-  const uint32_t ip = static_cast<uint32_t>(std::stoul(hex.substr(0, 8), nullptr, 16));
-  const unsigned port = static_cast<unsigned>(std::stoul(hex.substr(colon + 1), nullptr, 16));
-  return std::to_string(ip & 0xff) + "." + std::to_string((ip >> 8) & 0xff) + "." +
-         std::to_string((ip >> 16) & 0xff) + "." + std::to_string(ip >> 24) + ":" +
-         std::to_string(port);
-}
-
-// socket inode -> "tcp LOCAL -> REMOTE STATE" for the process's TCP sockets.
-std::map<std::string, std::string> tcp_sockets(pid_t pid) {
-  static constexpr const char* kStates[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
-                                            "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
-                                            "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
-  std::map<std::string, std::string> out;
-  for (const char* table : {"tcp", "tcp6"}) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line)) {
-      std::istringstream fields(line);
-      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
-      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
-          timeout >> inode;
-      const unsigned code = static_cast<unsigned>(std::stoul(state, nullptr, 16));
-      out["socket:[" + inode + "]"] = std::string("tcp ") + tcp_address(local) + " -> " +
-                                      tcp_address(remote) + " " +
-                                      (code < std::size(kStates) ? kStates[code] : state);
-    }
-  }
-  return out;
-}
-
 // Every open descriptor of `pid` ("12 tcp 127.0.0.1:A -> 127.0.0.1:B ESTABLISHED", "3 /path").
 std::vector<std::string> descriptors(pid_t pid) {
   std::vector<std::string> out;
   std::error_code ec;
-  const auto sockets = tcp_sockets(pid);
+  std::map<std::string, std::string> sockets;  // "socket:[INODE]" -> "tcp LOCAL -> REMOTE STATE"
+  for (const TcpSocket& socket : tcp_sockets(pid)) {
+    sockets["socket:[" + socket.inode + "]"] =
+        "tcp " + socket.local + " -> " + socket.remote + " " + socket.state;
+  }
   for (fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end; !ec && it != end;
        it.increment(ec)) {
     std::error_code link_ec;

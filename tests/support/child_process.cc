@@ -1,7 +1,9 @@
 #include "tests/support/child_process.h"
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -186,16 +188,27 @@ std::vector<pid_t> processes_mentioning(const std::string& needle) {
   return out;
 }
 
-bool has_listening_tcp_socket(pid_t pid) {
-  // The inodes of the process's sockets...
-  std::set<std::string> inodes;
-  std::error_code ec;
-  const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
-  for (const auto& entry : std::filesystem::directory_iterator(fd_dir, ec)) {
-    const auto target = std::filesystem::read_symlink(entry.path(), ec).string();
-    if (target.rfind("socket:[", 0) == 0) inodes.insert(target.substr(8, target.size() - 9));
-  }
-  // ...against the TCP sockets in state LISTEN (0A) of the process's network namespace.
+namespace {
+
+// "127.0.0.1:8443" from the kernel's "0100007F:20FB" (IPv4; an IPv6 address stays as it is).
+std::string tcp_address(const std::string& hex) {
+  const auto colon = hex.find(':');
+  if (colon != 8) return hex;
+  const auto ip = static_cast<uint32_t>(std::stoul(hex.substr(0, 8), nullptr, 16));
+  const auto port = static_cast<unsigned>(std::stoul(hex.substr(colon + 1), nullptr, 16));
+  return std::to_string(ip & 0xff) + "." + std::to_string((ip >> 8) & 0xff) + "." +
+         std::to_string((ip >> 16) & 0xff) + "." + std::to_string(ip >> 24) + ":" +
+         std::to_string(port);
+}
+
+}  // namespace
+
+std::vector<TcpSocket> tcp_sockets(pid_t pid) {
+  // The kernel's TCP states (include/net/tcp_states.h), by number.
+  static constexpr const char* kStates[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
+                                            "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
+                                            "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
+  std::vector<TcpSocket> out;
   for (const char* table : {"/net/tcp", "/net/tcp6"}) {
     std::istringstream lines(read_file("/proc/" + std::to_string(pid) + table));
     std::string line;
@@ -205,8 +218,27 @@ bool has_listening_tcp_socket(pid_t pid) {
       std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
       fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
           timeout >> inode;
-      if (state == "0A" && inodes.count(inode) != 0) return true;
+      if (inode.empty()) continue;
+      const auto code = static_cast<size_t>(std::stoul(state, nullptr, 16));
+      out.push_back({inode, tcp_address(local), tcp_address(remote),
+                     code < std::size(kStates) ? kStates[code] : state});
     }
+  }
+  return out;
+}
+
+bool has_listening_tcp_socket(pid_t pid) {
+  // The inodes of the process's sockets...
+  std::set<std::string> inodes;
+  std::error_code ec;
+  const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  for (const auto& entry : std::filesystem::directory_iterator(fd_dir, ec)) {
+    const auto target = std::filesystem::read_symlink(entry.path(), ec).string();
+    if (target.rfind("socket:[", 0) == 0) inodes.insert(target.substr(8, target.size() - 9));
+  }
+  // ...against the listening TCP sockets of the process's network namespace.
+  for (const TcpSocket& socket : tcp_sockets(pid)) {
+    if (socket.state == "LISTEN" && inodes.count(socket.inode) != 0) return true;
   }
   return false;
 }

@@ -55,6 +55,16 @@ std::vector<pid_t> child_pids(pid_t parent, const std::string& needle);
 // parent is (a process left behind is re-parented).
 std::vector<pid_t> processes_mentioning(const std::string& needle);
 
+// A TCP socket of /proc/PID/net/tcp{,6}: every socket of the process's network namespace,
+// told from others by its inode (what /proc/PID/fd/N links to is "socket:[INODE]").
+struct TcpSocket {
+  std::string inode;
+  std::string local;   // "127.0.0.1:8443" (IPv6 addresses stay in the kernel's hex)
+  std::string remote;  // "0.0.0.0:0" for a listener
+  std::string state;   // "LISTEN", "ESTABLISHED", "CLOSE_WAIT", ...
+};
+std::vector<TcpSocket> tcp_sockets(pid_t pid);
+
 // Whether process `pid` holds a listening TCP socket (IPv4 or IPv6), from /proc.
 bool has_listening_tcp_socket(pid_t pid);
 
