@@ -72,6 +72,29 @@ std::string error_body(std::string_view code, std::string_view message,
 
 class ServerImpl;
 
+// Holds `owner` inside a write's completion handler. Asio runs every handler once, unless the
+// io_context is torn down with the operation still pending; then the handler is destroyed
+// without running, and this drops the owner's queued writes. Their callbacks may hold the owner
+// (a predict call holds its exchange, which holds this session): dropping them breaks that
+// cycle, which otherwise outlives the server (LeakSanitizer found one at a test's end).
+template <class Owner>
+class WriteHandlerOwner {
+ public:
+  explicit WriteHandlerOwner(std::shared_ptr<Owner> owner) : owner_(std::move(owner)) {}
+  WriteHandlerOwner(WriteHandlerOwner&&) noexcept = default;  // leaves the source empty
+  WriteHandlerOwner& operator=(WriteHandlerOwner&&) noexcept = default;
+  WriteHandlerOwner(const WriteHandlerOwner&) = delete;
+  WriteHandlerOwner& operator=(const WriteHandlerOwner&) = delete;
+  ~WriteHandlerOwner() {
+    if (owner_) owner_->drop_writes();
+  }
+  // The handler runs: it takes the owner, and nothing is dropped.
+  std::shared_ptr<Owner> take() { return std::move(owner_); }
+
+ private:
+  std::shared_ptr<Owner> owner_;
+};
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(std::shared_ptr<ServerImpl> server, tcp::socket socket, std::string remote);
@@ -102,6 +125,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void client_gone();
   void queue_write(std::string data, std::function<void(bool)> done);
   void write_next();
+  friend class WriteHandlerOwner<Session>;
+  void drop_writes() {
+    auto dropped = std::move(writes_);  // destroyed here, callbacks and all
+    writes_.clear();
+  }
   std::string response_head(int status, const std::string& content_type, bool chunked,
                             size_t length,
                             const std::vector<std::pair<std::string, std::string>>& extra);
@@ -269,15 +297,23 @@ class WsChannel final : public WebSocketChannel, public std::enable_shared_from_
     }
     writing_ = true;
     ws_.text(true);
-    ws_.async_write(asio::buffer(writes_.front().data),
-                    [self = shared_from_this()](error_code ec, size_t) {
-                      self->writing_ = false;
-                      auto done = std::move(self->writes_.front().done);
-                      self->writes_.pop_front();
-                      if (ec) self->closed_ = true;
-                      if (done) done(!ec);
-                      self->write_next();
-                    });
+    ws_.async_write(
+        asio::buffer(writes_.front().data),
+        [owner = WriteHandlerOwner<WsChannel>(shared_from_this())](error_code ec, size_t) mutable {
+          const auto self = owner.take();
+          self->writing_ = false;
+          auto done = std::move(self->writes_.front().done);
+          self->writes_.pop_front();
+          if (ec) self->closed_ = true;
+          if (done) done(!ec);
+          self->write_next();
+        });
+  }
+
+  friend class WriteHandlerOwner<WsChannel>;
+  void drop_writes() {
+    auto dropped = std::move(writes_);  // destroyed here, callbacks and all
+    writes_.clear();
   }
 
   struct PendingWrite {
@@ -735,20 +771,22 @@ void Session::write_next() {
       self->close_socket();
     }
   });
-  asio::async_write(stream_, asio::buffer(writes_.front().data),
-                    [self = shared_from_this()](error_code ec, size_t) {
-                      self->write_deadline_.cancel();
-                      self->writing_ = false;
-                      auto done = std::move(self->writes_.front().done);
-                      self->writes_.pop_front();
-                      if (ec) {
-                        const bool was_active = self->exchange_active_;
-                        self->close_socket();
-                        if (was_active) self->client_gone();
-                      }
-                      if (done) done(!ec);
-                      self->write_next();
-                    });
+  asio::async_write(
+      stream_, asio::buffer(writes_.front().data),
+      [owner = WriteHandlerOwner<Session>(shared_from_this())](error_code ec, size_t) mutable {
+        const auto self = owner.take();
+        self->write_deadline_.cancel();
+        self->writing_ = false;
+        auto done = std::move(self->writes_.front().done);
+        self->writes_.pop_front();
+        if (ec) {
+          const bool was_active = self->exchange_active_;
+          self->close_socket();
+          if (was_active) self->client_gone();
+        }
+        if (done) done(!ec);
+        self->write_next();
+      });
 }
 
 void Session::reject_websocket(const HttpResponse& response) {
