@@ -545,11 +545,11 @@ TEST(Spawn, TheWorkerHoldsNoneOfItsParentsDescriptors) {
   ASSERT_GE(socket_fd, 0);
   std::array<int, 2> pipe_fds{-1, -1};
   ASSERT_EQ(::pipe(pipe_fds.data()), 0);
+  const auto mine = descriptor_targets(::getpid());
   std::set<std::string> ours;  // every socket, pipe and anonymous inode the test process holds
-  for (const auto& [fd, target] : descriptor_targets(::getpid())) {
+  for (const auto& [fd, target] : mine) {
     if (target.find(":[") != std::string::npos) ours.insert(target);
   }
-  const auto mine = descriptor_targets(::getpid());
   ASSERT_TRUE(ours.count(mine.at(socket_fd)) == 1 && ours.count(mine.at(pipe_fds[0])) == 1);
 
   WorkerHarness worker({Model(model_package("text"))});
