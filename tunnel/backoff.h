@@ -13,8 +13,12 @@
 namespace outpost::tunnel {
 
 struct BackoffOptions {
-  std::chrono::milliseconds base{1'000};
-  std::chrono::milliseconds cap{30'000};
+  // Small, so that a connection lost to a partition or a control-plane restart is dialled again
+  // within about a second of the network allowing it: 250 ms, 500 ms, 1 s, then up to `cap`.
+  // Jitter keeps a fleet that lost its control plane together from dialling together; the dials
+  // a refused agent would repeat are slowed by refused_delay instead.
+  std::chrono::milliseconds base{250};
+  std::chrono::milliseconds cap{2'000};
   std::chrono::milliseconds stable_after{60'000};
   std::chrono::milliseconds refused_delay{300'000};
 };

@@ -157,23 +157,96 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
     status_.retry_in = std::chrono::milliseconds(0);
     shared_->publish(index_, status_);
     transport_ = std::make_unique<WsTransport>(strand_, *shared_->tls);
-    attempt_timer_.expires_after(shared_->options.connect_timeout);
-    attempt_timer_.async_wait([self = shared_from_this(), id = attempt_id_](error_code ec) {
-      if (!ec && id == self->attempt_id_ && self->transport_) {
-        self->attempt_timed_out_ = true;
-        self->transport_->tcp().close();
-      }
-    });
     attempt_timed_out_ = false;
     const bool via_proxy = shared_->proxy.has_value();
     const std::string& host = via_proxy ? shared_->proxy->host : shared_->url.host;
     const uint16_t port = via_proxy ? shared_->proxy->port : shared_->url.port;
+    arm_step(Step::kResolve);
     resolver_.async_resolve(
         host, std::to_string(port),
-        [self = shared_from_this()](error_code ec,
-                                    const asio::ip::tcp::resolver::results_type& results) {
+        [self = shared_from_this(), id = attempt_id_](
+            error_code ec, const asio::ip::tcp::resolver::results_type& results) {
+          // A resolution that outlived its timeout: the attempt has failed already.
+          if (id != self->attempt_id_ || !self->transport_) return;
           self->on_resolve(ec, results);
         });
+  }
+
+  // The steps of an attempt, each bounded by its own DialTimeouts entry.
+  enum class Step { kResolve, kTcpConnect, kProxy, kTls, kUpgrade, kHello };
+
+  std::chrono::milliseconds step_limit(Step step) const {
+    const DialTimeouts& dial = shared_->options.dial;
+    switch (step) {
+      case Step::kResolve:
+        return dial.resolve;
+      case Step::kTcpConnect:
+        return dial.tcp_connect;
+      case Step::kProxy:
+        return dial.proxy_connect;
+      case Step::kTls:
+        return dial.tls_handshake;
+      case Step::kUpgrade:
+      case Step::kHello:
+        return dial.upgrade;
+    }
+    return dial.upgrade;
+  }
+
+  static std::string_view step_name(Step step) {
+    switch (step) {
+      case Step::kResolve:
+        return "name resolution";
+      case Step::kTcpConnect:
+        return "TCP connect";
+      case Step::kProxy:
+        return "proxy CONNECT";
+      case Step::kTls:
+        return "TLS handshake";
+      case Step::kUpgrade:
+        return "WebSocket upgrade";
+      case Step::kHello:
+        return "HELLO exchange";
+    }
+    return "dial";
+  }
+
+  // Starts the clock of the attempt's next step. When it runs out first, the step is abandoned:
+  // its socket closed (its handler then fails the attempt, named as timed out), or for a
+  // resolution, which cannot be interrupted, the attempt fails at once.
+  void arm_step(Step step) {
+    step_ = step;
+    const uint64_t id = ++step_id_;
+    attempt_timer_.expires_after(step_limit(step));
+    attempt_timer_.async_wait([self = shared_from_this(), id](error_code ec) {
+      // A timer re-armed after it expired still runs its old handler: the id tells.
+      if (!ec && id == self->step_id_) self->step_timed_out();
+    });
+  }
+
+  void disarm_step() {
+    ++step_id_;
+    attempt_timer_.cancel();
+  }
+
+  void step_timed_out() {
+    if (stopped_) return;
+    attempt_timed_out_ = true;
+    if (step_ == Step::kResolve) {
+      resolver_.cancel();
+      return failed(FailureKind::kTransient, "no answer from the resolver");
+    }
+    if (transport_) {
+      transport_->tcp().close();
+      return;
+    }
+    std::shared_ptr<Connection> pending;
+    {
+      std::lock_guard<std::mutex> lock(connection_mutex_);
+      pending = pending_;
+    }
+    // Its on_closed fails the attempt.
+    if (pending) pending->close(Errc::kTimeout, "no HELLO from the server in time");
   }
 
   std::string target_name() const {
@@ -187,6 +260,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
           shared_->proxy ? "proxy " + shared_->proxy->display() : target_name();
       return failed(FailureKind::kTransient, "cannot resolve " + what + ": " + ec.message());
     }
+    arm_step(Step::kTcpConnect);
     transport_->tcp().async_connect(
         results,
         [self = shared_from_this()](error_code connect_ec, const asio::ip::tcp::endpoint&) {
@@ -204,6 +278,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
     error_code ignored;
     transport_->tcp().socket().set_option(asio::ip::tcp::no_delay(true), ignored);
     if (shared_->proxy) {
+      arm_step(Step::kProxy);
       async_proxy_connect(
           transport_->tcp(), *shared_->proxy, shared_->url.host, shared_->url.port,
           [self = shared_from_this()](const ProxyOutcome& outcome) { self->on_proxy(outcome); });
@@ -230,6 +305,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
       return failed(FailureKind::kTransient, "cannot set TLS server name " + shared_->url.host);
     }
     tls.set_verify_callback(asio::ssl::host_name_verification(shared_->url.host));
+    arm_step(Step::kTls);
     tls.async_handshake(asio::ssl::stream_base::client,
                         [self = shared_from_this()](error_code ec) { self->on_tls(ec); });
   }
@@ -264,6 +340,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
     std::string host_header = shared_->url.host;
     if (shared_->url.port != 443) host_header += ":" + std::to_string(shared_->url.port);
     upgrade_response_ = {};
+    arm_step(Step::kUpgrade);
     ws.async_handshake(
         upgrade_response_, host_header, shared_->url.path,
         [self = shared_from_this()](error_code handshake_ec) { self->on_upgrade(handshake_ec); });
@@ -292,6 +369,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
                                                std::string(kSubprotocol));
     }
     transport_->tcp().expires_never();
+    arm_step(Step::kHello);
     ConnectionOptions options = shared_->options.connection;
     auto connection = Connection::create(std::move(transport_), Connection::Role::kClient, options);
     {
@@ -331,7 +409,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
 
   void on_ready(const std::shared_ptr<Connection>& connection, const Hello& hello) {
     if (!connection) return;
-    attempt_timer_.cancel();
+    disarm_step();
     {
       std::lock_guard<std::mutex> lock(connection_mutex_);
       if (pending_ != connection) return;
@@ -412,18 +490,17 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
       }
       return failed(FailureKind::kTransient, "connection lost: " + why);
     }
-    attempt_timer_.cancel();
     failed(FailureKind::kTransient, "connection closed during the handshake: " + why);
   }
 
   void failed(FailureKind kind, const std::string& why) {
-    attempt_timer_.cancel();
+    disarm_step();
     transport_.reset();
     if (stopped_) return maybe_stopped();
     std::string message = why;
     if (attempt_timed_out_) {
-      message = "attempt timed out after " +
-                std::to_string(shared_->options.connect_timeout.count()) + " ms (" + why + ")";
+      message = std::string(step_name(step_)) + " timed out after " +
+                std::to_string(step_limit(step_).count()) + " ms (" + why + ")";
     }
     const auto delay = backoff_.next_delay(kind);
     status_.state = SlotState::kBackingOff;
@@ -469,7 +546,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
     stop_grace_ = grace;
     on_stopped_ = std::move(done);
     retry_timer_.cancel();
-    attempt_timer_.cancel();
+    disarm_step();
     resolver_.cancel();
     if (transport_) transport_->tcp().close();
     std::vector<std::shared_ptr<Connection>> open;
@@ -515,6 +592,8 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
   std::unique_ptr<WsTransport> transport_;
   websocket::response_type upgrade_response_;
   uint64_t attempt_id_ = 0;
+  Step step_ = Step::kResolve;
+  uint64_t step_id_ = 0;  // which arm_step() the attempt timer's handler belongs to
   bool attempt_timed_out_ = false;
   bool stopped_ = false;
   std::chrono::milliseconds stop_grace_{0};
@@ -582,11 +661,18 @@ Result<std::shared_ptr<Stream>> TunnelClient::open_stream(std::string metadata,
                                                           std::string first_message,
                                                           bool send_first_message,
                                                           bool end_stream) {
+  // A connection that stopped answering (a silent partition of its path, not yet declared
+  // dead) gets new streams only when no other one answers.
   std::shared_ptr<Connection> best;
+  bool best_responsive = false;
   for (auto& slot : shared_->slots) {
     auto connection = slot->ready_connection();
-    if (connection && (!best || connection->stream_count() < best->stream_count())) {
+    if (!connection) continue;
+    const bool responsive = connection->is_responsive();
+    if (!best || (responsive && !best_responsive) ||
+        (responsive == best_responsive && connection->stream_count() < best->stream_count())) {
       best = std::move(connection);
+      best_responsive = responsive;
     }
   }
   if (!best) {

@@ -4,11 +4,11 @@
 // Each attempt: resolve, TCP connect (through an HTTP CONNECT proxy when configured or when
 // HTTPS_PROXY asks for one), TLS with SNI, host-name check and optional public-key pins, then the
 // WebSocket upgrade carrying the credential (Authorization: Bearer) and the subprotocol that
-// names the protocol version, then the HELLO exchange. A failed attempt waits per
-// ReconnectBackoff: full jitter up to 30 s, or minutes when the control plane refused the
-// credential or TLS trust failed (logged as errors, since only an operator can fix them). A GOAWAY
-// from the server opens the replacement connection at once, while the old one finishes its
-// streams. Streams stay on the connection they were opened on.
+// names the protocol version, then the HELLO exchange, each step within its DialTimeouts. A
+// failed attempt waits per ReconnectBackoff: full jitter up to 2 s, or minutes when the control
+// plane refused the credential or TLS trust failed (logged as errors, since only an operator can
+// fix them). A GOAWAY from the server opens the replacement connection at once, while the old
+// one finishes its streams. Streams stay on the connection they were opened on.
 #pragma once
 
 #include <chrono>
@@ -39,6 +39,22 @@ struct TunnelUrl {
 // "wss://host[:port][/path]"; anything but wss:// is refused (the tunnel always uses TLS).
 Result<TunnelUrl> parse_tunnel_url(std::string_view url);
 
+// Each step of a dial is bounded on its own, so that a step that hangs (a SYN or a ClientHello
+// lost in a partition, a proxy that never answers) fails in seconds and the next attempt, after
+// the backoff, finds the network as it is now. A step that runs out fails the attempt as a
+// transient failure naming the step.
+struct DialTimeouts {
+  std::chrono::milliseconds resolve{5'000};  // the control plane's (or proxy's) name
+  // TCP connect: Linux resends a SYN after 1 s and 3 s; a dial started in a partition gives up
+  // before the third and starts afresh once the backoff allows.
+  std::chrono::milliseconds tcp_connect{3'000};
+  std::chrono::milliseconds proxy_connect{5'000};  // the proxy's answer to CONNECT
+  std::chrono::milliseconds tls_handshake{5'000};
+  // The WebSocket upgrade (the server checks the credential, maybe with a KDF) and the HELLO
+  // exchange; the server allows itself 10 s for TLS, upgrade and authentication.
+  std::chrono::milliseconds upgrade{10'000};
+};
+
 struct ClientOptions {
   std::string url;         // wss://host[:port][/path]; the path defaults to /v1/tunnel
   std::string credential;  // sent as "Authorization: Bearer <credential>"; never logged
@@ -48,8 +64,7 @@ struct ClientOptions {
   int connections = 2;
   ConnectionOptions connection;
   BackoffOptions backoff;
-  // The whole attempt (TCP, proxy, TLS, upgrade, HELLO) must finish within this.
-  std::chrono::milliseconds connect_timeout{15'000};
+  DialTimeouts dial;
 };
 
 enum class SlotState { kConnecting, kConnected, kBackingOff, kStopped };

@@ -309,6 +309,13 @@ void Connection::start(Handlers handlers) {
   });
 }
 
+std::chrono::milliseconds Connection::silence() const {
+  const int64_t last = last_received_ns_.load(std::memory_order_relaxed);
+  if (last == 0) return std::chrono::milliseconds(0);  // not started: nothing to suspect yet
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+      now() - TimePoint(TimePoint::duration(last)));
+}
+
 std::string Connection::peer_id() const {
   std::lock_guard<std::mutex> lock(peer_id_mutex_);
   return peer_id_storage_;
@@ -325,6 +332,7 @@ void Connection::do_start() {
   timeouts.keep_alive_pings = false;
   ws.set_option(timeouts);
   last_received_ = now();
+  last_received_ns_.store(last_received_.time_since_epoch().count());
   last_ping_sent_ = last_received_;
   Hello hello;
   hello.features = kFeatureWindowAutoTune;
@@ -374,6 +382,7 @@ void Connection::on_read(error_code ec, size_t bytes) {
     return;
   }
   last_received_ = now();
+  last_received_ns_.store(last_received_.time_since_epoch().count(), std::memory_order_relaxed);
   if (!transport_->ws().got_binary()) {
     fail(Errc::kProtocolError, "text WebSocket message on a binary protocol", CloseMode::kGoaway);
     return;

@@ -49,8 +49,13 @@ struct ConnectionOptions {
   // worth: a small reply waits behind at most this much of a bulk transfer, at each end, while
   // a bulk transfer keeps over 0.8x the throughput of 64 KiB frames (scripts/bench tunnel).
   uint32_t data_frame_size = 16 * 1024;
-  std::chrono::milliseconds ping_interval{15'000};
-  std::chrono::milliseconds dead_after{45'000};     // silence after which the peer is dead
+  // Keepalive. Any frame counts as life, so a busy connection needs no PING answered; an idle
+  // one is declared dead after dead_after without a frame: four PINGs unanswered, so one lost
+  // packet or a peer stalled for a second or two (a loaded host, a sanitizer build) is not a
+  // death, while a silent partition is noticed within dead_after + ping_interval / 2
+  // (docs/reliability.md, "Partitions").
+  std::chrono::milliseconds ping_interval{2'000};
+  std::chrono::milliseconds dead_after{8'000};      // silence after which the peer is dead
   std::chrono::milliseconds write_timeout{10'000};  // one write stalled this long: dead
   std::chrono::milliseconds close_timeout{5'000};   // the closing handshake may take this long
   std::string local_id;                             // announced in HELLO (<= 255 bytes)
@@ -207,6 +212,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool is_going_away() const { return draining_.load() || goaway_received_.load(); }
   size_t stream_count() const { return stream_count_.load(); }
   std::string peer_id() const;
+  // Time since the last frame from the peer. Each end PINGs every ping_interval, so a live peer
+  // is never silent for much longer than that; one silent for two intervals is suspect (its
+  // link may be gone) well before dead_after declares it dead.
+  std::chrono::milliseconds silence() const;
+  // Not suspect: where a new stream should go when there is a choice.
+  bool is_responsive() const { return silence() <= 2 * options_.ping_interval; }
   // Round-trip time of the last PING, or zero before the first PONG.
   std::chrono::microseconds rtt() const { return std::chrono::microseconds(rtt_us_.load()); }
   // The largest window a fast stream may currently grow to (bandwidth-delay estimate).
@@ -300,6 +311,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Keepalive.
   boost::asio::steady_timer keepalive_timer_;
   TimePoint last_received_;
+  std::atomic<int64_t> last_received_ns_{0};  // last_received_, for silence() from any thread
   TimePoint last_ping_sent_;
 
   // Life cycle.

@@ -38,11 +38,6 @@ struct TcpRelay::Link : std::enable_shared_from_this<TcpRelay::Link> {
     down.to = &client_socket;
   }
 
-  void start() {
-    read(up);
-    read(down);
-  }
-
   void read(Pump& pump) {
     pump.from->async_read_some(asio::buffer(pump.buffer),
                                [self = shared_from_this(), &pump](error_code ec, size_t n) {
@@ -53,7 +48,8 @@ struct TcpRelay::Link : std::enable_shared_from_this<TcpRelay::Link> {
   }
 
   void forward(Pump& pump) {
-    if (frozen || pump.pending == 0) return;  // thaw() calls forward again
+    // thaw() calls forward again, and for a held link connect() once upstream is connected.
+    if (frozen || !connected || pump.pending == 0) return;
     const size_t n = pump.pending;
     asio::async_write(*pump.to, asio::buffer(pump.buffer.data(), n),
                       [self = shared_from_this(), &pump](error_code ec, size_t) {
@@ -63,7 +59,23 @@ struct TcpRelay::Link : std::enable_shared_from_this<TcpRelay::Link> {
                       });
   }
 
+  // Connects upstream, then relays both ways (a held link first sends what it read meanwhile).
+  void connect(uint16_t target_port, bool read_up) {
+    server_socket.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), target_port),
+                                [self = shared_from_this(), read_up](error_code connect_ec) {
+                                  if (connect_ec || self->closed) return self->close();
+                                  error_code ignored;
+                                  self->server_socket.set_option(tcp::no_delay(true), ignored);
+                                  self->client_socket.set_option(tcp::no_delay(true), ignored);
+                                  self->connected = true;
+                                  if (read_up) self->read(self->up);
+                                  self->read(self->down);
+                                  self->forward(self->up);
+                                });
+  }
+
   void close() {
+    closed = true;
     error_code ignored;
     client_socket.close(ignored);
     server_socket.close(ignored);
@@ -73,6 +85,8 @@ struct TcpRelay::Link : std::enable_shared_from_this<TcpRelay::Link> {
   tcp::socket server_socket;
   std::shared_ptr<RelayState> state;
   bool frozen = false;
+  bool closed = false;
+  bool connected = false;  // upstream; a link held by partition() connects on thaw()
   Pump up;
   Pump down;
 };
@@ -110,15 +124,14 @@ void TcpRelay::accept() {
     ++accepted_;
     auto link = std::make_shared<Link>(std::move(socket), io_, state_);
     state_->links.push_back(link);
-    link->server_socket.async_connect(
-        tcp::endpoint(asio::ip::make_address("127.0.0.1"), target_port_),
-        [link](error_code connect_ec) {
-          if (connect_ec) return link->close();
-          error_code ignored;
-          link->server_socket.set_option(tcp::no_delay(true), ignored);
-          link->client_socket.set_option(tcp::no_delay(true), ignored);
-          link->start();
-        });
+    if (black_hole_) {
+      // Held: read what the client sends (a TLS ClientHello), forward nothing, connect nothing.
+      link->frozen = true;
+      state_->frozen.push_back(link);
+      link->read(link->up);
+    } else {
+      link->connect(target_port_, /*read_up=*/true);
+    }
     accept();
   });
 }
@@ -150,12 +163,43 @@ void TcpRelay::freeze() {
   done.get_future().wait();
 }
 
+void TcpRelay::freeze_one(size_t index) {
+  std::promise<void> done;
+  asio::post(io_, [this, &done, index] {
+    if (index < state_->links.size()) {
+      if (auto link = state_->links[index].lock()) {
+        link->frozen = true;
+        state_->frozen.push_back(link);
+      }
+    }
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+void TcpRelay::partition() {
+  // New connections are held from now on; the ones accepted before are frozen next.
+  std::promise<void> done;
+  asio::post(io_, [this, &done] {
+    black_hole_ = true;
+    done.set_value();
+  });
+  done.get_future().wait();
+  freeze();
+}
+
 void TcpRelay::thaw() {
   std::promise<void> done;
   asio::post(io_, [this, &done] {
+    black_hole_ = false;
     for (auto& weak : state_->links) {
       if (auto link = weak.lock()) {
         link->frozen = false;
+        if (link->closed) continue;
+        if (!link->connected) {
+          link->connect(target_port_, /*read_up=*/false);  // its up pump is reading already
+          continue;
+        }
         link->forward(link->up);
         link->forward(link->down);
       }

@@ -15,9 +15,31 @@ TEST(BackoffTest, FullJitterDoublesUpToTheCap) {
   FakeClock clock;
   FakeRandom random({0.999});  // near the top of each range
   ReconnectBackoff backoff({}, clock, random);
-  const int64_t expected_ceilings[] = {1000, 2000, 4000, 8000, 16000, 30000, 30000};
+  // The defaults: from 250 ms, doubling, capped at 2 s.
+  const int64_t expected_ceilings[] = {250, 500, 1000, 2000, 2000, 2000};
   for (const int64_t ceiling : expected_ceilings) {
     const auto delay = backoff.next_delay(FailureKind::kTransient);
+    EXPECT_LT(delay.count(), ceiling);
+    EXPECT_GE(delay.count(), ceiling * 99 / 100);
+  }
+}
+
+TEST(BackoffTest, ALongOutageNeverWaitsMoreThanTheCapBetweenDials) {
+  FakeClock clock;
+  FakeRandom random({0.999});
+  ReconnectBackoff backoff({}, clock, random);
+  // An hour of failures (a partition, a control plane down): each wait stays under 2 s, so the
+  // dial after the network heals comes within 2 s of it.
+  for (int i = 0; i < 3600; ++i) {
+    ASSERT_LT(backoff.next_delay(FailureKind::kTransient), milliseconds(2000)) << "failure " << i;
+  }
+  // A cap of its own (agent.yaml's control_plane.reconnect_max_seconds).
+  BackoffOptions one_second;
+  one_second.cap = milliseconds(1000);
+  ReconnectBackoff capped(one_second, clock, random);
+  const int64_t ceilings[] = {250, 500, 1000, 1000};
+  for (const int64_t ceiling : ceilings) {
+    const auto delay = capped.next_delay(FailureKind::kTransient);
     EXPECT_LT(delay.count(), ceiling);
     EXPECT_GE(delay.count(), ceiling * 99 / 100);
   }
@@ -28,7 +50,7 @@ TEST(BackoffTest, JitterSpreadsDelaysDownToZero) {
   FakeRandom random({0.0, 0.5});
   ReconnectBackoff backoff({}, clock, random);
   EXPECT_EQ(backoff.next_delay(FailureKind::kTransient), milliseconds(0));
-  EXPECT_EQ(backoff.next_delay(FailureKind::kTransient), milliseconds(1000));  // 0.5 * 2 s
+  EXPECT_EQ(backoff.next_delay(FailureKind::kTransient), milliseconds(250));  // 0.5 * 500 ms
 }
 
 TEST(BackoffTest, RefusalsWaitMinutesWithHalfJitter) {
@@ -37,6 +59,12 @@ TEST(BackoffTest, RefusalsWaitMinutesWithHalfJitter) {
   ReconnectBackoff backoff({}, clock, random);
   EXPECT_EQ(backoff.next_delay(FailureKind::kRefused), milliseconds(150'000));
   EXPECT_GE(backoff.next_delay(FailureKind::kRefused), milliseconds(299'000));
+  // The short cap of transient failures does not shorten them.
+  BackoffOptions short_cap;
+  short_cap.cap = milliseconds(1000);
+  FakeRandom low({0.0});
+  ReconnectBackoff capped(short_cap, clock, low);
+  EXPECT_EQ(capped.next_delay(FailureKind::kRefused), milliseconds(150'000));
 }
 
 TEST(BackoffTest, ResetsOnlyAfterAStableConnection) {
@@ -49,13 +77,13 @@ TEST(BackoffTest, ResetsOnlyAfterAStableConnection) {
   clock.advance(std::chrono::seconds(5));
   backoff.on_disconnected();
   EXPECT_EQ(backoff.consecutive_failures(), 4);
-  EXPECT_GE(backoff.next_delay(FailureKind::kTransient), milliseconds(15'000));
+  EXPECT_GE(backoff.next_delay(FailureKind::kTransient), milliseconds(1'990));  // at the cap
   // Up for 61 s: stable, so the next failure starts from the base again.
   backoff.on_connected();
   clock.advance(std::chrono::seconds(61));
   backoff.on_disconnected();
   EXPECT_EQ(backoff.consecutive_failures(), 0);
-  EXPECT_LT(backoff.next_delay(FailureKind::kTransient), milliseconds(1000));
+  EXPECT_LT(backoff.next_delay(FailureKind::kTransient), milliseconds(250));
 }
 
 }  // namespace

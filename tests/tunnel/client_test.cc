@@ -1,8 +1,11 @@
 // The agent's end: TLS trust, pins, credentials, proxies, reconnect pacing and drain, each
 // against a real TunnelServer on loopback.
+#include <iostream>
+
 #include <gtest/gtest.h>
 
 #include "tests/support/fake_clock.h"
+#include "tests/support/tcp_relay.h"
 #include "tests/support/tinyproxy.h"
 #include "tests/tunnel/tunnel_harness.h"
 
@@ -192,12 +195,85 @@ TEST(ClientTest, UnreachableControlPlaneBacksOffWithFullJitter) {
   }
   const auto delays = scheduler.delays();
   ASSERT_EQ(delays.size(), 6u);
-  // 1 s, 2 s, 4 s, 8 s, 16 s, then capped at 30 s (times the near-1 jitter draw).
-  const int64_t ceilings[] = {1000, 2000, 4000, 8000, 16000, 30000};
+  // 250 ms, 500 ms, 1 s, then capped at 2 s (times the near-1 jitter draw).
+  const int64_t ceilings[] = {250, 500, 1000, 2000, 2000, 2000};
   for (size_t i = 0; i < delays.size(); ++i) {
     EXPECT_LT(delays[i].count(), ceilings[i]);
     EXPECT_GE(delays[i].count(), ceilings[i] * 99 / 100);
   }
+}
+
+TEST(ClientTest, AConnectThatGetsNoAnswerGivesUpAtTheConnectTimeout) {
+  // A listener whose accept queue is full drops new SYNs unanswered, as a partition does.
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor full(io);
+  full.open(boost::asio::ip::tcp::v4());
+  full.bind({boost::asio::ip::make_address("127.0.0.1"), 0});
+  full.listen(0);
+  std::vector<boost::asio::ip::tcp::socket> fillers;
+  for (int i = 0; i < 2; ++i) {
+    fillers.emplace_back(io);
+    fillers.back().async_connect(full.local_endpoint(), [](boost::system::error_code) {});
+  }
+  io.run_for(std::chrono::milliseconds(200));
+  tunnel::ClientOptions options;
+  options.url = "wss://127.0.0.1:" + std::to_string(full.local_endpoint().port());
+  options.credential = "good-token";
+  options.use_environment_proxy = false;
+  options.connections = 1;
+  options.dial.tcp_connect = std::chrono::milliseconds(300);
+  ClientHarness client(options);
+  const SlotStatus status = wait_for_failures(client, 1);
+  EXPECT_FALSE(status.refused);
+  EXPECT_NE(status.last_error.find("TCP connect timed out after 300 ms"), std::string::npos)
+      << status.last_error;
+}
+
+TEST(ClientTest, ATlsHandshakeThatGetsNoAnswerTimesOutAndADialCompletesOnHeal) {
+  ServerHarness server;
+  testing::TcpRelay relay(server.port);
+  relay.partition();  // dials are accepted, and nothing answers them
+  auto options = client_options(server, relay.port());
+  options.dial.tls_handshake = std::chrono::milliseconds(300);
+  ClientHarness client(options);
+  const SlotStatus status = wait_for_failures(client, 1);
+  EXPECT_FALSE(status.refused);
+  EXPECT_NE(status.last_error.find("TLS handshake timed out after 300 ms"), std::string::npos)
+      << status.last_error;
+  // Dialled again and again (a short backoff here), not stuck in one attempt.
+  ASSERT_TRUE(eventually([&] { return relay.accepted() >= 3; }));
+  relay.thaw();
+  ASSERT_TRUE(client.wait_connected(1));
+  EXPECT_EQ(client.unary("after the heal").second, "after the heal");
+}
+
+TEST(ClientTest, AfterAPartitionHealsTheClientIsBackWithinTwoSeconds) {
+  using std::chrono::milliseconds;
+  ServerHarness server;
+  testing::TcpRelay relay(server.port);
+  auto options = client_options(server, relay.port());
+  options.connection.ping_interval = milliseconds(250);
+  options.connection.dead_after = milliseconds(1000);
+  options.dial.tls_handshake = milliseconds(500);
+  // The default backoff with agent.yaml's `reconnect_max_seconds: 1` (docs/reliability.md).
+  options.backoff = BackoffOptions{};
+  options.backoff.cap = milliseconds(1000);
+  ClientHarness client(options);
+  ASSERT_TRUE(client.wait_connected(1));
+  relay.partition();
+  // The client notices, then keeps dialling into the partition for a while.
+  ASSERT_TRUE(eventually([&] { return client.client->status().connected() == 0; }));
+  const int accepted = relay.accepted();
+  ASSERT_TRUE(eventually([&] { return relay.accepted() >= accepted + 3; }));
+  const auto healed_at = std::chrono::steady_clock::now();
+  relay.thaw();
+  ASSERT_TRUE(client.wait_connected(1));
+  const auto back_after = std::chrono::steady_clock::now() - healed_at;
+  std::cout << "reconnected " << std::chrono::duration_cast<milliseconds>(back_after).count()
+            << " ms after the heal\n";
+  // At most one backoff wait (under 1 s) and one dial on loopback.
+  EXPECT_LE(back_after, std::chrono::seconds(2));
+  EXPECT_EQ(client.unary("after the heal").second, "after the heal");
 }
 
 TEST(ClientTest, NewerConnectionWithTheSameIdentityReplacesTheOlder) {

@@ -1,5 +1,6 @@
 // Streams over a real tunnel: TLS WebSocket on loopback between a TunnelClient and a
 // TunnelServer, each on its own thread.
+#include <iostream>
 #include <random>
 
 #include <gtest/gtest.h>
@@ -352,6 +353,90 @@ TEST(ConnectionTest, SilentPeerIsDetectedAndReplaced) {
   ASSERT_TRUE(eventually(
       [&] { return relay.accepted() >= 2 && client.client->status().connected() == 1; }));
   EXPECT_EQ(client.unary("after").second, "after");
+}
+
+TEST(ConnectionTest, ServerDeclaresASilentAgentDeadWithinTheDeadlineAndFailsItsStreams) {
+  using std::chrono::milliseconds;
+  ServerOptions server_options;
+  server_options.connection.ping_interval = milliseconds(250);
+  server_options.connection.dead_after = milliseconds(1500);
+  ServerHarness server(server_options);
+  std::promise<std::pair<error_code, std::string>> server_side;
+  // The call stays in flight: its message read, never answered; the next read waits.
+  std::function<void(const std::shared_ptr<Stream>&)> read_all =
+      [&server_side, &read_all](const std::shared_ptr<Stream>& stream) {
+        stream->async_read([&server_side, &read_all, stream](error_code ec, const std::string&) {
+          if (!ec) return read_all(stream);
+          server_side.set_value({ec, stream->reset_reason()});
+        });
+      };
+  server.set_stream_handler(
+      [&read_all](const std::shared_ptr<Stream>& stream) { read_all(stream); });
+  testing::TcpRelay relay(server.port);
+  auto options = client_options(server, relay.port());
+  options.connection.dead_after = std::chrono::seconds(60);  // only the server's deadline acts
+  ClientHarness client(options);
+  ASSERT_TRUE(client.wait_connected(1));
+  auto hanging = client.client->open_stream("hang", "x", true, false).value();
+  ASSERT_TRUE(eventually([&] {
+    return server.server->connections_of("node-1").size() == 1 &&
+           server.latest_connection()->stream_count() == 1;
+  }));
+
+  const auto cut_at = std::chrono::steady_clock::now();
+  relay.freeze();  // no RST, no FIN: the agent's link just goes quiet
+  ASSERT_TRUE(eventually([&] { return server.server->connections_of("node-1").empty(); }));
+  const auto detected = std::chrono::steady_clock::now() - cut_at;
+  // Not before the deadline (the last frame may have come up to a ping interval before the
+  // cut), and within it plus one keepalive tick, with a second for a loaded machine.
+  EXPECT_GE(detected, milliseconds(1500 - 250));
+  EXPECT_LE(detected, milliseconds(1500 + 125 + 1000));
+  std::cout << "silent agent declared dead after "
+            << std::chrono::duration_cast<milliseconds>(detected).count() << " ms\n";
+  // The call in flight failed at that moment, with the connection lost, not left hanging.
+  auto future = server_side.get_future();
+  const auto [ec, reason] = wait_for(future, "the stream's failure");
+  EXPECT_EQ(ec, make_error_code(Errc::kTunnelLost));
+  EXPECT_NE(reason.find("no frame from the peer"), std::string::npos) << reason;
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard<std::mutex> lock(server.mutex);
+    return !server.disconnect_codes.empty();
+  }));
+  {
+    std::lock_guard<std::mutex> lock(server.mutex);
+    EXPECT_EQ(server.disconnect_codes[0], make_error_code(Errc::kTimeout));
+  }
+  relay.cut();
+}
+
+TEST(ConnectionTest, WhenOneOfTwoConnectionsGoesSilentNewStreamsTakeTheOther) {
+  using std::chrono::milliseconds;
+  ServerHarness server;
+  testing::TcpRelay relay(server.port);
+  auto options = client_options(server, relay.port());
+  options.connections = 2;
+  options.connection.ping_interval = milliseconds(100);
+  options.connection.dead_after = std::chrono::seconds(20);  // not declared dead in this test
+  ClientHarness client(options);
+  ASSERT_TRUE(client.wait_connected(2));
+  ASSERT_TRUE(eventually([&] { return server.server->connections_of("node-1").size() == 2; }));
+  // Each connection in turn goes silent, so that whichever one the client would pick while both
+  // are idle is the silent one once.
+  for (const int silent : {0, 1}) {
+    relay.freeze_one(silent);
+    // The server's pings and answers stop arriving on that one: after two ping intervals the
+    // client holds it suspect, though it is far from its dead_after.
+    std::this_thread::sleep_for(milliseconds(600));
+    ASSERT_EQ(client.client->status().connected(), 2);  // still up: not declared dead
+    for (int i = 0; i < 6; ++i) {
+      const auto [ec, response] = client.unary("call " + std::to_string(i));
+      EXPECT_FALSE(ec) << "link " << silent << " silent: " << ec.message();
+      EXPECT_EQ(response, "call " + std::to_string(i));
+    }
+    relay.thaw();
+    std::this_thread::sleep_for(milliseconds(600));  // both answer again
+  }
+  relay.cut();
 }
 
 TEST(ConnectionTest, TwoConnectionsSpreadStreamsAndEachStreamStaysOnItsOwn) {
