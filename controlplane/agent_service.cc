@@ -108,10 +108,17 @@ tunnel::TunnelServer::Handlers AgentService::handlers() {
 
 void AgentService::authenticate(const std::string& credential, const std::string& remote,
                                 const tunnel::TunnelServer::AuthDone& done) {
+  const bool throttled = throttle_ != nullptr && throttle_->retry_after(remote) > 0;
   auto identity = check_credential(credential, remote);
   if (!identity.ok() && identity.error().code() == ErrorCode::kUnauthenticated &&
       throttle_ != nullptr) {
     throttle_->record_failure(remote);
+    if (const int64_t wait = throttle_->retry_after(remote); throttled && wait > 0) {
+      identity = Error(ErrorCode::kResourceExhausted,
+                       identity.error().message() +
+                           "; too many refused credentials from this address: try again in " +
+                           std::to_string(wait) + " s");
+    }
   }
   done(std::move(identity));
 }
@@ -121,8 +128,8 @@ Result<std::string> AgentService::check_credential(const std::string& credential
   const auto refuse = [](const std::string& why) -> Error {
     return {ErrorCode::kUnauthenticated, why};
   };
-  // A node credential verified before passes even while its address is throttled: it costs no
-  // KDF, and a guess can never be in this cache.
+  // A node credential verified before passes at once, throttled address or not: it costs no KDF,
+  // and a guess can never be in this cache.
   const bool node_credential = credential.compare(0, kNodeCredentialPrefix.size() + 1,
                                                   std::string(kNodeCredentialPrefix) + "_") == 0;
   const std::string fingerprint = node_credential ? sha256_hex(credential) : std::string();
@@ -135,13 +142,9 @@ Result<std::string> AgentService::check_credential(const std::string& credential
       verified_.erase(it);
     }
   }
-  if (throttle_ != nullptr) {
-    if (const int64_t wait = throttle_->retry_after(remote); wait > 0) {
-      return Error(ErrorCode::kResourceExhausted,
-                   "too many refused credentials from this address; try again in " +
-                       std::to_string(wait) + " s");
-    }
-  }
+  // Anything else may cost a KDF: a throttled address's checks wait their turn in the lane.
+  std::unique_lock<std::mutex> lane;
+  if (throttle_ != nullptr) lane = throttle_->lane(remote);
   if (credential.compare(0, kJoinTokenPrefix.size() + 1, std::string(kJoinTokenPrefix) + "_") ==
       0) {
     auto parsed = parse_token(credential, kJoinTokenPrefix);

@@ -132,23 +132,6 @@ const char* scope_name(Scope scope) {
   return "";
 }
 
-// A 429 with Retry-After while the client's address is over its budget of refused credentials
-// (auth_throttle.h), decided before any KDF runs; nothing when it may try.
-std::optional<HttpResponse> throttled(ApiServices& s, const HttpRequest& request) {
-  const int64_t wait = s.auth->retry_after(request.header("authorization"), request.remote);
-  if (wait <= 0) return std::nullopt;
-  LOG_DEBUG("control.auth_throttled_request",
-            request.request_id << " from " << request.remote << ": throttled for " << wait << " s");
-  HttpResponse response =
-      error_response(Error(ErrorCode::kResourceExhausted,
-                           "too many refused credentials from this address; try again in " +
-                               std::to_string(wait) + " s"),
-                     request.request_id);
-  response.status = 429;
-  response.headers.emplace_back("Retry-After", std::to_string(wait));
-  return response;
-}
-
 // Authenticates, checks the scope and the {user} of the path. Fills call.
 Status admit(ApiServices& s, const HttpRequest& request, Scope scope, Call& call) {
   OUTPOST_ASSIGN_OR_RETURN(call.principal,
@@ -179,14 +162,55 @@ bool is_upload_route(const HttpRequest& head) {
          match("/v2/users/{user}/models/{model}/versions", head.path, params);
 }
 
+bool is_health_check(const HttpRequest& request) {
+  return request.path == "/v2/healthz" && (request.method == "GET" || request.method == "HEAD");
+}
+
+// The route of `request`, its {placeholders} put in call.params; not_found for an unknown path,
+// invalid_argument for a method the path does not take.
+Result<const Route*> find_route(const HttpRequest& request, Call& call) {
+  bool path_known = false;
+  for (const Route& route : routes()) {
+    if (!match(route.pattern, request.path, call.params)) continue;
+    path_known = true;
+    if (request.method == route.method) return &route;
+  }
+  if (path_known) {
+    return invalid_argument("method " + request.method + " is not allowed on " + request.path);
+  }
+  return Error(ErrorCode::kNotFound,
+               "no endpoint " + request.method + " " + request.path + " (docs/api.md lists them)");
+}
+
+// The answer to a request whose credential or scope does not admit it; nothing when admitted
+// (call filled).
+std::optional<HttpResponse> refusal(ApiServices& s, const HttpRequest& request, Scope scope,
+                                    Call& call) {
+  const Status admitted = admit(s, request, scope, call);
+  if (admitted.ok()) return std::nullopt;
+  const Error& error = admitted.error();
+  if (error.code() == ErrorCode::kUnauthenticated) {
+    LOG_NOTICE("control.auth_refused",
+               request.request_id << " from " << request.remote << ": " << error.message());
+  }
+  int64_t retry_after = 0;
+  if (error.code() == ErrorCode::kResourceExhausted) {
+    retry_after = s.auth->throttled_for(request.remote);
+    LOG_DEBUG("control.auth_throttled_request",
+              request.request_id << " from " << request.remote << ": " << error.message());
+  }
+  return error_response(error, request.request_id, retry_after);
+}
+
 }  // namespace
 
 HttpHandlers Api::handlers() {
   std::weak_ptr<Api> weak = shared_from_this();
   HttpHandlers handlers;
-  handlers.body_policy = [weak](const HttpRequest& head) {
+  handlers.admit_head = [weak](const HttpRequest& head, std::function<void(HeadDecision)> done) {
     auto self = weak.lock();
-    return self ? self->body_policy(head) : BodyPolicy{};
+    if (!self) return done(HeadDecision{HttpResponse{503, "application/json", "", {}}, {}});
+    self->admit_head(head, std::move(done));
   };
   handlers.on_request = [weak](std::shared_ptr<HttpExchange> exchange) {
     auto self = weak.lock();
@@ -208,47 +232,46 @@ BodyPolicy Api::body_policy(const HttpRequest& head) const {
   return BodyPolicy{services_.config->max_request_bytes, false};
 }
 
+void Api::admit_head(const HttpRequest& head, std::function<void(HeadDecision)> done) {
+  if (is_health_check(head)) return done(HeadDecision{std::nullopt, body_policy(head)});
+  Call call;
+  const auto route = find_route(head, call);
+  if (!route.ok()) return done(HeadDecision{error_response(route.error(), head.request_id), {}});
+  const Scope scope = route.value()->scope;
+  auto decide = [self = shared_from_this(), head, scope, done = std::move(done)]() mutable {
+    Call call;
+    (void)find_route(head, call);
+    done(HeadDecision{refusal(self->services_, head, scope, call), self->body_policy(head)});
+  };
+  // A credential verified before is decided here, on the connection's own thread; any other
+  // may cost a KDF, which runs on the blocking pool.
+  if (services_.auth->is_verified(head.header("authorization"))) return decide();
+  asio::post(services_.pool, std::move(decide));
+}
+
 void Api::handle(const std::shared_ptr<HttpExchange>& exchange) {
   const HttpRequest& request = exchange->request();
   const std::string& request_id = request.request_id;
-  if (request.path == "/v2/healthz" && (request.method == "GET" || request.method == "HEAD")) {
+  if (is_health_check(request)) {
     return exchange->respond(json_response(Reply{200, {{"healthy", true}}}, request_id));
   }
-  bool path_known = false;
-  for (const Route& route : routes()) {
-    Call call;
-    if (!match(route.pattern, request.path, call.params)) continue;
-    path_known = true;
-    if (request.method != route.method) continue;
-    if (auto refusal = throttled(services_, request)) return exchange->respond(std::move(*refusal));
-    const Status admitted = admit(services_, request, route.scope, call);
-    if (!admitted.ok()) {
-      if (admitted.error().code() == ErrorCode::kUnauthenticated) {
-        LOG_NOTICE("control.auth_refused",
-                   request_id << " from " << request.remote << ": " << admitted.error().message());
-      }
-      return exchange->respond(error_response(admitted.error(), request_id));
-    }
-    if (route.async != nullptr) return route.async(services_, call, exchange);
-    Result<Reply> reply = route.sync(services_, call);
-    if (!reply.ok()) {
-      if (reply.error().code() == ErrorCode::kInternal) {
-        LOG_ERROR("control.internal_error", request_id << ": " << reply.error().message());
-      }
-      return exchange->respond(error_response(reply.error(), request_id));
-    }
-    return exchange->respond(json_response(std::move(reply).value(), request_id));
+  // The head was admitted before the body was read; this check again costs no KDF (the
+  // credential is among the verified ones) and sees a key deleted while the body was arriving.
+  Call call;
+  const auto route = find_route(request, call);
+  if (!route.ok()) return exchange->respond(error_response(route.error(), request_id));
+  if (auto refused = refusal(services_, request, route.value()->scope, call)) {
+    return exchange->respond(std::move(*refused));
   }
-  if (path_known) {
-    return exchange->respond(
-        error_response(Error(ErrorCode::kInvalidArgument,
-                             "method " + request.method + " is not allowed on " + request.path),
-                       request_id));
+  if (route.value()->async != nullptr) return route.value()->async(services_, call, exchange);
+  Result<Reply> reply = route.value()->sync(services_, call);
+  if (!reply.ok()) {
+    if (reply.error().code() == ErrorCode::kInternal) {
+      LOG_ERROR("control.internal_error", request_id << ": " << reply.error().message());
+    }
+    return exchange->respond(error_response(reply.error(), request_id));
   }
-  exchange->respond(error_response(
-      Error(ErrorCode::kNotFound,
-            "no endpoint " + request.method + " " + request.path + " (docs/api.md lists them)"),
-      request_id));
+  exchange->respond(json_response(std::move(reply).value(), request_id));
 }
 
 void Api::handle_websocket(const std::shared_ptr<WebSocketUpgrade>& upgrade) {
@@ -256,10 +279,8 @@ void Api::handle_websocket(const std::shared_ptr<WebSocketUpgrade>& upgrade) {
   for (const char* pattern : websocket_patterns()) {
     Call call;
     if (!match(pattern, request.path, call.params)) continue;
-    if (auto refusal = throttled(services_, request)) return upgrade->reject(std::move(*refusal));
-    const Status admitted = admit(services_, request, Scope::kPredict, call);
-    if (!admitted.ok()) {
-      return upgrade->reject(error_response(admitted.error(), request.request_id));
+    if (auto refused = refusal(services_, request, Scope::kPredict, call)) {
+      return upgrade->reject(std::move(*refused));
     }
     return predict_stream(services_, call, upgrade);
   }
@@ -280,7 +301,7 @@ int http_status(ErrorCode code) {
     case ErrorCode::kPermissionDenied:
       return 403;
     case ErrorCode::kResourceExhausted:
-      return 413;
+      return 429;  // a capacity limit; a body over a size limit is answered 413 where it is read
     case ErrorCode::kFailedPrecondition:
       return 409;
     case ErrorCode::kUnavailable:
@@ -305,15 +326,21 @@ std::string error_json(const Error& error, const std::string& request_id) {
       .dump();
 }
 
-HttpResponse error_response(const Error& error, const std::string& request_id) {
+HttpResponse error_response(const Error& error, const std::string& request_id,
+                            int64_t retry_after_seconds) {
   HttpResponse response;
   response.status = http_status(error.code());
   response.body = error_json(error, request_id) + "\n";
   if (error.code() == ErrorCode::kUnauthenticated) {
     response.headers.emplace_back("WWW-Authenticate", "Key");
   }
-  // Unavailable is temporary by definition (a replica starting, a node reconnecting).
-  if (response.status == 503) response.headers.emplace_back("Retry-After", "2");
+  // Both are temporary by definition: a limit of the moment (429), a replica starting or a node
+  // reconnecting (503). Clients that honour Retry-After come back when it is worth it.
+  if (retry_after_seconds <= 0 && response.status == 429) retry_after_seconds = 1;
+  if (retry_after_seconds <= 0 && response.status == 503) retry_after_seconds = 2;
+  if (retry_after_seconds > 0) {
+    response.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+  }
   return response;
 }
 

@@ -51,6 +51,8 @@ class Api : public std::enable_shared_from_this<Api> {
   HttpHandlers handlers();
 
  private:
+  // Route, credential and scope from the head alone, before the body is read.
+  void admit_head(const HttpRequest& head, std::function<void(HeadDecision)> done);
   void handle(const std::shared_ptr<HttpExchange>& exchange);
   void handle_websocket(const std::shared_ptr<WebSocketUpgrade>& upgrade);
   BodyPolicy body_policy(const HttpRequest& head) const;

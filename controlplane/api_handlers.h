@@ -31,7 +31,9 @@ struct Reply {
 int http_status(ErrorCode code);
 // {"status": {"code": ..., "description": ..., "req_id": ...}}
 std::string error_json(const Error& error, const std::string& request_id);
-HttpResponse error_response(const Error& error, const std::string& request_id);
+// A 429 or 503 carries Retry-After: `retry_after_seconds` when given, else 1 s (429) or 2 s (503).
+HttpResponse error_response(const Error& error, const std::string& request_id,
+                            int64_t retry_after_seconds = 0);
 HttpResponse json_response(Reply reply, const std::string& request_id);
 // The request body as a JSON object (or YAML for the YAML content types).
 Result<nlohmann::json> body_object(const Call& call);

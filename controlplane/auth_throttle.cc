@@ -56,19 +56,35 @@ void AuthThrottle::record_failure(std::string_view remote) {
   if (options_.max_failures <= 0) return;
   const std::string source = source_of(remote);
   const int64_t now = clock_.now_seconds();
+  Window over_budget;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (windows_.size() >= kMaxTracked && windows_.count(source) == 0) prune(now);
+    Window& window = windows_[source];
+    if (window.failures == 0 || now >= window.start + options_.window_seconds ||
+        now < window.start) {
+      window = Window{now, 0};
+    }
+    if (++window.failures != options_.max_failures) return;
+    over_budget = window;
+  }
+  LOG_WARNING("control.auth_throttled",
+              source << " had " << over_budget.failures << " credentials refused within "
+                     << options_.window_seconds
+                     << " s; its credentials are checked one at a time and refusals answered "
+                        "429 until "
+                     << format_time(over_budget.start + options_.window_seconds));
+  if (keeper_) keeper_(source, over_budget.start, over_budget.failures);
+}
+
+void AuthThrottle::restore(const std::string& source, int64_t start, int failures) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (windows_.size() >= kMaxTracked && windows_.count(source) == 0) prune(now);
-  Window& window = windows_[source];
-  if (window.failures == 0 || now >= window.start + options_.window_seconds || now < window.start) {
-    window = Window{now, 0};
-  }
-  if (++window.failures == options_.max_failures) {
-    LOG_WARNING("control.auth_throttled",
-                source << " had " << window.failures << " credentials refused within "
-                       << options_.window_seconds
-                       << " s; its unverified credentials are refused (429) until "
-                       << format_time(window.start + options_.window_seconds));
-  }
+  windows_[source] = Window{start, failures};
+}
+
+std::unique_lock<std::mutex> AuthThrottle::lane(std::string_view remote) {
+  if (retry_after(remote) == 0) return {};
+  return std::unique_lock<std::mutex>(lane_);
 }
 
 void AuthThrottle::prune(int64_t now) {

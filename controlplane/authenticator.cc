@@ -21,29 +21,34 @@ const std::set<std::string>& all_scopes() {
 
 Result<Principal> Authenticator::authenticate(std::string_view authorization,
                                               std::string_view remote) {
+  if (throttle_ == nullptr || authorization.empty()) return check(authorization);
+  std::unique_lock<std::mutex> lane;
+  if (!is_verified(authorization)) lane = throttle_->lane(remote);
+  const bool throttled = throttle_->retry_after(remote) > 0;  // before this refusal counts
   auto principal = check(authorization);
-  if (!principal.ok() && principal.error().code() == ErrorCode::kUnauthenticated &&
-      !authorization.empty() && throttle_ != nullptr) {
-    throttle_->record_failure(remote);
+  if (principal.ok() || principal.error().code() != ErrorCode::kUnauthenticated) return principal;
+  throttle_->record_failure(remote);
+  if (const int64_t wait = throttle_->retry_after(remote); throttled && wait > 0) {
+    return Error(ErrorCode::kResourceExhausted,
+                 principal.error().message() +
+                     "; too many refused credentials from this address: try again in " +
+                     std::to_string(wait) + " s");
   }
   return principal;
 }
 
-int64_t Authenticator::retry_after(std::string_view authorization, std::string_view remote) {
-  if (throttle_ == nullptr) return 0;
-  const int64_t wait = throttle_->retry_after(remote);
-  if (wait == 0) return 0;
+bool Authenticator::is_verified(std::string_view authorization) {
   constexpr std::string_view kScheme = "Key ";
-  if (authorization.substr(0, kScheme.size()) == kScheme) {
-    const std::string fingerprint = sha256_hex(authorization.substr(kScheme.size()));
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto it = verified_.find(fingerprint);
-    if (it != verified_.end() &&
-        (!it->second.expires_at.has_value() || *it->second.expires_at > clock_.now_seconds())) {
-      return 0;
-    }
-  }
-  return wait;
+  if (authorization.substr(0, kScheme.size()) != kScheme) return false;
+  const std::string fingerprint = sha256_hex(authorization.substr(kScheme.size()));
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = verified_.find(fingerprint);
+  return it != verified_.end() &&
+         (!it->second.expires_at.has_value() || *it->second.expires_at > clock_.now_seconds());
+}
+
+int64_t Authenticator::throttled_for(std::string_view remote) {
+  return throttle_ == nullptr ? 0 : throttle_->retry_after(remote);
 }
 
 Result<Principal> Authenticator::check(std::string_view authorization) {

@@ -42,10 +42,14 @@ class Authenticator {
 
   // From the Authorization header sent from `remote` ("address:port"). unauthenticated with a
   // message saying what is wrong; every refusal but a missing header counts against `remote`.
+  // A token that verifies is never refused, throttled address or not. While `remote` is
+  // throttled (AuthThrottle), its checks take the throttle's lane, one at a time, and a refusal
+  // is resource_exhausted (429 with throttled_for(remote) as Retry-After).
   Result<Principal> authenticate(std::string_view authorization, std::string_view remote = {});
-  // Seconds before `remote` may present `authorization`: 0 when the token was verified before
-  // (and has not expired) or the address is within its budget of refusals.
-  int64_t retry_after(std::string_view authorization, std::string_view remote);
+  // The token was verified before and has not expired: authenticate() costs no KDF.
+  bool is_verified(std::string_view authorization);
+  // Seconds `remote` stays throttled; 0: it is not.
+  int64_t throttled_for(std::string_view remote);
 
   // A new key for `user_id`; `expires_at` empty: never.
   Result<NewKey> create_key(const std::string& user_id, const std::set<std::string>& scopes,

@@ -73,8 +73,27 @@ Result<ControlConfig> parse_control_config(std::string_view yaml, ControlConfig 
   assign(config.admin_token_file, token_file);
 
   OUTPOST_ASSIGN_OR_RETURN(auto limits, root.object("limits"));
-  OUTPOST_RETURN_IF_ERROR(limits.only({"max_request_bytes", "max_model_bytes",
-                                       "inspect_timeout_seconds", "predict_timeout_seconds"}));
+  OUTPOST_RETURN_IF_ERROR(limits.only(
+      {"max_request_bytes", "max_model_bytes", "inspect_timeout_seconds", "predict_timeout_seconds",
+       "max_connections", "max_connections_per_address", "max_body_memory_bytes",
+       "max_body_disk_bytes", "body_idle_timeout_seconds", "body_min_bytes_per_second"}));
+  struct SizeField {
+    const char* name;
+    int64_t min;
+    int64_t max;
+    uint64_t* target;
+  };
+  for (const SizeField& field :
+       {SizeField{"max_connections", 1, 1'000'000, &config.max_connections},
+        SizeField{"max_connections_per_address", 1, 1'000'000, &config.max_connections_per_address},
+        SizeField{"max_body_memory_bytes", 1024, int64_t{1} << 40, &config.max_body_memory_bytes},
+        SizeField{"max_body_disk_bytes", 1024, int64_t{1} << 50, &config.max_body_disk_bytes},
+        SizeField{"body_idle_timeout_seconds", 1, 3600, &config.body_idle_timeout_seconds},
+        SizeField{"body_min_bytes_per_second", 0, int64_t{1} << 40,
+                  &config.body_min_bytes_per_second}}) {
+    OUTPOST_ASSIGN_OR_RETURN(auto value, limits.optional_int(field.name, field.min, field.max));
+    if (value.has_value()) *field.target = static_cast<uint64_t>(*value);
+  }
   OUTPOST_ASSIGN_OR_RETURN(auto max_request,
                            limits.optional_int("max_request_bytes", 1024, int64_t{1} << 32));
   if (max_request.has_value()) config.max_request_bytes = static_cast<uint64_t>(*max_request);

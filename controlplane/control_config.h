@@ -7,7 +7,10 @@
 //   worker_path: /usr/lib/outpost/outpost-worker      # runs `inspect` on uploaded models
 //   admin: {user: admin, token_file: /var/lib/outpost-control/admin-token}
 //   limits: {max_request_bytes: 16777216, max_model_bytes: 2147483648,
-//            inspect_timeout_seconds: 120, predict_timeout_seconds: 300}
+//            inspect_timeout_seconds: 120, predict_timeout_seconds: 300,
+//            max_connections: 4096, max_connections_per_address: 256,
+//            max_body_memory_bytes: 268435456, max_body_disk_bytes: 8589934592,
+//            body_idle_timeout_seconds: 15, body_min_bytes_per_second: 16384}
 //   url_inputs: {allow_private_addresses: false, max_bytes: 16777216, timeout_seconds: 10,
 //                ca_file: ""}
 //   threads: {io: 2, blocking: 4}
@@ -17,6 +20,7 @@
 //             node_offline_grace_seconds: 30}           # docs/scaling.md
 //   metrics: {listen: ""}                              # e.g. "127.0.0.1:9464"; empty: off
 //   auth_throttle: {max_failures: 10, window_seconds: 60}  # per address; 0 failures: off
+//   tunnel: {keepalive_seconds: 2, dead_after_seconds: 8}  # PING each agent; silent: dead
 #pragma once
 
 #include <cstdint>
@@ -40,6 +44,13 @@ struct ControlConfig {
   uint64_t max_model_bytes = uint64_t{2} * 1024 * 1024 * 1024;
   int inspect_timeout_seconds = 120;
   int predict_timeout_seconds = 300;
+  // HTTP connections and request bodies (http_server.h, docs/security.md).
+  uint64_t max_connections = 4096;
+  uint64_t max_connections_per_address = 256;
+  uint64_t max_body_memory_bytes = 256 * 1024 * 1024;
+  uint64_t max_body_disk_bytes = uint64_t{8} * 1024 * 1024 * 1024;
+  uint64_t body_idle_timeout_seconds = 15;
+  uint64_t body_min_bytes_per_second = 16 * 1024;
   bool url_allow_private = false;
   uint64_t url_max_bytes = 16 * 1024 * 1024;
   int url_timeout_seconds = 10;
@@ -53,10 +64,12 @@ struct ControlConfig {
   int cold_start_timeout_seconds = 60;  // how long a request waits for a replica to start
   int max_held_requests = 100;          // per deployment, waiting for a replica to start
   int node_offline_grace_seconds = 30;  // before an offline node's replicas move
-  // tunnel keepalive: a PING every keepalive_seconds; an agent silent for dead_after_seconds is
-  // gone (its calls are retried elsewhere, docs/scaling.md).
-  int tunnel_keepalive_seconds = 15;
-  int tunnel_dead_after_seconds = 45;
+  // tunnel keepalive: a PING every keepalive_seconds; a connection silent for dead_after_seconds
+  // is dead, and a node whose every connection is dead leaves routing at that moment (its calls
+  // in flight fail with `unavailable`; docs/reliability.md, "Partitions"). Four PINGs missed:
+  // no false alarm from a lost packet or a loaded agent, and a partition noticed within 9 s.
+  int tunnel_keepalive_seconds = 2;
+  int tunnel_dead_after_seconds = 8;
   // auth_throttle (auth_throttle.h): refused credentials allowed per source address and window.
   int auth_max_failures = 10;
   int auth_window_seconds = 60;

@@ -67,6 +67,23 @@ class ControlPlane::Impl {
     artifacts_ = std::make_unique<ArtifactStore>(std::move(artifacts));
     auth_throttle_ = std::make_unique<AuthThrottle>(
         AuthThrottleOptions{config_.auth_max_failures, config_.auth_window_seconds}, *clock_);
+    // Windows that went over their budget before a restart still hold.
+    auto kept = store_->list_throttle_windows(clock_->now_seconds() - config_.auth_window_seconds);
+    if (kept.ok()) {
+      for (const auto& window : *kept) {
+        auth_throttle_->restore(window.source, window.start, window.failures);
+      }
+    } else {
+      LOG_WARNING("control.auth_throttle_unread",
+                  "the kept throttle windows cannot be read: " << kept.error().message());
+    }
+    auth_throttle_->set_keeper(
+        [store = store_.get()](const std::string& source, int64_t start, int failures) {
+          if (auto kept = store->save_throttle_window({source, start, failures}); !kept.ok()) {
+            LOG_WARNING("control.auth_throttle_unsaved",
+                        "a throttle window cannot be kept: " << kept.error().message());
+          }
+        });
     auth_ = std::make_unique<Authenticator>(*store_, *clock_, auth_throttle_.get());
     OUTPOST_RETURN_IF_ERROR(bootstrap_admin());
 
@@ -130,6 +147,12 @@ class ControlPlane::Impl {
     HttpServerOptions http_options;
     http_options.temp_dir = temp_dir_;
     http_options.websocket_message_limit = config_.max_request_bytes;
+    http_options.max_connections = config_.max_connections;
+    http_options.max_connections_per_address = config_.max_connections_per_address;
+    http_options.max_body_memory_bytes = config_.max_body_memory_bytes;
+    http_options.max_body_disk_bytes = config_.max_body_disk_bytes;
+    http_options.body_idle_timeout = std::chrono::seconds(config_.body_idle_timeout_seconds);
+    http_options.body_min_bytes_per_second = config_.body_min_bytes_per_second;
     http_ = HttpServer::create(*io_, tls, http_options, api_->handlers(), tunnel_);
     LOG_INFO("control.started", "state in " << config_.data_dir << " (schema version "
                                             << store_->schema_version() << "), model inspection by "

@@ -19,8 +19,7 @@ Error sqlite_error(sqlite3* db, std::string_view what) {
   std::string message = std::string(what) + ": " + (db != nullptr ? sqlite3_errmsg(db) : "");
   if ((code & 0xff) == SQLITE_CONSTRAINT) return Error(ErrorCode::kAlreadyExists, message);
   if ((code & 0xff) == SQLITE_FULL) {
-    return Error(ErrorCode::kResourceExhausted,
-                 "the data directory's disk is full (" + message + ")");
+    return unavailable("the data directory's disk is full (" + message + ")");
   }
   if ((code & 0xff) == SQLITE_BUSY) return unavailable("the database is busy: " + message);
   return internal_error("database error: " + message);

@@ -1,16 +1,19 @@
 #include "controlplane/http_server.h"
 
+#include <array>
 #include <deque>
 #include <filesystem>
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <unordered_map>
 
 #include <boost/asio/strand.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
 #include "common/log.h"
+#include "controlplane/auth_throttle.h"
 #include "controlplane/ids.h"
 #include "controlplane/secrets.h"
 #include "tunnel/server.h"
@@ -72,6 +75,36 @@ std::string error_body(std::string_view code, std::string_view message,
 
 class ServerImpl;
 
+// Connections answered 429 and closed, beyond the limits, before further ones are closed at
+// accept without a TLS handshake.
+constexpr size_t kRefusingSlack = 64;
+
+// After a refusal whose body was not read: how long, and how much of what still arrives, is read
+// and dropped before the socket closes (see Session::linger).
+constexpr std::chrono::milliseconds kLingerTime{2'000};
+constexpr size_t kLingerBytes = 1024 * 1024;
+
+// Bytes of a body being read, held against the server's budget (memory or disk) until the
+// exchange that holds the body ends. Empty: nothing held.
+class BodyLease {
+ public:
+  BodyLease() = default;
+  // Empty when the budget cannot hold `bytes` more.
+  static BodyLease take(const std::shared_ptr<ServerImpl>& server, bool disk, size_t bytes);
+  BodyLease(BodyLease&& other) noexcept { *this = std::move(other); }
+  BodyLease& operator=(BodyLease&& other) noexcept;
+  BodyLease(const BodyLease&) = delete;
+  BodyLease& operator=(const BodyLease&) = delete;
+  ~BodyLease() { release(); }
+  void release();
+  explicit operator bool() const { return server_ != nullptr; }
+
+ private:
+  std::shared_ptr<ServerImpl> server_;
+  bool disk_ = false;
+  size_t bytes_ = 0;
+};
+
 // Holds `owner` inside a write's completion handler. Asio runs every handler once, unless the
 // io_context is torn down with the operation still pending; then the handler is destroyed
 // without running, and this drops the owner's queued writes. Their callbacks may hold the owner
@@ -97,7 +130,11 @@ class WriteHandlerOwner {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(std::shared_ptr<ServerImpl> server, tcp::socket socket, std::string remote);
+  // `over_limit`: the connection is past the server's connection limits; its first request is
+  // answered 429 and the connection closed.
+  Session(std::shared_ptr<ServerImpl> server, tcp::socket socket, std::string remote,
+          std::string source, bool over_limit);
+  ~Session();
   void start();
 
   // Called (on the strand) by the exchange.
@@ -118,11 +155,18 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_head();
   void on_head(error_code ec);
   void process_head();
+  void on_admitted(HeadDecision decision);
+  void read_body_part();
+  void on_body_part(error_code ec, size_t bytes);
   void on_body(error_code ec);
-  void refuse(int status, std::string_view code, const std::string& message);
+  // Answers an error and closes the connection; `retry_after_seconds` > 0 adds Retry-After.
+  void refuse(int status, std::string_view code, const std::string& message,
+              int retry_after_seconds = 0);
   void begin_exchange();
   void finish_exchange(bool keep_alive);
   void client_gone();
+  void linger();
+  void drain_next();
   void queue_write(std::string data, std::function<void(bool)> done);
   void write_next();
   friend class WriteHandlerOwner<Session>;
@@ -137,6 +181,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::shared_ptr<ServerImpl> server_;
   TlsStream stream_;
   std::string remote_;
+  const std::string source_;  // what the per-address connection limit counts under
+  const bool over_limit_;
   beast::flat_buffer buffer_;
   asio::steady_timer deadline_;
   asio::steady_timer write_deadline_;
@@ -144,6 +190,12 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::empty_body>> head_parser_;
   std::optional<http::request_parser<http::string_body>> string_parser_;
   std::optional<http::request_parser<http::file_body>> file_parser_;
+  BodyLease body_lease_;
+  std::chrono::steady_clock::time_point body_started_;
+  size_t body_bytes_ = 0;
+  bool unread_body_ = false;  // refused before its body was read: linger before closing
+  std::unique_ptr<std::array<char, 4096>> drain_buffer_;
+  size_t drained_ = 0;
   bool reading_head_ = false;
   bool head_ready_ = false;  // a pipelined request head waits for the current exchange
   bool exchange_active_ = false;
@@ -165,8 +217,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
 class Exchange final : public HttpExchange {
  public:
-  Exchange(std::shared_ptr<Session> session, HttpRequest request)
-      : session_(std::move(session)), request_(std::move(request)) {}
+  Exchange(std::shared_ptr<Session> session, HttpRequest request, BodyLease body_lease)
+      : session_(std::move(session)),
+        request_(std::move(request)),
+        body_lease_(std::move(body_lease)) {}
   ~Exchange() override {
     if (!request_.body_file.empty()) {
       std::error_code ignored;
@@ -208,6 +262,7 @@ class Exchange final : public HttpExchange {
  private:
   std::shared_ptr<Session> session_;
   HttpRequest request_;
+  BodyLease body_lease_;  // released with the body, when the exchange ends
 };
 
 class Upgrade final : public WebSocketUpgrade {
@@ -370,6 +425,46 @@ class ServerImpl final : public HttpServer, public std::enable_shared_from_this<
 
   asio::ssl::context& tls() { return *tls_; }
   const HttpServerOptions& options() const { return options_; }
+
+  // Connection accounting, from any thread. kServe and kRefuse are given back by
+  // close_connection when the session ends.
+  enum class Admission { kServe, kRefuse, kDrop };
+  Admission open_connection(const std::string& source) {
+    std::lock_guard<std::mutex> lock(accounting_mutex_);
+    const auto it = per_address_.find(source);
+    const size_t from_address = it == per_address_.end() ? 0 : it->second;
+    if (connections_ >= options_.max_connections ||
+        from_address >= options_.max_connections_per_address) {
+      if (refusing_ >= kRefusingSlack) return Admission::kDrop;
+      ++refusing_;
+      return Admission::kRefuse;
+    }
+    ++connections_;
+    ++per_address_[source];
+    return Admission::kServe;
+  }
+  void close_connection(const std::string& source, bool refused) {
+    std::lock_guard<std::mutex> lock(accounting_mutex_);
+    if (refused) {
+      --refusing_;
+      return;
+    }
+    --connections_;
+    const auto it = per_address_.find(source);
+    if (it != per_address_.end() && --it->second == 0) per_address_.erase(it);
+  }
+  bool reserve_body(bool disk, size_t bytes) {
+    std::lock_guard<std::mutex> lock(accounting_mutex_);
+    size_t& used = disk ? body_disk_bytes_ : body_memory_bytes_;
+    const size_t limit = disk ? options_.max_body_disk_bytes : options_.max_body_memory_bytes;
+    if (bytes > limit || used > limit - bytes) return false;
+    used += bytes;
+    return true;
+  }
+  void release_body(bool disk, size_t bytes) {
+    std::lock_guard<std::mutex> lock(accounting_mutex_);
+    (disk ? body_disk_bytes_ : body_memory_bytes_) -= bytes;
+  }
   const HttpHandlers& handlers() const { return handlers_; }
   tunnel::TunnelServer* tunnel() { return tunnel_.get(); }
 
@@ -387,7 +482,17 @@ class ServerImpl final : public HttpServer, public std::enable_shared_from_this<
                 endpoint_ec ? "unknown"
                             : remote.address().to_string() + ":" + std::to_string(remote.port());
             socket.set_option(tcp::no_delay(true), endpoint_ec);
-            std::make_shared<Session>(self, std::move(socket), std::move(name))->start();
+            std::string source = AuthThrottle::source_of(name);
+            const Admission admission = self->open_connection(source);
+            if (admission == Admission::kDrop) {
+              LOG_DEBUG("control.connection_dropped",
+                        "closed a connection from " << name << " at accept: over every limit");
+              socket.close(endpoint_ec);
+            } else {
+              std::make_shared<Session>(self, std::move(socket), std::move(name), std::move(source),
+                                        admission == Admission::kRefuse)
+                  ->start();
+            }
           }
           if (!self->stopping_) self->do_accept();
         });
@@ -400,14 +505,52 @@ class ServerImpl final : public HttpServer, public std::enable_shared_from_this<
   std::shared_ptr<tunnel::TunnelServer> tunnel_;
   tcp::acceptor acceptor_;
   std::atomic<bool> stopping_{false};
+
+  std::mutex accounting_mutex_;
+  size_t connections_ = 0;
+  size_t refusing_ = 0;
+  std::unordered_map<std::string, size_t> per_address_;
+  size_t body_memory_bytes_ = 0;
+  size_t body_disk_bytes_ = 0;
 };
 
-Session::Session(std::shared_ptr<ServerImpl> server, tcp::socket socket, std::string remote)
+BodyLease BodyLease::take(const std::shared_ptr<ServerImpl>& server, bool disk, size_t bytes) {
+  BodyLease lease;
+  if (!server->reserve_body(disk, bytes)) return lease;
+  lease.server_ = server;
+  lease.disk_ = disk;
+  lease.bytes_ = bytes;
+  return lease;
+}
+
+BodyLease& BodyLease::operator=(BodyLease&& other) noexcept {
+  if (this != &other) {
+    release();
+    server_ = std::move(other.server_);
+    disk_ = other.disk_;
+    bytes_ = other.bytes_;
+    other.server_ = nullptr;
+  }
+  return *this;
+}
+
+void BodyLease::release() {
+  if (server_ == nullptr) return;
+  server_->release_body(disk_, bytes_);
+  server_ = nullptr;
+}
+
+Session::Session(std::shared_ptr<ServerImpl> server, tcp::socket socket, std::string remote,
+                 std::string source, bool over_limit)
     : server_(std::move(server)),
       stream_(std::move(socket), server_->tls()),
       remote_(std::move(remote)),
+      source_(std::move(source)),
+      over_limit_(over_limit),
       deadline_(stream_.get_executor()),
       write_deadline_(stream_.get_executor()) {}
+
+Session::~Session() { server_->close_connection(source_, over_limit_); }
 
 void Session::start() {
   arm(server_->options().handshake_timeout);
@@ -490,6 +633,15 @@ void Session::process_head() {
   const std::string client_id = request_.header("x-request-id");
   request_.request_id = is_safe_token(client_id) ? client_id : "req-" + random_hex(8);
   keep_alive_ = head.keep_alive();
+  if (over_limit_) {
+    LOG_NOTICE("control.connection_limit", request_.request_id << ": refused a connection from "
+                                                               << remote_
+                                                               << ": over the connection limits");
+    return refuse(429, "resource_exhausted",
+                  "too many connections to this server (from this address, or in all); close "
+                  "some and try again",
+                  1);
+  }
 
   const std::string_view target = head.target();
   const auto question = target.find('?');
@@ -556,8 +708,24 @@ void Session::process_head() {
     return;
   }
 
-  BodyPolicy policy;
-  if (server_->handlers().body_policy) policy = server_->handlers().body_policy(request_);
+  // Nothing of the body is read before the application admitted the head.
+  if (!server_->handlers().admit_head) return on_admitted(HeadDecision{});
+  server_->handlers().admit_head(request_, [self = shared_from_this()](HeadDecision decision) {
+    asio::post(self->executor(), [self, decision = std::move(decision)]() mutable {
+      self->on_admitted(std::move(decision));
+    });
+  });
+}
+
+void Session::on_admitted(HeadDecision decision) {
+  if (closed_) return;
+  if (decision.refusal.has_value()) {
+    keep_alive_ = false;  // the body, if any, is never read
+    unread_body_ = true;
+    begin_exchange();
+    return send_response(*decision.refusal);
+  }
+  const BodyPolicy& policy = decision.body;
   const auto length = head_parser_->content_length();
   if (length.has_value() && *length > policy.max_bytes) {
     keep_alive_ = false;
@@ -565,11 +733,27 @@ void Session::process_head() {
                   "the request body (" + std::to_string(*length) + " bytes) is larger than the " +
                       std::to_string(policy.max_bytes) + " bytes this endpoint accepts");
   }
+  // A chunked body counts for its endpoint's limit: its length is not known before it is read.
+  const size_t expected =
+      length.has_value() ? *length : (head_parser_->chunked() ? policy.max_bytes : 0);
+  if (expected > 0) {
+    body_lease_ = BodyLease::take(server_, policy.to_file, expected);
+    if (!body_lease_) {
+      LOG_NOTICE("control.body_budget", request_.request_id
+                                            << ": refused a body of " << expected << " bytes from "
+                                            << remote_ << ": the server's "
+                                            << (policy.to_file ? "disk" : "memory")
+                                            << " budget for bodies in flight is spent");
+      return refuse(429, "resource_exhausted",
+                    "the server is receiving too many request bodies at once; try again shortly",
+                    1);
+    }
+  }
   if (request_.header("expect") == "100-continue") {
     queue_write("HTTP/1.1 100 Continue\r\n\r\n", nullptr);
   }
-  arm(server_->options().body_timeout);
-  auto on_read = [self = shared_from_this()](error_code ec, size_t) { self->on_body(ec); };
+  body_started_ = std::chrono::steady_clock::now();
+  body_bytes_ = 0;
   if (policy.to_file) {
     request_.body_file = server_->options().temp_dir + "/upload-" + random_hex(12);
     file_parser_.emplace(std::move(*head_parser_));
@@ -581,19 +765,64 @@ void Session::process_head() {
       LOG_ERROR("control.upload_open_failed",
                 "cannot create " << request_.body_file << ": " << ec.message());
       request_.body_file.clear();
-      return refuse(503, "unavailable", "cannot store the upload: " + ec.message());
+      file_parser_.reset();
+      body_lease_.release();
+      return refuse(503, "unavailable", "cannot store the upload: " + ec.message(), 2);
     }
-    http::async_read(stream_, buffer_, *file_parser_, std::move(on_read));
+    if (file_parser_->is_done()) return on_body({});
   } else {
     string_parser_.emplace(std::move(*head_parser_));
     string_parser_->body_limit(policy.max_bytes);
-    http::async_read(stream_, buffer_, *string_parser_, std::move(on_read));
+    if (string_parser_->is_done()) return on_body({});
   }
+  read_body_part();
+}
+
+void Session::read_body_part() {
+  arm(server_->options().body_idle_timeout);
+  auto on_read = [self = shared_from_this()](error_code ec, size_t bytes) {
+    self->on_body_part(ec, bytes);
+  };
+  if (file_parser_.has_value()) {
+    http::async_read_some(stream_, buffer_, *file_parser_, std::move(on_read));
+  } else {
+    http::async_read_some(stream_, buffer_, *string_parser_, std::move(on_read));
+  }
+}
+
+void Session::on_body_part(error_code ec, size_t bytes) {
+  disarm();
+  if (ec) return on_body(ec);
+  const bool done = file_parser_.has_value() ? file_parser_->is_done() : string_parser_->is_done();
+  if (done) return on_body({});
+  body_bytes_ += bytes;
+  const auto& options = server_->options();
+  const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - body_started_);
+  if (elapsed > options.body_grace &&
+      body_bytes_ * 1000 <
+          options.body_min_bytes_per_second * static_cast<size_t>(elapsed.count())) {
+    const size_t rate = body_bytes_ * 1000 / static_cast<size_t>(elapsed.count());
+    if (!request_.body_file.empty()) {
+      file_parser_.reset();
+      std::error_code ignored;
+      std::filesystem::remove(request_.body_file, ignored);
+      request_.body_file.clear();
+    }
+    string_parser_.reset();
+    body_lease_.release();
+    return refuse(
+        408, "deadline_exceeded",
+        "the request body arrived at " + std::to_string(rate) + " bytes/s, slower than the " +
+            std::to_string(options.body_min_bytes_per_second) + " bytes/s this server requires");
+  }
+  read_body_part();
 }
 
 void Session::on_body(error_code ec) {
   disarm();
   if (ec) {
+    body_lease_.release();
     if (!request_.body_file.empty()) {
       file_parser_.reset();
       std::error_code ignored;
@@ -620,7 +849,7 @@ void Session::on_body(error_code ec) {
     string_parser_.reset();
   }
   begin_exchange();
-  auto exchange = std::make_shared<Exchange>(shared_from_this(), request_);
+  auto exchange = std::make_shared<Exchange>(shared_from_this(), request_, std::move(body_lease_));
   request_.body.clear();  // the exchange has it; the session keeps only what it logs
   request_.body.shrink_to_fit();
   // Watch the connection: the next request's head, or the client leaving.
@@ -635,11 +864,17 @@ void Session::begin_exchange() {
   gone_handler_ = nullptr;
 }
 
-void Session::refuse(int status, std::string_view code, const std::string& message) {
+void Session::refuse(int status, std::string_view code, const std::string& message,
+                     int retry_after_seconds) {
   begin_exchange();
   keep_alive_ = false;
-  send_response(
-      HttpResponse{status, "application/json", error_body(code, message, request_.request_id), {}});
+  unread_body_ = true;  // a refusal: whatever the client still sends is not read
+  HttpResponse response{
+      status, "application/json", error_body(code, message, request_.request_id), {}};
+  if (retry_after_seconds > 0) {
+    response.headers.emplace_back("Retry-After", std::to_string(retry_after_seconds));
+  }
+  send_response(response);
 }
 
 void Session::finish_exchange(bool keep_alive) {
@@ -650,7 +885,10 @@ void Session::finish_exchange(bool keep_alive) {
   if (closed_) return;
   if (!keep_alive) {
     arm(server_->options().write_timeout);
-    stream_.async_shutdown([self = shared_from_this()](error_code) { self->close_socket(); });
+    stream_.async_shutdown([self = shared_from_this()](error_code) {
+      if (self->unread_body_) return self->linger();
+      self->close_socket();
+    });
     return;
   }
   if (head_ready_) return process_head();
@@ -660,6 +898,28 @@ void Session::finish_exchange(bool keep_alive) {
   }
   read_head();
   arm(server_->options().idle_timeout);
+}
+
+// A refused request's body may still be on its way. Closing a socket with unread bytes makes the
+// kernel send a reset, which can destroy the answer in the client's receive queue before the
+// client reads it. So the write side is shut, and what arrives is read and dropped until the
+// client closes, for at most kLingerTime and kLingerBytes (nginx's lingering close).
+void Session::linger() {
+  if (closed_) return;
+  error_code ignored;
+  beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_send, ignored);
+  drain_buffer_ = std::make_unique<std::array<char, 4096>>();
+  arm(kLingerTime);
+  drain_next();
+}
+
+void Session::drain_next() {
+  beast::get_lowest_layer(stream_).socket().async_read_some(
+      asio::buffer(*drain_buffer_), [self = shared_from_this()](error_code ec, size_t bytes) {
+        self->drained_ += bytes;
+        if (ec || self->closed_ || self->drained_ > kLingerBytes) return self->close_socket();
+        self->drain_next();
+      });
 }
 
 void Session::client_gone() {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -89,8 +90,18 @@ struct BodyPolicy {
   bool to_file = false;  // uploads: streamed to a file under the server's temporary directory
 };
 
+// What the application decides from a request's head alone, before any byte of its body is
+// read: a refusal (credential, scope, route, throttle), answered at once with the connection
+// closed and the body never read; or how the body is to be read.
+struct HeadDecision {
+  std::optional<HttpResponse> refusal;
+  BodyPolicy body;
+};
+
 struct HttpHandlers {
-  std::function<BodyPolicy(const HttpRequest& head)> body_policy;
+  // Called for every request but WebSocket upgrades, which are admitted before they are accepted.
+  // `done` may run on any thread (the credential check runs a KDF off the event loop).
+  std::function<void(const HttpRequest& head, std::function<void(HeadDecision)> done)> admit_head;
   std::function<void(std::shared_ptr<HttpExchange>)> on_request;
   std::function<void(std::shared_ptr<WebSocketUpgrade>)> on_websocket;
 };

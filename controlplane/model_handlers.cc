@@ -59,13 +59,13 @@ class PackageWriter final : public TarVisitor {
   }
   Status on_data(std::string_view bytes) override {
     out_.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out_) return Error(ErrorCode::kResourceExhausted, "cannot write the package (disk full?)");
+    if (!out_) return unavailable("cannot write the package (disk full?)");
     EVP_DigestUpdate(digest_, bytes.data(), bytes.size());
     return {};
   }
   Status on_file_end() override {
     out_.close();
-    if (!out_) return Error(ErrorCode::kResourceExhausted, "cannot write the package (disk full?)");
+    if (!out_) return unavailable("cannot write the package (disk full?)");
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
     EVP_DigestFinal_ex(digest_, digest, &length);

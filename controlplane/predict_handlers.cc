@@ -210,8 +210,12 @@ Result<PredictRequest> parse_predict_body(const Call& call) {
   return parse_predict_request(body);
 }
 
-// Tries of a call on different nodes when a node is lost under it or refuses it.
-constexpr size_t kMaxAttempts = 3;
+// Tries of a call when a node, an agent or a worker is lost under it or a node refuses it.
+constexpr size_t kMaxAttempts = 4;
+// The wait before the n-th try (n >= 2) that goes back to a node already tried: long enough for
+// a restarting worker or agent to report its replica as not ready, so that the call waits for it
+// (as at a cold start) instead of failing on it again.
+constexpr std::chrono::milliseconds kRetryPause{250};
 // Inputs of a stream call kept, before the node's first output, to open it again elsewhere.
 constexpr size_t kMaxReplayedInputs = 1024;
 
@@ -275,6 +279,13 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     services_->router->acquire(
         target_.deployment, avoid_,
         [self = shared_from_this()](Result<PredictRoute> route) {
+          if (!route.ok() && !self->avoid_.empty()) {
+            // No other node can take it: the nodes already tried are tried again, after a pause
+            // in which a restarting replica reports itself, and then waited for as at a cold
+            // start.
+            self->avoid_.clear();
+            return self->route_after(kRetryPause * self->attempts_);
+          }
           if (!route.ok()) return self->fail(route.error());
           self->send(*route);
         },
@@ -317,20 +328,47 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   }
 
   // The node was lost under a call that has not answered anything yet: models are pure
-  // functions of their inputs, so the call goes again to another node, and the client sees
-  // no error. A call that already streamed a chunk is not repeated.
+  // functions of their inputs, so the call goes again, to another node when one has a ready
+  // replica, else to the same one once its replica is back, and the client sees no error. A call
+  // that already streamed a chunk is not repeated. All within the caller's predict timeout.
   bool retry_elsewhere(error_code ec) {
     const bool lost = ec == tunnel::Errc::kTunnelLost || ec == tunnel::Errc::kNotConnected ||
                       ec == tunnel::Errc::kRefusedStream;
-    if (!lost || streaming_ || finished_.load() || ++attempts_ >= kMaxAttempts) return false;
-    LOG_NOTICE("control.predict_retried", request_id() << ": node " << node_id_
-                                                       << " was lost under the call ("
-                                                       << ec.message() << "); trying another node");
+    return lost && retry("node " + node_id_ + " was lost under the call (" + ec.message() + ")");
+  }
+
+  // The agent answered that the replica's worker went away, or that it is draining: nothing
+  // came back, so the call goes again as above.
+  bool retry_after_agent_error(const Error& error) {
+    return error.code() == ErrorCode::kUnavailable &&
+           retry("node " + node_id_ + " answered: " + error.message());
+  }
+
+  bool retry(const std::string& why) {
+    if (streaming_ || finished_.load() || ++attempts_ >= kMaxAttempts) return false;
+    if (std::chrono::steady_clock::now() - arrived_ >
+        std::chrono::seconds(services_->config->predict_timeout_seconds)) {
+      return false;
+    }
+    LOG_NOTICE("control.predict_retried",
+               request_id() << ": " << why << "; trying again (attempt " << attempts_ + 1 << ")");
     avoid_.insert(node_id_);
     deadline_.cancel();
     guard_.reset();
-    asio::post(services_->pool, [self = shared_from_this()] { self->route(); });
+    route_after(std::chrono::milliseconds(0));
     return true;
+  }
+
+  // Routes again (on the pool, which reads the store) after `pause`.
+  void route_after(std::chrono::milliseconds pause) {
+    if (pause.count() == 0) {
+      asio::post(services_->pool, [self = shared_from_this()] { self->route(); });
+      return;
+    }
+    auto timer = std::make_shared<asio::steady_timer>(*services_->io, pause);
+    timer->async_wait([self = shared_from_this(), timer](error_code) {
+      asio::post(self->services_->pool, [self] { self->route(); });
+    });
   }
 
   void cancel(const std::string& why) {
@@ -352,7 +390,10 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     if (!parsed.ok() || !parsed->is_object()) {
       return fail(Error(ErrorCode::kDataLoss, "the node answered with a malformed message"));
     }
-    if (auto error = agent_error(*parsed)) return fail(*error);
+    if (auto error = agent_error(*parsed)) {
+      if (retry_after_agent_error(*error)) return;
+      return fail(*error);
+    }
     if (finished_.exchange(true)) return;
     deadline_.cancel();
     record("ok");
@@ -391,6 +432,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       return fail(Error(ErrorCode::kDataLoss, "the node sent a malformed chunk"));
     }
     if (auto error = agent_error(*parsed)) {
+      if (retry_after_agent_error(*error)) return;
       cancel("the node reported an error");
       return fail(*error);
     }

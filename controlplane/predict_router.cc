@@ -1,6 +1,7 @@
 #include "controlplane/predict_router.h"
 
 #include <tuple>
+#include <utility>
 
 #include <boost/asio/post.hpp>
 
@@ -27,22 +28,32 @@ PredictRouter::Choice PredictRouter::consider(const Deployment& deployment,
   double overflow_load = 0;
   for (const auto& pool : deployment.nodepool_ids) {
     std::optional<PredictRoute> best;
-    std::tuple<int64_t, int64_t, std::string> best_score;
+    std::tuple<bool, int64_t, int64_t, std::string> best_score;
     int64_t ready = 0;
     for (const auto& replica : *replicas) {
       if (replica.deployment_id != deployment.id || replica.nodepool_id != pool) continue;
       ++assigned;
       std::shared_ptr<tunnel::Connection> connection;
       if (tunnel_) {
-        size_t fewest = SIZE_MAX;
+        // The fewest streams, on a connection that answers when the node has one: one that
+        // went silent (its path cut, not yet declared dead) takes calls only if all did. A
+        // node leaves routing when its last connection is declared dead (dead_after).
+        std::pair<bool, size_t> chosen{true, SIZE_MAX};  // (suspect, streams)
         for (auto& candidate : tunnel_->connections_of(replica.node_id)) {
-          if (candidate->is_going_away() || candidate->stream_count() >= fewest) continue;
-          fewest = candidate->stream_count();
+          if (candidate->is_going_away()) continue;
+          const std::pair<bool, size_t> score{!candidate->is_responsive(),
+                                              candidate->stream_count()};
+          if (connection && score >= chosen) continue;
+          chosen = score;
           connection = candidate;
         }
       }
       if (!connection) {
         offline.insert(replica.node_id);
+        // A node that went away moments ago (its agent restarting, its tunnel reconnecting) is
+        // waited for within node_offline_grace_seconds, as at a cold start; after that the
+        // scheduler moves its replicas.
+        if (scaling_ != nullptr && scaling_->usable(replica.node_id, false)) out.coming = true;
         continue;
       }
       const ReplicaState state = fleet_.replica(replica.node_id, replica.id);
@@ -59,8 +70,10 @@ PredictRouter::Choice PredictRouter::consider(const Deployment& deployment,
       }
       if (avoid.count(replica.node_id) > 0) continue;
       ++ready;
-      auto score = std::make_tuple(fleet_.outstanding(replica.node_id), state.ongoing_requests,
-                                   replica.node_id);
+      // A node gone silent is chosen last: it may be cut off and about to be declared dead.
+      auto score =
+          std::make_tuple(!connection->is_responsive(), fleet_.outstanding(replica.node_id),
+                          state.ongoing_requests, replica.node_id);
       if (!best.has_value() || score < best_score) {
         best = PredictRoute{replica.node_id, replica.id, pool, connection};
         best_score = std::move(score);

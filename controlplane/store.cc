@@ -127,6 +127,14 @@ CREATE TABLE deployment_scales (
   PRIMARY KEY (user_id, deployment_id, nodepool_id),
   FOREIGN KEY (user_id, deployment_id) REFERENCES deployments(user_id, id) ON DELETE CASCADE);
 )sql",
+    // 3: the credential throttle's windows that went over their budget, so that a restart does
+    // not hand a guesser a fresh one.
+    R"sql(
+CREATE TABLE auth_throttle (
+  source TEXT PRIMARY KEY,
+  window_start INTEGER NOT NULL,
+  failures INTEGER NOT NULL);
+)sql",
 };
 
 json parse_stored(const std::string& text) {
@@ -1002,6 +1010,28 @@ Result<std::vector<DeploymentScale>> Store::list_scales() {
       [](const Statement& s) {
         return DeploymentScale{s.text(0), s.text(1), s.text(2), s.integer(3)};
       });
+}
+
+Result<std::vector<ThrottleWindow>> Store::list_throttle_windows(int64_t started_after) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  OUTPOST_ASSIGN_OR_RETURN(auto expired,
+                           db_->prepare("DELETE FROM auth_throttle WHERE window_start <= ?1"));
+  OUTPOST_RETURN_IF_ERROR(expired.bind(1, started_after).run());
+  return query<ThrottleWindow>(
+      *db_, "SELECT source, window_start, failures FROM auth_throttle ORDER BY source",
+      [](Statement&) {},
+      [](const Statement& s) {
+        return ThrottleWindow{s.text(0), s.integer(1), static_cast<int>(s.integer(2))};
+      });
+}
+
+Status Store::save_throttle_window(const ThrottleWindow& window) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto s, db_->prepare("INSERT INTO auth_throttle (source, window_start, failures) VALUES "
+                           "(?1, ?2, ?3) ON CONFLICT (source) DO UPDATE SET window_start = "
+                           "excluded.window_start, failures = excluded.failures"));
+  return s.bind(1, window.source).bind(2, window.start).bind(3, int64_t{window.failures}).run();
 }
 
 Status Store::set_scale(const DeploymentScale& scale) {

@@ -127,9 +127,18 @@ struct DeploymentScale {
   bool operator==(const DeploymentScale&) const = default;
 };
 
+// A source address's window of refused credentials (auth_throttle.h), kept once it went over its
+// budget.
+struct ThrottleWindow {
+  std::string source;
+  int64_t start = 0;
+  int failures = 0;
+  bool operator==(const ThrottleWindow&) const = default;
+};
+
 class Store {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   static Result<std::unique_ptr<Store>> open(const std::string& path, const WallClock& clock);
   int schema_version() const { return schema_version_; }
@@ -210,6 +219,11 @@ class Store {
   // The autoscaler's counts (deleted with their deployment).
   Result<std::vector<DeploymentScale>> list_scales();
   Status set_scale(const DeploymentScale& scale);
+
+  // The credential throttle's kept windows: those started after `started_after` (older ones are
+  // deleted); one per source, replaced by a newer one.
+  Result<std::vector<ThrottleWindow>> list_throttle_windows(int64_t started_after);
+  Status save_throttle_window(const ThrottleWindow& window);
 
  private:
   Store(std::unique_ptr<Database> db, const WallClock& clock) : db_(std::move(db)), clock_(clock) {}

@@ -106,7 +106,8 @@ Status read_tar(ByteSource& source, const TarLimits& limits, TarVisitor& visitor
     OUTPOST_ASSIGN_OR_RETURN(const uint64_t size, octal(header.data() + 124, 12, "size"));
     const char type = header[156];
     if (size > limits.max_total_bytes || total + size > limits.max_total_bytes) {
-      return Error(ErrorCode::kResourceExhausted, "the package is larger than the upload limit");
+      return invalid_argument("the package's files add up to more than the upload limit of " +
+                              std::to_string(limits.max_total_bytes) + " bytes");
     }
     const uint64_t padded = (size + kBlock - 1) / kBlock * kBlock;
     while (name.size() >= 2 && name.compare(0, 2, "./") == 0) name.erase(0, 2);

@@ -217,9 +217,8 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
   void on_read(error_code ec) {
     if (finished_) return;
     if (ec == http::error::body_limit) {
-      return finish(Error(ErrorCode::kResourceExhausted, "the input URL's content is larger than " +
-                                                             std::to_string(options_.max_bytes) +
-                                                             " bytes"));
+      return finish(invalid_argument("the input URL's content is larger than " +
+                                     std::to_string(options_.max_bytes) + " bytes"));
     }
     if (ec) return finish(unavailable("reading from " + url_.host + " failed: " + ec.message()));
     auto& response = parser_.get();

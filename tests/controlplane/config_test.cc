@@ -321,8 +321,8 @@ url_inputs: {allow_private_addresses: true}
 TEST(ControlConfigTest, TunnelKeepaliveIsConfigurableAndChecked) {
   auto defaults = parse_control_config("listen: \"127.0.0.1:9443\"\n");
   ASSERT_TRUE(defaults.ok()) << defaults.error().message();
-  EXPECT_EQ(defaults->tunnel_keepalive_seconds, 15);
-  EXPECT_EQ(defaults->tunnel_dead_after_seconds, 45);
+  EXPECT_EQ(defaults->tunnel_keepalive_seconds, 2);
+  EXPECT_EQ(defaults->tunnel_dead_after_seconds, 8);
   auto config = parse_control_config("tunnel: {keepalive_seconds: 2, dead_after_seconds: 6}\n");
   ASSERT_TRUE(config.ok()) << config.error().message();
   EXPECT_EQ(config->tunnel_keepalive_seconds, 2);

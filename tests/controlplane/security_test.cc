@@ -1,8 +1,10 @@
 // The control plane's security checks, as a client or an operator sees them: repeated refused
 // credentials are slowed down (429 with Retry-After, on the REST API and the agents' tunnel) while
-// a client that was working keeps working; the listener speaks TLS 1.2 or newer only; the state
-// on disk is private (0700 directories, 0600 files); an upload above the limit is refused with a
-// clear error before anything is stored; and no secret comes back in an error or goes to the log.
+// any credential that verifies keeps working; a request is admitted from its head, before any
+// body byte is read; connections and bodies in flight are bounded; the listener speaks TLS 1.2
+// or newer only; the state on disk is private (0700 directories, 0600 files); an upload above the
+// limit is refused with a clear error before anything is stored; and no secret comes back in an
+// error or goes to the log.
 //
 // Checked elsewhere, not repeated here: tokens are stored as salted PBKDF2 hashes and compared in
 // constant time (secrets.cc; ApiTest.RefusesBadTokens), a fetched artifact whose hash does not
@@ -14,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <openssl/err.h>
@@ -105,6 +108,35 @@ TEST(AuthThrottleTest, CountsIpv6ByItsPrefixAndMappedIpv4AsIpv4) {
   EXPECT_EQ(throttle.retry_after("2001:db8:1:3::1:1"), 0);
 }
 
+TEST(AuthThrottleTest, AWindowOverItsBudgetIsKeptOnceAndCanBeRestored) {
+  FakeWallClock clock;
+  struct Kept {
+    std::string source;
+    int64_t start;
+    int failures;
+  };
+  std::vector<Kept> kept;
+  control::AuthThrottle throttle({3, 60}, clock);
+  throttle.set_keeper([&](const std::string& source, int64_t start, int failures) {
+    kept.push_back({source, start, failures});
+  });
+  const int64_t start = clock.now_seconds();
+  throttle.record_failure("10.0.0.1:1");
+  throttle.record_failure("10.0.0.1:2");
+  EXPECT_TRUE(kept.empty());  // within budget: nothing to keep
+  clock.advance(5);
+  throttle.record_failure("10.0.0.1:3");
+  throttle.record_failure("10.0.0.1:4");
+  ASSERT_EQ(kept.size(), 1u);  // kept when it went over, once
+  EXPECT_EQ(kept[0].source, "10.0.0.1");
+  EXPECT_EQ(kept[0].start, start);
+  // A new process restores it: the address is throttled until the same moment.
+  control::AuthThrottle restarted({3, 60}, clock);
+  EXPECT_EQ(restarted.retry_after("10.0.0.1:9"), 0);
+  restarted.restore(kept[0].source, kept[0].start, kept[0].failures);
+  EXPECT_EQ(restarted.retry_after("10.0.0.1:9"), 55);
+}
+
 TEST(AuthThrottleTest, ZeroFailuresTurnsItOff) {
   FakeWallClock clock;
   control::AuthThrottle throttle({0, 60}, clock);
@@ -148,7 +180,7 @@ class ThrottleTest : public ::testing::Test {
   Api admin_;
 };
 
-TEST_F(ThrottleTest, RepeatedBadTokensGet429WhileAWorkingTokenKeepsWorking) {
+TEST_F(ThrottleTest, RepeatedBadTokensGet429WhileEveryGoodTokenKeepsWorking) {
   ASSERT_EQ(admin_.get("/v2/users/me").status, 200);  // the admin's token: verified once
   auto created = admin_.post("/v2/users/me/keys", json{{"key", {{"description", "unused"}}}});
   ASSERT_EQ(created.status, 201);
@@ -164,15 +196,15 @@ TEST_F(ThrottleTest, RepeatedBadTokensGet429WhileAWorkingTokenKeepsWorking) {
   EXPECT_EQ(error_code_of(throttled), "resource_exhausted");
   EXPECT_EQ(throttled.retry_after, "60");
   EXPECT_NE(error_text(throttled).find("try again in 60 s"), std::string::npos) << throttled.raw;
-  // A token that worked before from here still works; a correct one never verified from here
-  // waits like any other guess; the health check needs no credential.
+  // A token that worked before from here still works, and so does a correct one never verified
+  // before (as after a restart, which empties the cache of verified tokens): the throttle slows
+  // guesses, it never refuses a credential that verifies. The health check needs no credential.
   EXPECT_EQ(admin_.get("/v2/users/me").status, 200);
-  EXPECT_EQ(api(unused).get("/v2/users/me").status, 429);
+  EXPECT_EQ(api(unused).get("/v2/users/me").status, 200);
   EXPECT_EQ(api("").get("/v2/healthz").status, 200);
   control_.clock().advance(59);
-  EXPECT_EQ(api(unused).get("/v2/users/me").retry_after, "1");
+  EXPECT_EQ(wrong.get("/v2/users/me").retry_after, "1");
   control_.clock().advance(1);
-  EXPECT_EQ(api(unused).get("/v2/users/me").status, 200);
   EXPECT_EQ(wrong.get("/v2/users/me").status, 401);
 }
 
@@ -187,12 +219,13 @@ TEST_F(ThrottleTest, RepeatedBadAgentCredentialsGet429OnTheTunnel) {
   const std::string token = join_token();
   for (int i = 0; i < 3; ++i) EXPECT_EQ(tunnel_upgrade(near_miss(token)), 401);
   EXPECT_EQ(tunnel_upgrade(near_miss(token)), 429);
-  EXPECT_EQ(tunnel_upgrade(token), 429);  // a join token is never verified before: it waits too
-  // The budget is per address, across the API and the tunnel.
+  // The budget is per address, across the API and the tunnel: a wrong PAT is throttled now too,
+  // a right one is not.
+  EXPECT_EQ(api(near_miss(control_.admin_token())).get("/v2/users/me").status, 429);
   auto created = admin_.post("/v2/users/me/keys", json{{"key", {{"description", "unused"}}}});
-  EXPECT_EQ(api(created.body["key"]["token"]).get("/v2/users/me").status, 429);
+  EXPECT_EQ(api(created.body["key"]["token"]).get("/v2/users/me").status, 200);
 
-  control_.clock().advance(60);
+  // The right join token enrolls from the throttled address, never verified before as it is.
   auto enrolled = TestAgent::enroll(control_.port(), pki_.ca_file(), token);
   ASSERT_TRUE(enrolled.ok()) << enrolled.error().message();
   {
@@ -200,12 +233,236 @@ TEST_F(ThrottleTest, RepeatedBadAgentCredentialsGet429OnTheTunnel) {
     ASSERT_TRUE(node.wait_connected());
   }
 
-  // Guesses at the node credential use up the budget again; the node, verified before,
+  // In a new window, guesses at the node credential use up the budget again; the node
   // reconnects.
+  control_.clock().advance(60);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(tunnel_upgrade(near_miss(enrolled->credential)), 401);
   EXPECT_EQ(tunnel_upgrade(near_miss(enrolled->credential)), 429);
   TestAgent again(control_.port(), pki_.ca_file(), enrolled->credential);
   EXPECT_TRUE(again.wait_connected());
+}
+
+// A real process restarted: the address's window is kept in the database, so a guesser gets no
+// fresh budget from a restart, while a good token (never verified by the new process) works.
+TEST(ThrottleRestartTest, AThrottledAddressStaysThrottledAcrossARestart) {
+  TestPki pki;
+  ControlProcess control(pki, {"auth_throttle: {max_failures: 3, window_seconds: 600}\n", ""});
+  Api wrong(control.base_url(), pki.ca_file(), near_miss(control.admin_token()));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(wrong.get("/v2/users/me").status, 401);
+  EXPECT_EQ(wrong.get("/v2/users/me").status, 429);
+  control.restart();
+  Api wrong_again(control.base_url(), pki.ca_file(), near_miss(control.admin_token()));
+  const auto refused = wrong_again.get("/v2/users/me");
+  EXPECT_EQ(refused.status, 429) << refused.raw;  // the first refusal after the restart
+  EXPECT_FALSE(refused.retry_after.empty());
+  Api admin(control.base_url(), pki.ca_file(), control.admin_token());
+  EXPECT_EQ(admin.get("/v2/users/me").status, 200);
+}
+
+// --- requests admitted from their head; connections and bodies bounded ---
+
+// One TLS connection to the listener on 127.0.0.1, spoken to byte by byte.
+class RawTls {
+ public:
+  RawTls(uint16_t port, const std::string& ca_file) {
+    context_ = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_load_verify_locations(context_, ca_file.c_str(), nullptr);
+    SSL_CTX_set_verify(context_, SSL_VERIFY_PEER, nullptr);
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) return;
+    timeval timeout{10, 0};  // a read that waits longer fails the test instead of hanging it
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    ssl_ = SSL_new(context_);
+    SSL_set_tlsext_host_name(ssl_, "localhost");
+    SSL_set1_host(ssl_, "localhost");
+    SSL_set_fd(ssl_, fd_);
+    connected_ = SSL_connect(ssl_) == 1;
+  }
+  ~RawTls() {
+    if (ssl_ != nullptr) SSL_free(ssl_);
+    if (fd_ >= 0) ::close(fd_);
+    SSL_CTX_free(context_);
+    ERR_clear_error();
+  }
+  RawTls(const RawTls&) = delete;
+  RawTls& operator=(const RawTls&) = delete;
+
+  bool connected() const { return connected_; }
+  bool send(const std::string& bytes) {
+    return connected_ && SSL_write(ssl_, bytes.data(), static_cast<int>(bytes.size())) ==
+                             static_cast<int>(bytes.size());
+  }
+  // One response: its head and as much of its body as Content-Length says ("" when the
+  // connection closed or went silent first).
+  std::string read_response() {
+    std::string text;
+    char chunk[4096];
+    while (connected_) {
+      const auto head_end = text.find("\r\n\r\n");
+      if (head_end != std::string::npos) {
+        const auto length_at = text.find("Content-Length: ");
+        const size_t length =
+            length_at == std::string::npos ? 0 : std::stoul(text.substr(length_at + 16));
+        if (text.size() >= head_end + 4 + length) return text.substr(0, head_end + 4 + length);
+      }
+      const int got = SSL_read(ssl_, chunk, sizeof chunk);
+      if (got <= 0) break;
+      text.append(chunk, static_cast<size_t>(got));
+    }
+    return text.find("\r\n\r\n") == std::string::npos ? std::string() : text;
+  }
+  // The server closed the connection (a read sees its end, not data).
+  bool closed_by_peer() {
+    char byte = 0;
+    return SSL_read(ssl_, &byte, 1) <= 0;
+  }
+
+ private:
+  SSL_CTX* context_ = nullptr;
+  SSL* ssl_ = nullptr;
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+int status_of(const std::string& response) {
+  return response.size() > 12 ? std::atoi(response.c_str() + 9) : 0;
+}
+
+std::string upload_head(const std::string& authorization, size_t length) {
+  std::string head = "POST /v2/users/me/models/text/versions HTTP/1.1\r\nHost: localhost\r\n";
+  if (!authorization.empty()) head += "Authorization: " + authorization + "\r\n";
+  return head + "Content-Type: application/x-tar\r\nContent-Length: " + std::to_string(length) +
+         "\r\n\r\n";
+}
+
+size_t files_under(const std::string& dir) {
+  size_t count = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) count += entry.is_regular_file();
+  return count;
+}
+
+TEST(HeadFirstTest, AnUploadWithoutAWorkingCredentialIsRefusedBeforeAnyBodyByte) {
+  TestPki pki;
+  ControlProcess control(pki);
+  Api admin(control.base_url(), pki.ca_file(), control.admin_token());
+  auto read_only =
+      admin.post("/v2/users/me/keys", json{{"key", {{"description", "ro"}, {"scopes", {"read"}}}}});
+  ASSERT_EQ(read_only.status, 201) << read_only.raw;
+  const size_t announced = size_t{256} << 20;  // 256 MiB, of which not one byte is sent
+  struct Case {
+    std::string authorization;
+    int status;
+  };
+  for (const Case& c : {Case{"", 401}, Case{"Key " + near_miss(control.admin_token()), 401},
+                        Case{"Key " + read_only.body["key"]["token"].get<std::string>(), 403}}) {
+    RawTls connection(control.port(), pki.ca_file());
+    ASSERT_TRUE(connection.connected());
+    ASSERT_TRUE(connection.send(upload_head(c.authorization, announced)));
+    const std::string response = connection.read_response();
+    EXPECT_EQ(status_of(response), c.status) << response;
+    EXPECT_NE(response.find("Connection: close"), std::string::npos) << response;
+    EXPECT_TRUE(connection.closed_by_peer());
+    EXPECT_EQ(files_under(control.data_dir() + "/tmp"), 0u);
+  }
+  // An unknown path and a method the path does not take are answered from the head too.
+  RawTls unknown(control.port(), pki.ca_file());
+  ASSERT_TRUE(unknown.send("POST /v2/nowhere HTTP/1.1\r\nHost: localhost\r\nAuthorization: Key " +
+                           control.admin_token() + "\r\nContent-Length: 1000000\r\n\r\n"));
+  EXPECT_EQ(status_of(unknown.read_response()), 404);
+  // With a working credential, the same head is let in: the server waits for the body.
+  RawTls admitted(control.port(), pki.ca_file());
+  ASSERT_TRUE(
+      admitted.send(upload_head("Key " + control.admin_token(), 1024) + std::string(1024, '\0')));
+  const std::string response = admitted.read_response();
+  EXPECT_EQ(status_of(response), 400) << response;  // read whole, then found not to be a package
+  EXPECT_NE(response.find("invalid_argument"), std::string::npos) << response;
+}
+
+TEST(ConnectionLimitTest, ConnectionsPastTheLimitAreAnswered429AndTheOthersServed) {
+  TestPki pki;
+  ControlInProcess control(pki, "limits: {max_connections_per_address: 2}\n");
+  const std::string health = "GET /v2/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  auto first = std::make_unique<RawTls>(control.port(), pki.ca_file());
+  RawTls second(control.port(), pki.ca_file());
+  ASSERT_TRUE(first->connected() && second.connected());
+  RawTls third(control.port(), pki.ca_file());
+  ASSERT_TRUE(third.connected());
+  ASSERT_TRUE(third.send(health));
+  const std::string refused = third.read_response();
+  EXPECT_EQ(status_of(refused), 429) << refused;
+  EXPECT_NE(refused.find("Retry-After: 1"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("too many connections"), std::string::npos) << refused;
+  // The two within the limit are served, and a connection that closes makes room.
+  ASSERT_TRUE(second.send(health));
+  EXPECT_EQ(status_of(second.read_response()), 200);
+  first.reset();
+  bool served = false;
+  for (int attempt = 0; attempt < 50 && !served; ++attempt) {  // the close is seen at once
+    RawTls fourth(control.port(), pki.ca_file());
+    served = fourth.send(health) && status_of(fourth.read_response()) == 200;
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(served);
+}
+
+TEST(BodyBudgetTest, BodiesPastTheMemoryBudgetAre429UntilOneFinishes) {
+  TestPki pki;
+  ControlInProcess control(pki, "limits: {max_body_memory_bytes: 3000000}\n");
+  const std::string token = control.admin_token();
+  auto head = [&](size_t length) {
+    return "POST /v2/users/me/compute_clusters HTTP/1.1\r\nHost: localhost\r\nAuthorization: "
+           "Key " +
+           token +
+           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(length) +
+           "\r\n\r\n";
+  };
+  const size_t big = 2'000'000;
+  const std::string first_cluster = R"({"compute_cluster": {"id": "cc"}})";
+  const std::string second_cluster = R"({"compute_cluster": {"id": "c2"}})";
+  RawTls slow(control.port(), pki.ca_file());
+  ASSERT_TRUE(slow.send(head(big) + first_cluster));
+  // The first body holds 2 MB of the 3 MB budget while it arrives; another 2 MB must wait.
+  bool refused = false;
+  std::string response;
+  for (int attempt = 0; attempt < 50 && !refused; ++attempt) {
+    RawTls other(control.port(), pki.ca_file());
+    ASSERT_TRUE(other.send(head(big)));
+    response = other.read_response();
+    refused = status_of(response) == 429;
+    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(refused) << response;
+  EXPECT_NE(response.find("Retry-After: 1"), std::string::npos) << response;
+  EXPECT_NE(response.find("too many request bodies"), std::string::npos) << response;
+  // A small body still fits beside it.
+  Api admin(control.base_url(), pki.ca_file(), token);
+  EXPECT_EQ(admin.get("/v2/users/me").status, 200);
+  // The first body completes (padding after the JSON is whitespace), and its budget comes back.
+  ASSERT_TRUE(slow.send(std::string(big - first_cluster.size(), ' ')));
+  EXPECT_EQ(status_of(slow.read_response()), 201);
+  RawTls after(control.port(), pki.ca_file());
+  ASSERT_TRUE(
+      after.send(head(big) + second_cluster + std::string(big - second_cluster.size(), ' ')));
+  EXPECT_EQ(status_of(after.read_response()), 201);
+}
+
+TEST(BodyBudgetTest, ABodyThatStopsArrivingIsCut) {
+  TestPki pki;
+  ControlInProcess control(pki, "limits: {body_idle_timeout_seconds: 1}\n");
+  RawTls stalled(control.port(), pki.ca_file());
+  ASSERT_TRUE(
+      stalled.send("POST /v2/users/me/compute_clusters HTTP/1.1\r\nHost: localhost\r\n"
+                   "Authorization: Key " +
+                   control.admin_token() +
+                   "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"));
+  // Nothing more is sent: after the idle timeout the server closes the connection (the read
+  // below would otherwise wait for its own 10 s timeout and fail).
+  EXPECT_EQ(stalled.read_response(), "");
+  EXPECT_TRUE(stalled.closed_by_peer());
 }
 
 // --- TLS versions ---

@@ -54,6 +54,26 @@ TEST(StoreTest, StateSurvivesReopening) {
   EXPECT_EQ((*latest)->seq, 1);
 }
 
+TEST(StoreTest, ThrottleWindowsAreKeptAcrossReopeningUntilTheyAreOld) {
+  TempDir dir;
+  FakeWallClock clock;
+  {
+    auto store = open_store(dir, clock);
+    ASSERT_TRUE(store->save_throttle_window({"10.0.0.1", 100, 10}).ok());
+    ASSERT_TRUE(store->save_throttle_window({"10.0.0.2", 150, 10}).ok());
+    ASSERT_TRUE(store->save_throttle_window({"10.0.0.1", 200, 10}).ok());  // a newer window
+  }
+  auto store = open_store(dir, clock);
+  auto kept = store->list_throttle_windows(0);
+  ASSERT_TRUE(kept.ok()) << kept.error().message();
+  EXPECT_EQ(*kept, (std::vector<ThrottleWindow>{{"10.0.0.1", 200, 10}, {"10.0.0.2", 150, 10}}));
+  // Windows that started at or before the cut-off are over: gone for good.
+  kept = store->list_throttle_windows(150);
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, (std::vector<ThrottleWindow>{{"10.0.0.1", 200, 10}}));
+  EXPECT_EQ(store->list_throttle_windows(0)->size(), 1u);
+}
+
 TEST(StoreTest, ANewerSchemaIsRefused) {
   TempDir dir;
   FakeWallClock clock;

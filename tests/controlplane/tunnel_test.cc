@@ -5,6 +5,7 @@
 // shapes routed through the tunnel, with cancellation when the client goes away.
 #include <atomic>
 #include <future>
+#include <iostream>
 #include <thread>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -17,6 +18,7 @@
 
 #include "controlplane/secrets.h"
 #include "tests/controlplane/control_fixture.h"
+#include "tests/support/tcp_relay.h"
 
 namespace outpost::testing {
 namespace {
@@ -593,10 +595,12 @@ TEST_F(ScalingTest, WithoutAReadyReplicaPredictIsHeldThenAnswers503WithTheReason
                 .body["deployment"]["deployment_metrics"]["live_replicas"],
             1);
 
-  // A node that went away is not waited for: its replicas are not on their way.
+  // A node that went away moments ago is waited for (its agent may be restarting), within
+  // node_offline_grace_seconds and cold_start_timeout_seconds (2 s here); then 503 says why.
   node->disconnect();
   auto offline = admin_.post("/v2/users/me/models/text/outputs", request);
   EXPECT_EQ(offline.status, 503);
+  EXPECT_NE(offline.raw.find("within 2 s"), std::string::npos) << offline.raw;
   EXPECT_NE(offline.raw.find("not connected"), std::string::npos) << offline.raw;
 }
 
@@ -786,6 +790,60 @@ TEST_F(TunnelTest, InputUrlsToPrivateAddressesAreRefusedByDefault) {
   }
   EXPECT_EQ(server.hits(), 0);
   EXPECT_EQ(node->predicts(), 0);
+}
+
+// Short keepalive, so that a partition is noticed in seconds without waiting for the defaults.
+class PartitionTest : public TunnelTest {
+ protected:
+  PartitionTest() : TunnelTest("tunnel: {keepalive_seconds: 1, dead_after_seconds: 3}\n") {}
+};
+
+TEST_F(PartitionTest, ASilentlyCutNodeLeavesRoutingWithinTheDeadlineAndCallsGoElsewhere) {
+  make_pool();
+  upload("text");
+  const auto cut_enrollment = enroll("cc", "np", "a");
+  // Node a reaches the control plane through a relay that will go silent; node b directly.
+  TcpRelay relay(control_.port());
+  auto cut = std::make_unique<TestAgent>(relay.port(), pki_.ca_file(), cut_enrollment.credential);
+  ASSERT_TRUE(cut->wait_connected());
+  auto other = agent(enroll("cc", "np", "b").credential);
+  auto reply = admin_.post("/v2/users/me/deployments",
+                           json{{"deployment",
+                                 {{"id", "dep-text"},
+                                  {"worker", {{"model", {{"id", "text"}}}}},
+                                  {"scheduling_choice", 4},
+                                  {"autoscale_config", {{"min_replicas", 2}}},
+                                  {"nodepools", json::array({{{"id", "np"}}})}}}});
+  ASSERT_EQ(reply.status, 201) << reply.raw;
+  for (auto* node : {cut.get(), other.get()}) {
+    ASSERT_TRUE(eventually([&] { return node->last_desired()["replicas"].size() == 1; }));
+    ASSERT_TRUE(node->report_all("ready").ok());
+  }
+  const json request{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", "x"}}}};
+  const std::string node_path =
+      "/v2/users/me/compute_clusters/cc/nodepools/np/nodes/" + cut_enrollment.node_id;
+  ASSERT_EQ(admin_.get(node_path).body["node"]["online"], true);
+
+  const auto cut_at = std::chrono::steady_clock::now();
+  relay.freeze();  // no RST, no FIN: node a's link goes quiet
+  ASSERT_TRUE(eventually([&] { return admin_.get(node_path).body["node"]["online"] == false; }));
+  const auto detected = std::chrono::steady_clock::now() - cut_at;
+  std::cout << "control plane took node a offline after "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(detected).count() << " ms\n";
+  // dead_after_seconds (3) plus one keepalive tick (0.5 s), and a second for a loaded machine
+  // and the polling through the API.
+  EXPECT_LE(detected, std::chrono::milliseconds(3000 + 500 + 1000));
+
+  // From then on every call goes to node b, none waits on node a.
+  const int cut_before = cut->predicts();
+  const int other_before = other->predicts();
+  for (int i = 0; i < 6; ++i) {
+    const auto answer = admin_.post("/v2/users/me/models/text/outputs", request);
+    EXPECT_EQ(answer.status, 200) << answer.raw;
+  }
+  EXPECT_EQ(cut->predicts(), cut_before);
+  EXPECT_EQ(other->predicts(), other_before + 6);
+  relay.cut();
 }
 
 }  // namespace

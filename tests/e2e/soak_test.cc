@@ -11,7 +11,9 @@
 //
 // Every call is counted as succeeded, failed with an error (grouped by message in the report)
 // or lost: no answer within the client's deadline. Unary calls are retried as an idempotent
-// client would (connection refused or reset, 502/503/504, Retry-After honoured); generate and
+// client would (connection refused or reset, 502/503/504, Retry-After honoured), and the report
+// also counts the unary calls whose first try the control plane answered with an error: what a
+// caller that never retries would have seen with the platform's own retries alone; generate and
 // stream calls only when the control plane never took them (refused connection, 503). The RSS
 // of every process is sampled every two seconds; the open descriptors of each role are read
 // before the load and after it, with no call in flight. The last line printed is
@@ -68,6 +70,11 @@ struct Outcome {
   Kind kind = Kind::kSucceeded;
   std::string error;  // why it failed or was lost
   int retries = 0;
+  // The first try's error when the control plane answered it with one: what a caller that never
+  // retries would have seen, the platform's own retries included. Empty when the first try
+  // succeeded, or could not reach the control plane at all (a restart of it: nothing behind it
+  // can retry that).
+  std::string first_try_error = {};
 };
 
 class Tally {
@@ -77,6 +84,10 @@ class Tally {
     Counts& counts = shapes_[shape];
     ++counts.requests;
     counts.retries += outcome.retries;
+    if (!outcome.first_try_error.empty()) {
+      ++counts.first_try_failed;
+      ++first_try_errors_[shape + ": " + outcome.first_try_error];
+    }
     switch (outcome.kind) {
       case Kind::kSucceeded:
         ++counts.succeeded;
@@ -98,6 +109,7 @@ class Tally {
     int64_t failed = 0;
     int64_t lost = 0;
     int64_t retries = 0;
+    int64_t first_try_failed = 0;
   };
 
   std::map<std::string, Counts> shapes() const {
@@ -108,11 +120,16 @@ class Tally {
     std::lock_guard lock(mutex_);
     return errors_;
   }
+  std::map<std::string, int64_t> first_try_errors() const {
+    std::lock_guard lock(mutex_);
+    return first_try_errors_;
+  }
 
  private:
   mutable std::mutex mutex_;
   std::map<std::string, Counts> shapes_;
   std::map<std::string, int64_t> errors_;
+  std::map<std::string, int64_t> first_try_errors_;
 };
 
 // ---- the load ----------------------------------------------------------------------------
@@ -212,26 +229,34 @@ class Load {
                                   {"inputs", {{"text", "left right"}}}}
                                  .dump();
     const auto give_up = Clock::now() + kRetryFor;
-    Outcome outcome;
     auto http = client();
+    std::string first_try_error;
     for (int attempt = 0;; ++attempt) {
       auto response = http->send("POST", "/v2/users/me/models/text/outputs", body);
       std::string why;
       std::string retry_after;
       if (!response.ok()) {
-        if (timed_out(response.error())) return {Kind::kLost, response.error().message(), attempt};
+        if (timed_out(response.error())) {
+          return {Kind::kLost, response.error().message(), attempt, first_try_error};
+        }
         why = response.error().message();
       } else if (response->status == 200) {
         if (response->body.find("RIGHT LEFT") == std::string::npos) {
-          return {Kind::kFailed, "wrong answer: " + response->body.substr(0, 200), attempt};
+          return {Kind::kFailed, "wrong answer: " + response->body.substr(0, 200), attempt,
+                  attempt == 0 ? "wrong answer" : first_try_error};
         }
-        return {Kind::kSucceeded, "", attempt};
+        return {Kind::kSucceeded, "", attempt, first_try_error};
       } else {
         why = cli::error_from_response(*response).to_string();
-        if (!retryable_status(response->status)) return {Kind::kFailed, why, attempt};
+        if (attempt == 0) first_try_error = why;
+        if (!retryable_status(response->status)) {
+          return {Kind::kFailed, why, attempt, first_try_error};
+        }
         retry_after = response->retry_after;
       }
-      if (Clock::now() > give_up) return {Kind::kFailed, "gave up retrying: " + why, attempt};
+      if (Clock::now() > give_up) {
+        return {Kind::kFailed, "gave up retrying: " + why, attempt, first_try_error};
+      }
       back_off(attempt, retry_after);
     }
   }
@@ -653,11 +678,9 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
     succeeded += c.succeeded;
     failed += c.failed;
     lost += c.lost;
-    shapes[shape] = {{"requests", c.requests},
-                     {"succeeded", c.succeeded},
-                     {"failed", c.failed},
-                     {"lost", c.lost},
-                     {"retries", c.retries}};
+    shapes[shape] = {{"requests", c.requests}, {"succeeded", c.succeeded},
+                     {"failed", c.failed},     {"lost", c.lost},
+                     {"retries", c.retries},   {"first_try_failed", c.first_try_failed}};
   }
   const auto unary = counts["unary"];
   const double unary_rate = unary.requests > 0 ? static_cast<double>(unary.succeeded) /
@@ -666,6 +689,10 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
   const json resources = sampler.growth(/*warmup=*/30, /*window=*/std::min(60.0, total / 3.0));
   json failures = json::object();
   for (const auto& [message, count] : tally->errors()) failures[message] = count;
+  json first_try_failures = json::object();
+  for (const auto& [message, count] : tally->first_try_errors()) {
+    first_try_failures[message] = count;
+  }
   // Growth is judged on a run long enough for it to mean something, and not under ASan, whose
   // quarantine holds freed memory by design (the short run in the test suite reports it only).
   const bool judge_growth = total >= 300 && !kUnderAsan;
@@ -678,6 +705,9 @@ TEST(SoakTest, MixedLoadUnderEveryFault) {
                  {"failed", failed},
                  {"lost", lost},
                  {"unary_success_rate", std::floor(unary_rate * 1e6) / 1e6},
+                 // What callers that never retry would have seen: the platform's retries only.
+                 {"unary_failed_without_client_retry", unary.first_try_failed},
+                 {"first_try_failures", first_try_failures},
                  {"rss_growth_pct", resources["rss_growth_pct"]},
                  {"fd_growth", descriptors["fd_growth"]},
                  {"faults", injected},
