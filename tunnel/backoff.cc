@@ -12,7 +12,10 @@ std::chrono::milliseconds ReconnectBackoff::next_delay(FailureKind kind) {
   const int exponent = std::min(failures_, 30);
   ++failures_;
   if (kind == FailureKind::kRefused) {
-    const double d = static_cast<double>(options_.refused_delay.count());
+    const int doublings = std::min(refusals_++, 30);
+    const double d =
+        std::min(static_cast<double>(options_.refused_delay.count()),
+                 static_cast<double>(options_.refused_first.count()) * std::ldexp(1.0, doublings));
     return std::chrono::milliseconds(static_cast<int64_t>(d / 2 + random_.uniform() * d / 2));
   }
   const double ceiling =
@@ -27,7 +30,10 @@ void ReconnectBackoff::on_connected() {
 }
 
 void ReconnectBackoff::on_disconnected() {
-  if (connected_ && clock_.now() - connected_at_ >= options_.stable_after) failures_ = 0;
+  if (connected_ && clock_.now() - connected_at_ >= options_.stable_after) {
+    failures_ = 0;
+    refusals_ = 0;
+  }
   connected_ = false;
 }
 

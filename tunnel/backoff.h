@@ -1,8 +1,11 @@
 // When to try again after a tunnel connection fails. Transient failures wait a full-jitter
 // exponential delay, uniform in [0, min(cap, base * 2^n)) (cloudflared's choice: a fleet that lost
 // its control plane together does not come back together). Refusals (credential, TLS trust, pin,
-// proxy credentials) need an operator, so they wait much longer, uniform in [d/2, d), and the
-// caller logs them loudly. The failure count resets only after a connection stayed up for
+// proxy credentials) need an operator, so they wait longer, uniform in [d/2, d) with
+// d = min(refused_delay, refused_first * 2^(n-1)) for the n-th refusal in a row: an operator's
+// fix (a rotated credential, a proxy that answered 407 once) is picked up within seconds, and a
+// credential that stays wrong is tried every few minutes, not in a storm. The caller logs them
+// loudly. The failure count resets only after a connection stayed up for
 // stable_after, so a connection that flaps keeps backing off.
 #pragma once
 
@@ -20,7 +23,8 @@ struct BackoffOptions {
   std::chrono::milliseconds base{250};
   std::chrono::milliseconds cap{2'000};
   std::chrono::milliseconds stable_after{60'000};
-  std::chrono::milliseconds refused_delay{300'000};
+  std::chrono::milliseconds refused_first{10'000};   // the first refusal waits 5-10 s
+  std::chrono::milliseconds refused_delay{300'000};  // doubling up to 2.5-5 min
 };
 
 enum class FailureKind {
@@ -45,6 +49,7 @@ class ReconnectBackoff {
   const Clock& clock_;
   Random& random_;
   int failures_ = 0;
+  int refusals_ = 0;  // in a row, since the last stable connection
   bool connected_ = false;
   TimePoint connected_at_{};
 };

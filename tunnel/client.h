@@ -5,10 +5,11 @@
 // HTTPS_PROXY asks for one), TLS with SNI, host-name check and optional public-key pins, then the
 // WebSocket upgrade carrying the credential (Authorization: Bearer) and the subprotocol that
 // names the protocol version, then the HELLO exchange, each step within its DialTimeouts. A
-// failed attempt waits per ReconnectBackoff: full jitter up to 2 s, or minutes when the control
-// plane refused the credential or TLS trust failed (logged as errors, since only an operator can
-// fix them). A GOAWAY from the server opens the replacement connection at once, while the old
-// one finishes its streams. Streams stay on the connection they were opened on.
+// failed attempt waits per ReconnectBackoff: full jitter up to 2 s, or seconds doubling to
+// minutes when the control plane refused the credential or TLS trust failed (logged as errors,
+// since only an operator can fix them). A GOAWAY from the server opens the replacement connection
+// at once, while the old one finishes its streams. Streams stay on the connection they were opened
+// on.
 #pragma once
 
 #include <chrono>

@@ -53,18 +53,27 @@ TEST(BackoffTest, JitterSpreadsDelaysDownToZero) {
   EXPECT_EQ(backoff.next_delay(FailureKind::kTransient), milliseconds(250));  // 0.5 * 500 ms
 }
 
-TEST(BackoffTest, RefusalsWaitMinutesWithHalfJitter) {
+TEST(BackoffTest, RefusalsStartAtSecondsAndDoubleToMinutesWithHalfJitter) {
   FakeClock clock;
   FakeRandom random({0.0, 0.999});
   ReconnectBackoff backoff({}, clock, random);
-  EXPECT_EQ(backoff.next_delay(FailureKind::kRefused), milliseconds(150'000));
-  EXPECT_GE(backoff.next_delay(FailureKind::kRefused), milliseconds(299'000));
+  // The first refusal in a row waits 5-10 s (a fixed credential or a proxy's one-off 407 is
+  // tried again soon), the next 10-20 s, ...
+  EXPECT_EQ(backoff.next_delay(FailureKind::kRefused), milliseconds(5'000));
+  const auto second = backoff.next_delay(FailureKind::kRefused);
+  EXPECT_GE(second, milliseconds(19'900));
+  EXPECT_LT(second, milliseconds(20'000));
+  // ... up to 2.5-5 min for a credential that stays wrong.
+  FakeRandom low({0.0});
+  ReconnectBackoff many({}, clock, low);
+  milliseconds last{0};
+  for (int i = 0; i < 12; ++i) last = many.next_delay(FailureKind::kRefused);
+  EXPECT_EQ(last, milliseconds(150'000));
   // The short cap of transient failures does not shorten them.
   BackoffOptions short_cap;
   short_cap.cap = milliseconds(1000);
-  FakeRandom low({0.0});
   ReconnectBackoff capped(short_cap, clock, low);
-  EXPECT_EQ(capped.next_delay(FailureKind::kRefused), milliseconds(150'000));
+  EXPECT_EQ(capped.next_delay(FailureKind::kRefused), milliseconds(5'000));
 }
 
 TEST(BackoffTest, ResetsOnlyAfterAStableConnection) {
