@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include "agent/local_files.h"
 #include "common/log.h"
 #include <sys/stat.h>
 
@@ -15,6 +16,7 @@ Result<std::shared_ptr<Agent>> Agent::create(boost::asio::io_context& io, AgentC
   // The node credential and the verified artifacts live here: private from the first start on,
   // before enrollment writes the credential (credentials.h).
   ::chmod(agent->config_.state_dir.c_str(), 0700);
+  OUTPOST_ASSIGN_OR_RETURN(agent->tunnel_proxy_url_, tunnel_proxy_url(agent->config_));
   OUTPOST_ASSIGN_OR_RETURN(agent->inventory_, detect_inventory(agent->config_.inventory_override));
   OUTPOST_ASSIGN_OR_RETURN(agent->artifacts_,
                            ArtifactCache::open(agent->config_.artifact_dir(), kMaxArtifactBytes));
@@ -50,8 +52,10 @@ void Agent::start() {
     json["agent_version"] = "0.1.0";
     return json;
   }();
+  AgentConfig session_config = config_;
+  session_config.proxy = tunnel_proxy_url_;
   session_ = std::make_shared<ControlSession>(
-      io_, config_, CredentialStore(config_.state_dir, config_.join_token_file),
+      io_, std::move(session_config), CredentialStore(config_.state_dir, config_.join_token_file),
       [inventory_json] { return nlohmann::json(inventory_json); }, std::move(callbacks));
   reconciler_ = std::make_shared<Reconciler>(io_, config_, inventory_, *artifacts_, session_);
   reconciler_->set_on_change([weak] {
@@ -147,11 +151,14 @@ void Agent::reload(const AgentConfig& config) {
   changed(config.control_plane_url != config_.control_plane_url, "control_plane.url");
   changed(config.ca_file != config_.ca_file || config.pins != config_.pins,
           "control_plane.ca_file/pins");
-  changed(config.proxy != config_.proxy, "control_plane.proxy");
+  changed(config.proxy != config_.proxy ||
+              config.proxy_credentials_file != config_.proxy_credentials_file,
+          "control_plane.proxy/proxy_credentials_file");
   changed(config.connections != config_.connections, "control_plane.connections");
   changed(config.keepalive_seconds != config_.keepalive_seconds ||
-              config.dead_after_seconds != config_.dead_after_seconds,
-          "control_plane.keepalive_seconds/dead_after_seconds");
+              config.dead_after_seconds != config_.dead_after_seconds ||
+              config.reconnect_max_seconds != config_.reconnect_max_seconds,
+          "control_plane.keepalive_seconds/dead_after_seconds/reconnect_max_seconds");
   changed(config.node_name != config_.node_name, "node.name");
   changed(config.state_dir != config_.state_dir || config.runtime_dir != config_.runtime_dir,
           "state_dir/runtime_dir");

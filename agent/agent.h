@@ -46,6 +46,9 @@ class Agent : public std::enable_shared_from_this<Agent> {
 
   boost::asio::io_context& io_;
   AgentConfig config_;
+  // control_plane.proxy with the credentials of proxy_credentials_file, for the tunnel only:
+  // config_.proxy stays as written, so that what is logged or compared on reload holds no secret.
+  std::string tunnel_proxy_url_;
   SystemdNotifier notifier_;
   Inventory inventory_;
   std::unique_ptr<ArtifactCache> artifacts_;

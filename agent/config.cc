@@ -1,6 +1,5 @@
 #include "agent/config.h"
 
-#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -8,6 +7,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "agent/local_files.h"
 #include "common/quantity.h"
 #include "tunnel/client.h"
 #include "tunnel/proxy.h"
@@ -20,6 +20,8 @@ namespace {
 class Problems {
  public:
   void add(const std::string& key, const std::string& what) { lines_.push_back(key + ": " + what); }
+  // A message that already starts with its key.
+  void add_line(const std::string& line) { lines_.push_back(line); }
   bool empty() const { return lines_.empty(); }
   std::string text(const std::string& source) const {
     std::string out = source + " has " + std::to_string(lines_.size()) + " error" +
@@ -152,17 +154,21 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
   const YAML::Node cp = root["control_plane"];
   if (is_map(cp, "control_plane", problems)) {
     check_keys(cp, "control_plane.",
-               {"url", "ca_file", "pins", "proxy", "connections", "keepalive_seconds",
-                "dead_after_seconds"},
+               {"url", "ca_file", "pins", "proxy", "proxy_credentials_file", "connections",
+                "keepalive_seconds", "dead_after_seconds", "reconnect_max_seconds"},
                problems);
     read_string(cp["url"], "control_plane.url", config.control_plane_url, problems);
     read_string(cp["ca_file"], "control_plane.ca_file", config.ca_file, problems);
     read_string(cp["proxy"], "control_plane.proxy", config.proxy, problems);
+    read_string(cp["proxy_credentials_file"], "control_plane.proxy_credentials_file",
+                config.proxy_credentials_file, problems);
     read_int(cp["connections"], "control_plane.connections", 1, 16, config.connections, problems);
     read_int(cp["keepalive_seconds"], "control_plane.keepalive_seconds", 1, 3600,
              config.keepalive_seconds, problems);
     read_int(cp["dead_after_seconds"], "control_plane.dead_after_seconds", 2, 7200,
              config.dead_after_seconds, problems);
+    read_int(cp["reconnect_max_seconds"], "control_plane.reconnect_max_seconds", 1, 300,
+             config.reconnect_max_seconds, problems);
     if (config.dead_after_seconds <= config.keepalive_seconds) {
       problems.add("control_plane.dead_after_seconds",
                    "must be longer than keepalive_seconds (" +
@@ -188,7 +194,16 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
   if (!config.proxy.empty()) {
     if (auto proxy = tunnel::parse_proxy_url(config.proxy); !proxy.ok()) {
       problems.add("control_plane.proxy", proxy.error().message());
+    } else if (!config.proxy_credentials_file.empty() &&
+               (!proxy->username.empty() || !proxy->password.empty())) {
+      // Two sources for one secret: say which to drop rather than pick one silently.
+      problems.add("control_plane.proxy_credentials_file",
+                   "control_plane.proxy already holds credentials; keep them in one place "
+                   "(remove user:password@ from the URL)");
     }
+  } else if (!config.proxy_credentials_file.empty()) {
+    problems.add("control_plane.proxy_credentials_file",
+                 "needs control_plane.proxy (the proxy's URL, without credentials)");
   }
   for (size_t i = 0; i < config.pins.size(); ++i) {
     const auto& pin = config.pins[i];
@@ -333,12 +348,16 @@ Status check_agent_config_on_host(const AgentConfig& config) {
   if (!config.worker_binary.empty() && ::access(config.worker_binary.c_str(), X_OK) != 0) {
     problems.add("workers.binary", config.worker_binary + " is not an executable");
   }
+  if (!config.proxy_credentials_file.empty()) {
+    if (auto credentials = read_proxy_credentials(config.proxy_credentials_file);
+        !credentials.ok()) {
+      problems.add_line(credentials.error().message());
+    }
+  }
   for (const auto& [key, dir] : {std::pair<std::string, std::string>{"state_dir", config.state_dir},
                                  {"runtime_dir", config.runtime_dir}}) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec || ::access(dir.c_str(), W_OK) != 0) {
-      problems.add(key, "cannot create or write " + dir);
+    if (auto prepared = prepare_private_dir(key, dir); !prepared.ok()) {
+      problems.add_line(prepared.error().message());
     }
   }
   if (!problems.empty()) return invalid_argument(problems.text("the configuration"));

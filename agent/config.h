@@ -22,11 +22,19 @@ struct AgentConfig {
   std::string ca_file;            // empty: the system's roots
   std::vector<std::string> pins;  // sha256/<base64> SPKI pins
   std::string proxy;              // http://[user:pass@]host:port; empty: HTTPS_PROXY / NO_PROXY
+  // A file holding the proxy's `user:password` (one line; owned by the agent's user, no
+  // group/other access), so that `proxy` carries only the address. Read at start-up, never
+  // logged: tunnel_proxy_url() (local_files.h) puts the two together for the tunnel.
+  std::string proxy_credentials_file;
   int connections = 2;
   // Tunnel keepalive: a PING every keepalive_seconds; a peer silent for dead_after_seconds (a
   // link that drops packets without closing) is declared dead and the tunnel reconnects.
-  int keepalive_seconds = 15;
-  int dead_after_seconds = 45;
+  int keepalive_seconds = 2;
+  int dead_after_seconds = 8;
+  // The longest wait between two dials after a transient failure (full jitter, from 250 ms
+  // doubling up to this), so that a healed link is used again within about this long. A
+  // refused credential or TLS trust waits minutes instead, whatever this says.
+  int reconnect_max_seconds = 2;
 
   // node:
   std::string node_name;        // default: the host name
@@ -78,8 +86,10 @@ struct AgentConfig {
 Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::string& source);
 Result<AgentConfig> load_agent_config(const std::string& path);
 
-// Checks what can only be checked on the host: files exist and are readable, directories can
-// be created. Used by `outpostd --check-config` and at start-up.
+// Checks what can only be checked on the host: files exist and are readable, the proxy
+// credentials file is private, and state_dir and runtime_dir are made fit for private state or
+// refused (prepare_private_dir in local_files.h: created 0700, owned by this user, not writable
+// by others). Used by `outpostd --check-config` and at start-up.
 Status check_agent_config_on_host(const AgentConfig& config);
 
 }  // namespace outpost::agent

@@ -46,6 +46,7 @@ tunnel::ClientOptions tunnel_options(const AgentConfig& config, const std::strin
   options.connection.local_id = config.node_name;
   options.connection.ping_interval = std::chrono::seconds(config.keepalive_seconds);
   options.connection.dead_after = std::chrono::seconds(config.dead_after_seconds);
+  options.backoff.cap = std::chrono::seconds(config.reconnect_max_seconds);
   return options;
 }
 

@@ -14,8 +14,10 @@
 #include <boost/asio/signal_set.hpp>
 
 #include "agent/agent.h"
+#include "agent/local_files.h"
 #include "agent/status_server.h"
 #include "common/log.h"
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace {
@@ -68,6 +70,10 @@ int check_config(const Flags& flags) {
   if (auto host = outpost::agent::check_agent_config_on_host(config.value()); !host.ok()) {
     std::cerr << host.error().message() << "\n";
     return 1;
+  }
+  // Warnings do not fail the check (ExecStartPre would keep the agent down for them).
+  for (const auto& warning : outpost::agent::config_file_warnings(flags.config_path, *config)) {
+    std::cerr << "warning: " << warning << "\n";
   }
   std::cout << flags.config_path << ": ok (control plane " << config->control_plane_url << ", node "
             << config->node_name << ")\n";
@@ -131,6 +137,9 @@ int run(const Flags& flags) {
     LOG_ERROR("agent.bad_config", host.error().message());
     return 1;
   }
+  for (const auto& warning : outpost::agent::config_file_warnings(flags.config_path, *config)) {
+    LOG_WARNING("agent.config_readable", warning);
+  }
   boost::asio::io_context io;
   auto agent = outpost::agent::Agent::create(io, config.value());
   if (!agent.ok()) {
@@ -176,6 +185,9 @@ int run(const Flags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First, before any file exists: whatever umask it was started under (022 from a shell), the
+  // agent's directories, files and sockets, and its workers', are its user's alone.
+  ::umask(outpost::agent::kAgentUmask);
   CLI::App app{"outpostd: the outpost edge agent (docs/operations.md)"};
   Flags flags;
   app.add_option("--config", flags.config_path, "configuration file")->capture_default_str();

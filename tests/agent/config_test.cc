@@ -57,8 +57,28 @@ TEST(AgentConfigTest, MinimalFileGetsDefaults) {
   EXPECT_FALSE(config->node_name.empty());  // the host name
   EXPECT_EQ(config->default_slicing, SlicingMode::kFraction);
   EXPECT_EQ(config->idle_worker_seconds, 300);
-  EXPECT_EQ(config->keepalive_seconds, 15);
-  EXPECT_EQ(config->dead_after_seconds, 45);
+  EXPECT_EQ(config->keepalive_seconds, 2);
+  EXPECT_EQ(config->dead_after_seconds, 8);
+  EXPECT_EQ(config->reconnect_max_seconds, 2);
+}
+
+TEST(AgentConfigTest, ReconnectCapIsConfigurableAndChecked) {
+  const auto config = parse_agent_config(
+      "control_plane: {url: 'wss://cp', reconnect_max_seconds: 1}\n", "agent.yaml");
+  ASSERT_TRUE(config.ok()) << config.error().message();
+  EXPECT_EQ(config->reconnect_max_seconds, 1);
+  for (const char* bad : {"0", "301", "-1", "1.5", "soon"}) {
+    const auto refused = parse_agent_config(
+        std::string("control_plane: {url: 'wss://cp', reconnect_max_seconds: ") + bad + "}\n",
+        "agent.yaml");
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_NE(refused.error().message().find("control_plane.reconnect_max_seconds"),
+              std::string::npos)
+        << refused.error().message();
+  }
+  const auto misspelled = parse_agent_config(
+      "control_plane: {url: 'wss://cp', reconnect_max_second: 1}\n", "agent.yaml");
+  EXPECT_FALSE(misspelled.ok());
 }
 
 TEST(AgentConfigTest, TunnelKeepaliveIsConfigurableAndChecked) {

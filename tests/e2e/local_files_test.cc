@@ -53,10 +53,10 @@ TEST(LocalFilesTest, AgentStartedUnderUmask022LeavesNothingOpenToOthers) {
   } restore{old_mask};
 
   Platform platform;
-  platform.create_pool("cc-files", "np-files");
-  platform.start_agent("cc-files", "np-files");
+  platform.create_pool("cc-e2e", "np-e2e");
+  platform.start_agent("cc-e2e", "np-e2e");
   platform.upload_model("text");
-  platform.deploy("np-files", "dep-text", "text");
+  platform.deploy("np-e2e", "dep-text", "text");
   ASSERT_TRUE(platform.wait_live("dep-text")) << platform.agent("node-a").log();
   platform.cli({"model", "predict", "text", "--deployment", "dep-text", "--text", "a b"});
 
@@ -65,7 +65,7 @@ TEST(LocalFilesTest, AgentStartedUnderUmask022LeavesNothingOpenToOthers) {
   const std::vector<Entry> run = walk(base + "/run");
   entries.insert(entries.end(), run.begin(), run.end());
   struct stat info {};
-  for (const std::string dir : {base + "/state", base + "/run"}) {
+  for (const std::string& dir : {base + "/state", base + "/run"}) {
     ASSERT_EQ(::lstat(dir.c_str(), &info), 0) << dir;
     entries.push_back({dir, info.st_mode});
   }
