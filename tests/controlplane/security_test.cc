@@ -417,7 +417,7 @@ TEST(BodyBudgetTest, BodiesPastTheMemoryBudgetAre429UntilOneFinishes) {
   ControlInProcess control(pki,
                            "limits: {max_body_memory_bytes: 3000000, body_idle_timeout_seconds: "
                            "120}\n");
-  const std::string token = control.admin_token();
+  const std::string& token = control.admin_token();
   // Verified once, so that each head below is admitted at once on its connection's thread (a
   // KDF on the blocking pool could let a later head overtake the first).
   Api admin(control.base_url(), pki.ca_file(), token);
