@@ -166,7 +166,8 @@ bool is_health_check(const HttpRequest& request) {
   return request.path == "/v2/healthz" && (request.method == "GET" || request.method == "HEAD");
 }
 
-// The route of `request`, its {placeholders} put in call.params; not_found for an unknown path,
+// The route of `request`, its path parameters ({user}, {model}, ...) put in call.params;
+// not_found for an unknown path,
 // invalid_argument for a method the path does not take.
 Result<const Route*> find_route(const HttpRequest& request, Call& call) {
   bool path_known = false;

@@ -140,10 +140,14 @@ class Caller {
   std::thread thread_;
 };
 
-std::string joined(const std::vector<std::string>& lines) {
-  std::string out;
-  for (const auto& line : lines) out += line + "\n";
-  return out;
+// Stops the caller and checks that none of its calls failed, listing those that did.
+void expect_no_failures(Caller& caller) {
+  caller.stop();
+  const auto errors = caller.errors();
+  std::string listed;
+  for (const auto& error : errors) listed += error + "\n";
+  EXPECT_TRUE(errors.empty()) << errors.size() << " of " << caller.calls() << " calls failed:\n"
+                              << listed;
 }
 
 TEST(EndToEndTest, KilledWorkerComesBackAndNoCallerSeesAFailure) {
@@ -164,10 +168,7 @@ TEST(EndToEndTest, KilledWorkerComesBackAndNoCallerSeesAFailure) {
   }));
   const int after_restart = caller.calls();
   ASSERT_TRUE(eventually([&] { return caller.calls() >= after_restart + 5; }));
-  caller.stop();
-  EXPECT_TRUE(caller.errors().empty())
-      << caller.errors().size() << " of " << caller.calls() << " calls failed:\n"
-      << joined(caller.errors());
+  expect_no_failures(caller);
   EXPECT_NE(platform.agent("node-a").log().find("agent.worker_crashed"), std::string::npos);
 }
 
@@ -181,10 +182,7 @@ TEST(EndToEndTest, RestartedAgentAndNoCallerSeesAFailure) {
   platform.restart_agent("node-a");
   const int after_restart = caller.calls();
   ASSERT_TRUE(eventually([&] { return caller.calls() >= after_restart + 5; }));
-  caller.stop();
-  EXPECT_TRUE(caller.errors().empty())
-      << caller.errors().size() << " of " << caller.calls() << " calls failed:\n"
-      << joined(caller.errors());
+  expect_no_failures(caller);
 }
 
 TEST(EndToEndTest, CutTunnelReconnectsAndPredictionsResume) {
