@@ -128,6 +128,9 @@ Status model_upload(Session& s, const std::string& dir, const std::string& model
   }
   *s.out << "Model " << id << ": version " << reply["model_version"].value("id", "")
          << " uploaded (" << methods_cell(reply["model_version"]) << ").\n";
+  for (const auto& warning : reply.value("warnings", json::array())) {
+    *s.out << "warning: " << warning.get<std::string>() << "\n";
+  }
   return {};
 }
 

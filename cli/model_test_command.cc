@@ -230,6 +230,12 @@ std::string inputs_cell(const json& method) {
   for (const auto& input : method.value("inputs", json::array())) {
     inputs += (inputs.empty() ? "" : ", ") + input.value("name", std::string()) + ": " +
               input.value("type", std::string());
+    // A tensor's declared dtype and shape (-1: any size): "x: Tensor float32[-1, 256]".
+    if (input.contains("dtype") && input.contains("shape")) {
+      std::string shape;
+      for (const auto& dim : input["shape"]) shape += (shape.empty() ? "" : ", ") + dim.dump();
+      inputs += " " + input["dtype"].get<std::string>() + "[" + shape + "]";
+    }
     if (input.contains("default")) inputs += " = " + text_of(input["default"]);
   }
   return inputs.empty() ? "-" : inputs;

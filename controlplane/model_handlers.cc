@@ -244,18 +244,29 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
     (*config)["inference_compute_info"] = info.value();
   }
 
-  OUTPOST_ASSIGN_OR_RETURN(auto inspected, s.inspector->inspect(dir.path()));
-  if (inspected.model_id != model_id) {
-    return invalid_argument("the worker read model id '" + inspected.model_id +
+  auto inspected = s.inspector->inspect(dir.path());
+  if (!inspected.ok()) {
+    // The worker names the folder it read, which is this server's temporary one: the user
+    // knows it as "the package".
+    std::string message = inspected.error().message();
+    for (std::string prefix : {"model package " + dir.path(), dir.path()}) {
+      for (auto at = message.find(prefix); at != std::string::npos; at = message.find(prefix)) {
+        message.replace(at, prefix.size(), "the package");
+      }
+    }
+    return Error(inspected.error().code(), message);
+  }
+  if (inspected->model_id != model_id) {
+    return invalid_argument("the worker read model id '" + inspected->model_id +
                             "' from the package, not '" + model_id + "'");
   }
-  const auto model_file = files.find(inspected.file);
+  const auto model_file = files.find(inspected->file);
   if (model_file == files.end()) {
-    return invalid_argument("the package has no " + inspected.file);
+    return invalid_argument("the package has no " + inspected->file);
   }
-  if (!inspected.file_sha256.empty() && inspected.file_sha256 != model_file->second.sha256) {
+  if (!inspected->file_sha256.empty() && inspected->file_sha256 != model_file->second.sha256) {
     return Error(ErrorCode::kDataLoss,
-                 "the worker saw " + inspected.file + " with a different sha256 than the upload");
+                 "the worker saw " + inspected->file + " with a different sha256 than the upload");
   }
 
   json artifacts = json::array();
@@ -268,14 +279,16 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
   version.model_id = model_id;
   version.id = random_hex(16);
   version.config = std::move(config).value();
-  version.methods = inspected.methods;
+  version.methods = inspected->methods;
   version.artifacts = artifacts;
   version.created_at = s.clock->now_seconds();
   OUTPOST_ASSIGN_OR_RETURN(auto stored, s.store->create_version(std::move(version)));
   LOG_NOTICE("control.model_uploaded",
              call.request->request_id << ": model " << call.user() << "/" << model_id << " version "
                                       << stored.id << " (" << model_file->second.size << " bytes)");
-  return Reply{201, {{"model_version", version_view(stored)}}};
+  json reply{{"model_version", version_view(stored)}};
+  if (!inspected->warnings.empty()) reply["warnings"] = inspected->warnings;
+  return Reply{201, std::move(reply)};
 }
 
 }  // namespace outpost::control

@@ -94,6 +94,12 @@ Result<InspectResult> parse_inspect_output(std::string_view text) {
     }
   }
   out.methods = *methods;
+  if (const json* warnings = reader->get("warnings"); warnings != nullptr) {
+    if (!warnings->is_array()) return bad(invalid_argument("warnings: not a list"));
+    for (const auto& warning : *warnings) {
+      if (warning.is_string()) out.warnings.push_back(warning.get<std::string>());
+    }
+  }
   return out;
 }
 

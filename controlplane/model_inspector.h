@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -22,7 +23,8 @@ struct InspectResult {
   std::string file_sha256;
   uint64_t file_size = 0;
   nlohmann::json config;
-  nlohmann::json methods;  // verbatim: stored as the version's method signatures
+  nlohmann::json methods;             // verbatim: stored as the version's method signatures
+  std::vector<std::string> warnings;  // what the worker kept but did not use (unknown keys)
 };
 
 // Checks the worker's JSON; invalid_argument naming what is wrong.

@@ -88,6 +88,8 @@ json deployment_view(ApiServices& s, const Deployment& deployment) {
   int64_t desired_total = 0;
   int64_t assigned_total = 0;
   int64_t live_total = 0;
+  int64_t failed_total = 0;
+  std::string failure;  // the first failed replica's reason
   for (const auto& pool_status : scaling["nodepools"]) {
     const std::string pool = pool_status["nodepool_id"].get<std::string>();
     const int64_t desired = pool_status["desired_replicas"].get<int64_t>();
@@ -102,6 +104,10 @@ json deployment_view(ApiServices& s, const Deployment& deployment) {
         if (!online) state.state = "offline";
         if (state.state.empty()) state.state = "pending";
         if (state.state == "ready") ++live;
+        if (state.state == "failed") {
+          ++failed_total;
+          if (failure.empty()) failure = state.message;
+        }
         replica_views.push_back({{"replica_id", replica.id},
                                  {"nodepool_id", pool},
                                  {"node_id", replica.node_id},
@@ -128,6 +134,10 @@ json deployment_view(ApiServices& s, const Deployment& deployment) {
   out["unplaced"] = scaling["unplaced"];
   if (live_total > 0) {
     out["state"] = "ready";
+  } else if (assigned_total > 0 && failed_total == assigned_total) {
+    // Every replica failed to start: say why here, not only on a replica row.
+    out["state"] = "failed";
+    out["message"] = failure;
   } else if (assigned_total > 0) {
     out["state"] = "pending";
   } else {

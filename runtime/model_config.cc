@@ -1,5 +1,6 @@
 #include "runtime/model_config.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <exception>
@@ -271,6 +272,49 @@ Result<json> yaml_to_json(std::string_view yaml_text) {
   }
 }
 
+namespace {
+
+// Edits (insertions, deletions, substitutions) between two short keys.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// Top-level keys: outpost's and Clarifai's are read; a key a typo away from one of outpost's
+// is refused (it would silently leave batching or the methods at their defaults); any other is
+// kept and ignored, with a warning.
+Status check_top_level_keys(const json& root, std::vector<std::string>& warnings) {
+  static const std::set<std::string> ours = {
+      "model",  "inference_compute_info", "checkpoints", "instances", "warmup_runs", "batching",
+      "methods"};
+  static const std::set<std::string> clarifai = {"build_info", "concepts", "num_threads",
+                                                 "description"};
+  for (const auto& item : root.items()) {
+    const std::string& key = item.key();
+    if (ours.count(key) > 0 || clarifai.count(key) > 0) continue;
+    for (const auto& known : ours) {
+      if (edit_distance(key, known) <= 2) {
+        return invalid_argument("config.yaml: unknown key " + key + " (did you mean " + known +
+                                "?)");
+      }
+    }
+    warnings.push_back("config.yaml: unknown top-level key " + key + " is ignored");
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<ModelConfig> parse_model_config(std::string_view yaml_text) {
   auto parsed = yaml_to_json(yaml_text);
   if (!parsed) return invalid_argument("config.yaml: " + parsed.error().message());
@@ -278,6 +322,8 @@ Result<ModelConfig> parse_model_config(std::string_view yaml_text) {
   if (!root.is_object()) return invalid_argument("config.yaml must be a YAML map");
   ModelConfig config;
   config.raw = root;
+
+  OUTPOST_RETURN_IF_ERROR(check_top_level_keys(root, config.warnings));
 
   const auto model = root.find("model");
   if (model == root.end() || !model->is_object()) {
@@ -315,10 +361,11 @@ Result<ModelConfig> parse_model_config(std::string_view yaml_text) {
         return invalid_argument("config.yaml: checkpoints.type must be a string");
       config.checkpoint_type = it->get<std::string>();
     }
-    if (config.checkpoint_type != "torchscript") {
+    if (config.checkpoint_type != "torchscript" && config.checkpoint_type != "aoti") {
       return invalid_argument("config.yaml: checkpoints.type \"" + config.checkpoint_type +
-                              "\" is not one outpost can load (supported: torchscript)");
+                              "\" is not one outpost can load (supported: torchscript, aoti)");
     }
+    if (config.checkpoint_type == "aoti") config.file = "model.pt2";
     if (const auto it = checkpoints->find("file"); it != checkpoints->end()) {
       if (!it->is_string() || !is_safe_file_name(it->get<std::string>())) {
         return invalid_argument(

@@ -53,6 +53,8 @@ struct ModelConfig {
   int64_t warmup_runs = 2;
   BatchingConfig batching;
   std::map<std::string, MethodConfig> methods;
+  // What parsing kept but did not use (an unknown top-level key), for the one who uploads.
+  std::vector<std::string> warnings;
 
   // The method's settings, or the defaults (model-level batching) when config.yaml has none.
   MethodConfig method(const std::string& name) const;

@@ -305,6 +305,52 @@ TEST_F(ApiTest, UploadsAreCheckedBeforeTheyAreStored) {
   EXPECT_EQ(admin_.get("/v2/users/me/models/text").status, 404);
 }
 
+#ifdef OUTPOST_TEST_MODELS_DIR
+// With the real worker: an upload loads the package as a node would, examples and warm-up
+// included, so that what would fail on every node is refused now, saying what to change and
+// without this server's paths; a typo of one of outpost's keys is refused; a key it does not
+// know is accepted with a warning.
+TEST_F(ApiTest, UploadRunsTheExamplesAndSaysWhatToFix) {
+  const auto package = model_package("text");
+  const auto with_config = [&](const std::string& from, const std::string& to) {
+    auto edited = package;
+    std::string& config = edited["config.yaml"];
+    const auto at = config.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    if (at != std::string::npos) config.replace(at, from.size(), to);
+    return edited;
+  };
+  const auto refusal = [&](const std::map<std::string, std::string>& files) {
+    write_tar(dir_.file("package.tar"), files);
+    auto reply = admin_.upload("/v2/users/me/models/text/versions", dir_.file("package.tar"));
+    EXPECT_EQ(reply.status, 400) << reply.raw;
+    EXPECT_EQ(reply.raw.find(control_.data_dir()), std::string::npos) << reply.raw;
+    return error_text(reply);
+  };
+  // An example of the wrong type.
+  EXPECT_NE(refusal(with_config("text: \"warm up\"", "text: 5"))
+                .find("methods.predict.example: input 'text'"),
+            std::string::npos);
+  // A misspelt top-level key: batching would silently stay off.
+  EXPECT_NE(refusal(with_config("methods:", "batchng:\n  max_batch_size: 4\nmethods:"))
+                .find("unknown key batchng (did you mean batching?)"),
+            std::string::npos);
+  // No model file: named as the package's, not as a temporary folder of this server.
+  auto no_model = package;
+  no_model.erase("model.pt");
+  const std::string missing = refusal(no_model);
+  EXPECT_NE(missing.find("the package has no model file model.pt"), std::string::npos) << missing;
+  // Nothing of the above was stored.
+  EXPECT_EQ(admin_.get("/v2/users/me/models/text").status, 404);
+  // A key outpost does not read: stored, and the reply says it was ignored.
+  write_tar(dir_.file("notes.tar"), with_config("methods:", "notes: \"for people\"\nmethods:"));
+  auto stored = admin_.upload("/v2/users/me/models/text/versions", dir_.file("notes.tar"));
+  ASSERT_EQ(stored.status, 201) << stored.raw;
+  EXPECT_EQ(stored.body["warnings"],
+            json::array({"config.yaml: unknown top-level key notes is ignored"}));
+}
+#endif
+
 TEST_F(ApiTest, RequestIdsTravelBack) {
   auto mine = admin_.post_text("/v2/users/me/compute_clusters", "{", "application/json",
                                {{"X-Request-Id", "trace-42"}});

@@ -251,10 +251,16 @@ TEST(EndToEndTest, ModelWithAWrongHashIsRefusedAndReported) {
   options.name = "node-b";
   platform.start_agent("cc-e2e", "np-other", options);
   platform.deploy("np-other", "dep-text-b", "text");
+  // The deployment itself says failed, with the replica's reason (not only its replica row).
+  nlohmann::json doc;
   ASSERT_TRUE(eventually([&] {
-    const auto doc = platform.cli_json({"deployment", "get", "dep-text-b"});
-    return doc.dump().find("hash mismatch") != std::string::npos;
-  })) << platform.agent("node-b").log();
+    doc = platform.cli_json({"deployment", "get", "dep-text-b"});
+    const nlohmann::json& deployment = doc.contains("deployment") ? doc.at("deployment") : doc;
+    return deployment.value("state", "") == "failed" &&
+           deployment.value("message", "").find("hash mismatch") != std::string::npos;
+  })) << doc.dump()
+      << "\n"
+      << platform.agent("node-b").log();
   EXPECT_NE(platform.agent("node-b").log().find("hash mismatch"), std::string::npos);
 }
 

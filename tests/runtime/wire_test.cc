@@ -181,6 +181,16 @@ methods:
   EXPECT_EQ(config->raw.at("build_info").at("python_version"), "3.12");
 }
 
+// A top-level key that is neither outpost's nor Clarifai's, and not a typo of outpost's, is
+// kept, ignored and reported.
+TEST(ModelConfigFile, UnknownTopLevelKeysAreWarnedAbout) {
+  auto config = parse_model_config(
+      "model: {id: a}\nbuild_info: {python_version: \"3.11\"}\nmy_notes: hello\n");
+  ASSERT_TRUE(config.ok()) << config.error().to_string();
+  EXPECT_EQ(config->warnings,
+            std::vector<std::string>{"config.yaml: unknown top-level key my_notes is ignored"});
+}
+
 TEST(ModelConfigFile, RefusalsNameTheKey) {
   const auto refused = [](const std::string& yaml, const std::string& says) {
     auto config = parse_model_config(yaml);
@@ -192,6 +202,9 @@ TEST(ModelConfigFile, RefusalsNameTheKey) {
   refused("inference_compute_info: {}\n", "needs a model");
   refused("model: {id: \"a b\"}\n", "model.id may hold");
   refused("model: {id: a}\nbatching: {max_batch: 3}\n", "unknown key batching.max_batch");
+  refused("model: {id: a}\nbatchng: {max_batch_size: 8}\n",
+          "unknown key batchng (did you mean batching?)");
+  refused("model: {id: a}\nmethod: {}\n", "unknown key method (did you mean methods?)");
   refused("model: {id: a}\nbatching: {max_batch_size: -1}\n", "max_batch_size must be");
   refused("model: {id: a}\ncheckpoints: {type: huggingface}\n", "not one outpost can load");
   refused("model: {id: a}\ncheckpoints: {file: ../x.pt}\n", "checkpoints.file");
