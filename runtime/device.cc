@@ -4,24 +4,17 @@
 #include <cstdlib>
 #include <exception>
 #include <optional>
+#include <utility>
 
 #include <ATen/Parallel.h>
 
 #include "common/log.h"
+#include "runtime/cuda_backend.h"
 #include "runtime/torch_device.h"
 #include <dlfcn.h>
 #include <malloc.h>
 #include <sched.h>
 #include <unistd.h>
-
-#ifdef OUTPOST_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include <cuda_runtime_api.h>
-#endif
 
 namespace outpost::runtime {
 
@@ -55,21 +48,16 @@ uint64_t process_rss_bytes() {
 Result<c10::Device> parse_device(const std::string& device) {
   if (device == "cpu") return c10::Device(c10::kCPU);
   if (device.rfind("cuda", 0) != 0) return invalid_argument("unknown device \"" + device + "\"");
-#ifdef OUTPOST_WITH_CUDA
   const auto colon = device.find(':');
   const int64_t index = colon == std::string::npos ? 0 : std::stoll(device.substr(colon + 1));
-  const int64_t count = c10::cuda::device_count();
+  OUTPOST_ASSIGN_OR_RETURN(auto* cuda, cuda_backend());
+  const int64_t count = cuda->device_count();
   if (index >= count) {
+    std::string why = cuda->unavailable_reason();
     return unavailable("device " + device + " does not exist (" + std::to_string(count) +
-                       " CUDA devices visible)");
+                       " CUDA devices visible" + (why.empty() ? "" : "; " + why) + ")");
   }
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
-#else
-  return Error(ErrorCode::kFailedPrecondition,
-               "device " + device +
-                   ": this outpost-worker was built without CUDA "
-                   "(configure with -DOUTPOST_CUDA=ON against a CUDA libtorch)");
-#endif
 }
 
 namespace {
@@ -102,44 +90,43 @@ Status configure_process(const WorkerSpec& spec) {
   }
   limit_blas_threads();
   OUTPOST_ASSIGN_OR_RETURN(const auto device, parse_device(spec.device));
-#ifdef OUTPOST_WITH_CUDA
-  if (device.is_cuda() && spec.slice.mode == "fraction") {
-    c10::cuda::CUDACachingAllocator::setMemoryFraction(spec.slice.fraction, device.index());
-    LOG_INFO("worker.slice",
-             "caching allocator capped at " << spec.slice.fraction << " of " << spec.device);
+  if (device.is_cuda()) {
+    OUTPOST_ASSIGN_OR_RETURN(auto* cuda, cuda_backend());
+    LOG_INFO("worker.device", spec.device << " is " << cuda->device_name(device.index()));
+    if (spec.slice.mode == "fraction") {
+      OUTPOST_RETURN_IF_ERROR(cuda->set_memory_fraction(spec.slice.fraction, device.index()));
+      LOG_INFO("worker.slice",
+               "caching allocator capped at " << spec.slice.fraction << " of " << spec.device);
+    }
   }
-#else
-  (void)device;
-#endif
   return {};
 }
 
+namespace {
+
+// The CUDA backend when `device_name` is a usable CUDA device, and its index.
+std::optional<std::pair<CudaBackend*, int64_t>> cuda_device(const std::string& device_name) {
+  if (device_name.rfind("cuda", 0) != 0) return std::nullopt;
+  const auto device = parse_device(device_name);
+  if (!device.ok() || !device->is_cuda()) return std::nullopt;
+  return std::make_pair(*cuda_backend(), static_cast<int64_t>(device->index()));
+}
+
+}  // namespace
+
 DeviceMemory device_memory(const std::string& device_name) {
   DeviceMemory memory;
-#ifdef OUTPOST_WITH_CUDA
-  const auto device = parse_device(device_name);
-  if (device.ok() && device->is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device->index());
-    memory.allocated = static_cast<uint64_t>(stats.allocated_bytes[0].current);
-    memory.reserved = static_cast<uint64_t>(stats.reserved_bytes[0].current);
-    size_t free_bytes = 0;
-    size_t total_bytes = 0;
-    c10::cuda::CUDAGuard guard(device->index());
-    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) memory.total = total_bytes;
+  if (const auto cuda = cuda_device(device_name)) {
+    const CudaMemory figures = cuda->first->memory(cuda->second);
+    memory.allocated = figures.allocated;
+    memory.reserved = figures.reserved;
+    memory.total = figures.total;
   }
-#else
-  (void)device_name;
-#endif
   return memory;
 }
 
 void release_cached_memory(const std::string& device_name) {
-#ifdef OUTPOST_WITH_CUDA
-  const auto device = parse_device(device_name);
-  if (device.ok() && device->is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
-#else
-  (void)device_name;
-#endif
+  if (const auto cuda = cuda_device(device_name)) cuda->first->empty_cache();
   malloc_trim(0);
 }
 
@@ -159,30 +146,21 @@ nlohmann::json device_json(const WorkerSpec& spec) {
 }
 
 struct InstanceStream::Impl {
-#ifdef OUTPOST_WITH_CUDA
-  std::optional<c10::cuda::CUDAStream> stream;
-#endif
+  std::unique_ptr<CudaStream> stream;
 };
 
 InstanceStream::InstanceStream(const c10::Device& device) : impl_(std::make_unique<Impl>()) {
-#ifdef OUTPOST_WITH_CUDA
-  if (device.is_cuda()) impl_->stream = c10::cuda::getStreamFromPool(false, device.index());
-#else
-  (void)device;
-#endif
+  if (!device.is_cuda()) return;
+  if (auto cuda = cuda_backend(); cuda.ok()) impl_->stream = (*cuda)->make_stream(device.index());
 }
 
 InstanceStream::~InstanceStream() = default;
 
 void InstanceStream::run(const std::function<void()>& body) {
-#ifdef OUTPOST_WITH_CUDA
   if (impl_->stream) {
-    c10::cuda::CUDAStreamGuard guard(*impl_->stream);
-    body();
-    impl_->stream->synchronize();
+    impl_->stream->run(body);
     return;
   }
-#endif
   body();
 }
 

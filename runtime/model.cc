@@ -1,5 +1,7 @@
 #include "runtime/model.h"
 
+#include "runtime/tensor_wire.h"
+
 namespace outpost::runtime {
 
 std::string_view method_kind_name(MethodKind kind) {
@@ -19,6 +21,10 @@ nlohmann::json MethodInfo::to_json() const {
   for (const auto& param : inputs) {
     nlohmann::json item{{"name", param.name}, {"type", param.type}};
     if (param.default_value) item["default"] = *param.default_value;
+    if (param.spec) {
+      item["dtype"] = dtype_name(param.spec->dtype);
+      item["shape"] = param.spec->shape;  // -1: any size
+    }
     params.push_back(std::move(item));
   }
   return nlohmann::json{

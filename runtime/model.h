@@ -27,6 +27,7 @@ struct ParamInfo {
   std::string name;
   std::string type;  // TorchScript annotation: "Tensor", "str", "List[int]", "Optional[str]"
   std::optional<nlohmann::json> default_value;
+  std::optional<TensorSpec> spec;  // a tensor's dtype and shape, as config.yaml declares them
 };
 
 // One callable method of a model, as calls and `outpost-worker inspect` see it.
@@ -138,7 +139,7 @@ struct LoadOptions {
   std::string device = "cpu";  // "cpu" or "cuda:N"
   int64_t instances = 0;       // 0 = config.yaml's
   bool warmup = true;
-  bool inspect_only = false;  // read signatures only: one instance, no warmup
+  bool inspect_only = false;  // one instance, warmed up at least once (`inspect`)
   size_t max_tensor_bytes = size_t{256} << 20;
 };
 

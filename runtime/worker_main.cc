@@ -17,7 +17,7 @@
 #include "common/log.h"
 #include "runtime/device.h"
 #include "runtime/model_package.h"
-#include "runtime/torchscript_loader.h"
+#include "runtime/torch_loader.h"
 #include "runtime/worker_server.h"
 #include "runtime/worker_spec.h"
 #include <sys/prctl.h>
@@ -41,6 +41,27 @@ int fail(std::string_view command, const Error& error) {
   return 1;
 }
 
+// The signature of an AOTInductor package compiled for CUDA, on a host without a GPU (a control
+// plane's): from what config.yaml declares, since the package cannot be opened here.
+Result<nlohmann::json> declared_signature(const ModelConfig& config) {
+  const MethodConfig method = config.method("predict");
+  if (method.inputs.empty()) {
+    return Error(ErrorCode::kFailedPrecondition,
+                 config.file +
+                     " was compiled for cuda and this host has no GPU to open it: declare its "
+                     "inputs under methods.predict.inputs in config.yaml (docs/models.md)");
+  }
+  MethodInfo info;
+  info.name = "predict";
+  info.returns = "unknown (compiled for cuda; read on a GPU)";
+  for (const auto& [name, spec] : method.inputs) {
+    info.inputs.push_back(ParamInfo{name, "Tensor", std::nullopt, spec});
+  }
+  return nlohmann::json::array({info.to_json()});
+}
+
+// Loads the package as a node would, with one instance, running its examples and warm-up, and
+// prints what the control plane stores: signatures, the file's hash, warnings.
 int inspect(const std::string& dir) {
   auto package = open_model_package(dir);
   if (!package.ok()) return fail("inspect", package.error());
@@ -52,19 +73,35 @@ int inspect(const std::string& dir) {
   }
   LoadOptions options;
   options.inspect_only = true;
-  auto loader = make_torchscript_loader();
-  if (package->config.checkpoint_type != loader->type()) {
+  auto loader = make_loader(package->config.checkpoint_type);
+  if (loader == nullptr) {
     return fail("inspect", invalid_argument("no loader for checkpoints.type " +
                                             package->config.checkpoint_type));
   }
-  auto model = loader->load(*package, options);
-  if (!model.ok()) return fail("inspect", model.error());
+  std::vector<std::string> warnings = package->config.warnings;
   nlohmann::json methods = nlohmann::json::array();
-  for (const auto& method : (*model)->methods()) methods.push_back(method.to_json());
-  const nlohmann::json out{
-      {"model_id", package->config.model_id}, {"file", package->config.file},
-      {"file_sha256", package->file_sha256},  {"file_size", package->file_size},
-      {"config", package->config.raw},        {"methods", std::move(methods)}};
+  auto model = loader->load(*package, options);
+  if (model.ok()) {
+    for (const auto& method : (*model)->methods()) methods.push_back(method.to_json());
+  } else if (package->config.checkpoint_type == "aoti" &&
+             model.error().code() == ErrorCode::kFailedPrecondition &&
+             model.error().message().find("compiled for cuda") != std::string::npos) {
+    auto declared = declared_signature(package->config);
+    if (!declared.ok()) return fail("inspect", declared.error());
+    methods = std::move(declared).value();
+    warnings.push_back(package->config.file +
+                       " was compiled for cuda: its signature comes from config.yaml, and it "
+                       "was not run here (this host has no GPU)");
+  } else {
+    return fail("inspect", model.error());
+  }
+  const nlohmann::json out{{"model_id", package->config.model_id},
+                           {"file", package->config.file},
+                           {"file_sha256", package->file_sha256},
+                           {"file_size", package->file_size},
+                           {"config", package->config.raw},
+                           {"methods", std::move(methods)},
+                           {"warnings", warnings}};
   std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   return 0;
 }
@@ -106,7 +143,7 @@ int serve(const std::vector<std::string>& args) {
   std::signal(SIGTERM, on_signal);
   std::signal(SIGINT, on_signal);
   std::signal(SIGPIPE, SIG_IGN);
-  auto server = WorkerServer::create(*spec, make_torchscript_loader());
+  auto server = WorkerServer::create(*spec, make_loaders());
   if (!server.ok()) return fail("serve", server.error());
   return (*server)->run(g_stop);
 }
@@ -114,6 +151,10 @@ int serve(const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // AOTInductor packages check each input's dtype, shape, strides and device only when this is
+  // set (read once, at a package's first call): without it a tensor of the wrong shape runs the
+  // compiled kernels out of bounds. Set while the process has one thread.
+  setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 1);
   const std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {
     std::fputs(kUsage.data(), stderr);

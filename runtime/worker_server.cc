@@ -34,16 +34,16 @@ Error not_found(std::string message) { return {ErrorCode::kNotFound, std::move(m
 
 }  // namespace
 
-WorkerServer::WorkerServer(WorkerSpec spec, std::unique_ptr<ModelLoader> loader)
+WorkerServer::WorkerServer(WorkerSpec spec, std::vector<std::unique_ptr<ModelLoader>> loaders)
     : spec_(std::move(spec)),
-      loader_(std::move(loader)),
+      loaders_(std::move(loaders)),
       clock_(SteadyClock::instance()),
       started_(clock_.now()),
       scheduler_(static_cast<int>(spec_.device_concurrency), clock_) {}
 
-Result<std::unique_ptr<WorkerServer>> WorkerServer::create(WorkerSpec spec,
-                                                           std::unique_ptr<ModelLoader> loader) {
-  std::unique_ptr<WorkerServer> server(new WorkerServer(std::move(spec), std::move(loader)));
+Result<std::unique_ptr<WorkerServer>> WorkerServer::create(
+    WorkerSpec spec, std::vector<std::unique_ptr<ModelLoader>> loaders) {
+  std::unique_ptr<WorkerServer> server(new WorkerServer(std::move(spec), std::move(loaders)));
   OUTPOST_ASSIGN_OR_RETURN(
       server->channel_,
       ZmqChannel::bind_router(server->context_, server->spec_.endpoint, server->spec_.limits));
@@ -389,14 +389,18 @@ Result<std::shared_ptr<ModelHost>> WorkerServer::load_model(const std::string& n
                                                             int64_t instances, ModelEntry& entry) {
   const auto started = clock_.now();
   OUTPOST_ASSIGN_OR_RETURN(auto package, open_model_package(package_dir, expect));
-  if (package.config.checkpoint_type != loader_->type()) {
+  ModelLoader* loader = nullptr;
+  for (const auto& candidate : loaders_) {
+    if (candidate->type() == package.config.checkpoint_type) loader = candidate.get();
+  }
+  if (loader == nullptr) {
     return invalid_argument("no loader for checkpoints.type " + package.config.checkpoint_type);
   }
   LoadOptions options;
   options.device = spec_.device;
   options.instances = instances;
   options.max_tensor_bytes = spec_.limits.max_message_bytes;
-  OUTPOST_ASSIGN_OR_RETURN(auto model, loader_->load(package, options));
+  OUTPOST_ASSIGN_OR_RETURN(auto model, loader->load(package, options));
   entry.package = package_dir;
   entry.model_id = package.config.model_id;
   entry.file_sha256 = package.file_sha256;

@@ -36,8 +36,8 @@ namespace outpost::runtime {
 class WorkerServer final : public ResponseSink {
  public:
   // Binds the endpoint; the spec's models are loaded once run() starts.
-  static Result<std::unique_ptr<WorkerServer>> create(WorkerSpec spec,
-                                                      std::unique_ptr<ModelLoader> loader);
+  static Result<std::unique_ptr<WorkerServer>> create(
+      WorkerSpec spec, std::vector<std::unique_ptr<ModelLoader>> loaders);
   ~WorkerServer() override;
   WorkerServer(const WorkerServer&) = delete;
   WorkerServer& operator=(const WorkerServer&) = delete;
@@ -51,7 +51,7 @@ class WorkerServer final : public ResponseSink {
   void finished(const Call& call) override;
 
  private:
-  WorkerServer(WorkerSpec spec, std::unique_ptr<ModelLoader> loader);
+  WorkerServer(WorkerSpec spec, std::vector<std::unique_ptr<ModelLoader>> loaders);
 
   struct ModelEntry {
     std::string state;  // loading, ready, unloading, failed
@@ -100,7 +100,7 @@ class WorkerServer final : public ResponseSink {
   void cancel_client(const std::string& client);
 
   WorkerSpec spec_;
-  std::unique_ptr<ModelLoader> loader_;
+  std::vector<std::unique_ptr<ModelLoader>> loaders_;  // one per checkpoints.type
   const Clock& clock_;
   TimePoint started_;
   zmq::context_t context_{1};

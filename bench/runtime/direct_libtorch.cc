@@ -4,12 +4,15 @@
 #include <chrono>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
+#include <functional>
 #include <utility>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/ivalue.h>  // before ops/ and jit/: under clang they need IValue complete
 #include <ATen/ops/randn.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
 
@@ -47,6 +50,15 @@ void set_torch_threads(int intra_op) {
 
 struct DirectModel::Impl {
   torch::jit::Module module;
+  // An AOTInductor package (model.pt2) instead: its one function, called with flat tensors.
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
+
+  // `method` of the module, or the package's function, on one tensor.
+  std::function<void(const at::Tensor&)> callable(const std::string& method) {
+    if (package) return [this](const at::Tensor& x) { package->run({x}); };
+    auto bound = module.get_method(method);
+    return [bound](const at::Tensor& x) mutable { bound({x}); };
+  }
 };
 
 DirectModel::DirectModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -54,6 +66,15 @@ DirectModel::~DirectModel() = default;
 
 Result<std::unique_ptr<DirectModel>> DirectModel::load(const std::string& package_dir) {
   auto impl = std::make_unique<Impl>();
+  if (std::filesystem::exists(package_dir + "/model.pt2")) {
+    try {
+      impl->package =
+          std::make_unique<torch::inductor::AOTIModelPackageLoader>(package_dir + "/model.pt2");
+    } catch (const std::exception& e) {
+      return invalid_argument("cannot load " + package_dir + "/model.pt2: " + e.what());
+    }
+    return std::unique_ptr<DirectModel>(new DirectModel(std::move(impl)));
+  }
   try {
     c10::InferenceMode guard;
     impl->module = torch::jit::load(package_dir + "/model.pt");
@@ -68,13 +89,13 @@ Result<std::unique_ptr<DirectModel>> DirectModel::load(const std::string& packag
 double DirectModel::rows_per_second(const std::string& method, const std::vector<int64_t>& shape,
                                     double seconds) {
   c10::InferenceMode guard;
-  auto callable = impl_->module.get_method(method);
+  auto callable = impl_->callable(method);
   const at::Tensor input = at::randn(shape);
-  for (int i = 0; i < kWarmUpCalls; ++i) callable({input});
+  for (int i = 0; i < kWarmUpCalls; ++i) callable(input);
   int64_t calls = 0;
   const auto start = Clock::now();
   while (seconds_since(start) < seconds) {
-    callable({input});
+    callable(input);
     ++calls;
   }
   return static_cast<double>(calls * shape[0]) / seconds_since(start);
@@ -83,14 +104,14 @@ double DirectModel::rows_per_second(const std::string& method, const std::vector
 std::vector<double> DirectModel::call_latencies_us(const std::string& method,
                                                    const std::vector<int64_t>& shape, int calls) {
   c10::InferenceMode guard;
-  auto callable = impl_->module.get_method(method);
+  auto callable = impl_->callable(method);
   const at::Tensor input = at::randn(shape);
-  for (int i = 0; i < kWarmUpCalls; ++i) callable({input});
+  for (int i = 0; i < kWarmUpCalls; ++i) callable(input);
   std::vector<double> micros;
   micros.reserve(static_cast<size_t>(std::max(calls, 0)));
   for (int i = 0; i < calls; ++i) {
     const auto start = Clock::now();
-    callable({input});
+    callable(input);
     micros.push_back(duration<double, std::micro>(Clock::now() - start).count());
   }
   return micros;

@@ -28,8 +28,9 @@ struct GenerateFigures {
 
 class DirectModel {
  public:
-  // Loads PACKAGE_DIR/model.pt (an example model package, as scripts/make-example-models writes)
-  // in eval mode, as the worker does.
+  // Loads PACKAGE_DIR/model.pt2 (an AOTInductor package) when there is one, else
+  // PACKAGE_DIR/model.pt (a TorchScript archive) in eval mode, as the worker does. A package's
+  // function is called whatever `method` names.
   static Result<std::unique_ptr<DirectModel>> load(const std::string& package_dir);
   ~DirectModel();
   DirectModel(const DirectModel&) = delete;

@@ -1,5 +1,5 @@
 // scripts/bench runtime: outpost-worker measured side by side with direct libtorch calls on the
-// same TorchScript files, with the same intra-op threads, in one run on one machine. Prints one
+// same model files, with the same intra-op threads, in one run on one machine. Prints one
 // JSON object as its last line.
 //
 //  small    the example MLP classifier (256-512-512-10): unary requests per second through the
@@ -7,11 +7,16 @@
 //           against a direct forward at batch 1 and 32 (rows per second).
 //  resnet   ResNet-18 (random weights) on 3x224x224 images: concurrency 1 and 8 against direct
 //           batch 1 and 8 (images per second).
+//  small_aoti, resnet_aoti  the same two networks as AOTInductor packages (classifier_aoti,
+//           resnet18_aoti; scripts/bench makes the latter), through the worker against the
+//           package called directly (`*_ratio`), and against the TorchScript file through the
+//           worker (`*_vs_script`).
 //  generate the character-level generator: time to first chunk and chunks per second of one
 //           call, against a direct loop of generate_init and generate_step.
 //
 // Threads: OUTPOST_BENCH_THREADS (default: every CPU this process may use) for both sides.
-// OUTPOST_BENCH_ONLY=small|resnet|generate runs one part (the JSON then lacks the others' keys).
+// OUTPOST_BENCH_ONLY=small|resnet|small_aoti|resnet_aoti|generate runs one part (the JSON then
+// lacks the others' keys).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -52,6 +57,23 @@ bool enabled(const char* part) {
   const char* only = std::getenv("OUTPOST_BENCH_ONLY");
   return only == nullptr || std::strcmp(only, part) == 0;
 }
+
+// One model measured through the worker against the same file called directly.
+struct Part {
+  const char* key;                 // the JSON keys' prefix and OUTPOST_BENCH_ONLY's name
+  const char* model;               // the example package
+  std::vector<int64_t> row_shape;  // one row's shape
+  int64_t batch;                   // the direct batch and the worker's concurrency
+  double seconds;
+  const char* script_key;  // for an AOTInductor package: the TorchScript part of its network
+};
+
+const std::vector<Part> kParts = {
+    {"small", "classifier", {256}, 32, kSmallSeconds, nullptr},
+    {"resnet", "resnet18", {3, 224, 224}, 8, kResnetSeconds, nullptr},
+    {"small_aoti", "classifier_aoti", {256}, 32, kSmallSeconds, "small"},
+    {"resnet_aoti", "resnet18_aoti", {3, 224, 224}, 8, kResnetSeconds, "resnet"},
+};
 
 std::string model_dir(const std::string& name) {
   return std::string(OUTPOST_MODELS_DIR) + "/" + name;
@@ -173,46 +195,38 @@ int main() {
 
   // Direct libtorch first, with nothing else running.
   std::printf("direct libtorch, %d intra-op threads\n", threads);
-  std::unique_ptr<DirectModel> small;
-  std::unique_ptr<DirectModel> resnet;
-  std::unique_ptr<DirectModel> chargen;
-  for (auto [name, model] : {std::pair{"classifier", &small}, std::pair{"resnet18", &resnet},
-                             std::pair{"chargen", &chargen}}) {
-    auto loaded = DirectModel::load(model_dir(name));
-    if (!loaded.ok()) {
-      std::fprintf(stderr, "%s\n", loaded.error().to_string().c_str());
-      return 1;
-    }
-    *model = std::move(loaded).value();
-  }
   json out;
   out["threads"] = threads;
-  if (enabled("small")) {
-    out["small_direct_b1_rps"] = small->rows_per_second("predict", {1, 256}, kSmallSeconds);
-    out["small_direct_b32_rps"] = small->rows_per_second("predict", {32, 256}, kSmallSeconds);
-    std::printf("  small  b1 %.0f rows/s, b32 %.0f rows/s\n",
-                out["small_direct_b1_rps"].get<double>(),
-                out["small_direct_b32_rps"].get<double>());
-  }
-  if (enabled("resnet")) {
-    out["resnet_direct_b1_rps"] =
-        resnet->rows_per_second("predict", {1, 3, 224, 224}, kResnetSeconds);
-    out["resnet_direct_b8_rps"] =
-        resnet->rows_per_second("predict", {8, 3, 224, 224}, kResnetSeconds);
-    std::printf("  resnet b1 %.1f images/s, b8 %.1f images/s\n",
-                out["resnet_direct_b1_rps"].get<double>(),
-                out["resnet_direct_b8_rps"].get<double>());
+  for (const Part& part : kParts) {
+    if (!enabled(part.key)) continue;
+    auto direct = DirectModel::load(model_dir(part.model));
+    if (!direct.ok()) {
+      std::fprintf(stderr, "%s\n", direct.error().to_string().c_str());
+      return 1;
+    }
+    const std::string key = part.key;
+    for (const int64_t rows : {int64_t{1}, part.batch}) {
+      std::vector<int64_t> shape{rows};
+      shape.insert(shape.end(), part.row_shape.begin(), part.row_shape.end());
+      out[key + "_direct_b" + std::to_string(rows) + "_rps"] =
+          (*direct)->rows_per_second("predict", shape, part.seconds);
+    }
+    std::printf("  %-12s b1 %.1f rows/s, b%lld %.1f rows/s\n", part.key,
+                out[key + "_direct_b1_rps"].get<double>(), static_cast<long long>(part.batch),
+                out[key + "_direct_b" + std::to_string(part.batch) + "_rps"].get<double>());
   }
   if (enabled("generate")) {
-    const auto direct_gen = chargen->generate("hello", kGenerateTokens, kGenerateRuns);
+    auto chargen = DirectModel::load(model_dir("chargen"));
+    if (!chargen.ok()) {
+      std::fprintf(stderr, "%s\n", chargen.error().to_string().c_str());
+      return 1;
+    }
+    const auto direct_gen = (*chargen)->generate("hello", kGenerateTokens, kGenerateRuns);
     out["direct_ttft_us"] = direct_gen.ttft_us;
     out["direct_chunks_per_s"] = direct_gen.chunks_per_s;
     std::printf("  generate: first chunk %.0f us, %.0f chunks/s\n", direct_gen.ttft_us,
                 direct_gen.chunks_per_s);
   }
-  small.reset();
-  resnet.reset();
-  chargen.reset();
 
   // The same through an outpost-worker process.
   outpost::testing::TempDir dir;
@@ -221,9 +235,15 @@ int main() {
   options.spec.worker_id = "bench";
   options.spec.endpoint = "ipc://" + dir.file("worker.sock");
   options.spec.intra_op_threads = threads;
-  for (const char* name : {"classifier", "resnet18", "chargen"}) {
+  for (const Part& part : kParts) {
+    if (!enabled(part.key)) continue;
     ModelSpec model;
-    model.package = model_dir(name);
+    model.package = model_dir(part.model);
+    options.spec.models.push_back(model);
+  }
+  if (enabled("generate")) {
+    ModelSpec model;
+    model.package = model_dir("chargen");
     options.spec.models.push_back(model);
   }
   options.log_file = dir.file("worker.log");
@@ -245,10 +265,10 @@ int main() {
     return 1;
   }
   std::printf("outpost-worker (pid %d), %d intra-op threads\n", (*process)->pid(), threads);
-  const auto ratio = [&](const char* a, const char* b) {
+  const auto ratio = [&](const std::string& a, const std::string& b) {
     return out[a].get<double>() / std::max(out[b].get<double>(), 1e-9);
   };
-  const auto batch_size = [&](const char* model) {
+  const auto batch_size = [&](const std::string& model) {
     auto health = (*client)->health().get();
     if (!health.ok()) return 0.0;
     for (const auto& item : health->at("models")) {
@@ -259,27 +279,33 @@ int main() {
     }
     return 0.0;
   };
-  if (enabled("small")) {
-    const WireValue small_input = tensor_input({1, 256}, 1);
-    out["small_c1_rps"] = worker_rps(**client, "classifier", small_input, 1, kSmallSeconds);
-    out["small_c32_rps"] = worker_rps(**client, "classifier", small_input, 32, kSmallSeconds);
-    out["small_mean_batch"] = batch_size("classifier");
-    std::printf("  small  c1 %.0f req/s, c32 %.0f req/s (mean batch over both %.1f)\n",
-                out["small_c1_rps"].get<double>(), out["small_c32_rps"].get<double>(),
-                out["small_mean_batch"].get<double>());
-    out["small_c1_ratio"] = ratio("small_c1_rps", "small_direct_b1_rps");
-    out["small_c32_ratio"] = ratio("small_c32_rps", "small_direct_b32_rps");
-    out["small_batching_gain_ratio"] = ratio("small_c32_rps", "small_c1_rps") /
-                                       ratio("small_direct_b32_rps", "small_direct_b1_rps");
-  }
-  if (enabled("resnet")) {
-    const WireValue image = tensor_input({1, 3, 224, 224}, 2);
-    out["resnet_c1_rps"] = worker_rps(**client, "resnet18", image, 1, kResnetSeconds);
-    out["resnet_c8_rps"] = worker_rps(**client, "resnet18", image, 8, kResnetSeconds);
-    std::printf("  resnet c1 %.1f req/s, c8 %.1f req/s\n", out["resnet_c1_rps"].get<double>(),
-                out["resnet_c8_rps"].get<double>());
-    out["resnet_c1_ratio"] = ratio("resnet_c1_rps", "resnet_direct_b1_rps");
-    out["resnet_c8_ratio"] = ratio("resnet_c8_rps", "resnet_direct_b8_rps");
+  for (const Part& part : kParts) {
+    if (!enabled(part.key)) continue;
+    const std::string key = part.key;
+    const std::string batch = std::to_string(part.batch);
+    std::vector<int64_t> shape{1};
+    shape.insert(shape.end(), part.row_shape.begin(), part.row_shape.end());
+    const WireValue input = tensor_input(shape, 2);
+    out[key + "_c1_rps"] = worker_rps(**client, part.model, input, 1, part.seconds);
+    out[key + "_c" + batch + "_rps"] =
+        worker_rps(**client, part.model, input, static_cast<int>(part.batch), part.seconds);
+    out[key + "_mean_batch"] = batch_size(part.model);
+    std::printf("  %-12s c1 %.1f req/s, c%s %.1f req/s (mean batch over both %.1f)\n", part.key,
+                out[key + "_c1_rps"].get<double>(), batch.c_str(),
+                out[key + "_c" + batch + "_rps"].get<double>(),
+                out[key + "_mean_batch"].get<double>());
+    out[key + "_c1_ratio"] = ratio(key + "_c1_rps", key + "_direct_b1_rps");
+    out[key + "_c" + batch + "_ratio"] =
+        ratio(key + "_c" + batch + "_rps", key + "_direct_b" + batch + "_rps");
+    out[key + "_batching_gain_ratio"] =
+        ratio(key + "_c" + batch + "_rps", key + "_c1_rps") /
+        ratio(key + "_direct_b" + batch + "_rps", key + "_direct_b1_rps");
+    if (part.script_key != nullptr && out.contains(std::string(part.script_key) + "_c1_rps")) {
+      const std::string script = part.script_key;
+      out[key + "_c1_vs_script"] = ratio(key + "_c1_rps", script + "_c1_rps");
+      out[key + "_c" + batch + "_vs_script"] =
+          ratio(key + "_c" + batch + "_rps", script + "_c" + batch + "_rps");
+    }
   }
   if (enabled("generate")) {
     const auto worker_gen = worker_generate(**client);

@@ -45,8 +45,11 @@ inline std::string copy_package(const TempDir& dir, const std::string& name,
   namespace fs = std::filesystem;
   const fs::path target = fs::path(dir.path()) / new_name;
   fs::create_directories(target);
-  fs::copy_file(fs::path(model_package(name)) / "model.pt", target / "model.pt",
-                fs::copy_options::overwrite_existing);
+  for (const auto& entry : fs::directory_iterator(model_package(name))) {
+    if (entry.path().filename() == "config.yaml") continue;
+    fs::copy_file(entry.path(), target / entry.path().filename(),
+                  fs::copy_options::overwrite_existing);
+  }
   std::ifstream in(fs::path(model_package(name)) / "config.yaml");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::ofstream(target / "config.yaml") << edit(text);

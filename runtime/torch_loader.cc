@@ -1,4 +1,4 @@
-#include "runtime/torchscript_loader.h"
+#include "runtime/torch_loader.h"
 
 #include <algorithm>
 #include <exception>
@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "runtime/device.h"
 #include "runtime/torch_device.h"
+#include "runtime/torch_program.h"
 #include "runtime/torch_values.h"
 
 namespace outpost::runtime {
@@ -154,7 +155,11 @@ Result<std::vector<c10::IValue>> split_rows(const c10::IValue& value,
 // Moves every tensor in `value` to `device`.
 c10::IValue to_device(const c10::IValue& value, const c10::Device& device) {
   if (device.is_cpu()) return value;
-  if (value.isTensor()) return value.toTensor().to(device, /*non_blocking=*/true);
+  if (value.isTensor()) {
+    // Staged through pinned (page-locked) host memory from libtorch's caching host allocator,
+    // so that the copy to the device is a DMA on the instance's stream, not a synchronous one.
+    return value.toTensor().pin_memory().to(device, /*non_blocking=*/true);
+  }
   if (value.isList()) {
     c10::impl::GenericList list(value.toList().elementType());
     for (const auto& item : value.toListRef()) list.push_back(to_device(item, device));
@@ -269,17 +274,15 @@ c10::IValue state_row(const c10::IValue& state, int64_t row) {
   return c10::ivalue::Tuple::create(std::move(items));
 }
 
-class TorchScriptModel;
+class TorchModel;
 
-class TorchScriptInstance final : public ModelInstance {
+class TorchInstance final : public ModelInstance {
  public:
-  TorchScriptInstance(const TorchScriptModel& model, const torch::jit::Module& module,
-                      const c10::Device& device)
-      : model_(model), module_(module), device_(device), stream_(device) {
-    for (const auto& method : module_.get_methods()) methods_.emplace(method.name(), method);
-  }
+  TorchInstance(const TorchModel& model, std::unique_ptr<TorchProgram> program,
+                const c10::Device& device)
+      : model_(model), program_(std::move(program)), device_(device), stream_(device) {}
 
-  const torch::jit::Module& module() const { return module_; }
+  const TorchProgram& program() const { return *program_; }
 
   std::vector<Result<WireValue>> run(const MethodInfo& method,
                                      std::span<PreparedInputs* const> batch) override;
@@ -296,7 +299,7 @@ class TorchScriptInstance final : public ModelInstance {
     if (!device_.is_cpu()) {
       for (auto& arg : args) arg = to_device(arg, device_);
     }
-    return methods_.at(name)(std::move(args));
+    return program_->call(name, std::move(args));
   }
   Result<WireValue> run_one(const Binding& binding, const TorchInputs& inputs);
   void run_batch(const Binding& binding, std::span<PreparedInputs* const> batch,
@@ -308,16 +311,15 @@ class TorchScriptInstance final : public ModelInstance {
   void step_all(const Binding& binding, const MethodInfo& method,
                 std::span<CallState* const> states, std::vector<StepOutcome>& outcomes);
 
-  const TorchScriptModel& model_;
-  torch::jit::Module module_;
-  std::unordered_map<std::string, torch::jit::Method> methods_;
+  const TorchModel& model_;
+  std::unique_ptr<TorchProgram> program_;
   c10::Device device_;
   InstanceStream stream_;
 };
 
-class TorchScriptModel final : public LoadedModel {
+class TorchModel final : public LoadedModel {
  public:
-  TorchScriptModel(std::string device_name, const c10::Device& device, ValueLimits limits)
+  TorchModel(std::string device_name, const c10::Device& device, ValueLimits limits)
       : device_name_(std::move(device_name)), device_(device), limits_(limits) {}
 
   const std::vector<MethodInfo>& methods() const override { return infos_; }
@@ -340,10 +342,9 @@ class TorchScriptModel final : public LoadedModel {
   Result<std::unique_ptr<PreparedInputs>> prepare_with(const MethodInfo& method, const json& inputs,
                                                        std::span<const std::string> parts,
                                                        const ValueLimits& limits) const;
-  // Resolves the public methods from the first module's schemas and config.yaml.
-  Status bind(const torch::jit::Module& module, const ModelConfig& config);
-  // Module is a shared handle: copying it copies a pointer.
-  void add_instance(const torch::jit::Module& module);
+  // Resolves the public methods from the first program's schemas and config.yaml.
+  Status bind(const std::map<std::string, c10::FunctionSchema>& schemas, const ModelConfig& config);
+  void add_instance(std::unique_ptr<TorchProgram> program);
   Status warmup(int64_t runs);
   void measure(uint64_t device_bytes_before);
 
@@ -357,13 +358,13 @@ class TorchScriptModel final : public LoadedModel {
   ValueLimits limits_;
   std::vector<MethodInfo> infos_;
   std::map<std::string, Binding> bindings_;
-  std::vector<std::unique_ptr<TorchScriptInstance>> instances_;
+  std::vector<std::unique_ptr<TorchInstance>> instances_;
   std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> storages_;
   uint64_t device_bytes_before_ = 0;
   MemoryReport memory_;
 };
 
-Result<WireValue> TorchScriptInstance::run_one(const Binding& binding, const TorchInputs& inputs) {
+Result<WireValue> TorchInstance::run_one(const Binding& binding, const TorchInputs& inputs) {
   try {
     return encode(call(binding.call, inputs.args));
   } catch (const std::exception& e) {
@@ -371,8 +372,8 @@ Result<WireValue> TorchScriptInstance::run_one(const Binding& binding, const Tor
   }
 }
 
-std::vector<Result<WireValue>> TorchScriptInstance::run(const MethodInfo& method,
-                                                        std::span<PreparedInputs* const> batch) {
+std::vector<Result<WireValue>> TorchInstance::run(const MethodInfo& method,
+                                                  std::span<PreparedInputs* const> batch) {
   const Binding& binding = model_.binding(method.name);
   std::vector<Result<WireValue>> results;
   results.reserve(batch.size());
@@ -387,8 +388,8 @@ std::vector<Result<WireValue>> TorchScriptInstance::run(const MethodInfo& method
   return results;
 }
 
-void TorchScriptInstance::run_batch(const Binding& binding, std::span<PreparedInputs* const> batch,
-                                    std::vector<Result<WireValue>>& results) {
+void TorchInstance::run_batch(const Binding& binding, std::span<PreparedInputs* const> batch,
+                              std::vector<Result<WireValue>>& results) {
   {
     c10::InferenceMode guard;
     if (batch.size() == 1 || !binding.batched) {
@@ -430,8 +431,8 @@ void TorchScriptInstance::run_batch(const Binding& binding, std::span<PreparedIn
   }
 }
 
-Result<std::unique_ptr<CallState>> TorchScriptInstance::generate_start(const MethodInfo& method,
-                                                                       PreparedInputs& inputs) {
+Result<std::unique_ptr<CallState>> TorchInstance::generate_start(const MethodInfo& method,
+                                                                 PreparedInputs& inputs) {
   const Binding& binding = model_.binding(method.name);
   Result<std::unique_ptr<CallState>> out = internal_error("not run");
   stream_.run([&] {
@@ -455,7 +456,7 @@ Result<std::unique_ptr<CallState>> TorchScriptInstance::generate_start(const Met
   return out;
 }
 
-StepOutcome TorchScriptInstance::step_single(const Binding& binding, TorchState& state) {
+StepOutcome TorchInstance::step_single(const Binding& binding, TorchState& state) {
   StepOutcome outcome;
   try {
     const c10::IValue result = call(binding.step, {state.value});
@@ -476,8 +477,8 @@ StepOutcome TorchScriptInstance::step_single(const Binding& binding, TorchState&
   return outcome;
 }
 
-void TorchScriptInstance::step_batch(const Binding& binding, std::span<CallState* const> states,
-                                     std::span<StepOutcome> outcomes) {
+void TorchInstance::step_batch(const Binding& binding, std::span<CallState* const> states,
+                               std::span<StepOutcome> outcomes) {
   const size_t n = states.size();
   const c10::IValue batched =
       n == 1 ? static_cast<TorchState*>(states[0])->value : cat_states(states);
@@ -517,8 +518,8 @@ void TorchScriptInstance::step_batch(const Binding& binding, std::span<CallState
   }
 }
 
-std::vector<StepOutcome> TorchScriptInstance::generate_step(const MethodInfo& method,
-                                                            std::span<CallState* const> states) {
+std::vector<StepOutcome> TorchInstance::generate_step(const MethodInfo& method,
+                                                      std::span<CallState* const> states) {
   const Binding& binding = model_.binding(method.name);
   std::vector<StepOutcome> outcomes(states.size());
   stream_.run([&] {
@@ -534,9 +535,9 @@ std::vector<StepOutcome> TorchScriptInstance::generate_step(const MethodInfo& me
   return outcomes;
 }
 
-void TorchScriptInstance::step_all(const Binding& binding, const MethodInfo& method,
-                                   std::span<CallState* const> states,
-                                   std::vector<StepOutcome>& outcomes) {
+void TorchInstance::step_all(const Binding& binding, const MethodInfo& method,
+                             std::span<CallState* const> states,
+                             std::vector<StepOutcome>& outcomes) {
   {
     c10::InferenceMode guard;
     if (!method.step_batchable) {
@@ -566,7 +567,7 @@ void TorchScriptInstance::step_all(const Binding& binding, const MethodInfo& met
   }
 }
 
-Result<std::unique_ptr<CallState>> TorchScriptInstance::stream_start(const MethodInfo& method) {
+Result<std::unique_ptr<CallState>> TorchInstance::stream_start(const MethodInfo& method) {
   const Binding& binding = model_.binding(method.name);
   Result<std::unique_ptr<CallState>> out = internal_error("not run");
   stream_.run([&] {
@@ -582,8 +583,8 @@ Result<std::unique_ptr<CallState>> TorchScriptInstance::stream_start(const Metho
   return out;
 }
 
-Result<WireValue> TorchScriptInstance::stream_item(const MethodInfo& method, PreparedInputs& inputs,
-                                                   CallState* state) {
+Result<WireValue> TorchInstance::stream_item(const MethodInfo& method, PreparedInputs& inputs,
+                                             CallState* state) {
   const Binding& binding = model_.binding(method.name);
   Result<WireValue> out = internal_error("not run");
   stream_.run([&] {
@@ -607,9 +608,10 @@ Result<WireValue> TorchScriptInstance::stream_item(const MethodInfo& method, Pre
   return out;
 }
 
-Result<std::unique_ptr<PreparedInputs>> TorchScriptModel::prepare_with(
-    const MethodInfo& method, const json& inputs, std::span<const std::string> parts,
-    const ValueLimits& limits) const {
+Result<std::unique_ptr<PreparedInputs>> TorchModel::prepare_with(const MethodInfo& method,
+                                                                 const json& inputs,
+                                                                 std::span<const std::string> parts,
+                                                                 const ValueLimits& limits) const {
   const Binding& binding = bindings_.at(method.name);
   const auto names = [&] {
     std::string list;
@@ -692,9 +694,9 @@ Result<std::unique_ptr<PreparedInputs>> TorchScriptModel::prepare_with(
   return std::unique_ptr<PreparedInputs>(std::move(prepared));
 }
 
-Status TorchScriptModel::bind_method(const std::string& name, MethodKind kind, bool stateful,
-                                     const std::map<std::string, c10::FunctionSchema>& schemas,
-                                     const ModelConfig& config, bool named_in_config) {
+Status TorchModel::bind_method(const std::string& name, MethodKind kind, bool stateful,
+                               const std::map<std::string, c10::FunctionSchema>& schemas,
+                               const ModelConfig& config, bool named_in_config) {
   const MethodConfig settings = config.method(name);
   Binding binding;
   MethodInfo info;
@@ -741,7 +743,8 @@ Status TorchScriptModel::bind_method(const std::string& name, MethodKind kind, b
     // c10::optional (libtorch 1.13) does not convert to std::optional: copy the value itself.
     Param param{argument.name(), argument.type(), std::nullopt, std::nullopt};
     if (argument.default_value()) param.default_value = *argument.default_value();
-    ParamInfo param_info{argument.name(), argument.type()->annotation_str(), std::nullopt};
+    ParamInfo param_info{argument.name(), argument.type()->annotation_str(), std::nullopt,
+                         std::nullopt};
     if (argument.default_value())
       param_info.default_value = default_to_json(*argument.default_value());
     if (const auto spec = settings.inputs.find(argument.name()); spec != settings.inputs.end()) {
@@ -751,6 +754,7 @@ Status TorchScriptModel::bind_method(const std::string& name, MethodKind kind, b
                                 argument.type()->annotation_str());
       }
       param.spec = spec->second;
+      param_info.spec = spec->second;
     }
     binding.params.push_back(std::move(param));
     info.inputs.push_back(std::move(param_info));
@@ -852,11 +856,8 @@ Status TorchScriptModel::bind_method(const std::string& name, MethodKind kind, b
   return {};
 }
 
-Status TorchScriptModel::bind(const torch::jit::Module& module, const ModelConfig& config) {
-  std::map<std::string, c10::FunctionSchema> schemas;
-  for (const auto& method : module.get_methods()) {
-    schemas.emplace(method.name(), method.function().getSchema());
-  }
+Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schemas,
+                        const ModelConfig& config) {
   const auto has = [&](const std::string& name) { return schemas.count(name) > 0; };
   const auto ends_with = [](const std::string& s, const std::string& suffix) {
     return s.size() > suffix.size() &&
@@ -914,11 +915,11 @@ Status TorchScriptModel::bind(const torch::jit::Module& module, const ModelConfi
   return {};
 }
 
-void TorchScriptModel::add_instance(const torch::jit::Module& module) {
-  instances_.push_back(std::make_unique<TorchScriptInstance>(*this, module, device_));
+void TorchModel::add_instance(std::unique_ptr<TorchProgram> program) {
+  instances_.push_back(std::make_unique<TorchInstance>(*this, std::move(program), device_));
 }
 
-Status TorchScriptModel::warmup(int64_t runs) {
+Status TorchModel::warmup(int64_t runs) {
   ValueLimits limits = limits_;
   limits.allow_zeros = true;
   for (const auto& info : infos_) {
@@ -1000,14 +1001,12 @@ Status TorchScriptModel::warmup(int64_t runs) {
   return {};
 }
 
-void TorchScriptModel::measure(uint64_t device_bytes_before) {
+void TorchModel::measure(uint64_t device_bytes_before) {
   device_bytes_before_ = device_bytes_before;
   std::set<const c10::StorageImpl*> seen;
   uint64_t weights = 0;
   for (const auto& instance : instances_) {
-    for (const auto& attribute : instance->module().named_attributes(/*recurse=*/true)) {
-      if (!attribute.value.isTensor()) continue;
-      const at::Tensor& tensor = attribute.value.toTensor();
+    for (const at::Tensor& tensor : instance->program().weights()) {
       if (!tensor.has_storage()) continue;
       const c10::Storage& storage = tensor.storage();
       if (!seen.insert(storage.unsafeGetStorageImpl()).second) continue;
@@ -1022,7 +1021,7 @@ void TorchScriptModel::measure(uint64_t device_bytes_before) {
   }
 }
 
-ReleaseReport TorchScriptModel::release() {
+ReleaseReport TorchModel::release() {
   ReleaseReport report;
   instances_.clear();
   uint64_t held = 0;
@@ -1056,19 +1055,82 @@ ReleaseReport TorchScriptModel::release() {
   return report;
 }
 
-class TorchScriptLoader final : public ModelLoader {
+// A TorchScript module: every method it exports, with the schemas TorchScript gives them.
+class ScriptProgram final : public TorchProgram {
  public:
-  std::string_view type() const override { return "torchscript"; }
+  explicit ScriptProgram(torch::jit::Module module) : module_(std::move(module)) {
+    for (const auto& method : module_.get_methods()) methods_.emplace(method.name(), method);
+  }
+
+  std::map<std::string, c10::FunctionSchema> schemas() const override {
+    std::map<std::string, c10::FunctionSchema> out;
+    for (const auto& [name, method] : methods_) out.emplace(name, method.function().getSchema());
+    return out;
+  }
+
+  c10::IValue call(const std::string& method, std::vector<c10::IValue> args) override {
+    return methods_.at(method)(std::move(args));
+  }
+
+  std::vector<at::Tensor> weights() const override {
+    std::vector<at::Tensor> out;
+    for (const auto& attribute : module_.named_attributes(/*recurse=*/true)) {
+      if (attribute.value.isTensor()) out.push_back(attribute.value.toTensor());
+    }
+    return out;
+  }
+
+ private:
+  torch::jit::Module module_;
+  std::unordered_map<std::string, torch::jit::Method> methods_;
+};
+
+Result<std::unique_ptr<TorchProgram>> open_script_program(const std::string& path,
+                                                          const std::string& file,
+                                                          const c10::Device& device) {
+  try {
+    c10::InferenceMode guard;
+    torch::jit::Module module = torch::jit::load(path, device);
+    module.eval();
+    return std::unique_ptr<TorchProgram>(std::make_unique<ScriptProgram>(std::move(module)));
+  } catch (const std::exception& e) {
+    const std::string text = exception_text(e);
+    if (text.find("constants.pkl") != std::string::npos) {
+      // An archive without TorchScript code: what torch.save of a module or state_dict writes.
+      return Error(ErrorCode::kDataLoss,
+                   file +
+                       " is a torch.save checkpoint (a pickled module or state_dict), not a "
+                       "TorchScript archive: save the model with torch.jit.script(model)"
+                       ".save(\"" +
+                       file +
+                       "\"), or export it as an AOTInductor package "
+                       "(docs/models.md, \"Exporting a model\")");
+    }
+    return Error(ErrorCode::kDataLoss,
+                 file + " is not a TorchScript archive outpost can load: " + text);
+  }
+}
+
+// Loads packages of one format: TorchScript archives or AOTInductor packages.
+class TorchLoader final : public ModelLoader {
+ public:
+  using Open = Result<std::unique_ptr<TorchProgram>> (*)(const std::string&, const std::string&,
+                                                         const c10::Device&);
+  TorchLoader(std::string_view type, Open open) : type_(type), open_(open) {}
+
+  std::string_view type() const override { return type_; }
   Result<std::unique_ptr<LoadedModel>> load(const ModelPackage& package,
                                             const LoadOptions& options) override;
 
  private:
   Result<std::unique_ptr<LoadedModel>> load_checked(const ModelPackage& package,
                                                     const LoadOptions& options);
+  std::string_view type_;
+  Open open_;
 };
 
-Result<std::unique_ptr<LoadedModel>> TorchScriptLoader::load(const ModelPackage& package,
-                                                             const LoadOptions& options) {
+Result<std::unique_ptr<LoadedModel>> TorchLoader::load(const ModelPackage& package,
+                                                       const LoadOptions& options) {
   try {
     return load_checked(package, options);
   } catch (const std::exception& e) {
@@ -1076,8 +1138,8 @@ Result<std::unique_ptr<LoadedModel>> TorchScriptLoader::load(const ModelPackage&
   }
 }
 
-Result<std::unique_ptr<LoadedModel>> TorchScriptLoader::load_checked(const ModelPackage& package,
-                                                                     const LoadOptions& options) {
+Result<std::unique_ptr<LoadedModel>> TorchLoader::load_checked(const ModelPackage& package,
+                                                               const LoadOptions& options) {
   OUTPOST_ASSIGN_OR_RETURN(const auto device, parse_device(options.device));
   const ModelConfig& config = package.config;
   const int64_t instances =
@@ -1085,24 +1147,17 @@ Result<std::unique_ptr<LoadedModel>> TorchScriptLoader::load_checked(const Model
   const uint64_t device_before = device_memory(options.device).allocated;
   ValueLimits limits;
   limits.max_tensor_bytes = options.max_tensor_bytes;
-  auto model = std::make_unique<TorchScriptModel>(options.device, device, limits);
+  auto model = std::make_unique<TorchModel>(options.device, device, limits);
   for (int64_t i = 0; i < instances; ++i) {
-    torch::jit::Module module;
-    try {
-      c10::InferenceMode guard;
-      module = torch::jit::load(package.file_path, device);
-      module.eval();
-    } catch (const std::exception& e) {
-      return Error(ErrorCode::kDataLoss, config.file +
-                                             " is not a TorchScript archive outpost can "
-                                             "load: " +
-                                             exception_text(e));
-    }
-    if (i == 0) OUTPOST_RETURN_IF_ERROR(model->bind(module, config));
-    model->add_instance(module);
+    OUTPOST_ASSIGN_OR_RETURN(auto program, open_(package.file_path, config.file, device));
+    if (i == 0) OUTPOST_RETURN_IF_ERROR(model->bind(program->schemas(), config));
+    model->add_instance(std::move(program));
   }
-  if (!options.inspect_only && options.warmup) {
-    OUTPOST_RETURN_IF_ERROR(model->warmup(config.warmup_runs));
+  if (options.warmup) {
+    // At least once, even with warmup_runs: 0: a package whose examples do not fit or whose
+    // warm-up raises is refused at upload (inspect), not found out on a node.
+    OUTPOST_RETURN_IF_ERROR(
+        model->warmup(std::max<int64_t>(config.warmup_runs, options.inspect_only ? 1 : 0)));
   }
   model->measure(device_before);
   return std::unique_ptr<LoadedModel>(std::move(model));
@@ -1111,7 +1166,24 @@ Result<std::unique_ptr<LoadedModel>> TorchScriptLoader::load_checked(const Model
 }  // namespace
 
 std::unique_ptr<ModelLoader> make_torchscript_loader() {
-  return std::make_unique<TorchScriptLoader>();
+  return std::make_unique<TorchLoader>("torchscript", &open_script_program);
+}
+
+std::unique_ptr<ModelLoader> make_aoti_loader() {
+  return std::make_unique<TorchLoader>("aoti", &open_aoti_program);
+}
+
+std::vector<std::unique_ptr<ModelLoader>> make_loaders() {
+  std::vector<std::unique_ptr<ModelLoader>> loaders;
+  loaders.push_back(make_torchscript_loader());
+  loaders.push_back(make_aoti_loader());
+  return loaders;
+}
+
+std::unique_ptr<ModelLoader> make_loader(std::string_view type) {
+  if (type == "torchscript") return make_torchscript_loader();
+  if (type == "aoti") return make_aoti_loader();
+  return nullptr;
 }
 
 }  // namespace outpost::runtime
