@@ -249,7 +249,7 @@ Result<Reply> upload_version(ApiServices& s, const Call& call) {
     // The worker names the folder it read, which is this server's temporary one: the user
     // knows it as "the package".
     std::string message = inspected.error().message();
-    for (std::string prefix : {"model package " + dir.path(), dir.path()}) {
+    for (const std::string& prefix : {"model package " + dir.path(), dir.path()}) {
       for (auto at = message.find(prefix); at != std::string::npos; at = message.find(prefix)) {
         message.replace(at, prefix.size(), "the package");
       }

@@ -68,12 +68,15 @@ struct Part {
   const char* script_key;  // for an AOTInductor package: the TorchScript part of its network
 };
 
-const std::vector<Part> kParts = {
-    {"small", "classifier", {256}, 32, kSmallSeconds, nullptr},
-    {"resnet", "resnet18", {3, 224, 224}, 8, kResnetSeconds, nullptr},
-    {"small_aoti", "classifier_aoti", {256}, 32, kSmallSeconds, "small"},
-    {"resnet_aoti", "resnet18_aoti", {3, 224, 224}, 8, kResnetSeconds, "resnet"},
-};
+const std::vector<Part>& parts() {
+  static const std::vector<Part> all = {
+      {"small", "classifier", {256}, 32, kSmallSeconds, nullptr},
+      {"resnet", "resnet18", {3, 224, 224}, 8, kResnetSeconds, nullptr},
+      {"small_aoti", "classifier_aoti", {256}, 32, kSmallSeconds, "small"},
+      {"resnet_aoti", "resnet18_aoti", {3, 224, 224}, 8, kResnetSeconds, "resnet"},
+  };
+  return all;
+}
 
 std::string model_dir(const std::string& name) {
   return std::string(OUTPOST_MODELS_DIR) + "/" + name;
@@ -197,7 +200,7 @@ int main() {
   std::printf("direct libtorch, %d intra-op threads\n", threads);
   json out;
   out["threads"] = threads;
-  for (const Part& part : kParts) {
+  for (const Part& part : parts()) {
     if (!enabled(part.key)) continue;
     auto direct = DirectModel::load(model_dir(part.model));
     if (!direct.ok()) {
@@ -235,7 +238,7 @@ int main() {
   options.spec.worker_id = "bench";
   options.spec.endpoint = "ipc://" + dir.file("worker.sock");
   options.spec.intra_op_threads = threads;
-  for (const Part& part : kParts) {
+  for (const Part& part : parts()) {
     if (!enabled(part.key)) continue;
     ModelSpec model;
     model.package = model_dir(part.model);
@@ -279,7 +282,7 @@ int main() {
     }
     return 0.0;
   };
-  for (const Part& part : kParts) {
+  for (const Part& part : parts()) {
     if (!enabled(part.key)) continue;
     const std::string key = part.key;
     const std::string batch = std::to_string(part.batch);

@@ -114,6 +114,8 @@ TEST(Aoti, BatchesConcurrentRequestsAndEachGetsItsOwnRows) {
   constexpr int kRequests = 64;
   std::vector<std::future<Result<WireValue>>> aoti;
   std::vector<std::future<Result<WireValue>>> script;
+  aoti.reserve(kRequests);
+  script.reserve(kRequests);
   for (int i = 0; i < kRequests; ++i) {
     aoti.push_back(
         worker.client().unary("classifier_aoti", "predict", classifier_rows(1 + i % 3, i)));
