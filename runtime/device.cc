@@ -138,6 +138,8 @@ nlohmann::json device_json(const WorkerSpec& spec) {
                      {"intra_op_threads", at::get_num_threads()},
                      {"inter_op_threads", at::get_num_interop_threads()}};
   if (spec.is_cuda()) {
+    if (const auto cuda = cuda_device(spec.device))
+      out["name"] = cuda->first->device_name(cuda->second);
     out["allocated_bytes"] = memory.allocated;
     out["reserved_bytes"] = memory.reserved;
     out["total_bytes"] = memory.total;

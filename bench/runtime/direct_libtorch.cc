@@ -15,6 +15,7 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
+#include <torch/cuda.h>
 
 #include <sched.h>
 
@@ -49,27 +50,50 @@ void set_torch_threads(int intra_op) {
 }
 
 struct DirectModel::Impl {
+  c10::Device device = c10::Device(c10::kCPU);
   torch::jit::Module module;
   // An AOTInductor package (model.pt2) instead: its one function, called with flat tensors.
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
 
-  // `method` of the module, or the package's function, on one tensor.
+  // `method` of the module, or the package's function, on one tensor from host memory. On a
+  // GPU, as a server must: the input copied to the device, and the call waited for.
   std::function<void(const at::Tensor&)> callable(const std::string& method) {
-    if (package) return [this](const at::Tensor& x) { package->run({x}); };
-    auto bound = module.get_method(method);
-    return [bound](const at::Tensor& x) mutable { bound({x}); };
+    std::function<void(const at::Tensor&)> call;
+    if (package) {
+      call = [this](const at::Tensor& x) { package->run({x}); };
+    } else {
+      auto bound = module.get_method(method);
+      call = [bound](const at::Tensor& x) mutable { bound({x}); };
+    }
+    if (device.is_cpu()) return call;
+    return [this, call](const at::Tensor& x) {
+      call(x.to(device, /*non_blocking=*/true));
+      torch::cuda::synchronize(device.index());
+    };
+  }
+  // A host input for `callable`: pinned on a GPU host.
+  at::Tensor host_input(const std::vector<int64_t>& shape) const {
+    at::Tensor input = at::randn(shape);
+    return device.is_cpu() ? input : input.pin_memory();
   }
 };
 
 DirectModel::DirectModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DirectModel::~DirectModel() = default;
 
-Result<std::unique_ptr<DirectModel>> DirectModel::load(const std::string& package_dir) {
+Result<std::unique_ptr<DirectModel>> DirectModel::load(const std::string& package_dir,
+                                                       const std::string& device) {
   auto impl = std::make_unique<Impl>();
+  try {
+    impl->device = c10::Device(device);
+  } catch (const std::exception& e) {
+    return invalid_argument("bad device " + device + ": " + e.what());
+  }
   if (std::filesystem::exists(package_dir + "/model.pt2")) {
     try {
-      impl->package =
-          std::make_unique<torch::inductor::AOTIModelPackageLoader>(package_dir + "/model.pt2");
+      impl->package = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+          package_dir + "/model.pt2", "model", false, 1,
+          impl->device.is_cuda() ? impl->device.index() : c10::DeviceIndex(-1));
     } catch (const std::exception& e) {
       return invalid_argument("cannot load " + package_dir + "/model.pt2: " + e.what());
     }
@@ -77,7 +101,7 @@ Result<std::unique_ptr<DirectModel>> DirectModel::load(const std::string& packag
   }
   try {
     c10::InferenceMode guard;
-    impl->module = torch::jit::load(package_dir + "/model.pt");
+    impl->module = torch::jit::load(package_dir + "/model.pt", impl->device);
     // As the worker loads it: inference mode for batch norm and dropout.
     impl->module.eval();
   } catch (const std::exception& e) {
@@ -90,7 +114,7 @@ double DirectModel::rows_per_second(const std::string& method, const std::vector
                                     double seconds) {
   c10::InferenceMode guard;
   auto callable = impl_->callable(method);
-  const at::Tensor input = at::randn(shape);
+  const at::Tensor input = impl_->host_input(shape);
   for (int i = 0; i < kWarmUpCalls; ++i) callable(input);
   int64_t calls = 0;
   const auto start = Clock::now();
@@ -105,7 +129,7 @@ std::vector<double> DirectModel::call_latencies_us(const std::string& method,
                                                    const std::vector<int64_t>& shape, int calls) {
   c10::InferenceMode guard;
   auto callable = impl_->callable(method);
-  const at::Tensor input = at::randn(shape);
+  const at::Tensor input = impl_->host_input(shape);
   for (int i = 0; i < kWarmUpCalls; ++i) callable(input);
   std::vector<double> micros;
   micros.reserve(static_cast<size_t>(std::max(calls, 0)));

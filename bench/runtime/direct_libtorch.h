@@ -30,8 +30,9 @@ class DirectModel {
  public:
   // Loads PACKAGE_DIR/model.pt2 (an AOTInductor package) when there is one, else
   // PACKAGE_DIR/model.pt (a TorchScript archive) in eval mode, as the worker does. A package's
-  // function is called whatever `method` names.
-  static Result<std::unique_ptr<DirectModel>> load(const std::string& package_dir);
+  // function is called whatever `method` names. On `device` ("cpu", "cuda:N").
+  static Result<std::unique_ptr<DirectModel>> load(const std::string& package_dir,
+                                                   const std::string& device = "cpu");
   ~DirectModel();
   DirectModel(const DirectModel&) = delete;
   DirectModel& operator=(const DirectModel&) = delete;

@@ -36,6 +36,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/runtime/direct_libtorch.h"
+#include "bench/runtime/worker_load.h"
 #include "runtime/worker_client.h"
 #include "tests/support/test_pki.h"
 
@@ -46,6 +47,8 @@ using namespace outpost::runtime;
 using nlohmann::json;
 using outpost::bench::DirectModel;
 using outpost::bench::GenerateFigures;
+using outpost::bench::random_tensor_input;
+using outpost::bench::worker_rps;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration;
 using std::chrono::milliseconds;
@@ -80,71 +83,6 @@ const std::vector<Part>& parts() {
 
 std::string model_dir(const std::string& name) {
   return std::string(OUTPOST_MODELS_DIR) + "/" + name;
-}
-
-double seconds_since(Clock::time_point start) {
-  return duration<double>(Clock::now() - start).count();
-}
-
-WireValue tensor_input(const std::vector<int64_t>& shape, uint32_t seed) {
-  int64_t count = 1;
-  for (const int64_t dim : shape) count *= dim;
-  std::vector<float> data(static_cast<size_t>(count));
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal;
-  for (float& x : data) x = normal(generator);
-  WireValue value;
-  value.parts.emplace_back(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float));
-  value.value = json{{"x", {{"dtype", "float32"}, {"shape", shape}, {"part", 0}}}};
-  return value;
-}
-
-// Closed loop through the worker: `concurrency` calls outstanding; requests per second.
-double worker_rps(WorkerClient& client, const std::string& model, const WireValue& input,
-                  int concurrency, double seconds) {
-  std::mutex mutex;
-  std::condition_variable done_changed;
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> completed{0};
-  std::atomic<int64_t> failed{0};
-  int outstanding = 0;
-  std::function<void()> issue = [&] {
-    client.unary(model, "predict", input,
-                 CallHandlers{nullptr, [&](const Status& status, std::string_view) {
-                                if (!status.ok()) {
-                                  if (failed++ == 0) {
-                                    std::fprintf(stderr, "call failed: %s\n",
-                                                 status.error().to_string().c_str());
-                                  }
-                                }
-                                ++completed;
-                                if (!stop) {
-                                  issue();
-                                  return;
-                                }
-                                std::lock_guard lock(mutex);
-                                --outstanding;
-                                done_changed.notify_all();
-                              }});
-  };
-  // Warm up, then count.
-  {
-    std::lock_guard lock(mutex);
-    outstanding = concurrency;
-  }
-  for (int i = 0; i < concurrency; ++i) issue();
-  std::this_thread::sleep_for(milliseconds(500));
-  const int64_t before = completed.load();
-  const auto start = Clock::now();
-  std::this_thread::sleep_for(duration<double>(seconds));
-  const int64_t count = completed.load() - before;
-  const double elapsed = seconds_since(start);
-  stop = true;
-  std::unique_lock lock(mutex);
-  done_changed.wait(lock, [&] { return outstanding == 0; });
-  if (failed > 0)
-    std::fprintf(stderr, "%lld calls failed\n", static_cast<long long>(failed.load()));
-  return static_cast<double>(count) / elapsed;
 }
 
 constexpr int64_t kGenerateTokens = 400;
@@ -288,7 +226,7 @@ int main() {
     const std::string batch = std::to_string(part.batch);
     std::vector<int64_t> shape{1};
     shape.insert(shape.end(), part.row_shape.begin(), part.row_shape.end());
-    const WireValue input = tensor_input(shape, 2);
+    const WireValue input = random_tensor_input(shape, 2);
     out[key + "_c1_rps"] = worker_rps(**client, part.model, input, 1, part.seconds);
     out[key + "_c" + batch + "_rps"] =
         worker_rps(**client, part.model, input, static_cast<int>(part.batch), part.seconds);

@@ -1,0 +1,31 @@
+// Load through an outpost-worker for the benchmarks (bench_runtime, bench_gpu): random tensor
+// inputs, a closed loop of calls at a concurrency, and per-call latencies. Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/worker_client.h"
+
+namespace outpost::bench {
+
+// {"x": float32 tensor of `shape`} with normal random values from `seed`, its bytes in a part.
+runtime::WireValue random_tensor_input(const std::vector<int64_t>& shape, uint32_t seed);
+
+// Closed loop through the worker: `concurrency` calls of `method` outstanding for `seconds`
+// after a half-second warm-up; requests per second. Failed calls are counted and reported on
+// stderr.
+double worker_rps(runtime::WorkerClient& client, const std::string& model,
+                  const runtime::WireValue& input, int concurrency, double seconds,
+                  const std::string& method = "predict");
+
+// `calls` unary calls one after another; each one's time in microseconds, in call order.
+std::vector<double> worker_latencies_us(runtime::WorkerClient& client, const std::string& model,
+                                        const runtime::WireValue& input, int calls,
+                                        const std::string& method = "predict");
+
+// The `q` quantile (0..1) of `values` (sorted in place).
+double quantile(std::vector<double>& values, double q);
+
+}  // namespace outpost::bench
