@@ -45,10 +45,10 @@ bool resolve(void* handle, const char* symbol, Fn& out) {
 
 }  // namespace
 
-Result<std::vector<GpuInfo>> probe_nvml_gpus() {
+Result<std::vector<GpuInfo>> probe_nvml_gpus(const std::string& library) {
   auto lib = std::make_unique<Library>();
-  lib->handle = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (lib->handle == nullptr) return unavailable("libnvidia-ml.so.1 not found: no NVIDIA driver");
+  lib->handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (lib->handle == nullptr) return unavailable(library + " not found: no NVIDIA driver");
   NvmlReturn (*init)() = nullptr;
   if (!resolve(lib->handle, "nvmlInit_v2", init) ||
       !resolve(lib->handle, "nvmlDeviceGetCount_v2", lib->count) ||
@@ -56,7 +56,7 @@ Result<std::vector<GpuInfo>> probe_nvml_gpus() {
       !resolve(lib->handle, "nvmlDeviceGetName", lib->name) ||
       !resolve(lib->handle, "nvmlDeviceGetUUID", lib->uuid) ||
       !resolve(lib->handle, "nvmlDeviceGetMemoryInfo", lib->memory)) {
-    return unavailable("libnvidia-ml.so.1 lacks the NVML functions the agent needs");
+    return unavailable(library + " lacks the NVML functions the agent needs");
   }
   resolve(lib->handle, "nvmlDeviceGetMigMode", lib->mig_mode);
   resolve(lib->handle, "nvmlDeviceGetMaxMigDeviceCount", lib->max_mig);

@@ -18,17 +18,6 @@ namespace {
 using std::chrono::milliseconds;
 using Model = WorkerHarness::Model;
 
-WireValue classifier_input(int rows, uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> data(static_cast<size_t>(rows) * 256);
-  for (float& x : data) x = normal(generator);
-  WireValue value;
-  value.value = json::object();
-  value.value["x"] = add_tensor(value, {rows, 256}, data);
-  return value;
-}
-
 WireValue json_inputs(json inputs) {
   WireValue value;
   value.value = std::move(inputs);
@@ -148,17 +137,7 @@ TEST(Batching, BatchedResultsEqualUnbatched) {
     alone.push_back(worker.client().unary("unbatched", "predict", classifier_input(1 + i % 3, i)));
   }
   for (int i = 0; i < kRequests; ++i) {
-    auto b = batched[i].get();
-    auto a = alone[i].get();
-    ASSERT_TRUE(b.ok()) << b.error().to_string();
-    ASSERT_TRUE(a.ok()) << a.error().to_string();
-    EXPECT_EQ(b->value.at("probs").at("shape"), json({1 + i % 3, 10}));
-    EXPECT_EQ(int64s(*b, b->value.at("label")), int64s(*a, a->value.at("label"))) << i;
-    const auto pb = floats(*b, b->value.at("probs"));
-    const auto pa = floats(*a, a->value.at("probs"));
-    ASSERT_EQ(pb.size(), pa.size());
-    // BLAS sums a batch in another order than one row: equal up to float rounding.
-    for (size_t k = 0; k < pb.size(); ++k) EXPECT_NEAR(pb[k], pa[k], 1e-5) << i << " " << k;
+    expect_same_classification(batched[i].get(), alone[i].get(), 1 + i % 3, i);
   }
   const json batched_stats = worker.stats("batched");
   const json alone_stats = worker.stats("unbatched");

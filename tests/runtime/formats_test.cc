@@ -4,16 +4,13 @@
 // scripts/make-example-models); an AOTInductor package batches like a TorchScript method, gets
 // per-request errors for bad inputs, shows its call spec at inspect, and is refused where it
 // cannot run. A CUDA device on this GPU-less host is a clear error, not a crash.
-#include <array>
 #include <cmath>
-#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <future>
-#include <random>
 #include <utility>
 
 #include "tests/runtime/worker_harness.h"
-#include <sys/wait.h>
 
 namespace outpost::testing {
 namespace {
@@ -37,36 +34,6 @@ json reference_tensor(WireValue& value, const json& tensor) {
   std::memcpy(bytes.data(), data.data(), bytes.size());
   value.parts.push_back(std::move(bytes));
   return json{{"dtype", "int64"}, {"shape", shape}, {"part", value.parts.size() - 1}};
-}
-
-WireValue classifier_rows(int rows, uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> data(static_cast<size_t>(rows) * 256);
-  for (float& x : data) x = normal(generator);
-  WireValue value;
-  value.value = json::object();
-  value.value["x"] = add_tensor(value, {rows, 256}, data);
-  return value;
-}
-
-struct CommandResult {
-  int status = -1;
-  std::string out;
-};
-
-CommandResult run_command(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer{};
-  size_t got = 0;
-  while ((got = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
-    result.out.append(buffer.data(), got);
-  }
-  const int status = pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
 }
 
 class MatchesPyTorch : public ::testing::TestWithParam<std::string> {};
@@ -118,22 +85,13 @@ TEST(Aoti, BatchesConcurrentRequestsAndEachGetsItsOwnRows) {
   script.reserve(kRequests);
   for (int i = 0; i < kRequests; ++i) {
     aoti.push_back(
-        worker.client().unary("classifier_aoti", "predict", classifier_rows(1 + i % 3, i)));
+        worker.client().unary("classifier_aoti", "predict", classifier_input(1 + i % 3, i)));
   }
   for (int i = 0; i < kRequests; ++i) {
-    script.push_back(worker.client().unary("script", "predict", classifier_rows(1 + i % 3, i)));
+    script.push_back(worker.client().unary("script", "predict", classifier_input(1 + i % 3, i)));
   }
   for (int i = 0; i < kRequests; ++i) {
-    auto a = aoti[i].get();
-    auto s = script[i].get();
-    ASSERT_TRUE(a.ok()) << a.error().to_string();
-    ASSERT_TRUE(s.ok()) << s.error().to_string();
-    EXPECT_EQ(a->value.at("probs").at("shape"), json({1 + i % 3, 10}));
-    EXPECT_EQ(int64s(*a, a->value.at("label")), int64s(*s, s->value.at("label"))) << i;
-    const auto pa = floats(*a, a->value.at("probs"));
-    const auto ps = floats(*s, s->value.at("probs"));
-    ASSERT_EQ(pa.size(), ps.size());
-    for (size_t k = 0; k < pa.size(); ++k) EXPECT_NEAR(pa[k], ps[k], 1e-5) << i << " " << k;
+    expect_same_classification(aoti[i].get(), script[i].get(), 1 + i % 3, i);
   }
   const json stats = worker.stats("classifier_aoti");
   EXPECT_EQ(stats.at("requests"), kRequests);
@@ -146,7 +104,7 @@ TEST(Aoti, BadInputsGetTheirOwnErrorsNamingTheInput) {
   WorkerHarness worker({Model(model_package("classifier_aoti"))});
   worker.ready();
   auto& client = worker.client();
-  auto good_before = client.unary("classifier_aoti", "predict", classifier_rows(2, 1));
+  auto good_before = client.unary("classifier_aoti", "predict", classifier_input(2, 1));
   WireValue wrong_width;
   wrong_width.value = json::object();
   wrong_width.value["x"] = add_tensor(wrong_width, {2, 255}, std::vector<float>(510, 0.5f));
@@ -158,7 +116,7 @@ TEST(Aoti, BadInputsGetTheirOwnErrorsNamingTheInput) {
   WireValue unknown;
   unknown.value = json{{"y", 1}};
   auto name = client.unary("classifier_aoti", "predict", std::move(unknown));
-  auto good_after = client.unary("classifier_aoti", "predict", classifier_rows(1, 2));
+  auto good_after = client.unary("classifier_aoti", "predict", classifier_input(1, 2));
 
   auto w = width.get();
   ASSERT_FALSE(w.ok());
@@ -196,7 +154,7 @@ TEST(Aoti, UndeclaredShapesAreCheckedByTheCompiledModel) {
   EXPECT_EQ(width.error().message(),
             "method predict raised: input 'x': unmatched dim value at 1, expected: 256, but got: "
             "255");
-  auto good = worker.client().unary("classifier_aoti", "predict", classifier_rows(1, 3)).get();
+  auto good = worker.client().unary("classifier_aoti", "predict", classifier_input(1, 3)).get();
   ASSERT_TRUE(good.ok()) << good.error().to_string();
   EXPECT_EQ(good->value.at("probs").at("shape"), json({1, 10}));
 }

@@ -42,25 +42,6 @@ WireValue tensor_inputs(const std::string& name, const std::vector<int64_t>& sha
   return value;
 }
 
-struct CommandResult {
-  int status = -1;
-  std::string out;
-};
-
-// Runs a command and collects its stdout (stderr goes to stdout with 2>&1 in `command`).
-CommandResult run_command(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer{};
-  size_t got = 0;
-  while ((got = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
-    result.out.append(buffer.data(), got);
-  const int status = pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
 std::string inspect_command(const std::string& package) {
   return std::string(OUTPOST_WORKER_BINARY) + " inspect " + package;
 }

@@ -3,6 +3,7 @@
 // ipc://, with the example models that scripts/make-example-models built (docs/models.md).
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,7 @@
 #include "runtime/worker_protocol.h"
 #include "runtime/worker_spec.h"
 #include "tests/support/test_pki.h"
+#include <sys/wait.h>
 
 namespace outpost::testing {
 
@@ -243,6 +246,52 @@ class WorkerHarness {
   std::unique_ptr<WorkerProcess> process_;
   std::unique_ptr<WorkerClient> client_;
 };
+
+// The example classifier's input: `rows` rows of 256 normal random floats from `seed`.
+inline WireValue classifier_input(int rows, uint32_t seed) {
+  std::mt19937 generator(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> data(static_cast<size_t>(rows) * 256);
+  for (float& x : data) x = normal(generator);
+  WireValue value;
+  value.value = json::object();
+  value.value["x"] = add_tensor(value, {rows, 256}, data);
+  return value;
+}
+
+// Two classifier results of the same `rows` inputs: the same labels, and probabilities equal up
+// to float rounding (a batch sums in another order than one row).
+inline void expect_same_classification(const Result<WireValue>& a, const Result<WireValue>& b,
+                                       int rows, int request) {
+  ASSERT_TRUE(a.ok()) << a.error().to_string();
+  ASSERT_TRUE(b.ok()) << b.error().to_string();
+  EXPECT_EQ(a->value.at("probs").at("shape"), json({rows, 10}));
+  EXPECT_EQ(int64s(*a, a->value.at("label")), int64s(*b, b->value.at("label"))) << request;
+  const auto pa = floats(*a, a->value.at("probs"));
+  const auto pb = floats(*b, b->value.at("probs"));
+  ASSERT_EQ(pa.size(), pb.size());
+  for (size_t k = 0; k < pa.size(); ++k) EXPECT_NEAR(pa[k], pb[k], 1e-5) << request << " " << k;
+}
+
+struct CommandResult {
+  int status = -1;
+  std::string out;
+};
+
+// Runs a shell command and collects its stdout (`2>&1` in `command` adds stderr).
+inline CommandResult run_command(const std::string& command) {
+  CommandResult result;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buffer{};
+  size_t got = 0;
+  while ((got = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
+    result.out.append(buffer.data(), got);
+  }
+  const int status = pclose(pipe);
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
 
 // VmRSS of a process, from /proc/PID/status (the test reads it itself).
 inline uint64_t rss_bytes(pid_t pid) {
