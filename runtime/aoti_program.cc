@@ -3,6 +3,7 @@
 // call spec (docs/models.md, "AOTInductor packages").
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <exception>
 #include <fstream>
 #include <set>
@@ -191,8 +192,9 @@ Status check_target(const std::unordered_map<std::string, std::string>& metadata
   } else if (const std::string wanted = get("AOTI_COMPUTE_CAPABILITY"); !wanted.empty()) {
     OUTPOST_ASSIGN_OR_RETURN(auto* cuda, cuda_backend());
     const int64_t have = cuda->compute_capability(device.index());
-    const int64_t want = std::stoll(wanted);
-    if (have > 0 && (want / 10 != have / 10 || want > have)) {
+    int64_t want = 0;  // "90": major * 10 + minor, as the GPU's
+    const auto parsed = std::from_chars(wanted.data(), wanted.data() + wanted.size(), want);
+    if (parsed.ec == std::errc() && have > 0 && (want / 10 != have / 10 || want > have)) {
       return refuse("it was compiled for GPUs of compute capability " + std::to_string(want) +
                     " and " + device.str() + " is " + std::to_string(have) +
                     " (export it again on this kind of GPU)");

@@ -1154,10 +1154,9 @@ Result<std::unique_ptr<LoadedModel>> TorchLoader::load_checked(const ModelPackag
     model->add_instance(std::move(program));
   }
   if (options.warmup) {
-    // At least once, even with warmup_runs: 0: a package whose examples do not fit or whose
-    // warm-up raises is refused at upload (inspect), not found out on a node.
-    OUTPOST_RETURN_IF_ERROR(
-        model->warmup(std::max<int64_t>(config.warmup_runs, options.inspect_only ? 1 : 0)));
+    // At inspect (upload) once, even with warmup_runs: 0: a package whose examples do not fit
+    // or whose warm-up raises is refused at upload, not found out on every node.
+    OUTPOST_RETURN_IF_ERROR(model->warmup(options.inspect_only ? 1 : config.warmup_runs));
   }
   model->measure(device_before);
   return std::unique_ptr<LoadedModel>(std::move(model));
