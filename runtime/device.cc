@@ -62,7 +62,8 @@ Result<c10::Device> parse_device(const std::string& device) {
 
 namespace {
 
-// OpenBLAS, which Debian's libtorch calls for linear layers, keeps a thread pool of its own
+// OpenBLAS, which a libtorch built against it calls for linear layers (Debian's did; PyPI's uses
+// MKL, and this then finds nothing to limit), keeps a thread pool of its own
 // (a thread per core) beside libtorch's, and its idle threads wait by spinning on
 // sched_yield. In a worker those spins take the CPU that its I/O threads need: with one BLAS
 // thread, scripts/bench runtime's small model at concurrency 32 went from 14-18 k to 24-28 k

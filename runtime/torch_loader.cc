@@ -740,7 +740,7 @@ Status TorchModel::bind_method(const std::string& name, MethodKind kind, bool st
       return refuse("parameter '" + argument.name() + "' has type " +
                     argument.type()->annotation_str() + ", which requests cannot carry");
     }
-    // c10::optional (libtorch 1.13) does not convert to std::optional: copy the value itself.
+    // Copy the default itself (c10::optional did not convert to std::optional before 2.x).
     Param param{argument.name(), argument.type(), std::nullopt, std::nullopt};
     if (argument.default_value()) param.default_value = *argument.default_value();
     ParamInfo param_info{argument.name(), argument.type()->annotation_str(), std::nullopt,
