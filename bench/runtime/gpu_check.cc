@@ -52,7 +52,7 @@ using Clock = std::chrono::steady_clock;
 
 std::string g_models;
 std::string g_device;
-json g_failed = json::array();
+std::vector<std::string> g_failed;  // the checks that did not hold
 
 void check(bool held, const std::string& what) {
   if (!held) g_failed.push_back(what);
@@ -158,6 +158,7 @@ json light_under_load(WorkerClient& light_client, WorkerClient& heavy_client) {
   const WireValue heavy = random_tensor_input({1, 512}, 4);
   std::atomic<bool> stop{false};
   std::vector<std::thread> loaders;
+  loaders.reserve(4);
   for (int i = 0; i < 4; ++i) {
     loaders.emplace_back([&] {
       while (!stop) (void)heavy_client.unary("heavy", "predict", heavy).get();
@@ -266,7 +267,7 @@ int main(int argc, char** argv) {
       auto promise = std::make_shared<std::promise<std::string>>();
       auto text = std::make_shared<std::string>();
       worker->client->generate("chargen", "generate", std::move(inputs),
-                               CallHandlers{[text](int64_t, WireValue chunk) {
+                               CallHandlers{[text](int64_t, const WireValue& chunk) {
                                               if (chunk.value.is_string()) {
                                                 *text += chunk.value.get<std::string>();
                                               }
@@ -277,9 +278,11 @@ int main(int argc, char** argv) {
       return promise->get_future();
     };
     std::vector<std::string> alone;
+    alone.reserve(16);
     for (int i = 0; i < 16; ++i) alone.push_back(run("prompt " + std::to_string(i)).get());
     const auto start = Clock::now();
     std::vector<std::future<std::string>> together;
+    together.reserve(16);
     for (int i = 0; i < 16; ++i) together.push_back(run("prompt " + std::to_string(i)));
     bool equal = true;
     size_t chunks = 0;
