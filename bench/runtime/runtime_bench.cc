@@ -220,10 +220,27 @@ int main() {
     }
     return 0.0;
   };
+  // Why a model is not ready in the worker (its load failed), or empty.
+  const auto not_ready = [&](const std::string& model) -> std::string {
+    auto health = (*client)->health().get();
+    if (!health.ok()) return health.error().to_string();
+    for (const auto& item : health->at("models")) {
+      if (item.at("name") != model) continue;
+      if (item.value("state", "") == "ready") return "";
+      return item.value("state", "") + ": " + item.value("message", "");
+    }
+    return "not loaded";
+  };
   for (const Part& part : parts()) {
     if (!enabled(part.key)) continue;
     const std::string key = part.key;
     const std::string batch = std::to_string(part.batch);
+    if (const std::string why = not_ready(part.model); !why.empty()) {
+      // Measured as missing, not as zero: the JSON says why.
+      std::printf("  %-12s not measured: %s\n", part.key, why.c_str());
+      out[key + "_error"] = why;
+      continue;
+    }
     std::vector<int64_t> shape{1};
     shape.insert(shape.end(), part.row_shape.begin(), part.row_shape.end());
     const WireValue input = random_tensor_input(shape, 2);
