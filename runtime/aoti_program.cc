@@ -15,6 +15,7 @@
 #include <ATen/core/List.h>
 #include <ATen/core/ivalue.h>  // first: under clang the others need IValue complete
 #include <ATen/core/jit_type.h>
+#include <ATen/ops/cat.h>
 #include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
@@ -231,12 +232,13 @@ class AotiProgram final : public TorchProgram {
  public:
   AotiProgram(std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader,
               c10::FunctionSchema schema, Spec out_spec, c10::TypePtr result_type,
-              std::vector<std::string> param_names)
+              std::vector<std::string> param_names, bool pad_small_batches)
       : loader_(std::move(loader)),
         schema_(std::move(schema)),
         out_spec_(std::move(out_spec)),
         result_type_(std::move(result_type)),
-        param_names_(std::move(param_names)) {}
+        param_names_(std::move(param_names)),
+        pad_small_batches_(pad_small_batches) {}
 
   std::map<std::string, c10::FunctionSchema> schemas() const override {
     return {{kAotiMethod, schema_}};
@@ -248,9 +250,13 @@ class AotiProgram final : public TorchProgram {
     for (auto& arg : args) inputs.push_back(std::move(arg).toTensor());
     std::vector<at::Tensor> outputs;
     try {
-      outputs = loader_->run(inputs);
+      outputs = run_padded(inputs);
     } catch (const c10::Error& e) {
-      throw std::runtime_error(name_inputs(e.what_without_backtrace()));
+      const std::string text = e.what_without_backtrace();
+      const int64_t smallest = pad_small_batches_ ? smallest_batch(text) : 0;
+      if (smallest <= 1 || min_batch_ >= smallest) throw std::runtime_error(name_inputs(text));
+      min_batch_ = smallest;  // learnt once; later calls pad before running
+      outputs = run_padded(inputs);
     } catch (const std::exception& e) {
       throw std::runtime_error(name_inputs(e.what()));
     }
@@ -261,6 +267,39 @@ class AotiProgram final : public TorchProgram {
     }
     size_t next = 0;
     return unflatten(out_spec_, result_type_, outputs, next);
+  }
+
+  // The smallest batch a compiled model's guard asks for ("dim value is too small at 0, expected
+  // it to be >= 2"), or 0 when `text` is about something else.
+  static int64_t smallest_batch(const std::string& text) {
+    const std::string marker = "dim value is too small at 0, expected it to be >= ";
+    const auto at = text.find(marker);
+    if (at == std::string::npos) return 0;
+    int64_t value = 0;
+    const char* begin = text.data() + at + marker.size();
+    const auto parsed = std::from_chars(begin, text.data() + text.size(), value);
+    return parsed.ec == std::errc() ? value : 0;
+  }
+
+  // Runs the package; a batch of fewer rows than min_batch_ gets copies of its last row, whose
+  // outputs (the rows past the batch, where an output has the batch as its first dimension)
+  // are dropped.
+  std::vector<at::Tensor> run_padded(const std::vector<at::Tensor>& inputs) {
+    const int64_t rows = inputs.empty() || inputs[0].dim() == 0 ? 0 : inputs[0].size(0);
+    if (min_batch_ <= rows || rows == 0) return loader_->run(inputs);
+    std::vector<at::Tensor> padded;
+    padded.reserve(inputs.size());
+    for (const auto& input : inputs) {
+      if (input.dim() == 0 || input.size(0) != rows) return loader_->run(inputs);
+      std::vector<at::Tensor> parts{input};
+      for (int64_t i = rows; i < min_batch_; ++i) parts.push_back(input.narrow(0, rows - 1, 1));
+      padded.push_back(at::cat(parts, 0));
+    }
+    std::vector<at::Tensor> outputs = loader_->run(padded);
+    for (auto& output : outputs) {
+      if (output.dim() > 0 && output.size(0) == min_batch_) output = output.narrow(0, 0, rows);
+    }
+    return outputs;
   }
 
   std::vector<at::Tensor> weights() const override {
@@ -289,13 +328,16 @@ class AotiProgram final : public TorchProgram {
   Spec out_spec_;
   c10::TypePtr result_type_;
   std::vector<std::string> param_names_;
+  const bool pad_small_batches_;  // config.yaml batches the method: its rows are independent
+  int64_t min_batch_ = 0;         // the compiled model's smallest batch, once a guard said it
 };
 
 }  // namespace
 
 Result<std::unique_ptr<TorchProgram>> open_aoti_program(const std::string& path,
-                                                        const std::string& file,
+                                                        const ModelConfig& config,
                                                         const c10::Device& device) {
+  const std::string& file = config.file;
   std::unordered_map<std::string, std::string> metadata;
   try {
     metadata =
@@ -350,8 +392,10 @@ Result<std::unique_ptr<TorchProgram>> open_aoti_program(const std::string& path,
   for (const auto& name : names) arguments.emplace_back(name, c10::TensorType::get());
   c10::FunctionSchema schema(kAotiMethod, "", std::move(arguments), {c10::Argument("", returns)});
   LOG_DEBUG("model.aoti", file << ": " << schema << " on " << device.str());
-  return std::unique_ptr<TorchProgram>(std::make_unique<AotiProgram>(
-      std::move(loader), std::move(schema), out_spec, returns, std::move(names)));
+  const bool pad_small_batches = config.method(kAotiMethod).batching.max_batch_size > 0;
+  return std::unique_ptr<TorchProgram>(
+      std::make_unique<AotiProgram>(std::move(loader), std::move(schema), out_spec, returns,
+                                    std::move(names), pad_small_batches));
 }
 
 }  // namespace outpost::runtime

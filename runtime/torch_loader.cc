@@ -1086,8 +1086,9 @@ class ScriptProgram final : public TorchProgram {
 };
 
 Result<std::unique_ptr<TorchProgram>> open_script_program(const std::string& path,
-                                                          const std::string& file,
+                                                          const ModelConfig& config,
                                                           const c10::Device& device) {
+  const std::string& file = config.file;
   try {
     c10::InferenceMode guard;
     torch::jit::Module module = torch::jit::load(path, device);
@@ -1114,7 +1115,7 @@ Result<std::unique_ptr<TorchProgram>> open_script_program(const std::string& pat
 // Loads packages of one format: TorchScript archives or AOTInductor packages.
 class TorchLoader final : public ModelLoader {
  public:
-  using Open = Result<std::unique_ptr<TorchProgram>> (*)(const std::string&, const std::string&,
+  using Open = Result<std::unique_ptr<TorchProgram>> (*)(const std::string&, const ModelConfig&,
                                                          const c10::Device&);
   TorchLoader(std::string_view type, Open open) : type_(type), open_(open) {}
 
@@ -1149,7 +1150,7 @@ Result<std::unique_ptr<LoadedModel>> TorchLoader::load_checked(const ModelPackag
   limits.max_tensor_bytes = options.max_tensor_bytes;
   auto model = std::make_unique<TorchModel>(options.device, device, limits);
   for (int64_t i = 0; i < instances; ++i) {
-    OUTPOST_ASSIGN_OR_RETURN(auto program, open_(package.file_path, config.file, device));
+    OUTPOST_ASSIGN_OR_RETURN(auto program, open_(package.file_path, config, device));
     if (i == 0) OUTPOST_RETURN_IF_ERROR(model->bind(program->schemas(), config));
     model->add_instance(std::move(program));
   }

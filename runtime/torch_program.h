@@ -15,6 +15,7 @@
 #include <c10/core/Device.h>
 
 #include "common/result.h"
+#include "runtime/model_config.h"
 
 namespace outpost::runtime {
 
@@ -32,11 +33,14 @@ class TorchProgram {
 // The method an AOTInductor package's model is called by (its forward).
 inline constexpr const char* kAotiMethod = "predict";
 
-// Opens an AOTInductor package (`file`, for messages, is its name in the package) for `device`.
+// Opens the AOTInductor package at `path` (config.yaml's checkpoints.file) for `device`.
 // Refuses, saying so, a package compiled for another device type, CPU, machine or GPU
-// architecture than this worker's, and a call spec outpost cannot serve.
+// architecture than this worker's, and a call spec outpost cannot serve. When config.yaml
+// batches its method, a batch smaller than the compiled model's smallest (PyTorch compiles
+// guards from 2 rows for some exports) is padded with copies of its last row, whose outputs
+// are dropped: batched rows are independent.
 Result<std::unique_ptr<TorchProgram>> open_aoti_program(const std::string& path,
-                                                        const std::string& file,
+                                                        const ModelConfig& config,
                                                         const c10::Device& device);
 
 }  // namespace outpost::runtime

@@ -69,8 +69,10 @@ TEST_P(MatchesPyTorch, OutputsEqualWhatPyTorchComputed) {
   }
 }
 
+// rows2_aoti: a 1-row request to a package compiled for batches of 2 or more (padded by the
+// worker, the extra row's output dropped).
 INSTANTIATE_TEST_SUITE_P(BothFormats, MatchesPyTorch,
-                         ::testing::Values("classifier", "classifier_aoti"));
+                         ::testing::Values("classifier", "classifier_aoti", "rows2_aoti"));
 
 // Concurrent requests of 1-3 rows share executions of the AOTInductor package (its batch
 // dimension is dynamic), and each gets what the TorchScript archive of the same weights gives.
@@ -157,6 +159,33 @@ TEST(Aoti, UndeclaredShapesAreCheckedByTheCompiledModel) {
   auto good = worker.client().unary("classifier_aoti", "predict", classifier_input(1, 3)).get();
   ASSERT_TRUE(good.ok()) << good.error().to_string();
   EXPECT_EQ(good->value.at("probs").at("shape"), json({1, 10}));
+}
+
+// Padding is for batched methods only, whose rows are independent: unbatched, the same package
+// refuses a 1-row request with its guard's reason.
+TEST(Aoti, ABatchBelowTheCompiledMinimumIsPaddedOnlyWhenBatched) {
+  TempDir packages;
+  // Its warm-up (1 row) would be refused too: no warm-up runs.
+  const std::string unbatched =
+      copy_package(packages, "rows2_aoti", "rows2-unbatched", [](std::string text) {
+        return replace(std::move(text), "max_batch_size: 8", "max_batch_size: 0") +
+               "warmup_runs: 0\n";
+      });
+  WorkerHarness worker({});
+  worker.ready();
+  runtime::LoadRequest request;
+  request.package = unbatched;
+  request.model = "cold";
+  auto loaded = worker.client().load(request).get();
+  ASSERT_TRUE(loaded.ok()) << loaded.error().to_string();
+  WireValue one_row;
+  one_row.value = json::object();
+  one_row.value["x"] = add_tensor(one_row, {1, 4}, {0.1f, 0.2f, 0.3f, 0.4f});
+  auto refused = worker.client().unary("cold", "predict", std::move(one_row)).get();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message().find("input 'x': dim value is too small at 0"),
+            std::string::npos)
+      << refused.error().message();
 }
 
 // inspect shows the package's own call spec (keyword input names, the dict it returns) with
