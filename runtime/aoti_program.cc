@@ -238,7 +238,8 @@ class AotiProgram final : public TorchProgram {
         out_spec_(std::move(out_spec)),
         result_type_(std::move(result_type)),
         param_names_(std::move(param_names)),
-        pad_small_batches_(pad_small_batches) {}
+        pad_small_batches_(pad_small_batches),
+        output_count_(leaf_count(out_spec_)) {}
 
   std::map<std::string, c10::FunctionSchema> schemas() const override {
     return {{kAotiMethod, schema_}};
@@ -260,10 +261,10 @@ class AotiProgram final : public TorchProgram {
     } catch (const std::exception& e) {
       throw std::runtime_error(name_inputs(e.what()));
     }
-    if (outputs.size() != leaf_count(out_spec_)) {
+    if (outputs.size() != output_count_) {
       throw std::runtime_error("the package returned " + std::to_string(outputs.size()) +
                                " tensors; its call spec says " +
-                               std::to_string(leaf_count(out_spec_)));
+                               std::to_string(output_count_));
     }
     size_t next = 0;
     return unflatten(out_spec_, result_type_, outputs, next);
@@ -329,6 +330,7 @@ class AotiProgram final : public TorchProgram {
   c10::TypePtr result_type_;
   std::vector<std::string> param_names_;
   const bool pad_small_batches_;  // config.yaml batches the method: its rows are independent
+  const size_t output_count_;     // tensors the call spec's result holds
   int64_t min_batch_ = 0;         // the compiled model's smallest batch, once a guard said it
 };
 
