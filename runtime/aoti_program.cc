@@ -263,8 +263,7 @@ class AotiProgram final : public TorchProgram {
     }
     if (outputs.size() != output_count_) {
       throw std::runtime_error("the package returned " + std::to_string(outputs.size()) +
-                               " tensors; its call spec says " +
-                               std::to_string(output_count_));
+                               " tensors; its call spec says " + std::to_string(output_count_));
     }
     size_t next = 0;
     return unflatten(out_spec_, result_type_, outputs, next);
