@@ -43,10 +43,11 @@ const std::string& Call::batch_key() const {
 }
 
 ModelHost::ModelHost(std::string name, std::unique_ptr<LoadedModel> model, FairScheduler& scheduler,
-                     ResponseSink& sink, const Clock& clock)
+                     ComputeThreads& compute, ResponseSink& sink, const Clock& clock)
     : name_(std::move(name)),
       model_(std::move(model)),
       scheduler_(scheduler),
+      compute_(compute),
       tenant_(scheduler.add_tenant(name_)),
       sink_(sink),
       clock_(clock) {
@@ -335,7 +336,7 @@ void ModelHost::run_instance(size_t index) {
       scheduler_.release_unused(grant);
       continue;
     }
-    execute(instance, work, grant);
+    compute_.run([&] { execute(instance, work, grant); });
     bool more = false;
     {
       std::lock_guard lock(mutex_);

@@ -28,6 +28,7 @@
 #include "common/clock.h"
 #include "common/result.h"
 #include "runtime/batch_queue.h"
+#include "runtime/compute_threads.h"
 #include "runtime/fair_scheduler.h"
 #include "runtime/model.h"
 #include "runtime/worker_protocol.h"
@@ -98,8 +99,10 @@ class Call {
 
 class ModelHost {
  public:
+  // Executions run on `compute` (compute_threads.h) while this host's thread holds a slot of
+  // `scheduler`.
   ModelHost(std::string name, std::unique_ptr<LoadedModel> model, FairScheduler& scheduler,
-            ResponseSink& sink, const Clock& clock);
+            ComputeThreads& compute, ResponseSink& sink, const Clock& clock);
   ~ModelHost();
   ModelHost(const ModelHost&) = delete;
   ModelHost& operator=(const ModelHost&) = delete;
@@ -178,6 +181,7 @@ class ModelHost {
   const std::string name_;
   std::unique_ptr<LoadedModel> model_;
   FairScheduler& scheduler_;
+  ComputeThreads& compute_;
   FairScheduler::TenantId tenant_;
   ResponseSink& sink_;
   const Clock& clock_;

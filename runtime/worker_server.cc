@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <future>
 #include <utility>
 
 #include "common/log.h"
@@ -39,7 +40,8 @@ WorkerServer::WorkerServer(WorkerSpec spec, std::vector<std::unique_ptr<ModelLoa
       loaders_(std::move(loaders)),
       clock_(SteadyClock::instance()),
       started_(clock_.now()),
-      scheduler_(static_cast<int>(spec_.device_concurrency), clock_) {}
+      scheduler_(static_cast<int>(spec_.device_concurrency), clock_),
+      compute_(static_cast<int>(spec_.device_concurrency)) {}
 
 Result<std::unique_ptr<WorkerServer>> WorkerServer::create(
     WorkerSpec spec, std::vector<std::unique_ptr<ModelLoader>> loaders) {
@@ -400,12 +402,17 @@ Result<std::shared_ptr<ModelHost>> WorkerServer::load_model(const std::string& n
   options.device = spec_.device;
   options.instances = instances;
   options.max_tensor_bytes = spec_.limits.max_message_bytes;
-  OUTPOST_ASSIGN_OR_RETURN(auto model, loader->load(package, options));
+  // On a thread that ends with the load, so that the OpenMP team its warm-up starts ends too
+  // (compute_threads.h says why teams beyond the device's slots cost).
+  OUTPOST_ASSIGN_OR_RETURN(auto model, std::async(std::launch::async, [&] {
+                                         return loader->load(package, options);
+                                       }).get());
   entry.package = package_dir;
   entry.model_id = package.config.model_id;
   entry.file_sha256 = package.file_sha256;
   entry.load_ms = std::chrono::duration_cast<milliseconds>(clock_.now() - started).count();
-  auto host = std::make_shared<ModelHost>(name, std::move(model), scheduler_, *this, clock_);
+  auto host =
+      std::make_shared<ModelHost>(name, std::move(model), scheduler_, compute_, *this, clock_);
   host->start();
   return host;
 }

@@ -106,6 +106,7 @@ class WorkerServer final : public ResponseSink {
   zmq::context_t context_{1};
   std::unique_ptr<ZmqChannel> channel_;
   FairScheduler scheduler_;
+  ComputeThreads compute_;  // outlives the models' hosts
 
   std::mutex models_mutex_;
   std::map<std::string, ModelEntry> models_;

@@ -1,8 +1,11 @@
-// The fair scheduler and the batch queue on an injected clock: exact and instant.
+// The fair scheduler and the batch queue on an injected clock: exact and instant. The compute
+// threads that executions are handed to, on real threads.
 #include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -10,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "runtime/batch_queue.h"
+#include "runtime/compute_threads.h"
 #include "runtime/fair_scheduler.h"
 #include "tests/support/fake_clock.h"
 
@@ -205,6 +209,48 @@ TEST(BatchQueue, IsBoundedAndRemovesCancelledEntries) {
   EXPECT_TRUE(queue.push(entry(1, "a", {})));
   // Without batching, one request per execution.
   EXPECT_EQ(queue.take().size(), 1u);
+}
+
+// Executions from many models' threads run on no more threads than the device has slots: each
+// thread that runs a model has an OpenMP team of its own (compute_threads.h).
+TEST(ComputeThreads, ManyCallersShareTheSlotsThreads) {
+  ComputeThreads compute(2);
+  std::mutex mutex;
+  std::set<std::thread::id> ran_on;
+  std::atomic<int> ran{0};
+  constexpr int kCallers = 8;
+  std::vector<std::thread> callers;
+  callers.reserve(kCallers);
+  for (int caller = 0; caller < kCallers; ++caller) {
+    callers.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        int value = 0;
+        compute.run([&] {
+          {
+            std::lock_guard lock(mutex);
+            ran_on.insert(std::this_thread::get_id());
+          }
+          value = i + 1;
+          ++ran;
+        });
+        // run() returns once the task is done: its effects are visible to the caller.
+        EXPECT_EQ(value, i + 1);
+      }
+    });
+  }
+  for (auto& caller : callers) caller.join();
+  EXPECT_EQ(ran.load(), 400);
+  EXPECT_GE(ran_on.size(), 1u);
+  EXPECT_LE(ran_on.size(), 2u);
+  EXPECT_EQ(ran_on.count(std::this_thread::get_id()), 0u);
+}
+
+TEST(ComputeThreads, ATasksExceptionReachesItsCallerAndTheThreadGoesOn) {
+  ComputeThreads compute(1);
+  EXPECT_THROW(compute.run([] { throw std::runtime_error("model raised"); }), std::runtime_error);
+  bool ran = false;
+  compute.run([&] { ran = true; });
+  EXPECT_TRUE(ran);
 }
 
 }  // namespace
