@@ -1,6 +1,8 @@
 // scripts/bench runtime: outpost-worker measured side by side with direct libtorch calls on the
-// same model files, with the same intra-op threads, in one run on one machine. Prints one
-// JSON object as its last line.
+// same model files, with the same intra-op threads, in one run on one machine. Each figure is
+// the mean of 5 rounds that alternate between the two sides, so that a noisy machine (a shared
+// VM's 2 cores vary by 2x from minute to minute) weighs on both alike. Prints one JSON object as
+// its last line.
 //
 //  small    the example MLP classifier (256-512-512-10): unary requests per second through the
 //           worker (WorkerClient over ipc://, dynamic batching up to 32) at concurrency 1 and 32,
@@ -10,7 +12,8 @@
 //  small_aoti, resnet_aoti  the same two networks as AOTInductor packages (classifier_aoti,
 //           resnet18_aoti; scripts/bench makes the latter), through the worker against the
 //           package called directly (`*_ratio`), and against the TorchScript file through the
-//           worker (`*_vs_script`).
+//           worker (`*_vs_script`). resnet18_aoti's compiled guard starts at 2 rows: the worker
+//           pads a single image to 2, while the direct call runs 1 unchecked (docs/models.md).
 //  generate the character-level generator: time to first chunk and chunks per second of one
 //           call, against a direct loop of generate_init and generate_step.
 //
@@ -55,6 +58,8 @@ using std::chrono::milliseconds;
 
 constexpr double kSmallSeconds = 3.0;
 constexpr double kResnetSeconds = 5.0;
+// Each part's time is split into this many rounds, alternating direct and worker.
+constexpr int kRounds = 5;
 
 bool enabled(const char* part) {
   const char* only = std::getenv("OUTPOST_BENCH_ONLY");
@@ -134,28 +139,21 @@ int main() {
   const int threads = outpost::bench::bench_threads();
   outpost::bench::set_torch_threads(threads);
 
-  // Direct libtorch first, with nothing else running.
-  std::printf("direct libtorch, %d intra-op threads\n", threads);
   json out;
   out["threads"] = threads;
-  for (const Part& part : parts()) {
-    if (!enabled(part.key)) continue;
-    auto direct = DirectModel::load(model_dir(part.model));
-    if (!direct.ok()) {
-      std::fprintf(stderr, "%s\n", direct.error().to_string().c_str());
+  out["rounds"] = kRounds;
+  std::vector<std::unique_ptr<DirectModel>> direct(parts().size());
+  for (size_t i = 0; i < parts().size(); ++i) {
+    if (!enabled(parts()[i].key)) continue;
+    auto loaded = DirectModel::load(model_dir(parts()[i].model));
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "%s\n", loaded.error().to_string().c_str());
       return 1;
     }
-    const std::string key = part.key;
-    for (const int64_t rows : {int64_t{1}, part.batch}) {
-      std::vector<int64_t> shape{rows};
-      shape.insert(shape.end(), part.row_shape.begin(), part.row_shape.end());
-      out[key + "_direct_b" + std::to_string(rows) + "_rps"] =
-          (*direct)->rows_per_second("predict", shape, part.seconds);
-    }
-    std::printf("  %-12s b1 %.1f rows/s, b%lld %.1f rows/s\n", part.key,
-                out[key + "_direct_b1_rps"].get<double>(), static_cast<long long>(part.batch),
-                out[key + "_direct_b" + std::to_string(part.batch) + "_rps"].get<double>());
+    direct[i] = std::move(*loaded);
   }
+  // Generate, direct, before the worker starts: one call's time to its first chunk is measured
+  // whole, not in rounds.
   if (enabled("generate")) {
     auto chargen = DirectModel::load(model_dir("chargen"));
     if (!chargen.ok()) {
@@ -165,11 +163,11 @@ int main() {
     const auto direct_gen = (*chargen)->generate("hello", kGenerateTokens, kGenerateRuns);
     out["direct_ttft_us"] = direct_gen.ttft_us;
     out["direct_chunks_per_s"] = direct_gen.chunks_per_s;
-    std::printf("  generate: first chunk %.0f us, %.0f chunks/s\n", direct_gen.ttft_us,
+    std::printf("direct generate: first chunk %.0f us, %.0f chunks/s\n", direct_gen.ttft_us,
                 direct_gen.chunks_per_s);
   }
 
-  // The same through an outpost-worker process.
+  // One outpost-worker process holding every model measured.
   outpost::testing::TempDir dir;
   WorkerProcess::Options options;
   options.binary = OUTPOST_WORKER_BINARY;
@@ -205,7 +203,8 @@ int main() {
     std::fprintf(stderr, "worker not ready: %s\n", ready.error().to_string().c_str());
     return 1;
   }
-  std::printf("outpost-worker (pid %d), %d intra-op threads\n", (*process)->pid(), threads);
+  std::printf("outpost-worker (pid %d) and direct libtorch, %d intra-op threads each, %d rounds\n",
+              (*process)->pid(), threads, kRounds);
   const auto ratio = [&](const std::string& a, const std::string& b) {
     return out[a].get<double>() / std::max(out[b].get<double>(), 1e-9);
   };
@@ -231,27 +230,45 @@ int main() {
     }
     return "not loaded";
   };
-  for (const Part& part : parts()) {
+  for (size_t i = 0; i < parts().size(); ++i) {
+    const Part& part = parts()[i];
     if (!enabled(part.key)) continue;
     const std::string key = part.key;
     const std::string batch = std::to_string(part.batch);
     if (const std::string why = not_ready(part.model); !why.empty()) {
       // Measured as missing, not as zero: the JSON says why.
-      std::printf("  %-12s not measured: %s\n", part.key, why.c_str());
+      std::printf("  %-12s not measured in the worker: %s\n", part.key, why.c_str());
       out[key + "_error"] = why;
       continue;
     }
     std::vector<int64_t> shape{1};
     shape.insert(shape.end(), part.row_shape.begin(), part.row_shape.end());
     const WireValue input = random_tensor_input(shape, 2);
-    out[key + "_c1_rps"] = worker_rps(**client, part.model, input, 1, part.seconds);
-    out[key + "_c" + batch + "_rps"] =
-        worker_rps(**client, part.model, input, static_cast<int>(part.batch), part.seconds);
+    // Each side's figure is its mean over rounds that alternate with the other side's, so that
+    // both see the same moments of a noisy machine.
+    const double round_seconds = part.seconds / kRounds;
+    for (const int64_t rows : {int64_t{1}, part.batch}) {
+      std::vector<int64_t> direct_shape{rows};
+      direct_shape.insert(direct_shape.end(), part.row_shape.begin(), part.row_shape.end());
+      double direct_sum = 0;
+      double worker_sum = 0;
+      for (int round = 0; round < kRounds; ++round) {
+        direct_sum += direct[i]->rows_per_second("predict", direct_shape, round_seconds);
+        worker_sum += worker_rps(**client, part.model, input, static_cast<int>(rows), round_seconds,
+                                 "predict", round == 0 ? 0.5 : 0.1);
+      }
+      const std::string n = std::to_string(rows);
+      out[key + "_direct_b" + n + "_rps"] = direct_sum / kRounds;
+      out[key + "_c" + n + "_rps"] = worker_sum / kRounds;
+    }
     out[key + "_mean_batch"] = batch_size(part.model);
-    std::printf("  %-12s c1 %.1f req/s, c%s %.1f req/s (mean batch over both %.1f)\n", part.key,
-                out[key + "_c1_rps"].get<double>(), batch.c_str(),
-                out[key + "_c" + batch + "_rps"].get<double>(),
-                out[key + "_mean_batch"].get<double>());
+    std::printf(
+        "  %-12s direct b1 %.1f, b%s %.1f rows/s; worker c1 %.1f, c%s %.1f req/s "
+        "(mean batch %.1f)\n",
+        part.key, out[key + "_direct_b1_rps"].get<double>(), batch.c_str(),
+        out[key + "_direct_b" + batch + "_rps"].get<double>(), out[key + "_c1_rps"].get<double>(),
+        batch.c_str(), out[key + "_c" + batch + "_rps"].get<double>(),
+        out[key + "_mean_batch"].get<double>());
     out[key + "_c1_ratio"] = ratio(key + "_c1_rps", key + "_direct_b1_rps");
     out[key + "_c" + batch + "_ratio"] =
         ratio(key + "_c" + batch + "_rps", key + "_direct_b" + batch + "_rps");

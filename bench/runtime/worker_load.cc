@@ -21,7 +21,6 @@ using runtime::WireValue;
 using runtime::WorkerClient;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration;
-using std::chrono::milliseconds;
 
 namespace {
 
@@ -46,7 +45,8 @@ WireValue random_tensor_input(const std::vector<int64_t>& shape, uint32_t seed) 
 
 // Closed loop through the worker: `concurrency` calls outstanding; requests per second.
 double worker_rps(WorkerClient& client, const std::string& model, const WireValue& input,
-                  int concurrency, double seconds, const std::string& method) {
+                  int concurrency, double seconds, const std::string& method,
+                  double warm_up_seconds) {
   std::mutex mutex;
   std::condition_variable done_changed;
   std::atomic<bool> stop{false};
@@ -78,7 +78,7 @@ double worker_rps(WorkerClient& client, const std::string& model, const WireValu
     outstanding = concurrency;
   }
   for (int i = 0; i < concurrency; ++i) issue();
-  std::this_thread::sleep_for(milliseconds(500));
+  std::this_thread::sleep_for(duration<double>(warm_up_seconds));
   const int64_t before = completed.load();
   const auto start = Clock::now();
   std::this_thread::sleep_for(duration<double>(seconds));

@@ -14,11 +14,10 @@ namespace outpost::bench {
 runtime::WireValue random_tensor_input(const std::vector<int64_t>& shape, uint32_t seed);
 
 // Closed loop through the worker: `concurrency` calls of `method` outstanding for `seconds`
-// after a half-second warm-up; requests per second. Failed calls are counted and reported on
-// stderr.
+// after `warm_up_seconds`; requests per second. Failed calls are counted and reported on stderr.
 double worker_rps(runtime::WorkerClient& client, const std::string& model,
                   const runtime::WireValue& input, int concurrency, double seconds,
-                  const std::string& method = "predict");
+                  const std::string& method = "predict", double warm_up_seconds = 0.5);
 
 // `calls` unary calls one after another; each one's time in microseconds, in call order.
 std::vector<double> worker_latencies_us(runtime::WorkerClient& client, const std::string& model,
