@@ -584,10 +584,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
 
   void forward_inputs(const json& inputs) {
     const Status ok = check_inputs(target_.method, inputs, true);
-    if (!ok.ok()) {
-      current_stream()->reset(tunnel::Errc::kCancel, "the client sent bad inputs");
-      return finish(ok.error(), 1007);
-    }
+    if (!ok.ok()) return refuse(ok.error(), 1007, "the client sent bad inputs");
     std::string message = json{{"inputs", inputs}}.dump();
     std::shared_ptr<tunnel::Stream> stream;
     bool too_many = false;
@@ -602,11 +599,10 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       if (!rerouting_) stream = stream_;
     }
     if (too_many) {
-      if (stream) stream->reset(tunnel::Errc::kCancel, "too many inputs before any output");
-      return finish(
+      return refuse(
           Error(ErrorCode::kResourceExhausted, "more than " + std::to_string(kMaxReplayedInputs) +
                                                    " inputs sent before the model's first output"),
-          1008);
+          1008, "too many inputs before any output");
     }
     if (!stream) return pump_from_client();  // the new node gets it with the replay
     // A failed write: the agent side ended, and pump_from_agent retries the call or reports it.
@@ -631,10 +627,9 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       }
       auto parsed = parse_json(message);
       if (!parsed.ok() || !parsed->is_object()) {
-        self->current_stream()->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
-        return self->finish(
+        return self->refuse(
             parsed.ok() ? invalid_argument("each message must be a JSON object") : parsed.error(),
-            1007);
+            1007, "the client sent a malformed message");
       }
       if (parsed->value("end", false)) {
         std::shared_ptr<tunnel::Stream> stream;
@@ -648,10 +643,9 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
         return;
       }
       if (!parsed->contains("inputs")) {
-        self->current_stream()->reset(tunnel::Errc::kCancel, "the client sent a malformed message");
-        return self->finish(invalid_argument("each message carries {\"inputs\": {...}} or "
+        return self->refuse(invalid_argument("each message carries {\"inputs\": {...}} or "
                                              "{\"end\": true}"),
-                            1007);
+                            1007, "the client sent a malformed message");
       }
       self->forward_inputs((*parsed)["inputs"]);
     });
@@ -699,7 +693,11 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       }
       if (auto error = agent_error(*parsed)) {
         stream->reset(tunnel::Errc::kCancel, "the node reported an error");
-        return self->finish(*error, 1011);
+        // An item the model refused is bad client data, as one the control plane refuses.
+        const uint16_t close_code = error->code() == ErrorCode::kInvalidArgument ? 1007
+                                    : error->code() == ErrorCode::kUnavailable   ? 1013
+                                                                                 : 1011;
+        return self->finish(*error, close_code);
       }
       {
         std::lock_guard lock(self->mutex_);
@@ -715,6 +713,14 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
                               self->pump_from_agent(stream);
                             });
     });
+  }
+
+  // Ends the call for the client's mistake: the client hears `error`, then the node's side is
+  // cancelled. In this order, because the cancel ends the read from the node, which would
+  // otherwise finish the call first, as a lost answer (data_loss).
+  void refuse(const Error& error, uint16_t close_code, const std::string& why) {
+    finish(error, close_code);
+    if (auto stream = current_stream()) stream->reset(tunnel::Errc::kCancel, why);
   }
 
   // Sends the final status and closes the WebSocket. An empty error is success.

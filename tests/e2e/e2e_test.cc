@@ -84,6 +84,23 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
   const auto third = streamed.out.rfind('6');
   EXPECT_NE(first, std::string::npos) << streamed.out;
   EXPECT_NE(third, std::string::npos) << streamed.out;
+  // A stream item with a wrong input name, or a wrong type, is the caller's mistake: it ends the
+  // call as invalid_argument naming the input, as a unary call's would, not as a lost answer.
+  const std::pair<const char*, const char*> bad_items[] = {
+      {R"([{"x": {"dtype": "float32", "shape": [1], "values": [1]}},
+           {"y": {"dtype": "float32", "shape": [1], "values": [2]}}])",
+       "y"},
+      {R"([{"x": "not a tensor"}])", "x"}};
+  for (const auto& [bad, name] : bad_items) {
+    const auto refused = platform.cli({"-o", "json", "model", "stream", "accumulator",
+                                       "--deployment", "dep-acc", "--inputs", bad},
+                                      /*expect_ok=*/false);
+    EXPECT_NE(refused.exit_code, 0) << refused.out;
+    const std::string said = refused.out + refused.err;
+    EXPECT_NE(said.find("invalid_argument"), std::string::npos) << said;
+    EXPECT_EQ(said.find("data_loss"), std::string::npos) << said;
+    EXPECT_NE(said.find(std::string("'") + name + "'"), std::string::npos) << said;
+  }
 
   // Three models, one worker: they were packed onto the CPU device.
   EXPECT_EQ(workers_of(platform.agent("node-a")).size(), 1u);
