@@ -30,6 +30,7 @@ struct Session {
   CliConfig config;
   std::unique_ptr<HttpClient> client;
   std::ostream* out = &std::cout;
+  std::istream* in = &std::cin;  // for `--inputs -`
 
   // Calls the API; the parsed body, or the server's error.
   Result<nlohmann::json> call(std::string_view method, const std::string& path,
@@ -89,6 +90,7 @@ struct PredictFlags {
   std::string nodepool;
   std::string method;
   InputFlags inputs;
+  bool tensor_values = false;  // --values: tensors in the answer as numbers, not base64
 };
 Status model_upload(Session& s, const std::string& dir, const std::string& model_id);
 Status model_list(Session& s);

@@ -213,9 +213,13 @@ int main(int argc, char** argv) {
         ->check(CLI::ExistingFile);
     sub->add_option("--url", predict.inputs.url,
                     "a URL the control plane fetches for the first input");
-    sub->add_option("--inputs", predict.inputs.inputs_json, "all inputs as JSON");
+    sub->add_option("--inputs", predict.inputs.inputs_json,
+                    "all inputs as JSON; @FILE reads it from a file, - from stdin");
     sub->add_option("-i,--input", predict.inputs.named,
-                    "NAME=VALUE (VALUE as JSON when it parses)");
+                    "NAME=VALUE (VALUE as JSON when it parses); NAME=@FILE: a file's bytes, or a "
+                    "NumPy .npy file as a tensor");
+    sub->add_flag("--values", predict.tensor_values,
+                  "tensors in the answer as numbers (\"values\"), not base64 (\"data_b64\")");
   };
   auto* predict_cmd = model->add_subcommand("predict", "a unary call");
   predict_options(predict_cmd);

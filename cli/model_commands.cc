@@ -188,11 +188,23 @@ Status model_delete(Session& s, const std::string& id) {
   return {};
 }
 
+namespace {
+
+// The body of a unary or generate call (docs/api.md "Predict").
+json predict_body(const json& runner, const json& method, const json& inputs,
+                  const PredictFlags& flags) {
+  json body{{"runner_selector", runner}, {"method", method["name"]}, {"inputs", inputs}};
+  if (flags.tensor_values) body["tensor_format"] = "values";
+  return body;
+}
+
+}  // namespace
+
 Status model_predict(Session& s, const PredictFlags& flags) {
   OUTPOST_ASSIGN_OR_RETURN(auto runner, selector(flags));
   OUTPOST_ASSIGN_OR_RETURN(auto method, method_for(s, flags, "unary"));
-  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_inputs(flags.inputs, method));
-  const json body{{"runner_selector", runner}, {"method", method["name"]}, {"inputs", inputs}};
+  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_inputs(flags.inputs, method, *s.in));
+  const json body = predict_body(runner, method, inputs, flags);
   OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("POST", outputs_path(s, flags), body.dump()));
   if (s.json_output()) {
     *s.out << reply.dump(2) << "\n";
@@ -205,8 +217,8 @@ Status model_predict(Session& s, const PredictFlags& flags) {
 Status model_generate(Session& s, const PredictFlags& flags) {
   OUTPOST_ASSIGN_OR_RETURN(auto runner, selector(flags));
   OUTPOST_ASSIGN_OR_RETURN(auto method, method_for(s, flags, "generate"));
-  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_inputs(flags.inputs, method));
-  const json body{{"runner_selector", runner}, {"method", method["name"]}, {"inputs", inputs}};
+  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_inputs(flags.inputs, method, *s.in));
+  const json body = predict_body(runner, method, inputs, flags);
   // Events (or JSON lines) are split as they arrive; each chunk is printed and flushed at once.
   std::string pending;
   std::optional<Error> failure;
@@ -281,7 +293,7 @@ Status model_stream(Session& s, const PredictFlags& flags, std::istream& in) {
         "compute_cluster=" + escape(flags.compute_cluster) + "&nodepool=" + escape(flags.nodepool);
   }
   OUTPOST_ASSIGN_OR_RETURN(auto method, method_for(s, flags, "stream"));
-  OUTPOST_ASSIGN_OR_RETURN(auto items, build_stream_items(flags.inputs, method));
+  OUTPOST_ASSIGN_OR_RETURN(auto items, build_stream_items(flags.inputs, method, *s.in));
   const bool from_stdin = items.empty();
   std::string input_name;
   if (from_stdin) {
@@ -290,6 +302,7 @@ Status model_stream(Session& s, const PredictFlags& flags, std::istream& in) {
   std::string path = models_path(s) + "/" + escape(flags.model);
   if (!flags.version.empty()) path += "/versions/" + escape(flags.version);
   path += "/outputs/stream?" + query + "&method=" + escape(method["name"].get<std::string>());
+  if (flags.tensor_values) path += "&tensor_format=values";
   OUTPOST_ASSIGN_OR_RETURN(auto socket, s.client->websocket(path));
   // One output per input item (docs/control-protocol.md): send an item, print its output.
   const auto exchange = [&](const json& item) -> Status {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -418,14 +419,14 @@ Status call_with_flags(LocalWorker& worker, const ModelTestFlags& flags, const s
                               "' is a stream method: give its items with --text (one item "
                               "each) or --inputs (a JSON array of input objects)");
     }
-    OUTPOST_ASSIGN_OR_RETURN(auto built, build_stream_items(flags.inputs, method));
+    OUTPOST_ASSIGN_OR_RETURN(auto built, build_stream_items(flags.inputs, method, std::cin));
     inputs = built;
     for (auto& item : built) {
       OUTPOST_ASSIGN_OR_RETURN(auto wire, to_wire(std::move(item), false));
       items.push_back(std::move(wire));
     }
   } else {
-    OUTPOST_ASSIGN_OR_RETURN(inputs, build_inputs(flags.inputs, method));
+    OUTPOST_ASSIGN_OR_RETURN(inputs, build_inputs(flags.inputs, method, std::cin));
     OUTPOST_ASSIGN_OR_RETURN(request, to_wire(inputs, false));
   }
   const bool table = format == OutputFormat::kTable;

@@ -2,6 +2,8 @@
 
 #include <fstream>
 #include <iterator>
+#include <string_view>
+#include <utility>
 
 #include "common/base64.h"
 
@@ -53,11 +55,20 @@ Result<std::string> first_input(const json& method) {
 
 namespace {
 
-Result<json> file_value(const std::string& path) {
+Result<std::string> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return invalid_argument("cannot read " + path);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+Result<json> file_value(const std::string& path) {
+  OUTPOST_ASSIGN_OR_RETURN(auto bytes, read_file(path));
   return json{{"bytes_b64", base64_encode(bytes)}};
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 Status add_named(const std::vector<std::string>& named, json& inputs) {
@@ -66,19 +77,126 @@ Status add_named(const std::vector<std::string>& named, json& inputs) {
     if (eq == std::string::npos || eq == 0) {
       return invalid_argument("-i takes NAME=VALUE, not '" + item + "'");
     }
+    const std::string name = item.substr(0, eq);
     const std::string value = item.substr(eq + 1);
+    if (value.size() > 1 && value[0] == '@') {
+      const std::string path = value.substr(1);
+      if (ends_with(path, ".npy")) {
+        OUTPOST_ASSIGN_OR_RETURN(auto bytes, read_file(path));
+        OUTPOST_ASSIGN_OR_RETURN(inputs[name], npy_tensor(bytes, path));
+      } else {
+        OUTPOST_ASSIGN_OR_RETURN(inputs[name], file_value(path));
+      }
+      continue;
+    }
     json parsed = json::parse(value, nullptr, false);
-    inputs[item.substr(0, eq)] = parsed.is_discarded() ? json(value) : parsed;
+    inputs[name] = parsed.is_discarded() ? json(value) : parsed;
   }
   return {};
 }
 
+// --inputs: the JSON itself, `@FILE` or `-` (standard input).
+Result<json> inputs_document(const std::string& flag, std::istream& in) {
+  std::string text = flag;
+  if (flag == "-") {
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } else if (flag.size() > 1 && flag[0] == '@') {
+    OUTPOST_ASSIGN_OR_RETURN(text, read_file(flag.substr(1)));
+  }
+  json parsed = json::parse(text, nullptr, false);
+  if (parsed.is_discarded()) {
+    return invalid_argument("--inputs" + (text == flag ? std::string() : " (" + flag + ")") +
+                            " is not valid JSON");
+  }
+  return parsed;
+}
+
+// NumPy's dtype strings (little-endian or byte-sized) and ours.
+constexpr std::pair<const char*, const char*> kNpyDtypes[] = {
+    {"<f4", "float32"}, {"<f8", "float64"}, {"<f2", "float16"}, {"<i8", "int64"}, {"<i4", "int32"},
+    {"<i2", "int16"},   {"|i1", "int8"},    {"|u1", "uint8"},   {"|b1", "bool"}};
+
+// The value of 'key' in a .npy header dict, up to the next top-level comma or brace.
+std::string npy_field(const std::string& header, const std::string& key) {
+  const auto at = header.find("'" + key + "'");
+  if (at == std::string::npos) return "";
+  auto start = header.find(':', at);
+  if (start == std::string::npos) return "";
+  ++start;
+  while (start < header.size() && header[start] == ' ') ++start;
+  if (start < header.size() && header[start] == '(') {
+    const auto end = header.find(')', start);
+    return end == std::string::npos ? "" : header.substr(start, end - start + 1);
+  }
+  const auto end = header.find_first_of(",}", start);
+  return header.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
 }  // namespace
 
-Result<json> build_inputs(const InputFlags& flags, const json& method) {
+Result<json> npy_tensor(const std::string& bytes, const std::string& name) {
+  const auto bad = [&](const std::string& why) {
+    return invalid_argument(name + " is not a .npy tensor outpost can send: " + why);
+  };
+  constexpr std::string_view kMagic = "\x93NUMPY";
+  if (bytes.size() < 10 || bytes.compare(0, kMagic.size(), kMagic) != 0) {
+    return bad("no NumPy header");
+  }
+  const auto byte = [&](size_t i) { return static_cast<uint8_t>(bytes[i]); };
+  const int major = byte(6);
+  size_t header_len = 0;
+  size_t header_start = 0;
+  if (major == 1) {
+    header_len = byte(8) | (static_cast<size_t>(byte(9)) << 8);
+    header_start = 10;
+  } else if ((major == 2 || major == 3) && bytes.size() >= 12) {
+    header_len = byte(8) | (static_cast<size_t>(byte(9)) << 8) |
+                 (static_cast<size_t>(byte(10)) << 16) | (static_cast<size_t>(byte(11)) << 24);
+    header_start = 12;
+  } else {
+    return bad("format version " + std::to_string(major));
+  }
+  if (header_start + header_len > bytes.size()) return bad("its header is cut short");
+  const std::string header = bytes.substr(header_start, header_len);
+  std::string descr = npy_field(header, "descr");
+  if (descr.size() >= 2 && (descr.front() == '\'' || descr.front() == '"')) {
+    descr = descr.substr(1, descr.size() - 2);
+  }
+  const char* dtype = nullptr;
+  for (const auto& [numpy, ours] : kNpyDtypes) {
+    if (descr == numpy) dtype = ours;
+  }
+  if (dtype == nullptr) {
+    return bad("dtype '" + descr +
+               "' (little-endian float16/32/64, int8/16/32/64, uint8 or bool are)");
+  }
+  if (npy_field(header, "fortran_order").rfind("False", 0) != 0) {
+    return bad("it is in Fortran order (save np.ascontiguousarray(a))");
+  }
+  const std::string shape_text = npy_field(header, "shape");
+  if (shape_text.size() < 2 || shape_text.front() != '(') return bad("no shape");
+  json shape = json::array();
+  std::string number;
+  for (const char c : shape_text.substr(1)) {
+    if (c >= '0' && c <= '9') {
+      number += c;
+    } else if (c == ',' || c == ')') {
+      if (!number.empty()) shape.push_back(std::stoll(number));
+      number.clear();
+    } else if (c != ' ' && c != 'L') {
+      return bad("shape " + shape_text);
+    }
+  }
+  return json{
+      {"dtype", dtype},
+      {"shape", shape},
+      {"data_b64", base64_encode(std::string_view(bytes).substr(header_start + header_len))}};
+}
+
+Result<json> build_inputs(const InputFlags& flags, const json& method, std::istream& in) {
   json inputs = json::object();
   if (!flags.inputs_json.empty()) {
-    inputs = json::parse(flags.inputs_json, nullptr, false);
+    OUTPOST_ASSIGN_OR_RETURN(inputs, inputs_document(flags.inputs_json, in));
     if (!inputs.is_object()) {
       return invalid_argument(
           "--inputs must be a JSON object of the method's inputs, e.g. "
@@ -104,10 +222,11 @@ Result<json> build_inputs(const InputFlags& flags, const json& method) {
   return inputs;
 }
 
-Result<std::vector<json>> build_stream_items(const InputFlags& flags, const json& method) {
+Result<std::vector<json>> build_stream_items(const InputFlags& flags, const json& method,
+                                             std::istream& in) {
   std::vector<json> items;
   if (!flags.inputs_json.empty()) {
-    const json parsed = json::parse(flags.inputs_json, nullptr, false);
+    OUTPOST_ASSIGN_OR_RETURN(const json parsed, inputs_document(flags.inputs_json, in));
     if (!parsed.is_array()) {
       return invalid_argument(
           "for a stream, --inputs is a JSON array of input objects, e.g. "

@@ -1,9 +1,12 @@
 // The inputs of a predict from the command line, in the `Value` encoding of
 // docs/control-protocol.md: `--text`, `--file` and `--url` give the method's first input (as
 // Clarifai's CLI does), `-i NAME=VALUE` any input (VALUE read as JSON when it parses, else as a
-// string), `--inputs JSON` all of them at once.
+// string; `NAME=@FILE` a file: a NumPy .npy file as a tensor, any other as bytes), `--inputs
+// JSON` all of them at once (`--inputs @FILE` reads the JSON from a file, `--inputs -` from
+// standard input), so that an input too large for a command line still goes.
 #pragma once
 
+#include <istream>
 #include <string>
 #include <vector>
 
@@ -26,13 +29,19 @@ struct InputFlags {
 Result<nlohmann::json> pick_method(const nlohmann::json& methods, const std::string& requested,
                                    const std::string& kind);
 
-// One call's inputs (unary, generate).
-Result<nlohmann::json> build_inputs(const InputFlags& flags, const nlohmann::json& method);
+// One call's inputs (unary, generate). `in`: standard input, for `--inputs -`.
+Result<nlohmann::json> build_inputs(const InputFlags& flags, const nlohmann::json& method,
+                                    std::istream& in);
 
 // A stream's items: --inputs as a JSON array of input objects, or one item per --text.
 // Empty when neither is given (the CLI then reads items from stdin, one per line).
 Result<std::vector<nlohmann::json>> build_stream_items(const InputFlags& flags,
-                                                       const nlohmann::json& method);
+                                                       const nlohmann::json& method,
+                                                       std::istream& in);
+
+// A NumPy .npy file's bytes as a tensor Value {"dtype", "shape", "data_b64"}: little-endian,
+// C order, of a dtype the worker knows (float16/32/64, int8/16/32/64, uint8, bool).
+Result<nlohmann::json> npy_tensor(const std::string& bytes, const std::string& name);
 
 // The name of the method's first input.
 Result<std::string> first_input(const nlohmann::json& method);

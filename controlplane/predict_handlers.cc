@@ -20,6 +20,7 @@
 #include "controlplane/ids.h"
 #include "controlplane/object_reader.h"
 #include "controlplane/predict_request.h"
+#include "runtime/tensor_wire.h"
 #include "tunnel/calls.h"
 
 namespace outpost::control {
@@ -205,6 +206,18 @@ HttpResponse failure_response(const Error& error, const std::string& request_id)
   return response;
 }
 
+// A model's outputs (or chunk) as the client asked for them: tensors as the node sent them
+// ("data_b64") or as numbers. `message_bytes` (the node's message) bounds every tensor in it.
+Result<json> client_form(json value, bool tensor_values, size_t message_bytes) {
+  if (!tensor_values) return value;
+  auto converted = runtime::tensors_to_values(value, message_bytes);
+  if (!converted.ok()) {
+    return Error(ErrorCode::kDataLoss,
+                 "the node sent a malformed tensor: " + converted.error().message());
+  }
+  return converted;
+}
+
 Result<PredictRequest> parse_predict_body(const Call& call) {
   OUTPOST_ASSIGN_OR_RETURN(auto body, body_object(call));
   return parse_predict_request(body);
@@ -223,11 +236,12 @@ constexpr size_t kMaxReplayedInputs = 1024;
 class HttpCall : public std::enable_shared_from_this<HttpCall> {
  public:
   HttpCall(std::shared_ptr<ApiServices> services, std::shared_ptr<HttpExchange> exchange,
-           Target target, bool generate)
+           Target target, bool generate, bool tensor_values)
       : services_(std::move(services)),
         exchange_(std::move(exchange)),
         target_(std::move(target)),
         generate_(generate),
+        tensor_values_(tensor_values),
         deadline_(*services_->io) {
     const std::string accept = exchange_->request().header("accept");
     ndjson_ = accept.find("application/x-ndjson") != std::string::npos ||
@@ -394,11 +408,14 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       if (retry_after_agent_error(*error)) return;
       return fail(*error);
     }
+    auto outputs =
+        client_form(parsed->value("outputs", json(nullptr)), tensor_values_, message.size());
+    if (!outputs.ok()) return fail(outputs.error());
     if (finished_.exchange(true)) return;
     deadline_.cancel();
     record("ok");
     Reply reply;
-    reply.body = {{"outputs", parsed->value("outputs", json(nullptr))},
+    reply.body = {{"outputs", std::move(outputs).value()},
                   {"method", target_.method_name},
                   {"deployment_id", target_.deployment.id},
                   {"model_version_id", target_.version.id}};
@@ -436,8 +453,13 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       cancel("the node reported an error");
       return fail(*error);
     }
+    auto value = client_form(parsed->value("chunk", json(nullptr)), tensor_values_, message.size());
+    if (!value.ok()) {
+      cancel("malformed chunk");
+      return fail(value.error());
+    }
     if (!streaming_) begin_stream();
-    const std::string chunk = json{{"chunk", parsed->value("chunk", json(nullptr))}}.dump();
+    const std::string chunk = json{{"chunk", std::move(value).value()}}.dump();
     exchange_->write_chunk(ndjson_ ? chunk + "\n" : "data: " + chunk + "\n\n",
                            [self = shared_from_this()](bool ok) {
                              if (!ok) return self->cancel("the client went away");
@@ -456,6 +478,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   std::shared_ptr<HttpExchange> exchange_;
   Target target_;
   const bool generate_;
+  const bool tensor_values_;
   bool ndjson_ = false;
   std::atomic<bool> streaming_{false};
   std::atomic<bool> finished_{false};
@@ -482,8 +505,8 @@ void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpEx
   const Status inputs_ok = check_inputs(target->method, request->inputs, false);
   if (!inputs_ok.ok()) return exchange->respond(error_response(inputs_ok.error(), request_id));
   auto services = std::make_shared<ApiServices>(s);
-  auto call_state =
-      std::make_shared<HttpCall>(services, exchange, std::move(target).value(), generate);
+  auto call_state = std::make_shared<HttpCall>(services, exchange, std::move(target).value(),
+                                               generate, request->tensor_values);
   auto inputs = std::make_shared<json>(std::move(request->inputs));
   fetch_url_inputs(
       services, inputs, url_inputs(*inputs), [services, call_state, inputs](const Status& fetched) {
@@ -497,11 +520,12 @@ void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpEx
 class StreamCall : public std::enable_shared_from_this<StreamCall> {
  public:
   StreamCall(std::shared_ptr<ApiServices> services, Call call,
-             std::shared_ptr<WebSocketChannel> channel, std::string request_id)
+             std::shared_ptr<WebSocketChannel> channel, std::string request_id, bool tensor_values)
       : services_(std::move(services)),
         call_(std::move(call)),
         channel_(std::move(channel)),
-        request_id_(std::move(request_id)) {}
+        request_id_(std::move(request_id)),
+        tensor_values_(tensor_values) {}
 
   void set_target(Target target) { target_ = std::move(target); }
 
@@ -519,8 +543,15 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
         if (!parsed.ok()) return self->finish(parsed.error(), 1007);
         auto reader = ObjectReader::create(*parsed, "");
         if (!reader.ok()) return self->finish(reader.error(), 1007);
-        const Status known = reader->only({"runner_selector", "method", "inputs"});
+        const Status known = reader->only({"runner_selector", "method", "inputs", "tensor_format"});
         if (!known.ok()) return self->finish(known.error(), 1007);
+        auto format = reader->optional_string("tensor_format");
+        if (!format.ok()) return self->finish(format.error(), 1007);
+        if (format->has_value()) {
+          auto values = parse_tensor_format(**format);
+          if (!values.ok()) return self->finish(values.error(), 1007);
+          self->tensor_values_ = *values;
+        }
         const json* selector = reader->get("runner_selector");
         if (selector == nullptr) {
           return self->finish(
@@ -699,12 +730,18 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
                                                                                  : 1011;
         return self->finish(*error, close_code);
       }
+      auto outputs = client_form(parsed->value("outputs", json(nullptr)), self->tensor_values_,
+                                 message.size());
+      if (!outputs.ok()) {
+        stream->reset(tunnel::Errc::kCancel, "malformed output");
+        return self->finish(outputs.error(), 1011);
+      }
       {
         std::lock_guard lock(self->mutex_);
         self->answered_ = true;
         self->sent_.clear();
       }
-      self->channel_->write(json{{"outputs", parsed->value("outputs", json(nullptr))}}.dump(),
+      self->channel_->write(json{{"outputs", std::move(outputs).value()}}.dump(),
                             [self, stream](bool ok) {
                               if (!ok) {
                                 stream->reset(tunnel::Errc::kCancel, "the client went away");
@@ -740,6 +777,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   Call call_;
   std::shared_ptr<WebSocketChannel> channel_;
   std::string request_id_;
+  bool tensor_values_;  // set before the relay starts
   Target target_;
   std::shared_ptr<void> guard_;
   std::atomic<bool> finished_{false};
@@ -773,6 +811,11 @@ void predict_stream(ApiServices& s, const Call& call,
   // The selector may come in the query (?deployment=ID, or ?compute_cluster=CC&nodepool=NP),
   // so that a wrong one is refused with an HTTP status before the upgrade.
   std::optional<Target> target;
+  auto tensor_values = parse_tensor_format(request.query_value("tensor_format").empty()
+                                               ? "base64"
+                                               : request.query_value("tensor_format"));
+  if (!tensor_values.ok())
+    return upgrade->reject(error_response(tensor_values.error(), request_id));
   const std::string deployment = request.query_value("deployment");
   const std::string nodepool = request.query_value("nodepool");
   if (!deployment.empty() || !nodepool.empty()) {
@@ -789,9 +832,10 @@ void predict_stream(ApiServices& s, const Call& call,
   auto services = std::make_shared<ApiServices>(s);
   Call owned = call;
   owned.request = nullptr;  // the request does not outlive the upgrade
-  upgrade->accept([services, owned, target, request_id](std::shared_ptr<WebSocketChannel> channel) {
+  upgrade->accept([services, owned, target, request_id,
+                   values = *tensor_values](std::shared_ptr<WebSocketChannel> channel) {
     auto stream_call =
-        std::make_shared<StreamCall>(services, owned, std::move(channel), request_id);
+        std::make_shared<StreamCall>(services, owned, std::move(channel), request_id, values);
     if (target.has_value()) {
       stream_call->set_target(*target);
       stream_call->start();

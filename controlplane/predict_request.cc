@@ -24,7 +24,7 @@ bool kind_matches(const std::string& type, const json& value) {
 
 Result<PredictRequest> parse_predict_request(const json& body) {
   OUTPOST_ASSIGN_OR_RETURN(auto reader, ObjectReader::create(body, ""));
-  OUTPOST_RETURN_IF_ERROR(reader.only({"runner_selector", "method", "inputs"}));
+  OUTPOST_RETURN_IF_ERROR(reader.only({"runner_selector", "method", "inputs", "tensor_format"}));
   PredictRequest out;
   const json* selector = reader.get("runner_selector");
   if (selector == nullptr) {
@@ -36,7 +36,16 @@ Result<PredictRequest> parse_predict_request(const json& body) {
   out.method = method.value_or("");
   const json* inputs = reader.get("inputs");
   out.inputs = inputs != nullptr ? *inputs : json::object();
+  OUTPOST_ASSIGN_OR_RETURN(auto format, reader.optional_string("tensor_format"));
+  OUTPOST_ASSIGN_OR_RETURN(out.tensor_values, parse_tensor_format(format.value_or("base64")));
   return out;
+}
+
+Result<bool> parse_tensor_format(const std::string& format) {
+  if (format == "values") return true;
+  if (format == "base64") return false;
+  return field_error("tensor_format",
+                     "is \"base64\" (the default) or \"values\", not \"" + format + "\"");
 }
 
 Status check_inputs(const json& method, const json& inputs, bool partial) {

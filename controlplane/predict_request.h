@@ -13,12 +13,18 @@
 namespace outpost::control {
 
 struct PredictRequest {
-  std::string method;       // "" when the body names none (the model's only method)
-  nlohmann::json selector;  // runner_selector as sent; resolved by the handler
-  nlohmann::json inputs;    // as sent; an empty object when the body has none
+  std::string method;          // "" when the body names none (the model's only method)
+  nlohmann::json selector;     // runner_selector as sent; resolved by the handler
+  nlohmann::json inputs;       // as sent; an empty object when the body has none
+  bool tensor_values = false;  // "tensor_format": "values": tensors come back as numbers
 };
 
-// Reads a parsed request body: {"runner_selector": ..., "method": "...", "inputs": {...}}.
+// "tensor_format": "base64" (the default: "data_b64", the bytes) or "values" (a flat list of
+// numbers). Refuses anything else, naming the field.
+Result<bool> parse_tensor_format(const std::string& format);
+
+// Reads a parsed request body: {"runner_selector": ..., "method": "...", "inputs": {...},
+// "tensor_format": "values"}.
 // Unknown keys and a missing runner_selector are refused, naming the field.
 Result<PredictRequest> parse_predict_request(const nlohmann::json& body);
 

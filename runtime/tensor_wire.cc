@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -277,6 +278,129 @@ Result<std::string_view> decode_bytes(const json& value, std::span<const std::st
     return bad(where, "\"bytes_b64\" is not valid base64: " + decoded.error().message());
   owned = std::move(decoded).value();
   return std::string_view(owned);
+}
+
+namespace {
+
+// IEEE half precision to single, exactly (every half is a float).
+float half_to_float(uint16_t half) {
+  const uint32_t sign = static_cast<uint32_t>(half & 0x8000U) << 16;
+  uint32_t exponent = (half >> 10) & 0x1FU;
+  uint32_t mantissa = half & 0x3FFU;
+  uint32_t bits = sign;
+  if (exponent == 0x1FU) {
+    bits |= 0x7F800000U | (mantissa << 13);  // infinity or NaN
+  } else if (exponent != 0) {
+    bits |= ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa != 0) {
+    // Subnormal: normalise it.
+    exponent = 113;
+    while ((mantissa & 0x400U) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    bits |= (exponent << 23) | ((mantissa & 0x3FFU) << 13);
+  }
+  float out = 0;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+float bfloat16_to_float(uint16_t value) {
+  const uint32_t bits = static_cast<uint32_t>(value) << 16;
+  float out = 0;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+template <class T>
+T element(std::string_view bytes, size_t index) {
+  T out;
+  std::memcpy(&out, bytes.data() + index * sizeof(T), sizeof(T));
+  return out;
+}
+
+json finite_or_null(double value) { return std::isfinite(value) ? json(value) : json(nullptr); }
+
+Result<json> values_at(const json& value, size_t max_bytes, size_t depth, size_t max_depth) {
+  if (depth > max_depth) {
+    return invalid_argument("a Value is nested more than " + std::to_string(max_depth) +
+                            " levels deep");
+  }
+  if (value.is_array()) {
+    json out = json::array();
+    for (const auto& item : value) {
+      OUTPOST_ASSIGN_OR_RETURN(auto converted, values_at(item, max_bytes, depth + 1, max_depth));
+      out.push_back(std::move(converted));
+    }
+    return out;
+  }
+  if (!value.is_object()) return value;
+  if (looks_like_tensor(value) && value.contains("data_b64")) {
+    OUTPOST_ASSIGN_OR_RETURN(const auto tensor, decode_tensor(value, {}, max_bytes, "an output"));
+    return tensor_values_json(tensor);
+  }
+  json out = json::object();
+  for (const auto& [key, item] : value.items()) {
+    OUTPOST_ASSIGN_OR_RETURN(auto converted, values_at(item, max_bytes, depth + 1, max_depth));
+    out[key] = std::move(converted);
+  }
+  return out;
+}
+
+}  // namespace
+
+json tensor_values_json(const WireTensor& tensor) {
+  json values = json::array();
+  if (tensor.float_values) {
+    for (const double value : *tensor.float_values) values.push_back(finite_or_null(value));
+  } else if (tensor.int_values) {
+    for (const int64_t value : *tensor.int_values) {
+      values.push_back(tensor.dtype == DType::kBool ? json(value != 0) : json(value));
+    }
+  } else {
+    const std::string_view bytes = tensor.bytes();
+    const size_t count = bytes.size() / dtype_size(tensor.dtype);
+    for (size_t i = 0; i < count; ++i) {
+      switch (tensor.dtype) {
+        case DType::kFloat32:
+          values.push_back(finite_or_null(element<float>(bytes, i)));
+          break;
+        case DType::kFloat64:
+          values.push_back(finite_or_null(element<double>(bytes, i)));
+          break;
+        case DType::kFloat16:
+          values.push_back(finite_or_null(half_to_float(element<uint16_t>(bytes, i))));
+          break;
+        case DType::kBFloat16:
+          values.push_back(finite_or_null(bfloat16_to_float(element<uint16_t>(bytes, i))));
+          break;
+        case DType::kInt8:
+          values.push_back(element<int8_t>(bytes, i));
+          break;
+        case DType::kInt16:
+          values.push_back(element<int16_t>(bytes, i));
+          break;
+        case DType::kInt32:
+          values.push_back(element<int32_t>(bytes, i));
+          break;
+        case DType::kInt64:
+          values.push_back(element<int64_t>(bytes, i));
+          break;
+        case DType::kUInt8:
+          values.push_back(element<uint8_t>(bytes, i));
+          break;
+        case DType::kBool:
+          values.push_back(element<uint8_t>(bytes, i) != 0);
+          break;
+      }
+    }
+  }
+  return json{{"dtype", dtype_name(tensor.dtype)}, {"shape", tensor.shape}, {"values", values}};
+}
+
+Result<json> tensors_to_values(const json& value, size_t max_bytes, size_t max_depth) {
+  return values_at(value, max_bytes, 0, max_depth);
 }
 
 }  // namespace outpost::runtime

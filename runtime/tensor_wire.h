@@ -78,6 +78,17 @@ Result<WireTensor> decode_tensor(const nlohmann::json& value, std::span<const st
                                  size_t max_bytes, std::string_view where,
                                  bool allow_zeros = false);
 
+// The "values" form of `tensor`, whatever form it came in: {"dtype", "shape", "values": [...]},
+// the elements as a flat list in row-major order; bool as true/false; float16 and bfloat16
+// widened exactly. JSON has no NaN or infinity: those elements come out as null.
+nlohmann::json tensor_values_json(const WireTensor& tensor);
+
+// `value` with every tensor Value that carries "data_b64" rewritten in the values form, in lists
+// and dicts too (up to `max_depth` deep). What clients get when they ask for values (docs/api.md
+// "tensor_format"). Refuses a malformed tensor, naming where it is.
+Result<nlohmann::json> tensors_to_values(const nlohmann::json& value, size_t max_bytes,
+                                         size_t max_depth = 64);
+
 // Decodes a byte string Value ({"bytes_b64"} or {"part"}); the view may point into `parts`.
 Result<std::string_view> decode_bytes(const nlohmann::json& value,
                                       std::span<const std::string> parts, std::string& owned,

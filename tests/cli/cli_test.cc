@@ -248,7 +248,19 @@ TEST_F(CliTest, PredictsOfEachShapeReachTheNodeThroughTheTunnel) {
       cli({"model", "stream", "accumulator", "--deployment", "dep-accumulator"}, "first\nsecond\n");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_LT(run.out.find("first"), run.out.find("second")) << run.out;
-  EXPECT_EQ(node.predicts(), 4);
+  // --values: tensors come back as numbers, converted by the control plane (1.5 and -2.5 as
+  // little-endian float32 bytes, base64).
+  const char* tensor_item =
+      R"([{"x": {"dtype": "float32", "shape": [2], "data_b64": "AADAPwAAIMA="}}])";
+  run = cli({"-o", "json", "model", "stream", "accumulator", "--deployment", "dep-accumulator",
+             "--inputs", tensor_item, "--values"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(run.out.find(R"("values":[1.5,-2.5])"), std::string::npos) << run.out;
+  EXPECT_EQ(run.out.find("data_b64"), std::string::npos) << run.out;
+  run = cli({"-o", "json", "model", "stream", "accumulator", "--deployment", "dep-accumulator",
+             "--inputs", tensor_item});
+  EXPECT_NE(run.out.find("AADAPwAAIMA="), std::string::npos) << run.out;
+  EXPECT_EQ(node.predicts(), 6);
   // The model's error reaches the user.
   run = cli({"model", "predict", "text", "--deployment", "dep-text", "--inputs",
              R"({"text": "x", "fail": "bad input"})"});

@@ -1,6 +1,7 @@
 // The CLI's pieces that need no server: base URLs, inputs from flags, method choice, and the
 // package archive it uploads.
 #include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
 
@@ -8,6 +9,7 @@
 #include "cli/http_client.h"
 #include "cli/package_archive.h"
 #include "cli/predict_inputs.h"
+#include "runtime/tensor_wire.h"
 #include "tests/support/test_pki.h"
 #include <sys/stat.h>
 
@@ -50,31 +52,80 @@ TEST(CliTest, MethodsArePickedByShapeOrName) {
 
 TEST(CliTest, InputsFromFlagsFillTheFirstInputOrNamedOnes) {
   const json method = *pick_method(methods(), "", "unary");
+  std::istringstream no_stdin;
   InputFlags text;
   text.text = {"hello"};
   text.named = {"upper=false"};
-  EXPECT_EQ(*build_inputs(text, method), (json{{"text", "hello"}, {"upper", false}}));
+  EXPECT_EQ(*build_inputs(text, method, no_stdin), (json{{"text", "hello"}, {"upper", false}}));
   InputFlags url;
   url.url = "https://example.com/a.txt";
-  EXPECT_EQ((*build_inputs(url, method))["text"]["url"], "https://example.com/a.txt");
+  EXPECT_EQ((*build_inputs(url, method, no_stdin))["text"]["url"], "https://example.com/a.txt");
   testing::TempDir dir;
   std::ofstream(dir.file("in.bin")) << "abc";
   InputFlags file;
   file.file = dir.file("in.bin");
-  EXPECT_EQ((*build_inputs(file, method))["text"]["bytes_b64"], "YWJj");
+  EXPECT_EQ((*build_inputs(file, method, no_stdin))["text"]["bytes_b64"], "YWJj");
   InputFlags both;
   both.text = {"a"};
   both.url = "https://x/";
-  EXPECT_FALSE(build_inputs(both, method).ok());
+  EXPECT_FALSE(build_inputs(both, method, no_stdin).ok());
   InputFlags bad_json;
   bad_json.inputs_json = "[1]";
-  EXPECT_FALSE(build_inputs(bad_json, method).ok());
+  EXPECT_FALSE(build_inputs(bad_json, method, no_stdin).ok());
   InputFlags items;
   items.text = {"a", "b"};
-  auto stream = build_stream_items(items, *pick_method(methods(), "", "stream"));
+  auto stream = build_stream_items(items, *pick_method(methods(), "", "stream"), no_stdin);
   ASSERT_TRUE(stream.ok());
   EXPECT_EQ(stream->size(), 2u);
   EXPECT_EQ((*stream)[1]["text"], "b");
+}
+
+// Inputs too large for a command line: --inputs from a file or stdin, a tensor from a .npy file.
+TEST(CliTest, LargeInputsComeFromFilesStdinAndNumpyFiles) {
+  const json method = *pick_method(methods(), "", "unary");
+  testing::TempDir dir;
+  std::ofstream(dir.file("inputs.json")) << R"({"text": "from a file"})";
+  InputFlags from_file;
+  from_file.inputs_json = "@" + dir.file("inputs.json");
+  std::istringstream no_stdin;
+  EXPECT_EQ(*build_inputs(from_file, method, no_stdin), (json{{"text", "from a file"}}));
+  InputFlags from_stdin;
+  from_stdin.inputs_json = "-";
+  std::istringstream stdin_json(R"({"text": "from stdin"})");
+  EXPECT_EQ(*build_inputs(from_stdin, method, stdin_json), (json{{"text", "from stdin"}}));
+  InputFlags missing;
+  missing.inputs_json = "@" + dir.file("nope.json");
+  EXPECT_NE(build_inputs(missing, method, no_stdin).error().message().find("cannot read"),
+            std::string::npos);
+  std::istringstream stream_items(R"([{"text": "a"}, {"text": "b"}])");
+  EXPECT_EQ(
+      build_stream_items(from_stdin, *pick_method(methods(), "", "stream"), stream_items)->size(),
+      2u);
+
+  // numpy.save wrote the classifier's reference input; PyTorch wrote the same values as JSON.
+  const std::string reference = std::string(OUTPOST_MODELS_DIR) + "/reference/";
+  InputFlags npy;
+  npy.named = {"x=@" + reference + "classifier_x.npy"};
+  auto inputs = build_inputs(npy, method, no_stdin);
+  ASSERT_TRUE(inputs.ok()) << inputs.error().to_string();
+  auto as_values = runtime::tensors_to_values((*inputs)["x"], 1 << 20);
+  ASSERT_TRUE(as_values.ok()) << as_values.error().to_string();
+  json expected;
+  std::ifstream(reference + "classifier.json") >> expected;
+  EXPECT_EQ((*as_values)["shape"], expected["inputs"]["x"]["shape"]);
+  ASSERT_EQ((*as_values)["values"].size(), expected["inputs"]["x"]["values"].size());
+  for (size_t i = 0; i < expected["inputs"]["x"]["values"].size(); ++i) {
+    EXPECT_FLOAT_EQ((*as_values)["values"][i].get<float>(),
+                    expected["inputs"]["x"]["values"][i].get<float>());
+  }
+  InputFlags fortran;
+  fortran.named = {"x=@" + reference + "classifier_x_fortran.npy"};
+  EXPECT_NE(build_inputs(fortran, method, no_stdin).error().message().find("Fortran order"),
+            std::string::npos);
+  // Any other file goes as bytes.
+  InputFlags bytes;
+  bytes.named = {"text=@" + dir.file("inputs.json")};
+  EXPECT_TRUE((*build_inputs(bytes, method, no_stdin))["text"].contains("bytes_b64"));
 }
 
 TEST(CliTest, PackageArchiveHoldsTheTopLevelFiles) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "controlplane/control_messages.h"
+#include "controlplane/predict_request.h"
 #include "controlplane/secrets.h"
 #include "controlplane/tar_reader.h"
 #include "controlplane/url_fetcher.h"
@@ -43,6 +44,20 @@ std::string tar_of(const std::map<std::string, std::string>& files) {
 Status read(const std::string& archive, Collect& out, TarLimits limits = {}) {
   MemorySource source(archive);
   return read_tar(source, limits, out);
+}
+
+TEST(PredictRequestTest, TensorFormatIsBase64OrValues) {
+  const auto parse = [](const char* body) {
+    return parse_predict_request(nlohmann::json::parse(body));
+  };
+  EXPECT_FALSE(parse(R"({"runner_selector": {}})")->tensor_values);
+  EXPECT_TRUE(parse(R"({"runner_selector": {}, "tensor_format": "values"})")->tensor_values);
+  EXPECT_FALSE(parse(R"({"runner_selector": {}, "tensor_format": "base64"})")->tensor_values);
+  auto wrong = parse(R"({"runner_selector": {}, "tensor_format": "numbers"})");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(wrong.error().message().find("tensor_format"), std::string::npos);
+  EXPECT_NE(wrong.error().message().find("values"), std::string::npos);
 }
 
 TEST(TarReaderTest, ReadsAPackage) {

@@ -1,9 +1,14 @@
 // The worker protocol's parsers without a worker: message envelopes and their limits, tensor
 // Values in every form, the control-protocol conversions, config.yaml and the worker spec.
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
+#include "common/base64.h"
 #include "runtime/model_config.h"
 #include "runtime/tensor_wire.h"
 #include "runtime/worker_protocol.h"
@@ -114,6 +119,43 @@ TEST(TensorValues, RefusalsNameTheProblem) {
   // int64 overflow in a shape product is caught, not wrapped.
   refused(json{{"dtype", "float32"}, {"shape", {4294967296LL, 4294967296LL}}, {"values", {}}},
           "larger than the limit");
+}
+
+// What a client that asks for values gets: the same numbers as the bytes held, for every dtype.
+TEST(TensorValues, BytesComeBackAsNumbersOfEveryDtype) {
+  const auto b64 = [](const auto& array) {
+    return base64_encode(
+        std::string(reinterpret_cast<const char*>(array.data()), array.size() * sizeof(array[0])));
+  };
+  const std::vector<float> floats = {1.5F, -2.25F, 0.0F, std::numeric_limits<float>::quiet_NaN()};
+  const std::vector<int64_t> longs = {-3, 4'000'000'000LL};
+  const std::vector<uint8_t> bools = {1, 0};
+  // 1.0, -2.0, 65504 (the largest half), the smallest subnormal half (2^-24), -infinity.
+  const std::vector<uint16_t> halves = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0xFC00};
+  // bfloat16 keeps float32's upper half: 1.0 and -0.5.
+  const std::vector<uint16_t> bfloats = {0x3F80, 0xBF00};
+  const json outputs{
+      {"probs", {{"dtype", "float32"}, {"shape", {2, 2}}, {"data_b64", b64(floats)}}},
+      {"nested",
+       {{{"dtype", "int64"}, {"shape", {2}}, {"data_b64", b64(longs)}},
+        {{"dtype", "bool"}, {"shape", {2}}, {"data_b64", b64(bools)}}}},
+      {"half", {{"dtype", "float16"}, {"shape", {5}}, {"data_b64", b64(halves)}}},
+      {"bf", {{"dtype", "bfloat16"}, {"shape", {2}}, {"data_b64", b64(bfloats)}}},
+      {"label", "cat"}};
+  auto values = tensors_to_values(outputs, 1 << 20, 8);
+  ASSERT_TRUE(values.ok()) << values.error().to_string();
+  EXPECT_EQ(
+      (*values)["probs"],
+      json({{"dtype", "float32"}, {"shape", {2, 2}}, {"values", {1.5, -2.25, 0.0, nullptr}}}));
+  EXPECT_EQ((*values)["nested"][0]["values"], json({-3, 4'000'000'000LL}));
+  EXPECT_EQ((*values)["nested"][1]["values"], json({true, false}));
+  EXPECT_EQ((*values)["half"]["values"], json({1.0, -2.0, 65504.0, std::ldexp(1.0, -24), nullptr}));
+  EXPECT_EQ((*values)["bf"]["values"], json({1.0, -0.5}));
+  EXPECT_EQ((*values)["label"], "cat");
+  // A tensor whose bytes do not match its shape is refused, not guessed at.
+  const json short_tensor{{"dtype", "float32"}, {"shape", {3}}, {"data_b64", b64(bools)}};
+  EXPECT_EQ(tensors_to_values(short_tensor, 1 << 20, 8).error().code(),
+            ErrorCode::kInvalidArgument);
 }
 
 TEST(ControlValues, Base64AndPartsConvertBothWays) {
