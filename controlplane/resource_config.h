@@ -1,8 +1,9 @@
 // The resource configs users write, in Clarifai's shapes: the `compute_cluster:`, `nodepool:`
-// and `deployment:` roots with their snake_case fields (../shared/research/clarifai.md quotes
-// them). Each parser checks a whole document strictly (unknown fields, wrong types, ranges, ids,
-// and the rules between fields) and returns the normalized document that is stored and shown
-// back, with defaults filled in. Every error names the field at fault.
+// and `deployment:` roots with their snake_case fields, as Clarifai's own config files name
+// them (docs/api.md, "Compute clusters"). Each parser checks a whole document strictly (unknown
+// fields, wrong types, ranges, ids, and the rules between fields) and returns the normalized
+// document that is stored and shown back, with defaults filled in. Every error names the field
+// at fault.
 #pragma once
 
 #include <cstdint>

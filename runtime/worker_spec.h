@@ -16,7 +16,7 @@
 
 namespace outpost::runtime {
 
-// How the worker shares its device (ARCHITECTURE.md, "Placement, slicing, scaling").
+// How the worker shares its device (docs/architecture.md, "Placement, slicing, scaling").
 struct SliceSpec {
   // none: the whole device; fraction: the caching allocator is capped at `fraction` of the
   // device's memory (soft); mps: CUDA MPS limits through the process environment; mig: the
