@@ -5,16 +5,14 @@
 #include <set>
 #include <vector>
 
+#include "common/spawn.h"
 #include "controlplane/document.h"
 #include "controlplane/object_reader.h"
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-extern char** environ;
 
 namespace outpost::control {
 
@@ -117,27 +115,20 @@ Result<InspectResult> ModelInspector::inspect(const std::string& package_dir) co
     close(out_pipe[1]);
     return internal_error("pipe failed");
   }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  std::vector<std::string> args_storage = {worker_path_, "inspect", package_dir};
-  std::vector<char*> argv;
-  argv.reserve(args_storage.size());
-  for (auto& arg : args_storage) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  const int spawned =
-      posix_spawn(&pid, worker_path_.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
+  SpawnOptions spawn;
+  spawn.argv = {worker_path_, "inspect", package_dir};
+  spawn.environment = current_environment();
+  spawn.out.fd = out_pipe[1];
+  spawn.err.fd = err_pipe[1];
+  const auto spawned = spawn_process(spawn);
   close(out_pipe[1]);
   close(err_pipe[1]);
-  if (spawned != 0) {
+  if (!spawned.ok()) {
     close(out_pipe[0]);
     close(err_pipe[0]);
-    return unavailable("cannot start " + worker_path_ + ": " + std::strerror(spawned));
+    return spawned.error();
   }
+  const pid_t pid = *spawned;
 
   std::string out;
   std::string err;

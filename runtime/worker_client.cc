@@ -13,13 +13,10 @@
 #include <zmq.hpp>
 
 #include "common/log.h"
+#include "common/spawn.h"
 #include "runtime/zmq_channel.h"
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-extern char** environ;
 
 namespace outpost::runtime {
 
@@ -437,41 +434,19 @@ size_t WorkerClient::open_calls() const { return core_->open_calls(); }
 
 Result<std::unique_ptr<WorkerProcess>> WorkerProcess::spawn(const Options& options) {
   OUTPOST_RETURN_IF_ERROR(check_ipc_endpoint(options.spec.endpoint));
-  std::vector<std::string> args = {options.binary, "serve", "--spec-json",
-                                   json_text(worker_spec_to_json(options.spec))};
-  if (options.exit_with_parent) args.emplace_back("--exit-with-parent");
-  std::vector<std::string> environment;
-  for (char** entry = environ; *entry != nullptr; ++entry) environment.emplace_back(*entry);
-  for (const auto& variable : slice_environment(options.spec)) environment.push_back(variable);
-  for (const auto& variable : options.environment) environment.push_back(variable);
-
-  std::vector<char*> argv;
-  argv.reserve(args.size() + 1);
-  for (auto& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
-  envp.reserve(environment.size() + 1);
-  for (auto& variable : environment) envp.push_back(variable.data());
-  envp.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
+  SpawnOptions spawn;
+  spawn.argv = {options.binary, "serve", "--spec-json",
+                json_text(worker_spec_to_json(options.spec))};
+  if (options.exit_with_parent) spawn.argv.emplace_back("--exit-with-parent");
+  spawn.environment = current_environment();
+  for (const auto& variable : slice_environment(options.spec))
+    spawn.environment.push_back(variable);
+  for (const auto& variable : options.environment) spawn.environment.push_back(variable);
   if (!options.log_file.empty()) {
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, options.log_file.c_str(),
-                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    spawn.out.file = options.log_file;
+    spawn.err_to_out = true;
   }
-  // The worker gets stdin, stdout and stderr, nothing else of ours: Asio does not mark its
-  // sockets close-on-exec, so without this a worker (running a model's code) held the agent's
-  // tunnel connections, and one that outlived its agent kept them open at the control plane.
-  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
-  pid_t pid = -1;
-  const int rc =
-      posix_spawn(&pid, options.binary.c_str(), &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    return unavailable("cannot start " + options.binary + ": " + std::strerror(rc));
-  }
+  OUTPOST_ASSIGN_OR_RETURN(const pid_t pid, spawn_process(spawn));
   return std::unique_ptr<WorkerProcess>(new WorkerProcess(pid));
 }
 

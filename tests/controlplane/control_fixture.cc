@@ -10,15 +10,13 @@
 
 #include <boost/asio/steady_timer.hpp>
 
+#include "common/spawn.h"
 #include "controlplane/control_config.h"
 #include "tunnel/calls.h"
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-extern char** environ;
 
 namespace outpost::testing {
 
@@ -76,20 +74,14 @@ ControlProcess::~ControlProcess() { stop(); }
 void ControlProcess::start() {
   std::error_code ignored;
   fs::remove(dir_.file("port"), ignored);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, dir_.file("control.log").c_str(),
-                                   O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, dir_.file("control.out").c_str(),
-                                   O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_addclosefrom_np(&actions, 3);  // nothing else of the test's
-  std::string binary = OUTPOST_CONTROL_BINARY;
-  std::string flag = "--config";
-  std::vector<char*> argv = {binary.data(), flag.data(), config_file_.data(), nullptr};
-  pid_t pid = 0;
-  const int spawned = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ASSERT_EQ(spawned, 0) << "cannot start " << binary;
+  SpawnOptions spawn;
+  spawn.argv = {OUTPOST_CONTROL_BINARY, "--config", config_file_};
+  spawn.environment = current_environment();
+  spawn.out.file = dir_.file("control.out");
+  spawn.err.file = dir_.file("control.log");
+  const auto spawned = spawn_process(spawn);
+  ASSERT_TRUE(spawned.ok()) << spawned.error().to_string();
+  const pid_t pid = *spawned;
   pid_ = pid;
   const bool up = eventually([&] {
     int status = 0;
