@@ -3,9 +3,9 @@
 #include <set>
 #include <utility>
 
+#include "common/quantity.h"
 #include "controlplane/ids.h"
 #include "controlplane/object_reader.h"
-#include "controlplane/quantity.h"
 
 namespace outpost::control {
 
@@ -97,12 +97,24 @@ Result<json> parse_inference_compute_info(const json& value, std::string_view pa
       info.only({"cpu_limit", "cpu_memory", "cpu_requests", "cpu_memory_requests",
                  "accelerator_type", "num_accelerators", "accelerator_memory"}));
   json out = json::object();
-  for (const char* key :
-       {"cpu_limit", "cpu_memory", "cpu_requests", "cpu_memory_requests", "accelerator_memory"}) {
+  // Checked by the parsers the agent uses too, so that both read a quantity alike: cores for the
+  // cpu_ keys, bytes for the memory keys ("16m" is refused as memory, not read as 0.016 bytes).
+  for (const auto& [key, cores] :
+       {std::pair{"cpu_limit", true}, std::pair{"cpu_requests", true},
+        std::pair{"cpu_memory", false}, std::pair{"cpu_memory_requests", false},
+        std::pair{"accelerator_memory", false}}) {
     const json* quantity = info.get(key);
     if (quantity == nullptr) continue;
-    OUTPOST_RETURN_IF_ERROR(parse_quantity(*quantity, info.path_of(key)).status());
-    out[key] = quantity->is_string() ? *quantity : json(quantity->dump());
+    if (!quantity->is_string() && !quantity->is_number()) {
+      return field_error(info.path_of(key),
+                         "must be a quantity such as \"8\", \"500m\" or \"16Gi\"");
+    }
+    const std::string text =
+        quantity->is_string() ? quantity->get<std::string>() : quantity->dump();
+    const std::string field = info.path_of(key);
+    OUTPOST_RETURN_IF_ERROR(cores ? parse_cpu_quantity(text, field).status()
+                                  : parse_memory_quantity(text, field).status());
+    out[key] = text;
   }
   if (const json* types = info.get("accelerator_type")) {
     if (!types->is_array()) {

@@ -2,11 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <optional>
 #include <set>
 #include <sstream>
 
-#include "controlplane/quantity.h"
+#include "common/quantity.h"
 
 namespace outpost::control {
 
@@ -14,11 +15,20 @@ using nlohmann::json;
 
 namespace {
 
-double quantity_of(const json& info, const char* preferred, const char* fallback) {
-  for (const char* key : {preferred, fallback}) {
-    if (!info.contains(key)) continue;
-    auto value = parse_quantity(info[key], key);
-    if (value.ok()) return *value;
+// The first of `keys` that info holds, as a quantity (checked when the config was stored):
+// cores, or bytes. 0 when none is there.
+double quantity_of(const json& info, std::initializer_list<const char*> keys, bool cores) {
+  for (const char* key : keys) {
+    const auto it = info.find(key);
+    if (it == info.end() || !(it->is_string() || it->is_number())) continue;
+    const std::string text = it->is_string() ? it->get<std::string>() : it->dump();
+    if (cores) {
+      if (auto millicores = parse_cpu_quantity(text, key); millicores.ok()) {
+        return static_cast<double>(*millicores) / 1000;
+      }
+    } else if (auto bytes = parse_memory_quantity(text, key); bytes.ok()) {
+      return static_cast<double>(*bytes);
+    }
   }
   return 0;
 }
@@ -158,12 +168,12 @@ ReplicaShape replica_shape(const json& info) {
   if (!info.is_object()) return shape;
   // Cores reserve by request only: cpu_limit caps a worker's threads, it reserves nothing
   // (as in Kubernetes), and models commonly ask for a whole core they use a sliver of.
-  shape.cpu_cores = quantity_of(info, "cpu_requests", "cpu_requests");
-  shape.memory_bytes = quantity_of(info, "cpu_memory_requests", "cpu_memory");
+  shape.cpu_cores = quantity_of(info, {"cpu_requests"}, true);
+  shape.memory_bytes = quantity_of(info, {"cpu_memory_requests", "cpu_memory"}, false);
   shape.accelerators = std::max<int64_t>(0, info.value("num_accelerators", int64_t{0}));
   // Per accelerator, as the agent reads it too.
   if (shape.accelerators > 0) {
-    shape.accelerator_memory = quantity_of(info, "accelerator_memory", "accelerator_memory");
+    shape.accelerator_memory = quantity_of(info, {"accelerator_memory"}, false);
   }
   return shape;
 }

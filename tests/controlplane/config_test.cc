@@ -215,6 +215,19 @@ TEST(ResourceConfigTest, NodepoolChecks) {
   EXPECT_NE(
       bad_quantity.error().message().find("nodepool.instance_types[0].compute_info.cpu_memory"),
       std::string::npos);
+  // Memory in milli-units is a slip for Mi: refused here as the agent refuses it, not stored as
+  // 0.016 bytes.
+  auto milli_memory = parse_nodepool(
+      yaml("nodepool:\n  id: np\n  instance_types: [{id: t, compute_info: {cpu_memory: 16m}}]\n"),
+      "cc", "");
+  ASSERT_FALSE(milli_memory.ok());
+  EXPECT_NE(milli_memory.error().message().find("unknown unit 'm'"), std::string::npos)
+      << milli_memory.error().message();
+  auto cores = parse_nodepool(
+      yaml("nodepool:\n  id: np\n  instance_types: [{id: t, compute_info: {cpu_limit: 500m, "
+           "cpu_memory: 16Gi}}]\n"),
+      "cc", "");
+  EXPECT_TRUE(cores.ok()) << cores.error().message();
   auto bounds =
       parse_nodepool(yaml("nodepool: {id: np, min_instances: 3, max_instances: 1}\n"), "cc", "");
   ASSERT_FALSE(bounds.ok());
