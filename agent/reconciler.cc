@@ -482,7 +482,7 @@ void Reconciler::ensure_worker(const WorkerPlan& plan) {
 }
 
 Status Reconciler::start_worker(Worker& worker) {
-  runtime::WorkerSpec spec;
+  protocol::WorkerSpec spec;
   spec.worker_id = safe_name(worker.plan.worker_id);
   spec.endpoint = endpoint_for(worker.plan.worker_id);
   const Device* device = nullptr;
@@ -520,21 +520,21 @@ Status Reconciler::start_worker(Worker& worker) {
   fs::create_directories(config_.worker_dir(), ec);
   const std::string tag = fnv_hex(worker.plan.worker_id);
   ::unlink(config_.worker_file(tag, ".sock").c_str());
-  runtime::WorkerProcess::Options options;
+  protocol::WorkerProcess::Options options;
   options.binary = worker_binary();
   options.spec = spec;
   options.log_file = config_.worker_file(tag, ".log");
   options.environment = environment;
-  OUTPOST_ASSIGN_OR_RETURN(worker.process, runtime::WorkerProcess::spawn(options));
+  OUTPOST_ASSIGN_OR_RETURN(worker.process, protocol::WorkerProcess::spawn(options));
   worker.pid = worker.process->pid();
   {
     std::ofstream pid(config_.worker_file(tag, ".pid"));
     pid << worker.process->pid() << "\n";
   }
-  runtime::WorkerClient::Options client_options;
+  protocol::WorkerClient::Options client_options;
   client_options.endpoint = spec.endpoint;
-  OUTPOST_ASSIGN_OR_RETURN(auto client, runtime::WorkerClient::connect(client_options));
-  std::shared_ptr<runtime::WorkerClient> shared(std::move(client));
+  OUTPOST_ASSIGN_OR_RETURN(auto client, protocol::WorkerClient::connect(client_options));
+  std::shared_ptr<protocol::WorkerClient> shared(std::move(client));
   auto ready = shared->wait_ready(kWorkerReadyTimeout);
   if (!ready.ok()) {
     return Error(ready.error().code(), "worker did not become ready: " + ready.error().message() +
@@ -558,7 +558,7 @@ void Reconciler::check_worker(Worker& worker) {
               "worker " << worker.plan.worker_id << " (pid " << worker.process->pid() << ") "
                         << worker.last_exit << "; restarting in "
                         << std::chrono::duration_cast<seconds>(delay).count() << " s");
-    std::shared_ptr<runtime::WorkerClient> dead;
+    std::shared_ptr<protocol::WorkerClient> dead;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       dead = std::move(worker.client);
@@ -634,7 +634,7 @@ void Reconciler::load_replica(Worker& worker, Replica& replica) {
   }
   replica.needs_reload = false;  // whatever version this id had before is gone from here on
   set_state(replica, ReplicaState::kLoading, "loading into worker " + worker.plan.worker_id);
-  runtime::LoadRequest request;
+  protocol::LoadRequest request;
   request.package = package.value();
   request.model = replica.spec.replica_id;
   if (const ArtifactRef* file = model_file(replica.spec)) {

@@ -37,7 +37,7 @@
 #include "agent/desired_state.h"
 #include "agent/inventory.h"
 #include "agent/placement.h"
-#include "runtime/worker_client.h"
+#include "protocol/worker_client.h"
 #include <sys/types.h>
 
 namespace outpost::agent {
@@ -94,11 +94,11 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
 
   struct Worker {
     WorkerPlan plan;
-    std::unique_ptr<runtime::WorkerProcess> process;
+    std::unique_ptr<protocol::WorkerProcess> process;
     // The process's pid for status(), which reads it under mutex_ while the reconcile thread
     // starts and stops `process` without it.
     std::atomic<pid_t> pid{0};
-    std::shared_ptr<runtime::WorkerClient> client;
+    std::shared_ptr<protocol::WorkerClient> client;
     std::set<std::string> loaded;  // replica ids
     int restarts = 0;
     int crashes_in_a_row = 0;

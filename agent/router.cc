@@ -22,17 +22,17 @@ namespace {
 
 struct RouteState {
   std::shared_ptr<tunnel::Stream> stream;
-  std::shared_ptr<runtime::WorkerClient> client;
+  std::shared_ptr<protocol::WorkerClient> client;
   std::function<void()> release;  // frees the inflight slot, exactly once
   std::atomic<bool> finished{false};
   std::string request_id;
 
   std::mutex mutex;
-  std::shared_ptr<runtime::WorkerCall> call;
-  std::optional<runtime::WireValue> waiting_item;  // a stream item the worker's window held back
+  std::shared_ptr<protocol::WorkerCall> call;
+  std::optional<protocol::WireValue> waiting_item;  // a stream item the worker's window held back
   bool cancel_requested = false;
 
-  void set_call(std::shared_ptr<runtime::WorkerCall> created) {
+  void set_call(std::shared_ptr<protocol::WorkerCall> created) {
     bool cancel = false;
     {
       std::lock_guard<std::mutex> lock(mutex);
@@ -42,7 +42,7 @@ struct RouteState {
     if (cancel) call->cancel();
   }
   void cancel() {
-    std::shared_ptr<runtime::WorkerCall> current;
+    std::shared_ptr<protocol::WorkerCall> current;
     {
       std::lock_guard<std::mutex> lock(mutex);
       cancel_requested = true;
@@ -59,7 +59,7 @@ void pump_items(const std::shared_ptr<RouteState>& route);
 
 // Sends a stream item, or keeps it until the worker's window has room. Returns whether the
 // next item may be read now.
-bool send_item(const std::shared_ptr<RouteState>& route, runtime::WireValue item) {
+bool send_item(const std::shared_ptr<RouteState>& route, protocol::WireValue item) {
   std::lock_guard<std::mutex> lock(route->mutex);
   if (route->call->window_available() <= 0 && !route->call->done()) {
     route->waiting_item = std::move(item);  // on_value sends it when an output frees a place
@@ -74,43 +74,43 @@ void reply_error(const std::shared_ptr<tunnel::Stream>& stream, const Error& err
 }
 
 // The worker's Value, as the control protocol writes it (base64 for bytes).
-Result<nlohmann::json> to_control_value(const runtime::WireValue& value) {
-  return runtime::parts_to_base64(value.value, value.parts);
+Result<nlohmann::json> to_control_value(const protocol::WireValue& value) {
+  return protocol::parts_to_base64(value.value, value.parts);
 }
 
 // {"inputs": {...}} from the control plane, as the worker protocol writes it.
-Result<runtime::WireValue> to_worker_inputs(const std::string& body) {
+Result<protocol::WireValue> to_worker_inputs(const std::string& body) {
   auto document = nlohmann::json::parse(body, nullptr, false);
   if (document.is_discarded()) return invalid_argument("the request is not JSON");
   if (!document.is_object() || !document.contains("inputs") || !document["inputs"].is_object()) {
     return invalid_argument("the request must be {\"inputs\": {...named arguments...}}");
   }
-  runtime::WireValue inputs;
+  protocol::WireValue inputs;
   inputs.value = std::move(document["inputs"]);
-  OUTPOST_RETURN_IF_ERROR(runtime::move_bytes_to_parts(inputs.value, inputs.parts));
+  OUTPOST_RETURN_IF_ERROR(protocol::move_bytes_to_parts(inputs.value, inputs.parts));
   return inputs;
 }
 
-runtime::CallHandlers handlers_for(const std::shared_ptr<RouteState>& route,
-                                   runtime::CallShape shape) {
-  runtime::CallHandlers handlers;
-  handlers.on_value = [route, shape](int64_t, const runtime::WireValue& value) {
+protocol::CallHandlers handlers_for(const std::shared_ptr<RouteState>& route,
+                                    protocol::CallShape shape) {
+  protocol::CallHandlers handlers;
+  handlers.on_value = [route, shape](int64_t, const protocol::WireValue& value) {
     auto converted = to_control_value(value);
     if (!converted.ok()) {
       route->cancel();
       return;
     }
-    const char* key = shape == runtime::CallShape::kGenerate ? "chunk" : "outputs";
-    const bool last = shape == runtime::CallShape::kUnary;
+    const char* key = shape == protocol::CallShape::kGenerate ? "chunk" : "outputs";
+    const bool last = shape == protocol::CallShape::kUnary;
     // A failed write means the control plane reset the stream (its client went away): the
     // worker stops the call between steps.
     route->stream->async_write(nlohmann::json{{key, converted.value()}}.dump(), last,
                                [route](error_code ec) {
                                  if (ec) route->cancel();
                                });
-    if (shape != runtime::CallShape::kStream) return;
+    if (shape != protocol::CallShape::kStream) return;
     // An output freed a place in the call's window: send the item that waited for it.
-    std::optional<runtime::WireValue> item;
+    std::optional<protocol::WireValue> item;
     {
       std::lock_guard<std::mutex> lock(route->mutex);
       item = std::move(route->waiting_item);
@@ -120,7 +120,7 @@ runtime::CallHandlers handlers_for(const std::shared_ptr<RouteState>& route,
   };
   handlers.on_done = [route, shape](const Status& status, std::string_view) {
     if (status.ok()) {
-      if (shape != runtime::CallShape::kUnary) route->stream->close_write();
+      if (shape != protocol::CallShape::kUnary) route->stream->close_write();
     } else {
       reply_error(route->stream, status.error());
     }
@@ -157,7 +157,7 @@ void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
                        const nlohmann::json& metadata) {
   // Fields of the wrong type read as missing: a malformed request is refused, never thrown.
   const std::string shape_name = string_field_or(metadata, "shape", "unary");
-  const auto shape = runtime::call_shape_from_name(shape_name);
+  const auto shape = protocol::call_shape_from_name(shape_name);
   const std::string deployment = string_field_or(metadata, "deployment_id", "");
   const std::string method = string_field_or(metadata, "model_method", "predict");
   const std::string request_id = string_field_or(metadata, "request_id", "");
@@ -178,7 +178,7 @@ void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
   }
   // Pick the least-loaded ready replica of the deployment.
   std::shared_ptr<Replica> chosen;
-  std::shared_ptr<runtime::WorkerClient> client;
+  std::shared_ptr<protocol::WorkerClient> client;
   int ready = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -225,7 +225,7 @@ void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
   const std::string model = chosen->spec.replica_id;
   LOG_DEBUG("agent.predict",
             "request " << request_id << " (" << shape_name << ") to replica " << model);
-  if (*shape == runtime::CallShape::kStream) {
+  if (*shape == protocol::CallShape::kStream) {
     route->set_call(client->stream(model, method, handlers_for(route, *shape)));
     pump_items(route);
     return;
@@ -243,7 +243,7 @@ void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
           route->finish();
           return;
         }
-        if (shape == runtime::CallShape::kUnary) {
+        if (shape == protocol::CallShape::kUnary) {
           route->set_call(route->client->unary(model, method, std::move(inputs).value(),
                                                handlers_for(route, shape)));
         } else {

@@ -77,15 +77,15 @@ Result<std::unique_ptr<LocalWorker>> LocalWorker::start(const std::string& binar
 
   OUTPOST_ASSIGN_OR_RETURN(worker->dir_, make_private_dir());
   worker->log_file_ = worker->dir_ + "/worker.log";
-  runtime::WorkerProcess::Options options;
+  protocol::WorkerProcess::Options options;
   options.binary = binary;
   options.spec.worker_id = "outpost-model-test";
   options.spec.endpoint = "ipc://" + worker->dir_ + "/worker.sock";
   options.log_file = worker->log_file_;
-  OUTPOST_ASSIGN_OR_RETURN(worker->process_, runtime::WorkerProcess::spawn(options));
-  runtime::WorkerClient::Options client_options;
+  OUTPOST_ASSIGN_OR_RETURN(worker->process_, protocol::WorkerProcess::spawn(options));
+  protocol::WorkerClient::Options client_options;
   client_options.endpoint = options.spec.endpoint;
-  OUTPOST_ASSIGN_OR_RETURN(worker->client_, runtime::WorkerClient::connect(client_options));
+  OUTPOST_ASSIGN_OR_RETURN(worker->client_, protocol::WorkerClient::connect(client_options));
   auto hello = worker->client_->hello();
   OUTPOST_RETURN_IF_ERROR(worker->await(hello, "starting outpost-worker", timeout).status());
   return worker;

@@ -1,6 +1,6 @@
 // An outpost-worker that the CLI runs for itself (`outpost model test`): found next to the
 // `outpost` binary (or named), started with a spec whose endpoint is an ipc:// socket in a fresh
-// private directory (0700), and connected to through runtime/worker_client.h. Destroying it
+// private directory (0700), and connected to through protocol/worker_client.h. Destroying it
 // always drains the worker, stops the process (SIGTERM, then SIGKILL) and removes the directory,
 // whichever way the command ends.
 //
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "common/result.h"
-#include "runtime/worker_client.h"
+#include "protocol/worker_client.h"
 #include <signal.h>
 
 namespace outpost::cli {
@@ -36,7 +36,7 @@ class LocalWorker {
   LocalWorker(const LocalWorker&) = delete;
   LocalWorker& operator=(const LocalWorker&) = delete;
 
-  runtime::WorkerClient& client() { return *client_; }
+  protocol::WorkerClient& client() { return *client_; }
   // Whether SIGINT or SIGTERM arrived since start().
   static bool interrupted();
 
@@ -69,8 +69,8 @@ class LocalWorker {
 
   std::string dir_;  // private (0700): the socket and the worker's log
   std::string log_file_;
-  std::unique_ptr<runtime::WorkerProcess> process_;
-  std::unique_ptr<runtime::WorkerClient> client_;
+  std::unique_ptr<protocol::WorkerProcess> process_;
+  std::unique_ptr<protocol::WorkerClient> client_;
   struct sigaction previous_int_ {};
   struct sigaction previous_term_ {};
 };

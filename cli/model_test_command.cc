@@ -17,9 +17,9 @@
 
 #include "cli/commands.h"
 #include "cli/local_worker.h"
-#include "runtime/model_config.h"
-#include "runtime/tensor_wire.h"
-#include "runtime/worker_protocol.h"
+#include "protocol/model_config.h"
+#include "protocol/tensor_wire.h"
+#include "protocol/worker_protocol.h"
 
 namespace outpost::cli {
 
@@ -66,16 +66,16 @@ Result<json> choose_method(const json& methods, const std::string& requested) {
 // a request may not, so they get zero bytes here.
 void fill_zero_tensors(json& value, std::vector<std::string>& parts, size_t depth) {
   if (depth > kMaxDepth) return;
-  if (runtime::looks_like_tensor(value)) {
+  if (protocol::looks_like_tensor(value)) {
     if (value.contains("part") || value.contains("data_b64") || value.contains("values")) return;
-    const auto dtype = runtime::dtype_from_name(
+    const auto dtype = protocol::dtype_from_name(
         value["dtype"].is_string() ? value["dtype"].get<std::string>() : std::string());
     if (!dtype) return;  // the worker names the problem
-    auto shape = runtime::parse_shape(value["shape"], *dtype, size_t{1} << 30, "example");
+    auto shape = protocol::parse_shape(value["shape"], *dtype, size_t{1} << 30, "example");
     if (!shape.ok()) return;
     value["part"] = parts.size();
     parts.emplace_back(
-        static_cast<size_t>(runtime::element_count(*shape)) * runtime::dtype_size(*dtype), '\0');
+        static_cast<size_t>(protocol::element_count(*shape)) * protocol::dtype_size(*dtype), '\0');
     return;
   }
   if (value.is_object() || value.is_array()) {
@@ -84,9 +84,9 @@ void fill_zero_tensors(json& value, std::vector<std::string>& parts, size_t dept
 }
 
 // Inputs in the control protocol's form (base64 inline) as the worker takes them (parts).
-Result<runtime::WireValue> to_wire(json value, bool zeros_for_missing_data) {
-  runtime::WireValue wire;
-  OUTPOST_RETURN_IF_ERROR(runtime::move_bytes_to_parts(value, wire.parts));
+Result<protocol::WireValue> to_wire(json value, bool zeros_for_missing_data) {
+  protocol::WireValue wire;
+  OUTPOST_RETURN_IF_ERROR(protocol::move_bytes_to_parts(value, wire.parts));
   if (zeros_for_missing_data) fill_zero_tensors(value, wire.parts, 0);
   wire.value = std::move(value);
   return wire;
@@ -121,44 +121,44 @@ T element(std::string_view bytes, size_t index) {
 }
 
 // A tensor's elements as numbers (the wire is little-endian, as are the hosts outpost runs on).
-json tensor_values(const runtime::WireTensor& tensor) {
+json tensor_values(const protocol::WireTensor& tensor) {
   const std::string_view bytes = tensor.bytes();
-  const size_t count = bytes.size() / runtime::dtype_size(tensor.dtype);
+  const size_t count = bytes.size() / protocol::dtype_size(tensor.dtype);
   json out = json::array();
   for (size_t i = 0; i < count; ++i) {
     switch (tensor.dtype) {
-      case runtime::DType::kFloat32:
+      case protocol::DType::kFloat32:
         out.push_back(shortest(element<float>(bytes, i)));
         break;
-      case runtime::DType::kFloat64:
+      case protocol::DType::kFloat64:
         out.push_back(element<double>(bytes, i));
         break;
-      case runtime::DType::kFloat16:
+      case protocol::DType::kFloat16:
         out.push_back(shortest(half_to_float(element<uint16_t>(bytes, i))));
         break;
-      case runtime::DType::kBFloat16: {
+      case protocol::DType::kBFloat16: {
         const uint32_t bits = uint32_t{element<uint16_t>(bytes, i)} << 16;
         float value = 0;
         std::memcpy(&value, &bits, sizeof value);
         out.push_back(shortest(value));
         break;
       }
-      case runtime::DType::kInt8:
+      case protocol::DType::kInt8:
         out.push_back(element<int8_t>(bytes, i));
         break;
-      case runtime::DType::kInt16:
+      case protocol::DType::kInt16:
         out.push_back(element<int16_t>(bytes, i));
         break;
-      case runtime::DType::kInt32:
+      case protocol::DType::kInt32:
         out.push_back(element<int32_t>(bytes, i));
         break;
-      case runtime::DType::kInt64:
+      case protocol::DType::kInt64:
         out.push_back(element<int64_t>(bytes, i));
         break;
-      case runtime::DType::kUInt8:
+      case protocol::DType::kUInt8:
         out.push_back(element<uint8_t>(bytes, i));
         break;
-      case runtime::DType::kBool:
+      case protocol::DType::kBool:
         out.push_back(element<uint8_t>(bytes, i) != 0);
         break;
     }
@@ -171,11 +171,11 @@ json tensor_values(const runtime::WireTensor& tensor) {
 // control protocol's form.
 json readable(const json& value, bool brief = false, size_t depth = 0) {
   if (depth > kMaxDepth) return value;
-  if (runtime::looks_like_tensor(value) && value.contains("data_b64")) {
-    auto tensor = runtime::decode_tensor(value, {}, SIZE_MAX, "output");
+  if (protocol::looks_like_tensor(value) && value.contains("data_b64")) {
+    auto tensor = protocol::decode_tensor(value, {}, SIZE_MAX, "output");
     if (!tensor.ok() || tensor->int_values || tensor->float_values) return value;
     const size_t bytes = tensor->bytes().size();
-    if (bytes / runtime::dtype_size(tensor->dtype) > kReadableElements) {
+    if (bytes / protocol::dtype_size(tensor->dtype) > kReadableElements) {
       if (!brief) return value;
       return json{{"dtype", value["dtype"]},
                   {"shape", value["shape"]},
@@ -254,7 +254,7 @@ struct CallOutcome {
 struct CallEvents {
   std::mutex mutex;
   std::condition_variable changed;
-  std::deque<std::pair<int64_t, runtime::WireValue>> values;
+  std::deque<std::pair<int64_t, protocol::WireValue>> values;
   std::optional<Status> done;
   std::string reason;
 };
@@ -262,23 +262,23 @@ struct CallEvents {
 // Runs one call of `method` and waits for its end. `request` is the inputs (unary, generate)
 // or the items (stream), already in the worker's form. `on_value` sees each value as it comes.
 CallOutcome run_call(LocalWorker& worker, const std::string& model, const json& method,
-                     runtime::WireValue request, std::vector<runtime::WireValue> items,
+                     protocol::WireValue request, std::vector<protocol::WireValue> items,
                      const std::function<void(const json&)>& on_value) {
   const std::string name = method.value("name", "");
   const std::string kind = method.value("kind", "");
   auto events = std::make_shared<CallEvents>();
-  runtime::CallHandlers handlers{[events](int64_t seq, runtime::WireValue value) {
-                                   std::lock_guard lock(events->mutex);
-                                   events->values.emplace_back(seq, std::move(value));
-                                   events->changed.notify_one();
-                                 },
-                                 [events](const Status& status, std::string_view reason) {
-                                   std::lock_guard lock(events->mutex);
-                                   events->done = status;
-                                   events->reason = reason;
-                                   events->changed.notify_one();
-                                 }};
-  std::shared_ptr<runtime::WorkerCall> call;
+  protocol::CallHandlers handlers{[events](int64_t seq, protocol::WireValue value) {
+                                    std::lock_guard lock(events->mutex);
+                                    events->values.emplace_back(seq, std::move(value));
+                                    events->changed.notify_one();
+                                  },
+                                  [events](const Status& status, std::string_view reason) {
+                                    std::lock_guard lock(events->mutex);
+                                    events->done = status;
+                                    events->reason = reason;
+                                    events->changed.notify_one();
+                                  }};
+  std::shared_ptr<protocol::WorkerCall> call;
   if (kind == "unary") {
     call = worker.client().unary(model, name, std::move(request), handlers);
   } else if (kind == "generate") {
@@ -308,7 +308,7 @@ CallOutcome run_call(LocalWorker& worker, const std::string& model, const json& 
       (void)call->close();
       closed = true;
     }
-    std::deque<std::pair<int64_t, runtime::WireValue>> values;
+    std::deque<std::pair<int64_t, protocol::WireValue>> values;
     std::optional<Status> done;
     {
       std::unique_lock lock(events->mutex);
@@ -319,7 +319,7 @@ CallOutcome run_call(LocalWorker& worker, const std::string& model, const json& 
       outcome.reason = events->reason;
     }
     for (auto& [seq, value] : values) {
-      auto converted = runtime::parts_to_base64(value.value, value.parts);
+      auto converted = protocol::parts_to_base64(value.value, value.parts);
       const json shown = converted.ok() ? *converted : json(converted.error().message());
       outcome.values.push_back(shown);
       if (on_value) on_value(shown);
@@ -376,7 +376,7 @@ std::string summary(const std::string& kind, const CallOutcome& outcome) {
 
 // The method's example: config.yaml's, else zeros for its declared tensor inputs (as the
 // worker's warm-up builds them), else none.
-std::optional<json> example_for(const json& method, const runtime::ModelConfig& config) {
+std::optional<json> example_for(const json& method, const protocol::ModelConfig& config) {
   const auto configured = config.methods.find(method.value("name", ""));
   if (configured != config.methods.end() && configured->second.example) {
     return *configured->second.example;
@@ -390,17 +390,17 @@ std::optional<json> example_for(const json& method, const runtime::ModelConfig& 
     if (spec == configured->second.inputs.end()) return std::nullopt;
     json shape = json::array();
     for (const int64_t dim : spec->second.shape) shape.push_back(dim < 0 ? 1 : dim);
-    example[param] = json{{"dtype", runtime::dtype_name(spec->second.dtype)}, {"shape", shape}};
+    example[param] = json{{"dtype", protocol::dtype_name(spec->second.dtype)}, {"shape", shape}};
   }
   return example;
 }
 
-Result<runtime::ModelConfig> read_config(const std::string& package) {
+Result<protocol::ModelConfig> read_config(const std::string& package) {
   std::ifstream in(package + "/config.yaml", std::ios::binary);
   if (!in) return Error(ErrorCode::kNotFound, "cannot read " + package + "/config.yaml");
   std::stringstream text;
   text << in.rdbuf();
-  return runtime::parse_model_config(text.str());
+  return protocol::parse_model_config(text.str());
 }
 
 // One call with the inputs from the flags.
@@ -410,8 +410,8 @@ Status call_with_flags(LocalWorker& worker, const ModelTestFlags& flags, const s
   const std::string kind = method.value("kind", "");
   const std::string name = method.value("name", "");
   json inputs;
-  runtime::WireValue request;
-  std::vector<runtime::WireValue> items;
+  protocol::WireValue request;
+  std::vector<protocol::WireValue> items;
   if (kind == "stream") {
     // Unlike `outpost model stream`, no items from stdin: without inputs the example runs.
     if (!flags.inputs.file.empty() || !flags.inputs.named.empty()) {
@@ -493,7 +493,7 @@ Status call_examples(LocalWorker& worker, const ModelTestFlags& flags, const std
     if (!wire.ok()) {
       outcome.status = wire.error();
     } else if (kind == "stream") {
-      std::vector<runtime::WireValue> items;
+      std::vector<protocol::WireValue> items;
       items.push_back(std::move(wire).value());
       outcome = run_call(worker, model, method, {}, std::move(items), nullptr);
     } else {
@@ -547,7 +547,7 @@ Status model_test(const ModelTestFlags& flags, OutputFormat format, std::ostream
   OUTPOST_ASSIGN_OR_RETURN(auto binary, find_worker_binary(flags.worker));
   // From here on the worker is drained and stopped, and its directory removed, however we end.
   OUTPOST_ASSIGN_OR_RETURN(auto worker, LocalWorker::start(binary));
-  runtime::LoadRequest load;
+  protocol::LoadRequest load;
   load.package = package;
   auto loading = worker->client().load(load);
   auto loaded = worker->await(loading, "loading " + package);

@@ -20,7 +20,7 @@
 #include "controlplane/ids.h"
 #include "controlplane/object_reader.h"
 #include "controlplane/predict_request.h"
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 #include "tunnel/calls.h"
 
 namespace outpost::control {
@@ -210,7 +210,7 @@ HttpResponse failure_response(const Error& error, const std::string& request_id)
 // ("data_b64") or as numbers. `message_bytes` (the node's message) bounds every tensor in it.
 Result<json> client_form(json value, bool tensor_values, size_t message_bytes) {
   if (!tensor_values) return value;
-  auto converted = runtime::tensors_to_values(value, message_bytes);
+  auto converted = protocol::tensors_to_values(value, message_bytes);
   if (!converted.ok()) {
     return Error(ErrorCode::kDataLoss,
                  "the node sent a malformed tensor: " + converted.error().message());

@@ -16,9 +16,13 @@
 #include <vector>
 
 #include "common/clock.h"
-#include "runtime/model_config.h"
+#include "protocol/model_config.h"
 
 namespace outpost::runtime {
+
+// The worker protocol's names (protocol/: messages, Values, config.yaml, the worker spec) are
+// used unqualified throughout the worker.
+using namespace protocol;  // NOLINT(google-build-using-namespace)
 
 template <class T>
 class BatchQueue {

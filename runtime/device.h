@@ -10,9 +10,13 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-#include "runtime/worker_spec.h"
+#include "protocol/worker_spec.h"
 
 namespace outpost::runtime {
+
+// The worker protocol's names (protocol/: messages, Values, config.yaml, the worker spec) are
+// used unqualified throughout the worker.
+using namespace protocol;  // NOLINT(google-build-using-namespace)
 
 // Whether this build has the CUDA path (OUTPOST_CUDA).
 bool cuda_built();

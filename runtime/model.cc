@@ -1,6 +1,6 @@
 #include "runtime/model.h"
 
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 
 namespace outpost::runtime {
 

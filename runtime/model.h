@@ -15,10 +15,14 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-#include "runtime/model_config.h"
-#include "runtime/worker_protocol.h"
+#include "protocol/model_config.h"
+#include "protocol/worker_protocol.h"
 
 namespace outpost::runtime {
+
+// The worker protocol's names (protocol/: messages, Values, config.yaml, the worker spec) are
+// used unqualified throughout the worker.
+using namespace protocol;  // NOLINT(google-build-using-namespace)
 
 enum class MethodKind { kUnary, kGenerate, kStream };
 std::string_view method_kind_name(MethodKind kind);

@@ -27,11 +27,11 @@
 
 #include "common/clock.h"
 #include "common/result.h"
+#include "protocol/worker_protocol.h"
 #include "runtime/batch_queue.h"
 #include "runtime/compute_threads.h"
 #include "runtime/fair_scheduler.h"
 #include "runtime/model.h"
-#include "runtime/worker_protocol.h"
 
 namespace outpost::runtime {
 

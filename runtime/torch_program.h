@@ -15,9 +15,11 @@
 #include <c10/core/Device.h>
 
 #include "common/result.h"
-#include "runtime/model_config.h"
+#include "protocol/model_config.h"
 
 namespace outpost::runtime {
+
+using namespace protocol;  // as in model.h
 
 class TorchProgram {
  public:

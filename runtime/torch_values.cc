@@ -13,7 +13,7 @@
 #include <ATen/ops/from_blob.h>
 
 #include "common/utf8.h"
-#include "runtime/worker_protocol.h"
+#include "protocol/worker_protocol.h"
 
 namespace outpost::runtime {
 namespace {

@@ -15,9 +15,11 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 
 namespace outpost::runtime {
+
+using namespace protocol;  // as in model.h
 
 struct ValueLimits {
   size_t max_tensor_bytes = size_t{256} << 20;

@@ -15,11 +15,11 @@
 #include <vector>
 
 #include "common/log.h"
+#include "protocol/worker_spec.h"
 #include "runtime/device.h"
 #include "runtime/model_package.h"
 #include "runtime/torch_loader.h"
 #include "runtime/worker_server.h"
-#include "runtime/worker_spec.h"
 #include <sys/prctl.h>
 
 namespace {

@@ -23,13 +23,13 @@
 #include <zmq.hpp>
 
 #include "common/clock.h"
+#include "protocol/worker_protocol.h"
+#include "protocol/worker_spec.h"
+#include "protocol/zmq_channel.h"
 #include "runtime/fair_scheduler.h"
 #include "runtime/model.h"
 #include "runtime/model_host.h"
 #include "runtime/model_package.h"
-#include "runtime/worker_protocol.h"
-#include "runtime/worker_spec.h"
-#include "runtime/zmq_channel.h"
 
 namespace outpost::runtime {
 

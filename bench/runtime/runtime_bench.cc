@@ -40,13 +40,13 @@
 
 #include "bench/runtime/direct_libtorch.h"
 #include "bench/runtime/worker_load.h"
-#include "runtime/worker_client.h"
+#include "protocol/worker_client.h"
 #include "tests/support/test_pki.h"
 
 namespace {
 
 using namespace outpost;
-using namespace outpost::runtime;
+using namespace outpost::protocol;
 using nlohmann::json;
 using outpost::bench::DirectModel;
 using outpost::bench::GenerateFigures;

@@ -16,9 +16,9 @@
 namespace outpost::bench {
 
 using nlohmann::json;
-using runtime::CallHandlers;
-using runtime::WireValue;
-using runtime::WorkerClient;
+using protocol::CallHandlers;
+using protocol::WireValue;
+using protocol::WorkerClient;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration;
 

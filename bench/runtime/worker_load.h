@@ -6,22 +6,22 @@
 #include <string>
 #include <vector>
 
-#include "runtime/worker_client.h"
+#include "protocol/worker_client.h"
 
 namespace outpost::bench {
 
 // {"x": float32 tensor of `shape`} with normal random values from `seed`, its bytes in a part.
-runtime::WireValue random_tensor_input(const std::vector<int64_t>& shape, uint32_t seed);
+protocol::WireValue random_tensor_input(const std::vector<int64_t>& shape, uint32_t seed);
 
 // Closed loop through the worker: `concurrency` calls of `method` outstanding for `seconds`
 // after `warm_up_seconds`; requests per second. Failed calls are counted and reported on stderr.
-double worker_rps(runtime::WorkerClient& client, const std::string& model,
-                  const runtime::WireValue& input, int concurrency, double seconds,
+double worker_rps(protocol::WorkerClient& client, const std::string& model,
+                  const protocol::WireValue& input, int concurrency, double seconds,
                   const std::string& method = "predict", double warm_up_seconds = 0.5);
 
 // `calls` unary calls one after another; each one's time in microseconds, in call order.
-std::vector<double> worker_latencies_us(runtime::WorkerClient& client, const std::string& model,
-                                        const runtime::WireValue& input, int calls,
+std::vector<double> worker_latencies_us(protocol::WorkerClient& client, const std::string& model,
+                                        const protocol::WireValue& input, int calls,
                                         const std::string& method = "predict");
 
 // The `q` quantile (0..1) of `values` (sorted in place).

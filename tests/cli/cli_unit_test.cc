@@ -9,7 +9,7 @@
 #include "cli/http_client.h"
 #include "cli/package_archive.h"
 #include "cli/predict_inputs.h"
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 #include "tests/support/test_pki.h"
 #include <sys/stat.h>
 
@@ -108,7 +108,7 @@ TEST(CliTest, LargeInputsComeFromFilesStdinAndNumpyFiles) {
   npy.named = {"x=@" + reference + "classifier_x.npy"};
   auto inputs = build_inputs(npy, method, no_stdin);
   ASSERT_TRUE(inputs.ok()) << inputs.error().to_string();
-  auto as_values = runtime::tensors_to_values((*inputs)["x"], 1 << 20);
+  auto as_values = protocol::tensors_to_values((*inputs)["x"], 1 << 20);
   ASSERT_TRUE(as_values.ok()) << as_values.error().to_string();
   json expected;
   std::ifstream(reference + "classifier.json") >> expected;

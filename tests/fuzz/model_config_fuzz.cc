@@ -1,15 +1,15 @@
-// Fuzzes the YAML readers of the runtime (runtime/model_config.h, runtime/worker_spec.h) with
+// Fuzzes the YAML readers of the runtime (protocol/model_config.h, protocol/worker_spec.h) with
 // arbitrary text as config.yaml and as a worker spec. Either is refused with a message, or
 // yields values inside the documented ranges.
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
-#include "runtime/model_config.h"
-#include "runtime/worker_protocol.h"
-#include "runtime/worker_spec.h"
+#include "protocol/model_config.h"
+#include "protocol/worker_protocol.h"
+#include "protocol/worker_spec.h"
 
-using namespace outpost::runtime;
+using namespace outpost::protocol;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);

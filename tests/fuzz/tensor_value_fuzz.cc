@@ -1,4 +1,4 @@
-// Fuzzes the decoding of tensor Values (runtime/tensor_wire.h): the input is JSON, followed
+// Fuzzes the decoding of tensor Values (protocol/tensor_wire.h): the input is JSON, followed
 // after a NUL byte by the bytes of one binary part. A decoded tensor always carries exactly
 // as many bytes or values as its dtype and shape say.
 #include <cstdint>
@@ -8,9 +8,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 
-using namespace outpost::runtime;
+using namespace outpost::protocol;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string input(reinterpret_cast<const char*>(data), size);

@@ -1,4 +1,4 @@
-// Fuzzes the worker protocol's envelope (runtime/worker_protocol.h): arbitrary bytes split into
+// Fuzzes the worker protocol's envelope (protocol/worker_protocol.h): arbitrary bytes split into
 // frames at each "\n--\n", decoded as one message, then the header's Values moved between the
 // control protocol's base64 form and binary parts. Properties: a decoded message has a type and
 // an id; bytes moved into parts come back unchanged through base64.
@@ -8,9 +8,9 @@
 #include <string_view>
 #include <vector>
 
-#include "runtime/worker_protocol.h"
+#include "protocol/worker_protocol.h"
 
-using namespace outpost::runtime;
+using namespace outpost::protocol;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view input(reinterpret_cast<const char*>(data), size);

@@ -98,7 +98,7 @@ TEST(UnaryCalls, EveryTypeRoundTrips) {
   EXPECT_EQ(control_out->value[0], "hi");
   EXPECT_EQ(control_out->value[4].at("dtype"), "int32");
   EXPECT_EQ(control_out->value[7], "given");
-  auto as_control = runtime::parts_to_base64(control_out->value, control_out->parts);
+  auto as_control = protocol::parts_to_base64(control_out->value, control_out->parts);
   ASSERT_TRUE(as_control.ok());
   // 7, 8, 9 as little-endian int32.
   EXPECT_EQ((*as_control)[4].at("data_b64"), "BwAAAAgAAAAJAAAA");
@@ -107,7 +107,7 @@ TEST(UnaryCalls, EveryTypeRoundTrips) {
                    {{{"dtype", "float32"}, {"shape", {1, 2}}, {"data_b64", "AACAPwAAAEA="}},
                     {{"dtype", "uint8"}, {"shape", {3}}, {"values", {1, 2, 3}}}}}};
   WireValue moved = json_inputs(b64_inputs);
-  ASSERT_TRUE(runtime::move_bytes_to_parts(moved.value, moved.parts).ok());
+  ASSERT_TRUE(protocol::move_bytes_to_parts(moved.value, moved.parts).ok());
   EXPECT_EQ(moved.parts.size(), 1u);
   auto shapes = call(worker.client(), "types", "shapes", moved);
   ASSERT_TRUE(shapes.ok()) << shapes.error().to_string();

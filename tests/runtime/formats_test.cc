@@ -173,7 +173,7 @@ TEST(Aoti, ABatchBelowTheCompiledMinimumIsPaddedOnlyWhenBatched) {
       });
   WorkerHarness worker({});
   worker.ready();
-  runtime::LoadRequest request;
+  protocol::LoadRequest request;
   request.package = unbatched;
   request.model = "cold";
   auto loaded = worker.client().load(request).get();
@@ -211,7 +211,7 @@ TEST(Formats, PackagesThatCannotRunHereAreRefusedAtLoadWithTheFix) {
   WorkerHarness worker({});
   worker.ready();
   const auto load = [&](const std::string& name) {
-    runtime::LoadRequest request;
+    protocol::LoadRequest request;
     request.package = model_package(name);
     request.model = name;
     return worker.client().load(request).get();

@@ -104,7 +104,7 @@ TEST(ModelFiles, CorruptTruncatedAndWrongHashAreRefused) {
 
   WorkerHarness worker({});
   worker.ready();
-  const auto load = [&](const std::string& package, runtime::LoadRequest request = {}) {
+  const auto load = [&](const std::string& package, protocol::LoadRequest request = {}) {
     request.package = package;
     request.model = fs::path(package).filename().string();
     return worker.client().load(request).get();
@@ -119,7 +119,7 @@ TEST(ModelFiles, CorruptTruncatedAndWrongHashAreRefused) {
   expect_refused(load(flipped), ErrorCode::kDataLoss, "has sha256");
   expect_refused(load(unchecked), ErrorCode::kDataLoss, "not a TorchScript archive");
   expect_refused(load(wrong_hash), ErrorCode::kDataLoss, "expects 0000");
-  runtime::LoadRequest expected;
+  protocol::LoadRequest expected;
   expected.sha256 = std::string(64, 'a');
   expect_refused(load(model_package("classifier"), expected), ErrorCode::kDataLoss,
                  "the load request expects");
@@ -154,7 +154,7 @@ TEST(ModelFiles, BadConfigIsRefusedWithTheKeyNamed) {
       {typo, "unknown key batching.max_queue_delay"},
       {wrong_kind, "methods.predict.kind is generate"}};
   for (const auto& [package, says] : cases) {
-    runtime::LoadRequest request;
+    protocol::LoadRequest request;
     request.package = package;
     request.model = std::filesystem::path(package).filename().string();
     auto result = worker.client().load(request).get();
@@ -391,7 +391,7 @@ TEST(Unload, ReturnsTheMemory) {
   WorkerHarness worker({Model(model_package("text"))});
   worker.ready();
   const uint64_t baseline = rss_bytes(worker.process().pid());
-  runtime::LoadRequest request;
+  protocol::LoadRequest request;
   request.package = model_package("big");
   auto loaded = worker.client().load(request).get();
   ASSERT_TRUE(loaded.ok()) << loaded.error().to_string();
@@ -429,7 +429,7 @@ TEST(Reload, AFailedReloadKeepsTheOldModelAndAGoodOneSwaps) {
   });
   WorkerHarness worker({Model(model_package("text"))});
   worker.ready();
-  runtime::LoadRequest request;
+  protocol::LoadRequest request;
   request.model = "text";
   request.package = broken;
   auto failed = worker.client().reload(request).get();

@@ -9,12 +9,12 @@
 #include <gtest/gtest.h>
 
 #include "common/base64.h"
-#include "runtime/model_config.h"
-#include "runtime/tensor_wire.h"
-#include "runtime/worker_protocol.h"
-#include "runtime/worker_spec.h"
+#include "protocol/model_config.h"
+#include "protocol/tensor_wire.h"
+#include "protocol/worker_protocol.h"
+#include "protocol/worker_spec.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 namespace {
 
 using nlohmann::json;
@@ -281,4 +281,4 @@ TEST(WorkerSpecFile, ParsesAndChecksEveryField) {
 }
 
 }  // namespace
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

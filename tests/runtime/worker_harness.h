@@ -21,21 +21,21 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "runtime/worker_client.h"
-#include "runtime/worker_protocol.h"
-#include "runtime/worker_spec.h"
+#include "protocol/worker_client.h"
+#include "protocol/worker_protocol.h"
+#include "protocol/worker_spec.h"
 #include "tests/support/test_pki.h"
 #include <sys/wait.h>
 
 namespace outpost::testing {
 
 using nlohmann::json;
-using runtime::CallHandlers;
-using runtime::WireValue;
-using runtime::WorkerCall;
-using runtime::WorkerClient;
-using runtime::WorkerProcess;
-using runtime::WorkerSpec;
+using protocol::CallHandlers;
+using protocol::WireValue;
+using protocol::WorkerCall;
+using protocol::WorkerClient;
+using protocol::WorkerProcess;
+using protocol::WorkerSpec;
 
 inline std::string model_package(const std::string& name) {
   return std::string(OUTPOST_MODELS_DIR) + "/" + name;
@@ -174,7 +174,7 @@ class WorkerHarness {
     spec_.intra_op_threads = 1;
     for (const auto& model : models) {
       // In place: a copied ModelSpec trips GCC 12's false -Wmaybe-uninitialized on its optional.
-      runtime::ModelSpec& item = spec_.models.emplace_back();
+      protocol::ModelSpec& item = spec_.models.emplace_back();
       item.package = model.package;
       item.name = model.name;
     }

@@ -12,9 +12,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-#include "runtime/worker_protocol.h"
+#include "protocol/worker_protocol.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 
 // How the worker shares its device (docs/architecture.md, "Placement, slicing, scaling").
 struct SliceSpec {
@@ -61,4 +61,4 @@ std::vector<std::string> slice_environment(const WorkerSpec& spec);
 // Checks an endpoint: ipc:// with an absolute path that fits in a Unix socket address.
 Status check_ipc_endpoint(std::string_view endpoint);
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

@@ -19,10 +19,10 @@
 #include <zmq.hpp>
 
 #include "common/result.h"
-#include "runtime/worker_protocol.h"
+#include "protocol/worker_protocol.h"
 #include <poll.h>
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 
 class ZmqChannel {
  public:
@@ -74,4 +74,4 @@ class ZmqChannel {
 // Reads one monitor event (ZMQ_EVENT_CONNECTED, ...) without waiting; 0 when none is pending.
 int read_monitor_event(zmq::socket_t& monitor);
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

@@ -23,11 +23,11 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-#include "runtime/worker_protocol.h"
-#include "runtime/worker_spec.h"
+#include "protocol/worker_protocol.h"
+#include "protocol/worker_spec.h"
 #include <sys/types.h>
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 
 struct CallHandlers {
   // A unary call's outputs (seq 0), each generate chunk, or each stream item's outputs, in
@@ -161,4 +161,4 @@ class WorkerProcess {
   std::optional<int> status_;
 };
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

@@ -1,12 +1,12 @@
-#include "runtime/worker_protocol.h"
+#include "protocol/worker_protocol.h"
 
 #include <array>
 #include <utility>
 
 #include "common/base64.h"
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 namespace {
 
 using nlohmann::json;
@@ -226,4 +226,4 @@ Result<json> parts_to_base64(const json& value, std::span<const std::string> par
   return to_base64(value, parts, 0, max_depth);
 }
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

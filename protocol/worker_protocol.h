@@ -16,7 +16,7 @@
 
 #include "common/result.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 
 inline constexpr int kProtocolVersion = 1;
 
@@ -115,4 +115,4 @@ Status move_bytes_to_parts(nlohmann::json& value, std::vector<std::string>& part
 Result<nlohmann::json> parts_to_base64(const nlohmann::json& value,
                                        std::span<const std::string> parts, size_t max_depth = 64);
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

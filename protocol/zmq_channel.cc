@@ -1,4 +1,4 @@
-#include "runtime/zmq_channel.h"
+#include "protocol/zmq_channel.h"
 
 #include <atomic>
 #include <cerrno>
@@ -9,7 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 namespace {
 
 void set_common_options(zmq::socket_t& socket, const Limits& limits) {
@@ -207,4 +207,4 @@ int read_monitor_event(zmq::socket_t& monitor) {
   }
 }
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

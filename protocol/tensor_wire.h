@@ -17,7 +17,7 @@
 
 #include "common/result.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 
 enum class DType {
   kFloat32,
@@ -94,4 +94,4 @@ Result<std::string_view> decode_bytes(const nlohmann::json& value,
                                       std::span<const std::string> parts, std::string& owned,
                                       std::string_view where);
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

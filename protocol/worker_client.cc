@@ -1,4 +1,4 @@
-#include "runtime/worker_client.h"
+#include "protocol/worker_client.h"
 
 #include <cerrno>
 #include <csignal>
@@ -14,11 +14,11 @@
 
 #include "common/log.h"
 #include "common/spawn.h"
-#include "runtime/zmq_channel.h"
+#include "protocol/zmq_channel.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 
 using nlohmann::json;
 using std::chrono::milliseconds;
@@ -481,4 +481,4 @@ void WorkerProcess::kill(int signal) {
 
 bool WorkerProcess::running() { return !wait(milliseconds(0)).has_value(); }
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

@@ -1,4 +1,4 @@
-#include "runtime/model_config.h"
+#include "protocol/model_config.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -10,9 +10,9 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "runtime/worker_protocol.h"
+#include "protocol/worker_protocol.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 namespace {
 
 using nlohmann::json;
@@ -404,4 +404,4 @@ Result<ModelConfig> parse_model_config(std::string_view yaml_text) {
   return config;
 }
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

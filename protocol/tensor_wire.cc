@@ -1,4 +1,4 @@
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 
 #include <array>
 #include <cmath>
@@ -7,9 +7,9 @@
 #include <utility>
 
 #include "common/base64.h"
-#include "runtime/worker_protocol.h"
+#include "protocol/worker_protocol.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 namespace {
 
 using nlohmann::json;
@@ -403,4 +403,4 @@ Result<json> tensors_to_values(const json& value, size_t max_bytes, size_t max_d
   return values_at(value, max_bytes, 0, max_depth);
 }
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

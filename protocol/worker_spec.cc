@@ -1,11 +1,11 @@
-#include "runtime/worker_spec.h"
+#include "protocol/worker_spec.h"
 
 #include <set>
 #include <utility>
 
-#include "runtime/model_config.h"
+#include "protocol/model_config.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 namespace {
 
 using nlohmann::json;
@@ -201,4 +201,4 @@ std::vector<std::string> slice_environment(const WorkerSpec& spec) {
   return out;
 }
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol

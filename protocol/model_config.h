@@ -14,9 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
-#include "runtime/tensor_wire.h"
+#include "protocol/tensor_wire.h"
 
-namespace outpost::runtime {
+namespace outpost::protocol {
 
 // Triton's dynamic batcher settings.
 struct BatchingConfig {
@@ -67,4 +67,4 @@ Result<ModelConfig> parse_model_config(std::string_view yaml_text);
 // booleans, integers or floats when they read as such.
 Result<nlohmann::json> yaml_to_json(std::string_view yaml_text);
 
-}  // namespace outpost::runtime
+}  // namespace outpost::protocol
