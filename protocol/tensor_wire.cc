@@ -322,32 +322,6 @@ T element(std::string_view bytes, size_t index) {
 
 json finite_or_null(double value) { return std::isfinite(value) ? json(value) : json(nullptr); }
 
-Result<json> values_at(const json& value, size_t max_bytes, size_t depth, size_t max_depth) {
-  if (depth > max_depth) {
-    return invalid_argument("a Value is nested more than " + std::to_string(max_depth) +
-                            " levels deep");
-  }
-  if (value.is_array()) {
-    json out = json::array();
-    for (const auto& item : value) {
-      OUTPOST_ASSIGN_OR_RETURN(auto converted, values_at(item, max_bytes, depth + 1, max_depth));
-      out.push_back(std::move(converted));
-    }
-    return out;
-  }
-  if (!value.is_object()) return value;
-  if (looks_like_tensor(value) && value.contains("data_b64")) {
-    OUTPOST_ASSIGN_OR_RETURN(const auto tensor, decode_tensor(value, {}, max_bytes, "an output"));
-    return tensor_values_json(tensor);
-  }
-  json out = json::object();
-  for (const auto& [key, item] : value.items()) {
-    OUTPOST_ASSIGN_OR_RETURN(auto converted, values_at(item, max_bytes, depth + 1, max_depth));
-    out[key] = std::move(converted);
-  }
-  return out;
-}
-
 }  // namespace
 
 json tensor_values_json(const WireTensor& tensor) {
@@ -400,7 +374,12 @@ json tensor_values_json(const WireTensor& tensor) {
 }
 
 Result<json> tensors_to_values(const json& value, size_t max_bytes, size_t max_depth) {
-  return values_at(value, max_bytes, 0, max_depth);
+  return rewrite_values(value, max_depth, [&](const json& object) -> std::optional<Result<json>> {
+    if (!looks_like_tensor(object) || !object.contains("data_b64")) return std::nullopt;
+    auto tensor = decode_tensor(object, {}, max_bytes, "an output");
+    if (!tensor.ok()) return Result<json>(tensor.error());
+    return Result<json>(tensor_values_json(*tensor));
+  });
 }
 
 }  // namespace outpost::protocol

@@ -61,36 +61,22 @@ Status move_bytes(json& value, std::vector<std::string>& parts, size_t depth, si
   return {};
 }
 
-Result<json> to_base64(const json& value, std::span<const std::string> parts, size_t depth,
-                       size_t max_depth) {
+Result<json> rewrite_at(const json& value, size_t depth, size_t max_depth,
+                        const ValueRewrite& rewrite) {
   if (depth > max_depth) return too_deep(max_depth);
   if (value.is_array()) {
     json out = json::array();
     for (const auto& item : value) {
-      OUTPOST_ASSIGN_OR_RETURN(auto converted, to_base64(item, parts, depth + 1, max_depth));
+      OUTPOST_ASSIGN_OR_RETURN(auto converted, rewrite_at(item, depth + 1, max_depth, rewrite));
       out.push_back(std::move(converted));
     }
     return out;
   }
   if (!value.is_object()) return value;
-  const auto part = value.find("part");
-  const bool tensor = looks_like_tensor(value);
-  if (part != value.end() && (tensor || value.size() == 1)) {
-    if (!part->is_number_integer() || part->get<int64_t>() < 0 ||
-        part->get<uint64_t>() >= parts.size()) {
-      return invalid_argument("a Value refers to binary part " + json_text(*part) +
-                              ", which the message does not have");
-    }
-    const std::string encoded = base64_encode(parts[part->get<size_t>()]);
-    if (!tensor) return json{{"bytes_b64", encoded}};
-    json out = value;
-    out.erase("part");
-    out["data_b64"] = encoded;
-    return out;
-  }
+  if (auto replaced = rewrite(value)) return std::move(*replaced);
   json out = json::object();
   for (const auto& [key, item] : value.items()) {
-    OUTPOST_ASSIGN_OR_RETURN(auto converted, to_base64(item, parts, depth + 1, max_depth));
+    OUTPOST_ASSIGN_OR_RETURN(auto converted, rewrite_at(item, depth + 1, max_depth, rewrite));
     out[key] = std::move(converted);
   }
   return out;
@@ -221,9 +207,28 @@ Status move_bytes_to_parts(json& value, std::vector<std::string>& parts, size_t 
   return move_bytes(value, parts, 0, max_depth);
 }
 
+Result<json> rewrite_values(const json& value, size_t max_depth, const ValueRewrite& rewrite) {
+  return rewrite_at(value, 0, max_depth, rewrite);
+}
+
 Result<json> parts_to_base64(const json& value, std::span<const std::string> parts,
                              size_t max_depth) {
-  return to_base64(value, parts, 0, max_depth);
+  return rewrite_values(value, max_depth, [&](const json& object) -> std::optional<Result<json>> {
+    const auto part = object.find("part");
+    const bool tensor = looks_like_tensor(object);
+    if (part == object.end() || !(tensor || object.size() == 1)) return std::nullopt;
+    if (!part->is_number_integer() || part->get<int64_t>() < 0 ||
+        part->get<uint64_t>() >= parts.size()) {
+      return Result<json>(invalid_argument("a Value refers to binary part " + json_text(*part) +
+                                           ", which the message does not have"));
+    }
+    const std::string encoded = base64_encode(parts[part->get<size_t>()]);
+    if (!tensor) return Result<json>(json{{"bytes_b64", encoded}});
+    json out = object;
+    out.erase("part");
+    out["data_b64"] = encoded;
+    return Result<json>(std::move(out));
+  });
 }
 
 }  // namespace outpost::protocol

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -102,6 +103,14 @@ nlohmann::json error_header(std::string_view id, const Error& error);
 Error error_from_header(const nlohmann::json& header);
 
 std::optional<ErrorCode> error_code_from_name(std::string_view name);
+
+// Walks a Value (lists and objects, up to `max_depth` deep) and rebuilds it; each object is first
+// offered to `rewrite`, which returns its replacement (or an error), or nothing to walk into it.
+// The one walk under parts_to_base64 and tensors_to_values.
+using ValueRewrite =
+    std::function<std::optional<Result<nlohmann::json>>(const nlohmann::json& object)>;
+Result<nlohmann::json> rewrite_values(const nlohmann::json& value, size_t max_depth,
+                                      const ValueRewrite& rewrite);
 
 // Values (docs/control-protocol.md, "Value") move between two encodings: the control
 // protocol's, where tensor bytes are base64 text ("data_b64", "bytes_b64"), and the worker

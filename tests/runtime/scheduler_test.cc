@@ -240,7 +240,6 @@ TEST(ComputeThreads, ManyCallersShareTheSlotsThreads) {
   }
   for (auto& caller : callers) caller.join();
   EXPECT_EQ(ran.load(), 400);
-  EXPECT_GE(ran_on.size(), 1u);
   EXPECT_LE(ran_on.size(), 2u);
   EXPECT_EQ(ran_on.count(std::this_thread::get_id()), 0u);
 }
