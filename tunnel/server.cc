@@ -1,6 +1,7 @@
 #include "tunnel/server.h"
 
 #include <algorithm>
+#include <utility>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
@@ -124,6 +125,8 @@ class TunnelServer::Handshake : public std::enable_shared_from_this<TunnelServer
     if (!server_->handlers_.authenticate) {
       return refuse(503, "unavailable", "authentication is not configured");
     }
+    busy_ = server_->enter_handlers();
+    if (!busy_) return refuse(503, "unavailable", "the control plane is shutting down");
     const std::string credential(authorization.substr(kBearer.size()));
     auto executor = transport_->ws().get_executor();
     server_->handlers_.authenticate(
@@ -140,6 +143,7 @@ class TunnelServer::Handshake : public std::enable_shared_from_this<TunnelServer
       const Error& error = identity.error();
       LOG_NOTICE("tunnel.auth_refused",
                  "tunnel upgrade from " << peer_.remote_address << " refused: " << error.message());
+      busy_.reset();
       return refuse(status_for(error.code()), std::string(error_code_name(error.code())),
                     error.message());
     }
@@ -188,8 +192,15 @@ class TunnelServer::Handshake : public std::enable_shared_from_this<TunnelServer
     };
     {
       std::lock_guard<std::mutex> lock(server_->mutex_);
+      if (server_->stopping_) {
+        // Shutdown began during the upgrade and drained the connections it knew of; this one
+        // is not started. The client reconnects elsewhere.
+        connection->close(Errc::kGoingAway, "control plane shutting down");
+        return;
+      }
       server_->all_.push_back(connection);
     }
+    busy_.reset();  // shutdown now waits for the connection itself
     connection->start(std::move(handlers));
   }
 
@@ -215,6 +226,7 @@ class TunnelServer::Handshake : public std::enable_shared_from_this<TunnelServer
   std::optional<http::request_parser<http::string_body>> parser_;
   Request request_;
   PeerInfo peer_;
+  std::shared_ptr<void> busy_;  // from authenticate to the connection's start
 };
 
 std::shared_ptr<TunnelServer> TunnelServer::create(asio::io_context& io,
@@ -302,16 +314,41 @@ void TunnelServer::on_ready(const std::shared_ptr<Connection>& connection, const
 
 void TunnelServer::on_closed(const std::shared_ptr<Connection>& connection, const PeerInfo& peer,
                              error_code code, const std::string& reason) {
-  std::function<void()> finished;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = registry_.find({peer.identity, peer.connection_index});
     if (it != registry_.end() && it->second == connection) registry_.erase(it);
-    all_.erase(std::remove(all_.begin(), all_.end(), connection), all_.end());
-    if (stopping_ && all_.empty() && on_shutdown_) finished = std::move(on_shutdown_);
   }
   if (handlers_.on_disconnect) handlers_.on_disconnect(peer, code, reason);
+  // Only now is the connection done with the handlers: shutdown's `done` may follow.
+  std::function<void()> finished;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    all_.erase(std::remove(all_.begin(), all_.end(), connection), all_.end());
+    finished = take_finished_locked();
+  }
   if (finished) finished();
+}
+
+std::shared_ptr<void> TunnelServer::enter_handlers() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopping_) return nullptr;
+  ++upgrading_;
+  return std::shared_ptr<void>(new char, [self = shared_from_this()](void* token) {
+    delete static_cast<char*>(token);
+    std::function<void()> finished;
+    {
+      std::lock_guard<std::mutex> lock(self->mutex_);
+      --self->upgrading_;
+      finished = self->take_finished_locked();
+    }
+    if (finished) finished();
+  });
+}
+
+std::function<void()> TunnelServer::take_finished_locked() {
+  if (!stopping_ || !all_.empty() || upgrading_ > 0) return nullptr;
+  return std::exchange(on_shutdown_, nullptr);
 }
 
 std::vector<std::shared_ptr<Connection>> TunnelServer::connections_of(
@@ -351,11 +388,13 @@ void TunnelServer::disconnect(const std::string& identity, Errc code, const std:
 
 void TunnelServer::shutdown(std::chrono::milliseconds grace, const std::function<void()>& done) {
   std::vector<std::shared_ptr<Connection>> open;
+  std::function<void()> finished;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
     open = all_;
-    if (!open.empty()) on_shutdown_ = done;
+    on_shutdown_ = done;
+    finished = take_finished_locked();
   }
   asio::post(acceptor_.get_executor(), [self = shared_from_this()] {
     error_code ignored;
@@ -364,7 +403,7 @@ void TunnelServer::shutdown(std::chrono::milliseconds grace, const std::function
   for (auto& connection : open) {
     connection->drain(grace, Errc::kGoingAway, "control plane shutting down");
   }
-  if (open.empty() && done) done();
+  if (finished) finished();
 }
 
 }  // namespace outpost::tunnel

@@ -85,6 +85,8 @@ class TunnelServer : public std::enable_shared_from_this<TunnelServer> {
   void disconnect(const std::string& identity, Errc code, const std::string& reason);
 
   // Stops accepting, drains every connection (GOAWAY, `grace` for open streams), then `done`.
+  // Once `done` runs no handler is called again: a connection's on_disconnect has returned and
+  // no upgrade is between authenticate and its connection's start.
   void shutdown(std::chrono::milliseconds grace, const std::function<void()>& done);
 
  private:
@@ -95,6 +97,11 @@ class TunnelServer : public std::enable_shared_from_this<TunnelServer> {
   void on_ready(const std::shared_ptr<Connection>& connection, const PeerInfo& peer);
   void on_closed(const std::shared_ptr<Connection>& connection, const PeerInfo& peer,
                  boost::system::error_code code, const std::string& reason);
+  // An upgrade that is about to call the handlers holds one of these until its connection is
+  // started or refused; null once shutdown began (the upgrade is refused).
+  std::shared_ptr<void> enter_handlers();
+  // shutdown's `done` when nothing is left that could call a handler (under mutex_).
+  std::function<void()> take_finished_locked();
 
   boost::asio::io_context& io_;
   std::shared_ptr<boost::asio::ssl::context> tls_;
@@ -106,6 +113,7 @@ class TunnelServer : public std::enable_shared_from_this<TunnelServer> {
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, int>, std::shared_ptr<Connection>> registry_;
   std::vector<std::shared_ptr<Connection>> all_;  // every started connection, until closed
+  int upgrading_ = 0;                             // upgrades holding enter_handlers()
   std::function<void()> on_shutdown_;
 };
 

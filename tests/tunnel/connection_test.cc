@@ -332,6 +332,33 @@ TEST(ConnectionTest, CutConnectionFailsOpenStreamsAndTheClientReconnects) {
   EXPECT_EQ(client.unary("after the cut").second, "after the cut");
 }
 
+// The server's owner frees what its handlers use once shutdown says done: an agent that leaves
+// while the control plane stops must not have its disconnect handler still running then.
+TEST(ConnectionTest, ShutdownIsDoneOnlyAfterTheDisconnectHandlerOfALeavingAgentReturned) {
+  ServerHarness server;
+  std::atomic<int> in_handler{0};
+  std::promise<void> entered;
+  std::atomic<bool> first{true};
+  server.set_disconnect_handler([&] {
+    ++in_handler;
+    if (first.exchange(false)) entered.set_value();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    --in_handler;
+  });
+  {
+    ClientHarness client(client_options(server));
+    ASSERT_TRUE(client.wait_connected(1));
+  }  // the agent leaves
+  auto entered_future = entered.get_future();
+  wait_for(entered_future, "the disconnect handler");
+  std::promise<int> done;
+  server.server->shutdown(std::chrono::milliseconds(200),
+                          [&] { done.set_value(in_handler.load()); });
+  auto done_future = done.get_future();
+  EXPECT_EQ(wait_for(done_future, "the server's shutdown"), 0)
+      << "shutdown finished while a disconnect handler was still running";
+}
+
 TEST(ConnectionTest, SilentPeerIsDetectedAndReplaced) {
   ServerHarness server;
   testing::TcpRelay relay(server.port);

@@ -112,8 +112,13 @@ struct ServerHarness {
     };
     handlers.on_disconnect = [this](const tunnel::PeerInfo&, boost::system::error_code code,
                                     const std::string&) {
-      std::lock_guard<std::mutex> lock(mutex);
-      disconnect_codes.push_back(code);
+      std::function<void()> hook;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        disconnect_codes.push_back(code);
+        hook = on_disconnect;
+      }
+      if (hook) hook();
     };
     server = tunnel::TunnelServer::create(io.io(), tls.value(), std::move(options), handlers);
     auto listened = server->listen("127.0.0.1", 0);
@@ -125,12 +130,23 @@ struct ServerHarness {
     std::promise<void> stopped;
     server->shutdown(std::chrono::milliseconds(200), [&stopped] { stopped.set_value(); });
     auto future = stopped.get_future();
-    future.wait_for(std::chrono::seconds(10));
+    // After `done` the server calls none of this harness's handlers; without it the members
+    // they touch would be destroyed under them.
+    if (future.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      ADD_FAILURE() << "the tunnel server did not finish shutting down";
+      std::abort();
+    }
   }
 
   void set_stream_handler(std::function<void(std::shared_ptr<tunnel::Stream>)> handler) {
     std::lock_guard<std::mutex> lock(mutex);
     on_stream = std::move(handler);
+  }
+
+  // Runs after each disconnect has been recorded.
+  void set_disconnect_handler(std::function<void()> handler) {
+    std::lock_guard<std::mutex> lock(mutex);
+    on_disconnect = std::move(handler);
   }
 
   std::shared_ptr<tunnel::Connection> latest_connection() {
@@ -154,6 +170,7 @@ struct ServerHarness {
   std::vector<std::shared_ptr<tunnel::Connection>> connections;
   std::vector<boost::system::error_code> disconnect_codes;
   std::function<void(std::shared_ptr<tunnel::Stream>)> on_stream;
+  std::function<void()> on_disconnect;
 };
 
 struct ClientHarness {
