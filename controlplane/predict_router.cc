@@ -58,8 +58,12 @@ PredictRouter::Choice PredictRouter::consider(const Deployment& deployment,
       }
       const ReplicaState state = fleet_.replica(replica.node_id, replica.id);
       if (state.state != "ready") {
+        // "stopping" for a replica the scheduler assigns is the node's report of the replica's
+        // previous life (scaled to zero a moment ago, the same id assigned again): the agent
+        // loads it anew, so the call waits as at a cold start.
         const bool starting = state.state.empty() || state.state == "pending" ||
-                              state.state == "fetching" || state.state == "loading";
+                              state.state == "fetching" || state.state == "loading" ||
+                              state.state == "stopping";
         out.coming = out.coming || starting;
         if (not_ready.empty()) {
           not_ready = "replica " + replica.id + " on " + replica.node_id + " is " +
