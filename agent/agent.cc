@@ -178,6 +178,7 @@ void Agent::reload(const AgentConfig& config) {
   config_.max_streams = config.max_streams;
   config_.restart_backoff_max_seconds = config.restart_backoff_max_seconds;
   config_.idle_worker_seconds = config.idle_worker_seconds;
+  config_.spare_workers = config.spare_workers;
   reconciler_->update_limits(config_);
   LOG_NOTICE("agent.reloaded", "configuration reloaded");
   notifier_.ready();

@@ -20,10 +20,10 @@
 #include "agent/config.h"
 #include "agent/control_session.h"
 #include "agent/inventory.h"
-#include "agent/notifier.h"
 #include "agent/reconciler.h"
 #include "agent/status_server.h"
 #include "common/result.h"
+#include "common/service_notify.h"
 
 namespace outpost::agent {
 
@@ -49,7 +49,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
   // control_plane.proxy with the credentials of proxy_credentials_file, for the tunnel only:
   // config_.proxy stays as written, so that what is logged or compared on reload holds no secret.
   std::string tunnel_proxy_url_;
-  SystemdNotifier notifier_;
+  ServiceNotifier notifier_;
   Inventory inventory_;
   std::unique_ptr<ArtifactCache> artifacts_;
   std::shared_ptr<ControlSession> session_;

@@ -1,14 +1,12 @@
 #include "agent/artifact_cache.h"
 
-#include <array>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
-#include <openssl/evp.h>
-
 #include "common/log.h"
+#include "common/sha256.h"
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,24 +15,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool is_sha256_hex(const std::string& text) {
-  if (text.size() != 64) return false;
-  for (const char c : text) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
-std::string hex(const unsigned char* bytes, unsigned int size) {
-  static constexpr const char* kDigits = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < size; ++i) {
-    out += kDigits[bytes[i] >> 4];
-    out += kDigits[bytes[i] & 0xf];
-  }
-  return out;
-}
-
 class FileWriter final : public ArtifactCache::Writer {
  public:
   FileWriter(std::string partial, std::string final_path, std::string sha256, uint64_t size)
@@ -42,13 +22,9 @@ class FileWriter final : public ArtifactCache::Writer {
         final_path_(std::move(final_path)),
         sha256_(std::move(sha256)),
         size_(size),
-        out_(partial_, std::ios::binary | std::ios::trunc),
-        digest_(EVP_MD_CTX_new()) {
-    EVP_DigestInit_ex(digest_, EVP_sha256(), nullptr);
-  }
+        out_(partial_, std::ios::binary | std::ios::trunc) {}
 
   ~FileWriter() override {
-    EVP_MD_CTX_free(digest_);
     if (!committed_) {
       out_.close();
       ::unlink(partial_.c_str());
@@ -63,7 +39,7 @@ class FileWriter final : public ArtifactCache::Writer {
     }
     out_.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     if (!out_) return internal_error("cannot write " + partial_ + " (disk full?)");
-    EVP_DigestUpdate(digest_, bytes.data(), bytes.size());
+    digest_.update(bytes);
     written_ += bytes.size();
     return {};
   }
@@ -76,10 +52,7 @@ class FileWriter final : public ArtifactCache::Writer {
                                              std::to_string(written_) + " of " +
                                              std::to_string(size_) + " bytes");
     }
-    std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-    unsigned int digest_size = 0;
-    EVP_DigestFinal_ex(digest_, digest.data(), &digest_size);
-    const std::string actual = hex(digest.data(), digest_size);
+    const std::string actual = digest_.hex();
     if (actual != sha256_) {
       return Error(ErrorCode::kDataLoss, "artifact hash mismatch: expected " + sha256_ + ", got " +
                                              actual + " (corrupt or tampered)");
@@ -99,7 +72,7 @@ class FileWriter final : public ArtifactCache::Writer {
   uint64_t size_;
   uint64_t written_ = 0;
   std::ofstream out_;
-  EVP_MD_CTX* digest_;
+  Sha256 digest_;
   bool committed_ = false;
 };
 
@@ -145,23 +118,6 @@ Result<std::unique_ptr<ArtifactCache::Writer>> ArtifactCache::begin(const std::s
                               "." + std::to_string(counter.fetch_add(1));
   return std::unique_ptr<Writer>(
       std::make_unique<FileWriter>(partial, dir_ + "/" + sha256, sha256, size));
-}
-
-Result<std::string> sha256_of_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return invalid_argument("cannot read " + path);
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::array<char, 1 << 16> buffer{};
-  while (in) {
-    in.read(buffer.data(), buffer.size());
-    EVP_DigestUpdate(ctx, buffer.data(), static_cast<size_t>(in.gcount()));
-  }
-  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-  unsigned int size = 0;
-  EVP_DigestFinal_ex(ctx, digest.data(), &size);
-  EVP_MD_CTX_free(ctx);
-  return hex(digest.data(), size);
 }
 
 }  // namespace outpost::agent

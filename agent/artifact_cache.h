@@ -44,7 +44,4 @@ class ArtifactCache {
   uint64_t max_file_bytes_;
 };
 
-// Lower-case hex SHA-256 of a file, streaming.
-Result<std::string> sha256_of_file(const std::string& path);
-
 }  // namespace outpost::agent

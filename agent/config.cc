@@ -1,20 +1,24 @@
 #include "agent/config.h"
 
+#include <algorithm>
+#include <charconv>
 #include <fstream>
-#include <functional>
-#include <set>
+#include <optional>
 #include <sstream>
 
-#include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
 
 #include "agent/local_files.h"
 #include "common/quantity.h"
+#include "common/yaml_document.h"
 #include "tunnel/client.h"
 #include "tunnel/proxy.h"
 #include <unistd.h>
 
 namespace outpost::agent {
 namespace {
+
+using nlohmann::json;
 
 // Collects every problem in the file, each naming its key.
 class Problems {
@@ -34,65 +38,87 @@ class Problems {
   std::vector<std::string> lines_;
 };
 
-void check_keys(const YAML::Node& map, const std::string& prefix,
-                const std::set<std::string>& allowed, Problems& problems) {
-  std::set<std::string> seen;
-  for (const auto& item : map) {
-    const std::string key = item.first.IsScalar() ? item.first.Scalar() : "(a non-scalar key)";
-    // YAML readers disagree on a repeated key (yaml-cpp keeps the first): refuse it.
-    if (!seen.insert(key).second) {
-      problems.add(prefix + key, "appears more than once; write it once");
-    } else if (allowed.count(key) == 0) {
-      std::string known;
-      for (const auto& name : allowed) known += (known.empty() ? "" : ", ") + name;
-      problems.add(prefix + key, "unknown key (known here: " + known + ")");
+// The document is read with every scalar as written (YamlScalars::kStrings): each key below
+// says what it takes. `key` of `map`, or nullptr when the key is absent.
+const json* field(const json* map, std::string_view key) {
+  if (map == nullptr || !map->is_object()) return nullptr;
+  const auto it = map->find(key);
+  return it == map->end() ? nullptr : &*it;
+}
+
+void check_keys(const json& map, const std::string& prefix,
+                const std::vector<std::string_view>& allowed, Problems& problems) {
+  for (const auto& [key, value] : map.items()) {
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+      problems.add(prefix + key, "unknown key (" + unknown_key_hint(key, allowed) + ")");
     }
   }
 }
 
-bool is_map(const YAML::Node& node, const std::string& key, Problems& problems) {
-  if (!node) return false;
-  if (!node.IsMap()) {
+bool is_map(const json* node, const std::string& key, Problems& problems) {
+  if (node == nullptr) return false;
+  if (!node->is_object()) {
     problems.add(key, "must be a mapping");
     return false;
   }
   return true;
 }
 
-void read_string(const YAML::Node& node, const std::string& key, std::string& out,
-                 Problems& problems) {
-  if (!node) return;
-  if (!node.IsScalar()) {
+// The scalar's text, or nothing for a mapping, a list or an empty value.
+std::optional<std::string> scalar(const json* node) {
+  if (node == nullptr || !node->is_string()) return std::nullopt;
+  return node->get<std::string>();
+}
+
+void read_string(const json* node, const std::string& key, std::string& out, Problems& problems) {
+  if (node == nullptr) return;
+  auto text = scalar(node);
+  if (!text) {
     problems.add(key, "must be a string");
     return;
   }
-  out = node.as<std::string>();
+  out = std::move(*text);
 }
 
-void read_int(const YAML::Node& node, const std::string& key, int min, int max, int& out,
+void read_int(const json* node, const std::string& key, int min, int max, int& out,
               Problems& problems) {
-  if (!node) return;
-  try {
-    const int value = node.as<int>();
-    if (value < min || value > max) {
-      problems.add(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
-                            ", got " + std::to_string(value));
-      return;
-    }
-    out = value;
-  } catch (const YAML::Exception&) {
+  if (node == nullptr) return;
+  const auto text = scalar(node);
+  int64_t value = 0;
+  const char* begin = text ? text->data() : nullptr;
+  const char* end = text ? text->data() + text->size() : nullptr;
+  if (!text || text->empty() || std::from_chars(begin, end, value).ptr != end) {
     problems.add(key, "must be an integer");
+    return;
+  }
+  if (value < min || value > max) {
+    problems.add(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
+                          ", got " + std::to_string(value));
+    return;
+  }
+  out = static_cast<int>(value);
+}
+
+void read_bool(const json* node, const std::string& key, bool& out, Problems& problems) {
+  if (node == nullptr) return;
+  const auto text = scalar(node);
+  if (text == "true") {
+    out = true;
+  } else if (text == "false") {
+    out = false;
+  } else {
+    problems.add(key, "must be true or false");
   }
 }
 
-void read_memory(const YAML::Node& node, const std::string& key, uint64_t& out,
-                 Problems& problems) {
-  if (!node) return;
-  if (!node.IsScalar()) {
+void read_memory(const json* node, const std::string& key, uint64_t& out, Problems& problems) {
+  if (node == nullptr) return;
+  const auto text = scalar(node);
+  if (!text) {
     problems.add(key, "must be a quantity such as 2Gi");
     return;
   }
-  auto parsed = parse_memory_quantity(node.as<std::string>(), key);
+  auto parsed = parse_memory_quantity(*text, key);
   if (!parsed.ok()) {
     problems.add(key, parsed.error().message().substr(key.size() + 2));
     return;
@@ -133,54 +159,54 @@ std::string_view slicing_mode_name(SlicingMode mode) {
 namespace {
 
 Result<AgentConfig> parse_document(const std::string& yaml_text, const std::string& source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    return invalid_argument(source + " is not valid YAML: " + e.what());
+  auto document = parse_yaml(yaml_text, YamlScalars::kStrings);
+  if (!document.ok()) {
+    return invalid_argument(source + " is not valid YAML: " + document.error().message());
   }
+  const json& root = document.value();
   AgentConfig config;
   Problems problems;
-  if (!root || root.IsNull()) {
+  if (root.is_null()) {
     problems.add("control_plane.url", "missing (the control plane's wss:// URL)");
     return invalid_argument(problems.text(source));
   }
-  if (!root.IsMap()) return invalid_argument(source + ": the top level must be a mapping");
+  if (!root.is_object()) return invalid_argument(source + ": the top level must be a mapping");
   check_keys(root, "",
              {"control_plane", "node", "state_dir", "runtime_dir", "reserved", "devices", "workers",
               "inventory_override", "log_level"},
              problems);
 
-  const YAML::Node cp = root["control_plane"];
+  const json* cp = field(&root, "control_plane");
   if (is_map(cp, "control_plane", problems)) {
-    check_keys(cp, "control_plane.",
+    check_keys(*cp, "control_plane.",
                {"url", "ca_file", "pins", "proxy", "proxy_credentials_file", "connections",
                 "keepalive_seconds", "dead_after_seconds", "reconnect_max_seconds"},
                problems);
-    read_string(cp["url"], "control_plane.url", config.control_plane_url, problems);
-    read_string(cp["ca_file"], "control_plane.ca_file", config.ca_file, problems);
-    read_string(cp["proxy"], "control_plane.proxy", config.proxy, problems);
-    read_string(cp["proxy_credentials_file"], "control_plane.proxy_credentials_file",
+    read_string(field(cp, "url"), "control_plane.url", config.control_plane_url, problems);
+    read_string(field(cp, "ca_file"), "control_plane.ca_file", config.ca_file, problems);
+    read_string(field(cp, "proxy"), "control_plane.proxy", config.proxy, problems);
+    read_string(field(cp, "proxy_credentials_file"), "control_plane.proxy_credentials_file",
                 config.proxy_credentials_file, problems);
-    read_int(cp["connections"], "control_plane.connections", 1, 16, config.connections, problems);
-    read_int(cp["keepalive_seconds"], "control_plane.keepalive_seconds", 1, 3600,
+    read_int(field(cp, "connections"), "control_plane.connections", 1, 16, config.connections,
+             problems);
+    read_int(field(cp, "keepalive_seconds"), "control_plane.keepalive_seconds", 1, 3600,
              config.keepalive_seconds, problems);
-    read_int(cp["dead_after_seconds"], "control_plane.dead_after_seconds", 2, 7200,
+    read_int(field(cp, "dead_after_seconds"), "control_plane.dead_after_seconds", 2, 7200,
              config.dead_after_seconds, problems);
-    read_int(cp["reconnect_max_seconds"], "control_plane.reconnect_max_seconds", 1, 300,
+    read_int(field(cp, "reconnect_max_seconds"), "control_plane.reconnect_max_seconds", 1, 300,
              config.reconnect_max_seconds, problems);
     if (config.dead_after_seconds <= config.keepalive_seconds) {
       problems.add("control_plane.dead_after_seconds",
                    "must be longer than keepalive_seconds (" +
                        std::to_string(config.keepalive_seconds) + ")");
     }
-    if (const YAML::Node pins = cp["pins"]) {
-      if (!pins.IsSequence()) {
+    if (const json* pins = field(cp, "pins")) {
+      if (!pins->is_array()) {
         problems.add("control_plane.pins", "must be a list of sha256/<base64> pins");
       } else {
-        for (size_t i = 0; i < pins.size(); ++i) {
+        for (size_t i = 0; i < pins->size(); ++i) {
           std::string pin;
-          read_string(pins[i], "control_plane.pins[" + std::to_string(i) + "]", pin, problems);
+          read_string(&(*pins)[i], "control_plane.pins[" + std::to_string(i) + "]", pin, problems);
           config.pins.push_back(pin);
         }
       }
@@ -213,20 +239,21 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
     }
   }
 
-  const YAML::Node node = root["node"];
+  const json* node = field(&root, "node");
   if (is_map(node, "node", problems)) {
-    check_keys(node, "node.", {"name", "join_token_file"}, problems);
-    read_string(node["name"], "node.name", config.node_name, problems);
-    read_string(node["join_token_file"], "node.join_token_file", config.join_token_file, problems);
+    check_keys(*node, "node.", {"name", "join_token_file"}, problems);
+    read_string(field(node, "name"), "node.name", config.node_name, problems);
+    read_string(field(node, "join_token_file"), "node.join_token_file", config.join_token_file,
+                problems);
   }
   if (config.node_name.empty()) config.node_name = host_name();
   if (config.node_name.size() > 63) problems.add("node.name", "longer than 63 characters");
 
-  read_string(root["state_dir"], "state_dir", config.state_dir, problems);
-  read_string(root["runtime_dir"], "runtime_dir", config.runtime_dir, problems);
-  read_string(root["inventory_override"], "inventory_override", config.inventory_override,
+  read_string(field(&root, "state_dir"), "state_dir", config.state_dir, problems);
+  read_string(field(&root, "runtime_dir"), "runtime_dir", config.runtime_dir, problems);
+  read_string(field(&root, "inventory_override"), "inventory_override", config.inventory_override,
               problems);
-  read_string(root["log_level"], "log_level", config.log_level, problems);
+  read_string(field(&root, "log_level"), "log_level", config.log_level, problems);
   if (config.log_level != "error" && config.log_level != "warning" &&
       config.log_level != "notice" && config.log_level != "info" && config.log_level != "debug") {
     problems.add("log_level", "must be one of error, warning, notice, info, debug");
@@ -242,46 +269,46 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
                      std::to_string(kMaxSocketPath - suffix) + " characters)");
   }
 
-  const YAML::Node reserved = root["reserved"];
+  const json* reserved = field(&root, "reserved");
   if (is_map(reserved, "reserved", problems)) {
-    check_keys(reserved, "reserved.", {"cpu", "memory", "accelerator_memory"}, problems);
-    if (const YAML::Node cpu = reserved["cpu"]) {
-      auto parsed = parse_cpu_quantity(cpu.IsScalar() ? cpu.Scalar() : "", "reserved.cpu");
+    check_keys(*reserved, "reserved.", {"cpu", "memory", "accelerator_memory"}, problems);
+    if (const json* cpu = field(reserved, "cpu")) {
+      auto parsed = parse_cpu_quantity(scalar(cpu).value_or(""), "reserved.cpu");
       if (parsed.ok()) {
         config.reserved_cpu_millicores = parsed.value();
       } else {
         problems.add("reserved.cpu", "must be cores such as 1 or 500m");
       }
     }
-    read_memory(reserved["memory"], "reserved.memory", config.reserved_memory_bytes, problems);
-    read_memory(reserved["accelerator_memory"], "reserved.accelerator_memory",
+    read_memory(field(reserved, "memory"), "reserved.memory", config.reserved_memory_bytes,
+                problems);
+    read_memory(field(reserved, "accelerator_memory"), "reserved.accelerator_memory",
                 config.reserved_accelerator_memory_bytes, problems);
   }
 
-  const YAML::Node devices = root["devices"];
+  const json* devices = field(&root, "devices");
   if (is_map(devices, "devices", problems)) {
-    check_keys(devices, "devices.", {"slicing", "gpus"}, problems);
-    if (const YAML::Node slicing = devices["slicing"]) {
-      const auto mode = parse_slicing(slicing.IsScalar() ? slicing.Scalar() : "");
+    check_keys(*devices, "devices.", {"slicing", "gpus"}, problems);
+    if (const json* slicing = field(devices, "slicing")) {
+      const auto mode = parse_slicing(scalar(slicing).value_or(""));
       if (mode) {
         config.default_slicing = *mode;
       } else {
         problems.add("devices.slicing", "must be fraction, mps, mig or timeslice");
       }
     }
-    if (const YAML::Node gpus = devices["gpus"]) {
-      if (!gpus.IsMap()) {
+    if (const json* gpus = field(devices, "gpus")) {
+      if (!gpus->is_object()) {
         problems.add("devices.gpus", "must map GPU indexes to slicing modes, e.g. {0: mps}");
       } else {
-        for (const auto& item : gpus) {
-          const std::string key =
-              "devices.gpus." + (item.first.IsScalar() ? item.first.Scalar() : "?");
+        for (const auto& [name, value] : gpus->items()) {
+          const std::string key = "devices.gpus." + name;
           int index = -1;
-          try {
-            index = item.first.as<int>();
-          } catch (const YAML::Exception&) {
+          if (std::from_chars(name.data(), name.data() + name.size(), index).ptr !=
+              name.data() + name.size()) {
+            index = -1;
           }
-          const auto mode = parse_slicing(item.second.IsScalar() ? item.second.Scalar() : "");
+          const auto mode = parse_slicing(scalar(&value).value_or(""));
           if (index < 0 || index > 63) {
             problems.add(key, "the key must be a GPU index (0-63)");
           } else if (!mode) {
@@ -294,23 +321,26 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
     }
   }
 
-  const YAML::Node workers = root["workers"];
+  const json* workers = field(&root, "workers");
   if (is_map(workers, "workers", problems)) {
-    check_keys(workers, "workers.",
+    check_keys(*workers, "workers.",
                {"binary", "max_workers", "max_inflight_per_replica", "max_streams",
-                "restart_backoff_max_seconds", "threads", "idle_seconds"},
+                "restart_backoff_max_seconds", "threads", "idle_seconds", "spare"},
                problems);
-    read_string(workers["binary"], "workers.binary", config.worker_binary, problems);
-    read_int(workers["max_workers"], "workers.max_workers", 1, 256, config.max_workers, problems);
-    read_int(workers["max_inflight_per_replica"], "workers.max_inflight_per_replica", 1, 100000,
-             config.max_inflight_per_replica, problems);
-    read_int(workers["max_streams"], "workers.max_streams", 1, 1000000, config.max_streams,
+    read_string(field(workers, "binary"), "workers.binary", config.worker_binary, problems);
+    read_int(field(workers, "max_workers"), "workers.max_workers", 1, 256, config.max_workers,
              problems);
-    read_int(workers["restart_backoff_max_seconds"], "workers.restart_backoff_max_seconds", 1, 3600,
-             config.restart_backoff_max_seconds, problems);
-    read_int(workers["threads"], "workers.threads", 0, 1024, config.worker_threads, problems);
-    read_int(workers["idle_seconds"], "workers.idle_seconds", 0, 86400, config.idle_worker_seconds,
+    read_int(field(workers, "max_inflight_per_replica"), "workers.max_inflight_per_replica", 1,
+             100000, config.max_inflight_per_replica, problems);
+    read_int(field(workers, "max_streams"), "workers.max_streams", 1, 1000000, config.max_streams,
              problems);
+    read_int(field(workers, "restart_backoff_max_seconds"), "workers.restart_backoff_max_seconds",
+             1, 3600, config.restart_backoff_max_seconds, problems);
+    read_int(field(workers, "threads"), "workers.threads", 0, 1024, config.worker_threads,
+             problems);
+    read_int(field(workers, "idle_seconds"), "workers.idle_seconds", 0, 86400,
+             config.idle_worker_seconds, problems);
+    read_bool(field(workers, "spare"), "workers.spare", config.spare_workers, problems);
   }
 
   if (!problems.empty()) return invalid_argument(problems.text(source));
@@ -320,12 +350,7 @@ Result<AgentConfig> parse_document(const std::string& yaml_text, const std::stri
 }  // namespace
 
 Result<AgentConfig> parse_agent_config(const std::string& yaml_text, const std::string& source) {
-  try {
-    return parse_document(yaml_text, source);
-  } catch (const YAML::Exception& e) {
-    // A shape the checks above did not foresee: still an error about the file, never a crash.
-    return invalid_argument(source + ": " + e.what());
-  }
+  return parse_document(yaml_text, source);
 }
 
 Result<AgentConfig> load_agent_config(const std::string& path) {

@@ -62,6 +62,10 @@ struct AgentConfig {
   // so that a replica placed on its device again (a cold start after scaling to zero) skips
   // the process start. 0: stop it at once.
   int idle_worker_seconds = 300;
+  // Each device whose replicas share one worker keeps that worker started while no replica is
+  // placed there (from the agent's start on), so that the first load on the device, and a scale
+  // from zero, pay only the model's own load. MPS devices (one worker per replica) have none.
+  bool spare_workers = true;
   int worker_threads = 0;  // intra-op threads per worker; 0: the worker decides
 
   // A JSON file that replaces hardware detection (tests, and hosts whose NVML lies). Named as

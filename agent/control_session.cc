@@ -14,26 +14,6 @@ namespace {
 
 constexpr auto kEnrollmentRetry = std::chrono::seconds(60);
 
-ErrorCode code_from_name(const std::string& name) {
-  static constexpr std::pair<const char*, ErrorCode> kNames[] = {
-      {"invalid_argument", ErrorCode::kInvalidArgument},
-      {"not_found", ErrorCode::kNotFound},
-      {"already_exists", ErrorCode::kAlreadyExists},
-      {"unauthenticated", ErrorCode::kUnauthenticated},
-      {"permission_denied", ErrorCode::kPermissionDenied},
-      {"resource_exhausted", ErrorCode::kResourceExhausted},
-      {"failed_precondition", ErrorCode::kFailedPrecondition},
-      {"unavailable", ErrorCode::kUnavailable},
-      {"deadline_exceeded", ErrorCode::kDeadlineExceeded},
-      {"cancelled", ErrorCode::kCancelled},
-      {"data_loss", ErrorCode::kDataLoss},
-  };
-  for (const auto& [text, code] : kNames) {
-    if (name == text) return code;
-  }
-  return ErrorCode::kInternal;
-}
-
 tunnel::ClientOptions tunnel_options(const AgentConfig& config, const std::string& credential,
                                      int connections) {
   tunnel::ClientOptions options;
@@ -67,8 +47,9 @@ std::optional<Error> error_from_document(const nlohmann::json& document) {
   if (!document.is_object()) return std::nullopt;
   const auto it = document.find("error");
   if (it == document.end() || !it->is_object()) return std::nullopt;
-  return Error(code_from_name(string_field_or(*it, "code", "internal")),
-               string_field_or(*it, "message", "the control plane gave no message"));
+  return Error(
+      error_code_from_name(string_field_or(*it, "code", "internal")).value_or(ErrorCode::kInternal),
+      string_field_or(*it, "message", "the control plane gave no message"));
 }
 
 ControlSession::ControlSession(boost::asio::io_context& io, AgentConfig config,

@@ -1,6 +1,5 @@
 #include "agent/local_files.h"
 
-#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -8,6 +7,7 @@
 #include <set>
 
 #include "agent/config.h"
+#include "common/url.h"
 #include "tunnel/proxy.h"
 #include <fcntl.h>
 #include <pwd.h>
@@ -129,22 +129,6 @@ Status check_tree(const std::string& key, const std::string& dir) {
     return failed_precondition(key + ": cannot read what is in " + dir + ": " + ec.message());
   }
   return {};
-}
-
-std::string percent_encode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (const char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (std::isalnum(byte) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += c;
-    } else {
-      out += '%';
-      out += kHex[byte >> 4];
-      out += kHex[byte & 0xF];
-    }
-  }
-  return out;
 }
 
 }  // namespace
@@ -277,10 +261,13 @@ Result<std::string> tunnel_proxy_url(const AgentConfig& config) {
   OUTPOST_ASSIGN_OR_RETURN(const tunnel::ProxyConfig proxy, tunnel::parse_proxy_url(config.proxy));
   OUTPOST_ASSIGN_OR_RETURN(const ProxyCredentials credentials,
                            read_proxy_credentials(config.proxy_credentials_file));
-  const std::string host =
-      proxy.host.find(':') != std::string::npos ? "[" + proxy.host + "]" : proxy.host;
-  return "http://" + percent_encode(credentials.username) + ":" +
-         percent_encode(credentials.password) + "@" + host + ":" + std::to_string(proxy.port);
+  Url url;
+  url.scheme = "http";
+  url.host = proxy.host;
+  url.port = proxy.port;
+  url.user = credentials.username;
+  url.password = credentials.password;
+  return format_url(url);
 }
 
 std::vector<std::string> inline_secret_keys(const AgentConfig& config) {

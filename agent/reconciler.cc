@@ -108,7 +108,8 @@ Reconciler::Reconciler(boost::asio::io_context& io, AgentConfig config, Inventor
       max_streams_(config_.max_streams),
       max_workers_(config_.max_workers),
       restart_backoff_max_seconds_(config_.restart_backoff_max_seconds),
-      idle_worker_seconds_(config_.idle_worker_seconds) {
+      idle_worker_seconds_(config_.idle_worker_seconds),
+      spare_workers_(config_.spare_workers) {
   cleanup_leftover_workers();
   last_pass_ms_ = std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
   thread_ = std::thread([this] { run(); });
@@ -143,6 +144,7 @@ void Reconciler::update_limits(const AgentConfig& config) {
   max_workers_ = config.max_workers;
   restart_backoff_max_seconds_ = config.restart_backoff_max_seconds;
   idle_worker_seconds_ = config.idle_worker_seconds;
+  spare_workers_ = config.spare_workers;
   wake_.notify_all();  // a pass now: a higher max_workers may let waiting replicas start
 }
 
@@ -317,7 +319,10 @@ void Reconciler::pass() {
     std::set<std::string> planned;
     for (const auto& plan : placement.workers) planned.insert(plan.worker_id);
     for (auto& [id, worker] : workers_) {
-      if (planned.count(id) == 0) worker->plan.replica_ids.clear();
+      if (planned.count(id) == 0) {
+        worker->plan.replica_ids.clear();
+        worker->spare = false;  // step 6 says again whether it is one
+      }
       workers.push_back(worker);
     }
   }
@@ -355,7 +360,20 @@ void Reconciler::pass() {
     }
   }
 
-  // 6. Forget stopped replicas and stop idle workers.
+  // 6. Warm spares, after the loads so that they never delay one: a device without replicas
+  // keeps its shared worker started.
+  const std::vector<WorkerPlan> spares = spare_plans(placement);
+  for (const auto& plan : spares) ensure_worker(plan, true);
+  for (const auto& plan : spares) {
+    std::shared_ptr<Worker> worker;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      worker = workers_.at(plan.worker_id);
+    }
+    check_worker(*worker);
+  }
+
+  // 7. Forget stopped replicas and stop idle workers.
   std::vector<std::shared_ptr<Worker>> idle;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -371,6 +389,7 @@ void Reconciler::pass() {
     }
     std::set<std::string> planned;
     for (const auto& plan : placement.workers) planned.insert(plan.worker_id);
+    for (const auto& plan : spares) planned.insert(plan.worker_id);
     const auto now = Clock::now();
     const auto keep_for = seconds(idle_worker_seconds_.load());
     size_t kept = 0;
@@ -383,9 +402,9 @@ void Reconciler::pass() {
       }
       // Kept for a while if the next replica of its device would use it again (a device's
       // shared worker, not an mps or MIG worker of one replica) and a worker slot is free.
-      const bool reusable =
-          worker.plan.worker_id == worker.plan.device_id && worker.process &&
-          placement.workers.size() + kept < static_cast<size_t>(max_workers_.load());
+      const bool reusable = worker.plan.worker_id == worker.plan.device_id && worker.process &&
+                            placement.workers.size() + spares.size() + kept <
+                                static_cast<size_t>(max_workers_.load());
       if (reusable && keep_for.count() > 0) {
         if (!worker.idle_since) {
           worker.idle_since = now;
@@ -467,14 +486,39 @@ std::string Reconciler::worker_binary() const {
   return locate_worker_binary().value_or(kInstalledWorkerBinary);
 }
 
-void Reconciler::ensure_worker(const WorkerPlan& plan) {
+std::vector<WorkerPlan> Reconciler::spare_plans(const Placement& placement) const {
+  std::vector<WorkerPlan> out;
+  if (!spare_workers_.load()) return out;
+  std::set<std::string> busy_devices;
+  for (const auto& plan : placement.workers) {
+    if (plan.worker_id == plan.device_id) busy_devices.insert(plan.device_id);
+  }
+  // Spares take only the worker slots that planned workers leave free.
+  size_t slots = placement.workers.size();
+  for (const auto& device : devices_) {
+    if (device.slicing == SlicingMode::kMps || busy_devices.count(device.id) != 0) continue;
+    if (slots >= static_cast<size_t>(max_workers_.load())) break;
+    ++slots;
+    WorkerPlan plan;  // what place() plans for the device's shared worker, with no replica yet
+    plan.worker_id = device.id;
+    plan.device_id = device.id;
+    plan.slicing = device.slicing;
+    plan.memory_limit_bytes = device.memory_bytes;
+    out.push_back(std::move(plan));
+  }
+  return out;
+}
+
+void Reconciler::ensure_worker(const WorkerPlan& plan, bool spare) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto& worker = workers_[plan.worker_id];
   if (!worker) {
     worker = std::make_shared<Worker>();
     LOG_INFO("agent.worker_planned", "worker " << plan.worker_id << " on " << plan.device_id << " ("
-                                               << slicing_mode_name(plan.slicing) << ")");
+                                               << slicing_mode_name(plan.slicing)
+                                               << (spare ? ", warm spare" : "") << ")");
   }
+  worker->spare = spare;
   worker->plan = plan;
   for (const auto& id : plan.replica_ids) {
     if (auto it = replicas_.find(id); it != replicas_.end()) it->second->worker_id = plan.worker_id;
@@ -581,7 +625,8 @@ void Reconciler::check_worker(Worker& worker) {
       }
     }
   }
-  if (!worker.process && Clock::now() >= worker.next_start && !worker.plan.replica_ids.empty()) {
+  if (!worker.process && Clock::now() >= worker.next_start &&
+      (!worker.plan.replica_ids.empty() || worker.spare)) {
     ++worker.restarts;
     if (Status started = start_worker(worker); !started.ok()) {
       worker.crashes_in_a_row++;
@@ -736,6 +781,7 @@ nlohmann::json Reconciler::status() const {
                        {"pid", worker->pid.load()},
                        {"restarts", worker->restarts > 0 ? worker->restarts - 1 : 0},
                        {"last_exit", worker->last_exit},
+                       {"spare", worker->spare},
                        {"replicas", worker->plan.replica_ids}});
   }
   out["workers"] = workers;

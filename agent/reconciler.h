@@ -8,7 +8,9 @@
 //   2. placement puts replicas on devices and workers (agent/placement.h);
 //   3. every planned worker runs (a crashed one is restarted with backoff, its replicas
 //      reported not ready meanwhile) and every placed replica with its artifacts is loaded;
-//   4. replicas no longer wanted are unloaded (the worker drains them), idle workers stopped.
+//   4. replicas no longer wanted are unloaded (the worker drains them), idle workers stopped;
+//   5. a device with no replica keeps its shared worker started, model-less, as a warm spare
+//      (workers.spare), so that a replica placed there later skips the process start.
 // State changes are reported up at once (node.report) and every 5 s.
 //
 // Routing runs on the I/O threads and never waits: a predict stream goes to the ready replica
@@ -106,13 +108,15 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
     std::chrono::steady_clock::time_point started_at{};
     // Since when it holds no replica (workers.idle_seconds keeps it that long).
     std::optional<std::chrono::steady_clock::time_point> idle_since;
+    bool spare = false;  // started with no replica, for the next one of its device
     std::string last_exit;
   };
 
   void run();
   void pass();
   void fetch_missing(Replica& replica, const std::shared_ptr<Replica>& handle);
-  void ensure_worker(const WorkerPlan& plan);
+  void ensure_worker(const WorkerPlan& plan, bool spare = false);
+  std::vector<WorkerPlan> spare_plans(const Placement& placement) const;
   void check_worker(Worker& worker);
   Status start_worker(Worker& worker);
   void load_replica(Worker& worker, Replica& replica);
@@ -147,6 +151,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   std::atomic<int> max_workers_;
   std::atomic<int> restart_backoff_max_seconds_;
   std::atomic<int> idle_worker_seconds_;
+  std::atomic<bool> spare_workers_;
 
   bool stopping_ = false;
   std::function<void()> on_stopped_;

@@ -8,6 +8,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "common/yaml_document.h"
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -36,22 +37,34 @@ Result<CliConfig> load_cli_config() {
     return Error(ErrorCode::kNotFound, "not logged in (no " + path +
                                            "): run `outpost login --base-url https://HOST:PORT`");
   }
-  // yaml-cpp reports errors by exception; they stay in this function.
-  try {
-    const YAML::Node doc = YAML::LoadFile(path);
-    CliConfig config;
-    if (doc["base_url"]) config.base_url = doc["base_url"].as<std::string>();
-    if (doc["ca_file"]) config.ca_file = doc["ca_file"].as<std::string>();
-    if (doc["user_id"]) config.user_id = doc["user_id"].as<std::string>();
-    if (doc["pat"]) config.pat = doc["pat"].as<std::string>();
-    if (config.base_url.empty()) {
-      return invalid_argument(path + " has no base_url: run `outpost login` again");
-    }
-    return config;
-  } catch (const std::exception& e) {
-    return invalid_argument("cannot read " + path + ": " + e.what() +
-                            " (run `outpost login` again)");
+  auto doc = load_yaml_file(path, YamlScalars::kStrings);
+  if (!doc.ok()) {
+    return invalid_argument(path + ": " + doc.error().message() + " (run `outpost login` again)");
   }
+  if (!doc->is_object()) {
+    return invalid_argument(path + " is not a mapping of settings: run `outpost login` again");
+  }
+  CliConfig config;
+  for (const auto& [key, value] : doc->items()) {
+    std::string* field = key == "base_url"  ? &config.base_url
+                         : key == "ca_file" ? &config.ca_file
+                         : key == "user_id" ? &config.user_id
+                         : key == "pat"     ? &config.pat
+                                            : nullptr;
+    if (field == nullptr) {
+      return invalid_argument(path + ": unknown key " + key + " (" +
+                              unknown_key_hint(key, {"base_url", "ca_file", "user_id", "pat"}) +
+                              ")");
+    }
+    if (!value.is_string() && !value.is_null()) {
+      return invalid_argument(path + ": " + key + " must be a string (run `outpost login` again)");
+    }
+    if (value.is_string()) *field = value.get<std::string>();
+  }
+  if (config.base_url.empty()) {
+    return invalid_argument(path + " has no base_url: run `outpost login` again");
+  }
+  return config;
 }
 
 Status save_cli_config(const CliConfig& config) {

@@ -11,6 +11,7 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/url.h"
 #include "tunnel/run_one_operation.h"
 #include "tunnel/tls.h"
 
@@ -25,42 +26,27 @@ using boost::system::error_code;
 using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
 Result<BaseUrl> parse_base_url(std::string_view url) {
-  constexpr std::string_view kScheme = "https://";
-  if (url.substr(0, kScheme.size()) != kScheme) {
-    if (url.substr(0, 7) == "http://") {
-      return invalid_argument("the base URL must use https:// (tokens never travel in clear)");
-    }
-    return invalid_argument("the base URL must look like https://host[:port]");
+  auto parsed = parse_url(url);
+  if (!parsed.ok()) {
+    return invalid_argument("the base URL must look like https://host[:port]: " +
+                            parsed.error().message());
   }
-  url.remove_prefix(kScheme.size());
-  const auto slash = url.find('/');
-  std::string_view authority = url.substr(0, slash);
+  if (parsed->scheme == "http") {
+    return invalid_argument("the base URL must use https:// (tokens never travel in clear)");
+  }
+  if (parsed->scheme != "https") {
+    return invalid_argument("the base URL must look like https://host[:port], not " +
+                            parsed->scheme + "://");
+  }
+  if (parsed->user.has_value()) {
+    return invalid_argument("the base URL may not hold user:password@ (log in with a token)");
+  }
+  if (parsed->query.has_value()) return invalid_argument("the base URL may not hold a query (?)");
   BaseUrl out;
-  if (slash != std::string_view::npos) out.path = std::string(url.substr(slash));
+  out.host = parsed->host;
+  out.port = parsed->port;
+  out.path = parsed->path;
   while (!out.path.empty() && out.path.back() == '/') out.path.pop_back();
-  std::string_view port;
-  if (!authority.empty() && authority.front() == '[') {
-    const auto close = authority.find(']');
-    if (close == std::string_view::npos) return invalid_argument("bad IPv6 address in the URL");
-    out.host = std::string(authority.substr(1, close - 1));
-    if (close + 1 < authority.size() && authority[close + 1] == ':') {
-      port = authority.substr(close + 2);
-    }
-  } else {
-    const auto colon = authority.rfind(':');
-    out.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port = authority.substr(colon + 1);
-  }
-  if (out.host.empty()) return invalid_argument("the base URL has no host");
-  if (!port.empty()) {
-    int value = 0;
-    for (const char c : port) {
-      if (c < '0' || c > '9' || value > 65535) return invalid_argument("bad port in the base URL");
-      value = value * 10 + (c - '0');
-    }
-    if (value == 0 || value > 65535) return invalid_argument("bad port in the base URL");
-    out.port = static_cast<uint16_t>(value);
-  }
   return out;
 }
 
@@ -218,11 +204,7 @@ class HttpClientImpl final : public HttpClient {
   }
 
  private:
-  std::string host_header() const {
-    const std::string host =
-        base_.host.find(':') != std::string::npos ? "[" + base_.host + "]" : base_.host;
-    return base_.port == 443 ? host : host + ":" + std::to_string(base_.port);
-  }
+  std::string host_header() const { return Url::host_header(base_.host, base_.port, 443); }
 
   template <class Body>
   void prepare(http::request<Body>& request, std::string_view method, const std::string& path,

@@ -6,9 +6,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <vector>
 
-#include <yaml-cpp/yaml.h>
+#include "protocol/model_config.h"
 
 namespace outpost::cli {
 
@@ -85,18 +86,14 @@ Status write_package_archive(const std::string& dir, const std::string& archive)
 
 Result<std::string> package_model_id(const std::string& dir) {
   const std::string path = dir + "/config.yaml";
-  // yaml-cpp reports errors by exception; they stay in this function.
-  try {
-    const YAML::Node doc = YAML::LoadFile(path);
-    if (!doc["model"] || !doc["model"]["id"]) {
-      return invalid_argument(path + ": model.id is required");
-    }
-    return doc["model"]["id"].as<std::string>();
-  } catch (const YAML::BadFile&) {
-    return invalid_argument("cannot read " + path + " (a package needs a config.yaml)");
-  } catch (const std::exception& e) {
-    return invalid_argument(path + ": " + e.what());
-  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return invalid_argument("cannot read " + path + " (a package needs a config.yaml)");
+  std::ostringstream text;
+  text << in.rdbuf();
+  // The worker's own reading of config.yaml: a package the upload would refuse fails here.
+  auto config = protocol::parse_model_config(text.str());
+  if (!config.ok()) return invalid_argument(dir + "/" + config.error().message());
+  return config->model_id;
 }
 
 }  // namespace outpost::cli

@@ -32,6 +32,14 @@ std::string_view error_code_name(ErrorCode code) {
   return "unknown";
 }
 
+std::optional<ErrorCode> error_code_from_name(std::string_view name) {
+  for (int i = 0; i <= static_cast<int>(ErrorCode::kInternal); ++i) {
+    const auto code = static_cast<ErrorCode>(i);
+    if (error_code_name(code) == name) return code;
+  }
+  return std::nullopt;
+}
+
 std::string Error::to_string() const {
   std::string out(error_code_name(code_));
   out += ": ";

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cassert>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -26,9 +27,13 @@ enum class ErrorCode {
   kCancelled,           // someone asked to stop
   kDataLoss,            // corrupt or truncated data
   kInternal,            // a bug or an environment failure we did not expect
+  // kInternal stays last: error_code_from_name walks the codes up to it.
 };
 
+// "invalid_argument", "not_found", ...
 std::string_view error_code_name(ErrorCode code);
+// The inverse of error_code_name; nothing for a name it never returns.
+std::optional<ErrorCode> error_code_from_name(std::string_view name);
 
 class Error {
  public:

@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 
 #include "common/log.h"
+#include "common/sha256.h"
 #include "controlplane/control_messages.h"
 #include "controlplane/document.h"
 #include "controlplane/predict_router.h"

@@ -1,19 +1,13 @@
 #include "controlplane/artifact_store.h"
 
-#include <algorithm>
 #include <filesystem>
 
+#include "common/sha256.h"
 #include <sys/stat.h>
 
 namespace outpost::control {
 
 namespace fs = std::filesystem;
-
-bool is_sha256_hex(const std::string& text) {
-  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
-}
 
 Result<ArtifactStore> ArtifactStore::create(std::string root) {
   std::error_code ec;

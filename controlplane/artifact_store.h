@@ -26,7 +26,4 @@ class ArtifactStore {
   std::string root_;
 };
 
-// True for 64 lower-case hex digits.
-bool is_sha256_hex(const std::string& text);
-
 }  // namespace outpost::control

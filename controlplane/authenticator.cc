@@ -1,5 +1,6 @@
 #include "controlplane/authenticator.h"
 
+#include "common/sha256.h"
 #include "controlplane/secrets.h"
 
 namespace outpost::control {

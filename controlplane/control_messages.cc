@@ -120,14 +120,6 @@ std::string error_message(const Error& error) {
       .dump();
 }
 
-ErrorCode error_code_from_name(std::string_view name) {
-  for (int i = 0; i <= static_cast<int>(ErrorCode::kInternal); ++i) {
-    const auto code = static_cast<ErrorCode>(i);
-    if (error_code_name(code) == name) return code;
-  }
-  return ErrorCode::kInternal;
-}
-
 std::optional<Error> agent_error(const json& message) {
   if (!message.is_object()) return std::nullopt;
   const auto it = message.find("error");
@@ -142,7 +134,7 @@ std::optional<Error> agent_error(const json& message) {
   } else if (it->is_string()) {
     text = it->get<std::string>();
   }
-  return Error(error_code_from_name(code), text);
+  return Error(error_code_from_name(code).value_or(ErrorCode::kInternal), text);
 }
 
 }  // namespace outpost::control

@@ -47,6 +47,5 @@ Status check_inventory(const nlohmann::json& inventory);
 std::string error_message(const Error& error);
 // The Error in an agent's {"error": {...}} answer, if it is one.
 std::optional<Error> agent_error(const nlohmann::json& message);
-ErrorCode error_code_from_name(std::string_view name);
 
 }  // namespace outpost::control

@@ -11,6 +11,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "common/log.h"
+#include "common/service_notify.h"
 #include "common/worker_binary.h"
 #include "controlplane/agent_service.h"
 #include "controlplane/api.h"
@@ -23,7 +24,6 @@
 #include "controlplane/model_inspector.h"
 #include "controlplane/predict_router.h"
 #include "controlplane/scaling.h"
-#include "controlplane/service_notify.h"
 #include "controlplane/store.h"
 #include "controlplane/url_fetcher.h"
 #include "tunnel/server.h"
@@ -177,9 +177,9 @@ class ControlPlane::Impl {
     }
     scaling_timer_ = std::make_unique<asio::steady_timer>(*io_);
     arm_scaling();
-    notify_service_manager("READY=1\nSTATUS=serving on port " + std::to_string(port));
-    if (auto interval = watchdog_interval()) {
-      watchdog_interval_ = *interval;
+    notifier_.ready();
+    notifier_.status("serving on port " + std::to_string(port));
+    if (notifier_.watchdog_interval().count() > 0) {
       watchdog_ = std::make_unique<asio::steady_timer>(*io_);
       arm_watchdog();
     }
@@ -189,7 +189,7 @@ class ControlPlane::Impl {
   void stop() {
     if (stopped_) return;
     stopped_ = true;
-    notify_service_manager("STOPPING=1");
+    notifier_.stopping();
     if (watchdog_) {
       asio::post(*io_, [this] { watchdog_->cancel(); });
     }
@@ -255,10 +255,10 @@ class ControlPlane::Impl {
   // A ping goes out only when a timer on the event loop fired and a task on the blocking pool
   // ran: a wedged loop or a pool stuck on every thread stops the pings, and systemd restarts us.
   void arm_watchdog() {
-    watchdog_->expires_after(watchdog_interval_);
+    watchdog_->expires_after(notifier_.watchdog_interval());
     watchdog_->async_wait([this](boost::system::error_code ec) {
       if (ec || stopped_) return;
-      asio::post(*pool_, [] { notify_service_manager("WATCHDOG=1"); });
+      asio::post(*pool_, [this] { notifier_.watchdog(); });
       arm_watchdog();
     });
   }
@@ -302,8 +302,8 @@ class ControlPlane::Impl {
   std::vector<std::thread> threads_;
   std::string admin_token_;
   std::atomic<bool> stopped_{false};
+  ServiceNotifier notifier_;
   std::unique_ptr<asio::steady_timer> watchdog_;
-  std::chrono::microseconds watchdog_interval_{0};
 };
 
 ControlPlane::ControlPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

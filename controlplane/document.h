@@ -1,6 +1,7 @@
 // Parsing untrusted request bodies and config files into one JSON tree. Resource configs come in
 // Clarifai's YAML shapes (from `outpost cc create --config F`) or as JSON (from curl), and both
-// land in the same nlohmann::json so that one validator serves them. Both parsers refuse input
+// land in the same nlohmann::json so that one validator serves them (YAML through
+// common/yaml_document's parse_yaml). Both parsers refuse input
 // that would cost the process more than the request is worth: deep nesting (a recursive
 // destructor or printer could run out of stack) and YAML aliases that expand exponentially.
 #pragma once
@@ -10,18 +11,14 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
+#include "common/yaml_document.h"  // parse_yaml: YAML bodies and files, for every part
 
 namespace outpost::control {
 
-inline constexpr int kMaxDocumentDepth = 64;
-inline constexpr size_t kMaxDocumentNodes = 100'000;
+inline constexpr int kMaxDocumentDepth = kMaxYamlDepth;
 
 // A JSON document (any value at the root). invalid_argument with the parser's position on error.
 Result<nlohmann::json> parse_json(std::string_view text);
-
-// A YAML document, typed by the YAML 1.2 core schema: plain scalars that look like integers,
-// floats, booleans or null become those; quoted scalars stay strings ("8" stays a string).
-Result<nlohmann::json> parse_yaml(std::string_view text);
 
 // A body whose Content-Type names YAML (application/yaml, application/x-yaml, text/yaml) is read
 // as YAML, anything else as JSON. The root must be an object.

@@ -3,6 +3,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/url.h"
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
@@ -49,9 +50,7 @@ ControlMetrics::ControlMetrics() : registry_(std::make_shared<prometheus::Regist
 ControlMetrics::~ControlMetrics() { exposer_.reset(); }
 
 Result<uint16_t> ControlMetrics::listen(const std::string& address, uint16_t port) {
-  const std::string bind =
-      (address.find(':') != std::string::npos ? "[" + address + "]" : address) + ":" +
-      std::to_string(port);
+  const std::string bind = Url::host_port(address, port);
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(bind, 1);
   } catch (const std::exception& e) {

@@ -3,9 +3,8 @@
 #include <fstream>
 #include <map>
 
-#include <openssl/evp.h>
-
 #include "common/log.h"
+#include "common/sha256.h"
 #include "controlplane/api_handlers.h"
 #include "controlplane/document.h"
 #include "controlplane/ids.h"
@@ -44,45 +43,33 @@ struct PackageFile {
 // Writes the archive's files into a directory, hashing each as it goes.
 class PackageWriter final : public TarVisitor {
  public:
-  explicit PackageWriter(std::string dir) : dir_(std::move(dir)), digest_(EVP_MD_CTX_new()) {}
-  ~PackageWriter() override { EVP_MD_CTX_free(digest_); }
-  PackageWriter(const PackageWriter&) = delete;
-  PackageWriter& operator=(const PackageWriter&) = delete;
+  explicit PackageWriter(std::string dir) : dir_(std::move(dir)) {}
 
   Status on_file(const std::string& name, uint64_t size) override {
     current_ = name;
     files_[name] = PackageFile{dir_ + "/" + name, "", size};
     out_.open(files_[name].path, std::ios::binary | std::ios::trunc);
     if (!out_) return unavailable("cannot write the package to " + dir_);
-    EVP_DigestInit_ex(digest_, EVP_sha256(), nullptr);
+    digest_ = Sha256();
     return {};
   }
   Status on_data(std::string_view bytes) override {
     out_.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     if (!out_) return unavailable("cannot write the package (disk full?)");
-    EVP_DigestUpdate(digest_, bytes.data(), bytes.size());
+    digest_.update(bytes);
     return {};
   }
   Status on_file_end() override {
     out_.close();
     if (!out_) return unavailable("cannot write the package (disk full?)");
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    EVP_DigestFinal_ex(digest_, digest, &length);
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string hex;
-    for (unsigned int i = 0; i < length; ++i) {
-      hex.push_back(kHex[digest[i] >> 4]);
-      hex.push_back(kHex[digest[i] & 0xf]);
-    }
-    files_[current_].sha256 = hex;
+    files_[current_].sha256 = digest_.hex();
     return {};
   }
   const std::map<std::string, PackageFile>& files() const { return files_; }
 
  private:
   std::string dir_;
-  EVP_MD_CTX* digest_;
+  Sha256 digest_;
   std::ofstream out_;
   std::string current_;
   std::map<std::string, PackageFile> files_;

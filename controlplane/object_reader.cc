@@ -1,7 +1,10 @@
 #include "controlplane/object_reader.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
+#include "common/yaml_document.h"
 #include "controlplane/ids.h"
 
 namespace outpost::control {
@@ -47,16 +50,11 @@ Result<ObjectReader> ObjectReader::create(const json& value, std::string path) {
 }
 
 Status ObjectReader::only(std::initializer_list<std::string_view> known) const {
+  const std::vector<std::string_view> names(known);
   for (const auto& item : value_->items()) {
-    bool found = false;
-    for (const auto& name : known) found = found || item.key() == name;
-    if (!found) {
-      std::string allowed;
-      for (const auto& name : known) {
-        if (!allowed.empty()) allowed += ", ";
-        allowed += name;
-      }
-      return field_error(path_of(item.key()), "unknown field (allowed here: " + allowed + ")");
+    if (std::find(names.begin(), names.end(), item.key()) == names.end()) {
+      return field_error(path_of(item.key()),
+                         "unknown field (" + unknown_key_hint(item.key(), names) + ")");
     }
   }
   return {};

@@ -21,7 +21,8 @@ class ObjectReader {
   // invalid_argument unless `value` is an object. `path` names it in errors ("deployment").
   static Result<ObjectReader> create(const nlohmann::json& value, std::string path);
 
-  // Refuses any key not in `known`, naming it and listing what is allowed.
+  // Refuses any key not in `known`, naming it and the nearest known key or, if none is near,
+  // listing them (common/yaml_document's unknown_key_hint).
   Status only(std::initializer_list<std::string_view> known) const;
 
   bool has(std::string_view key) const;

@@ -1,13 +1,11 @@
 #include "controlplane/secrets.h"
 
-#include <array>
 #include <cstdlib>
 #include <vector>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 
 namespace outpost::control {
 
@@ -123,12 +121,6 @@ bool verify_secret(std::string_view secret, std::string_view stored) {
   }
   const auto actual = pbkdf2(secret, salt, static_cast<int>(iterations));
   return CRYPTO_memcmp(actual.data(), expected.data(), expected.size()) == 0;
-}
-
-std::string sha256_hex(std::string_view data) {
-  std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest.data());
-  return to_hex(digest.data(), digest.size());
 }
 
 }  // namespace outpost::control

@@ -36,6 +36,4 @@ std::string hash_secret(std::string_view secret, int iterations = kKdfIterations
 // Constant-time comparison of `secret` against a stored hash; false for a malformed hash.
 bool verify_secret(std::string_view secret, std::string_view stored);
 
-std::string sha256_hex(std::string_view data);
-
 }  // namespace outpost::control

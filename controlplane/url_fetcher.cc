@@ -11,6 +11,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include "common/log.h"
+#include "common/url.h"
 #include "tunnel/tls.h"
 
 namespace outpost::control {
@@ -22,55 +23,17 @@ using tcp = asio::ip::tcp;
 using boost::system::error_code;
 
 Result<FetchUrl> parse_fetch_url(std::string_view url) {
-  FetchUrl out;
-  std::string_view rest;
-  if (url.substr(0, 8) == "https://") {
-    out.https = true;
-    rest = url.substr(8);
-  } else if (url.substr(0, 7) == "http://") {
-    rest = url.substr(7);
-  } else {
+  auto parsed = parse_url(url);
+  if (!parsed.ok()) return invalid_argument("input URL: " + parsed.error().message());
+  if (parsed->scheme != "http" && parsed->scheme != "https") {
     return invalid_argument("input URLs must start with http:// or https://");
   }
-  const auto slash = rest.find_first_of("/?#");
-  std::string_view authority = rest.substr(0, slash);
-  std::string target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
-  if (const auto hash = target.find('#'); hash != std::string::npos) target.erase(hash);
-  if (target.empty() || target.front() != '/') target = "/" + target;
-  if (authority.find('@') != std::string_view::npos) {
-    return invalid_argument("input URLs may not carry credentials");
-  }
-  std::string_view port_text;
-  if (!authority.empty() && authority.front() == '[') {
-    const auto close = authority.find(']');
-    if (close == std::string_view::npos) return invalid_argument("bad IPv6 address in input URL");
-    out.host = std::string(authority.substr(1, close - 1));
-    if (close + 1 < authority.size()) {
-      if (authority[close + 1] != ':') return invalid_argument("bad input URL");
-      port_text = authority.substr(close + 2);
-    }
-  } else {
-    const auto colon = authority.rfind(':');
-    out.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
-  }
-  if (out.host.empty()) return invalid_argument("input URL has no host");
-  for (const char c : target) {
-    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
-      return invalid_argument("input URL holds spaces or control characters");
-    }
-  }
-  out.port = out.https ? 443 : 80;
-  if (!port_text.empty()) {
-    int port = 0;
-    for (const char c : port_text) {
-      if (c < '0' || c > '9' || port > 65535) return invalid_argument("bad port in input URL");
-      port = port * 10 + (c - '0');
-    }
-    if (port == 0 || port > 65535) return invalid_argument("bad port in input URL");
-    out.port = static_cast<uint16_t>(port);
-  }
-  out.target = std::move(target);
+  if (parsed->user.has_value()) return invalid_argument("input URLs may not carry credentials");
+  FetchUrl out;
+  out.https = parsed->scheme == "https";
+  out.host = parsed->host;
+  out.port = parsed->port;
+  out.target = parsed->target();
   return out;
 }
 
@@ -185,10 +148,7 @@ class Fetch : public std::enable_shared_from_this<Fetch> {
     request_.version(11);
     request_.method(http::verb::get);
     request_.target(url_.target);
-    const bool default_port = url_.port == (url_.https ? 443 : 80);
-    const std::string host =
-        url_.host.find(':') != std::string::npos ? "[" + url_.host + "]" : url_.host;
-    request_.set(http::field::host, default_port ? host : host + ":" + std::to_string(url_.port));
+    request_.set(http::field::host, Url::host_header(url_.host, url_.port, url_.https ? 443 : 80));
     request_.set(http::field::user_agent, "outpost-control");
     request_.set(http::field::accept, "*/*");
     request_.keep_alive(false);

@@ -1,115 +1,15 @@
 #include "protocol/model_config.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdlib>
-#include <exception>
-#include <limits>
-#include <set>
 #include <utility>
 
-#include <yaml-cpp/yaml.h>
-
+#include "common/yaml_document.h"
 #include "protocol/worker_protocol.h"
 
 namespace outpost::protocol {
 namespace {
 
 using nlohmann::json;
-
-constexpr size_t kMaxYamlDepth = 64;
-
-bool is_null_word(const std::string& s) {
-  return s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL";
-}
-
-std::optional<bool> bool_word(const std::string& s) {
-  if (s == "true" || s == "True" || s == "TRUE") return true;
-  if (s == "false" || s == "False" || s == "FALSE") return false;
-  return std::nullopt;
-}
-
-bool all_digits(std::string_view s) {
-  if (s.empty()) return false;
-  for (const char c : s) {
-    if (c < '0' || c > '9') return false;
-  }
-  return true;
-}
-
-// A plain scalar as YAML 1.2's core schema reads it.
-json plain_scalar(const std::string& s) {
-  if (is_null_word(s)) return nullptr;
-  if (const auto b = bool_word(s)) return *b;
-  std::string_view digits = s;
-  const bool negative = !digits.empty() && digits.front() == '-';
-  if (!digits.empty() && (digits.front() == '-' || digits.front() == '+')) digits.remove_prefix(1);
-  if (all_digits(digits)) {
-    errno = 0;
-    char* end = nullptr;
-    if (negative) {
-      const long long value = std::strtoll(s.c_str(), &end, 10);
-      if (errno == 0 && *end == '\0') return static_cast<int64_t>(value);
-    } else {
-      const unsigned long long value = std::strtoull(s.c_str(), &end, 10);
-      if (errno == 0 && *end == '\0') return static_cast<uint64_t>(value);
-    }
-    return s;
-  }
-  if (s == ".inf" || s == ".Inf" || s == "+.inf") return std::numeric_limits<double>::infinity();
-  if (s == "-.inf" || s == "-.Inf") return -std::numeric_limits<double>::infinity();
-  // A float needs a digit and only float characters.
-  bool has_digit = false;
-  for (const char c : s) {
-    if (c >= '0' && c <= '9') {
-      has_digit = true;
-    } else if (c != '.' && c != 'e' && c != 'E' && c != '-' && c != '+') {
-      return s;
-    }
-  }
-  if (!has_digit) return s;
-  errno = 0;
-  char* end = nullptr;
-  const double value = std::strtod(s.c_str(), &end);
-  if (errno == 0 && end != nullptr && *end == '\0') return value;
-  return s;
-}
-
-Result<json> node_to_json(const YAML::Node& node, size_t depth) {
-  if (depth > kMaxYamlDepth) {
-    return invalid_argument("YAML is nested more than " + std::to_string(kMaxYamlDepth) +
-                            " levels deep");
-  }
-  switch (node.Type()) {
-    case YAML::NodeType::Undefined:
-    case YAML::NodeType::Null:
-      return json(nullptr);
-    case YAML::NodeType::Scalar: {
-      const std::string& text = node.Scalar();
-      // Quoted scalars carry the non-specific tag "!", and explicit !!str means a string.
-      if (node.Tag() == "!" || node.Tag() == "tag:yaml.org,2002:str") return json(text);
-      return plain_scalar(text);
-    }
-    case YAML::NodeType::Sequence: {
-      json out = json::array();
-      for (const auto& item : node) {
-        OUTPOST_ASSIGN_OR_RETURN(auto converted, node_to_json(item, depth + 1));
-        out.push_back(std::move(converted));
-      }
-      return out;
-    }
-    case YAML::NodeType::Map: {
-      json out = json::object();
-      for (const auto& item : node) {
-        if (!item.first.IsScalar()) return invalid_argument("YAML map keys must be scalars");
-        OUTPOST_ASSIGN_OR_RETURN(auto converted, node_to_json(item.second, depth + 1));
-        out[item.first.Scalar()] = std::move(converted);
-      }
-      return out;
-    }
-  }
-  return json(nullptr);
-}
 
 // Reads an integer key of `object` in [low, high] into `out`; absent keys leave `out` alone.
 Status read_int(const json& object, const std::string& key, int64_t low, int64_t high,
@@ -138,13 +38,12 @@ Status read_bool(const json& object, const std::string& key, const std::string& 
   return {};
 }
 
-Status check_keys(const json& object, const std::set<std::string>& known,
+Status check_keys(const json& object, const std::vector<std::string_view>& known,
                   const std::string& where) {
   for (const auto& [key, value] : object.items()) {
-    if (known.count(key) == 0) {
-      std::string list;
-      for (const auto& name : known) list += (list.empty() ? "" : ", ") + name;
-      return invalid_argument("config.yaml: unknown key " + where + key + " (known: " + list + ")");
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return invalid_argument("config.yaml: unknown key " + where + key + " (" +
+                              unknown_key_hint(key, known) + ")");
     }
   }
   return {};
@@ -260,53 +159,25 @@ MethodConfig ModelConfig::method(const std::string& name) const {
   return defaults;
 }
 
-Result<json> yaml_to_json(std::string_view yaml_text) {
-  try {
-    const YAML::Node root = YAML::Load(std::string(yaml_text));
-    return node_to_json(root, 0);
-  } catch (const YAML::Exception& e) {
-    return invalid_argument("not valid YAML: line " + std::to_string(e.mark.line + 1) +
-                            ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
-  } catch (const std::exception& e) {
-    return invalid_argument(std::string("not valid YAML: ") + e.what());
-  }
-}
-
 namespace {
-
-// Edits (insertions, deletions, substitutions) between two short keys.
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
 
 // Top-level keys: outpost's and Clarifai's are read; a key a typo away from one of outpost's
 // is refused (it would silently leave batching or the methods at their defaults); any other is
 // kept and ignored, with a warning.
 Status check_top_level_keys(const json& root, std::vector<std::string>& warnings) {
-  static const std::set<std::string> ours = {
+  static const std::vector<std::string_view> ours = {
       "model",  "inference_compute_info", "checkpoints", "instances", "warmup_runs", "batching",
       "methods"};
-  static const std::set<std::string> clarifai = {"build_info", "concepts", "num_threads",
-                                                 "description"};
+  static const std::vector<std::string_view> clarifai = {"build_info", "concepts", "num_threads",
+                                                         "description"};
   for (const auto& item : root.items()) {
     const std::string& key = item.key();
-    if (ours.count(key) > 0 || clarifai.count(key) > 0) continue;
-    for (const auto& known : ours) {
-      if (edit_distance(key, known) <= 2) {
-        return invalid_argument("config.yaml: unknown key " + key + " (did you mean " + known +
-                                "?)");
-      }
+    if (std::find(ours.begin(), ours.end(), key) != ours.end() ||
+        std::find(clarifai.begin(), clarifai.end(), key) != clarifai.end()) {
+      continue;
+    }
+    if (const auto near = closest_key(key, ours)) {
+      return invalid_argument("config.yaml: unknown key " + key + " (did you mean " + *near + "?)");
     }
     warnings.push_back("config.yaml: unknown top-level key " + key + " is ignored");
   }
@@ -316,7 +187,7 @@ Status check_top_level_keys(const json& root, std::vector<std::string>& warnings
 }  // namespace
 
 Result<ModelConfig> parse_model_config(std::string_view yaml_text) {
-  auto parsed = yaml_to_json(yaml_text);
+  auto parsed = parse_yaml(yaml_text);
   if (!parsed) return invalid_argument("config.yaml: " + parsed.error().message());
   const json& root = *parsed;
   if (!root.is_object()) return invalid_argument("config.yaml must be a YAML map");

@@ -63,8 +63,4 @@ struct ModelConfig {
 // Parses config.yaml text. Errors name the key and say what is expected.
 Result<ModelConfig> parse_model_config(std::string_view yaml_text);
 
-// YAML to JSON with scalar types kept: quoted scalars stay strings, plain ones become null,
-// booleans, integers or floats when they read as such.
-Result<nlohmann::json> yaml_to_json(std::string_view yaml_text);
-
 }  // namespace outpost::protocol

@@ -1,6 +1,5 @@
 #include "protocol/worker_protocol.h"
 
-#include <array>
 #include <utility>
 
 #include "common/base64.h"
@@ -10,13 +9,6 @@ namespace outpost::protocol {
 namespace {
 
 using nlohmann::json;
-
-constexpr std::array<ErrorCode, 12> kErrorCodes = {
-    ErrorCode::kInvalidArgument,    ErrorCode::kNotFound,         ErrorCode::kAlreadyExists,
-    ErrorCode::kUnauthenticated,    ErrorCode::kPermissionDenied, ErrorCode::kResourceExhausted,
-    ErrorCode::kFailedPrecondition, ErrorCode::kUnavailable,      ErrorCode::kDeadlineExceeded,
-    ErrorCode::kCancelled,          ErrorCode::kDataLoss,         ErrorCode::kInternal,
-};
 
 Error too_deep(size_t max_depth) {
   return invalid_argument("a Value is nested more than " + std::to_string(max_depth) +
@@ -194,13 +186,6 @@ Error error_from_header(const json& header) {
     message = it->get<std::string>();
   }
   return {code, std::move(message)};
-}
-
-std::optional<ErrorCode> error_code_from_name(std::string_view name) {
-  for (const ErrorCode code : kErrorCodes) {
-    if (error_code_name(code) == name) return code;
-  }
-  return std::nullopt;
 }
 
 Status move_bytes_to_parts(json& value, std::vector<std::string>& parts, size_t max_depth) {

@@ -102,8 +102,6 @@ nlohmann::json error_header(std::string_view id, const Error& error);
 // The Error an "error" header carries (unknown codes read as internal).
 Error error_from_header(const nlohmann::json& header);
 
-std::optional<ErrorCode> error_code_from_name(std::string_view name);
-
 // Walks a Value (lists and objects, up to `max_depth` deep) and rebuilds it; each object is first
 // offered to `rewrite`, which returns its replacement (or an error), or nothing to walk into it.
 // The one walk under parts_to_base64 and tensors_to_values.

@@ -1,8 +1,11 @@
 #include "protocol/worker_spec.h"
 
+#include <algorithm>
 #include <set>
 #include <utility>
+#include <vector>
 
+#include "common/yaml_document.h"
 #include "protocol/model_config.h"
 
 namespace outpost::protocol {
@@ -14,10 +17,12 @@ constexpr size_t kMaxUnixPath = 107;  // sizeof(sockaddr_un::sun_path) - 1
 
 Error bad(const std::string& what) { return invalid_argument("worker spec: " + what); }
 
-Status check_keys(const json& object, const std::set<std::string>& known,
+Status check_keys(const json& object, const std::vector<std::string_view>& known,
                   const std::string& where) {
   for (const auto& [key, value] : object.items()) {
-    if (known.count(key) == 0) return bad("unknown key " + where + key);
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return bad("unknown key " + where + key + " (" + unknown_key_hint(key, known) + ")");
+    }
   }
   return {};
 }
@@ -68,7 +73,7 @@ Status check_ipc_endpoint(std::string_view endpoint) {
 }
 
 Result<WorkerSpec> parse_worker_spec(std::string_view text) {
-  auto parsed = yaml_to_json(text);
+  auto parsed = parse_yaml(text);
   if (!parsed) return bad(parsed.error().message());
   const json& root = *parsed;
   if (!root.is_object()) return bad("must be a map");

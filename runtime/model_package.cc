@@ -1,57 +1,17 @@
 #include "runtime/model_package.h"
 
-#include <array>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <memory>
 #include <sstream>
 
-#include <openssl/evp.h>
+#include "common/sha256.h"
 
 namespace outpost::runtime {
 namespace {
 
-std::string to_hex(const unsigned char* data, size_t size) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(size * 2);
-  for (size_t i = 0; i < size; ++i) {
-    out.push_back(kDigits[data[i] >> 4]);
-    out.push_back(kDigits[data[i] & 0xf]);
-  }
-  return out;
-}
-
 Error data_loss(std::string message) { return {ErrorCode::kDataLoss, std::move(message)}; }
 
 }  // namespace
-
-Result<std::string> sha256_file(const std::string& path) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!file) return Error(ErrorCode::kNotFound, path + ": " + std::strerror(errno));
-  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> context(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  if (!context || EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr) != 1) {
-    return internal_error("sha256: OpenSSL could not start a digest");
-  }
-  std::vector<char> block(size_t{1} << 20);
-  while (true) {
-    const size_t got = std::fread(block.data(), 1, block.size(), file.get());
-    if (got > 0) EVP_DigestUpdate(context.get(), block.data(), got);
-    if (got < block.size()) {
-      if (std::ferror(file.get()) != 0) {
-        return Error(ErrorCode::kDataLoss, path + ": read failed: " + std::strerror(errno));
-      }
-      break;
-    }
-  }
-  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(context.get(), digest.data(), &length);
-  return to_hex(digest.data(), length);
-}
 
 Result<ModelPackage> open_model_package(const std::string& dir, const PackageExpectations& expect) {
   namespace fs = std::filesystem;

@@ -23,7 +23,4 @@ inline constexpr size_t kMaxConfigBytes = size_t{1} << 20;
 Result<ModelPackage> open_model_package(const std::string& dir,
                                         const PackageExpectations& expect = {});
 
-// The sha256 of a file, lower-case hex, read in 1 MiB blocks.
-Result<std::string> sha256_file(const std::string& path);
-
 }  // namespace outpost::runtime

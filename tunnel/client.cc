@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/url.h"
 #include "tunnel/proxy.h"
 #include "tunnel/ws_transport.h"
 
@@ -43,48 +44,18 @@ int ClientStatus::connected() const {
 }
 
 Result<TunnelUrl> parse_tunnel_url(std::string_view url) {
-  constexpr std::string_view kScheme = "wss://";
-  if (url.substr(0, kScheme.size()) != kScheme) {
-    return invalid_argument("control plane URL '" + std::string(url) +
-                            "' must start with wss:// (the tunnel always uses TLS)");
+  const std::string quoted = "control plane URL '" + std::string(url) + "'";
+  auto parsed = parse_url(url);
+  if (!parsed.ok()) return invalid_argument(quoted + ": " + parsed.error().message());
+  if (parsed->scheme != "wss") {
+    return invalid_argument(quoted + " must start with wss:// (the tunnel always uses TLS)");
   }
-  std::string_view rest = url.substr(kScheme.size());
-  TunnelUrl parsed;
-  const auto slash = rest.find('/');
-  parsed.path = slash == std::string_view::npos ? "/v1/tunnel" : std::string(rest.substr(slash));
-  rest = rest.substr(0, slash);
-  std::string_view port;
-  if (!rest.empty() && rest.front() == '[') {
-    const auto close = rest.find(']');
-    if (close == std::string_view::npos)
-      return invalid_argument("bad IPv6 host in " + std::string(url));
-    parsed.host = std::string(rest.substr(1, close - 1));
-    if (close + 1 < rest.size()) {
-      if (rest[close + 1] != ':') return invalid_argument("bad host in " + std::string(url));
-      port = rest.substr(close + 2);
-    }
-  } else if (const auto colon = rest.find(':'); colon != std::string_view::npos) {
-    parsed.host = std::string(rest.substr(0, colon));
-    port = rest.substr(colon + 1);
-  } else {
-    parsed.host = std::string(rest);
-  }
-  if (parsed.host.empty()) return invalid_argument("control plane URL names no host");
-  parsed.port = 443;
-  if (!port.empty()) {
-    int value = 0;
-    for (const char c : port) {
-      if (c < '0' || c > '9' || value > 65535) {
-        return invalid_argument("bad port in control plane URL '" + std::string(url) + "'");
-      }
-      value = value * 10 + (c - '0');
-    }
-    if (value == 0 || value > 65535) {
-      return invalid_argument("bad port in control plane URL '" + std::string(url) + "'");
-    }
-    parsed.port = static_cast<uint16_t>(value);
-  }
-  return parsed;
+  TunnelUrl out;
+  out.host = parsed->host;
+  out.port = parsed->port;
+  out.path = parsed->path.empty() ? "/v1/tunnel" : parsed->path;
+  if (parsed->query.has_value()) out.path += "?" + *parsed->query;
+  return out;
 }
 
 // State shared by the client object and its slots.
@@ -249,9 +220,7 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
     if (pending) pending->close(Errc::kTimeout, "no HELLO from the server in time");
   }
 
-  std::string target_name() const {
-    return shared_->url.host + ":" + std::to_string(shared_->url.port);
-  }
+  std::string target_name() const { return Url::host_port(shared_->url.host, shared_->url.port); }
 
   void on_resolve(error_code ec, const asio::ip::tcp::resolver::results_type& results) {
     if (stopped_) return finish_stopped_attempt();
@@ -337,8 +306,8 @@ class TunnelClient::Slot : public std::enable_shared_from_this<TunnelClient::Slo
           req.set(http::field::sec_websocket_protocol, kSubprotocol);
           req.set("X-Outpost-Connection-Index", std::to_string(index));
         }));
-    std::string host_header = shared_->url.host;
-    if (shared_->url.port != 443) host_header += ":" + std::to_string(shared_->url.port);
+    // An IPv6 host goes in brackets; the default port is left out.
+    const std::string host_header = Url::host_header(shared_->url.host, shared_->url.port, 443);
     upgrade_response_ = {};
     arm_step(Step::kUpgrade);
     ws.async_handshake(

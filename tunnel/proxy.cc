@@ -8,29 +8,12 @@
 #include <boost/beast/http.hpp>
 
 #include "common/base64.h"
+#include "common/url.h"
 
 namespace outpost::tunnel {
 namespace http = boost::beast::http;
 
 namespace {
-
-Result<std::string> percent_decode(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] != '%') {
-      out += text[i];
-      continue;
-    }
-    if (i + 2 >= text.size() || !std::isxdigit(static_cast<unsigned char>(text[i + 1])) ||
-        !std::isxdigit(static_cast<unsigned char>(text[i + 2]))) {
-      return invalid_argument("bad percent-encoding in the proxy URL's credentials");
-    }
-    out += static_cast<char>(std::stoi(std::string(text.substr(i + 1, 2)), nullptr, 16));
-    i += 2;
-  }
-  return out;
-}
 
 std::string lower(std::string_view text) {
   std::string out(text);
@@ -57,60 +40,25 @@ struct ConnectOp {
 }  // namespace
 
 Result<ProxyConfig> parse_proxy_url(std::string_view url) {
-  std::string_view rest = url;
-  const auto scheme_end = rest.find("://");
-  if (scheme_end != std::string_view::npos) {
-    const std::string scheme = lower(rest.substr(0, scheme_end));
-    if (scheme == "https") {
-      return invalid_argument(
-          "https:// proxies (TLS to the proxy itself) are not supported; use an http:// proxy, "
-          "the tunnel's own TLS runs inside the CONNECT");
-    }
-    if (scheme != "http") {
-      return invalid_argument("unsupported proxy scheme '" + scheme + "' (only http:// proxies)");
-    }
-    rest = rest.substr(scheme_end + 3);
+  // curl's convention: a proxy without a scheme is an http:// one.
+  const std::string text =
+      url.find("://") == std::string_view::npos ? "http://" + std::string(url) : std::string(url);
+  auto parsed = parse_url(text);
+  if (!parsed.ok()) return invalid_argument("the proxy URL: " + parsed.error().message());
+  if (parsed->scheme == "https") {
+    return invalid_argument(
+        "https:// proxies (TLS to the proxy itself) are not supported; use an http:// proxy, "
+        "the tunnel's own TLS runs inside the CONNECT");
   }
-  const auto path = rest.find('/');
-  if (path != std::string_view::npos) rest = rest.substr(0, path);
+  if (parsed->scheme != "http") {
+    return invalid_argument("unsupported proxy scheme '" + parsed->scheme +
+                            "' (only http:// proxies)");
+  }
   ProxyConfig config;
-  const auto at = rest.rfind('@');
-  if (at != std::string_view::npos) {
-    const std::string_view userinfo = rest.substr(0, at);
-    rest = rest.substr(at + 1);
-    const auto colon = userinfo.find(':');
-    OUTPOST_ASSIGN_OR_RETURN(config.username, percent_decode(userinfo.substr(0, colon)));
-    if (colon != std::string_view::npos) {
-      OUTPOST_ASSIGN_OR_RETURN(config.password, percent_decode(userinfo.substr(colon + 1)));
-    }
-  }
-  std::string_view host = rest;
-  std::string_view port;
-  if (!rest.empty() && rest.front() == '[') {
-    const auto close = rest.find(']');
-    if (close == std::string_view::npos) return invalid_argument("bad IPv6 proxy host");
-    host = rest.substr(1, close - 1);
-    if (close + 1 < rest.size() && rest[close + 1] == ':') port = rest.substr(close + 2);
-  } else if (const auto colon = rest.rfind(':'); colon != std::string_view::npos) {
-    host = rest.substr(0, colon);
-    port = rest.substr(colon + 1);
-  }
-  if (host.empty()) return invalid_argument("the proxy URL names no host");
-  config.host = std::string(host);
-  config.port = 3128;
-  if (!port.empty()) {
-    int value = 0;
-    for (const char c : port) {
-      if (!std::isdigit(static_cast<unsigned char>(c)) || value > 65535) {
-        return invalid_argument("bad proxy port '" + std::string(port) + "'");
-      }
-      value = value * 10 + (c - '0');
-    }
-    if (value <= 0 || value > 65535) {
-      return invalid_argument("bad proxy port '" + std::string(port) + "'");
-    }
-    config.port = static_cast<uint16_t>(value);
-  }
+  config.host = parsed->host;
+  config.port = parsed->port_given ? parsed->port : 3128;
+  config.username = parsed->user.value_or("");
+  config.password = parsed->password.value_or("");
   return config;
 }
 
@@ -165,9 +113,7 @@ void async_proxy_connect(boost::beast::tcp_stream& stream, const ProxyConfig& pr
   auto op = std::make_shared<ConnectOp>();
   op->handler = std::move(handler);
   op->proxy_name = proxy.display();
-  const std::string authority =
-      (target_host.find(':') != std::string::npos ? "[" + target_host + "]" : target_host) + ":" +
-      std::to_string(target_port);
+  const std::string authority = Url::host_port(target_host, target_port);
   op->request = http::request<http::empty_body>(http::verb::connect, authority, 11);
   op->request.set(http::field::host, authority);
   op->request.set(http::field::user_agent, "outpost-tunnel/1");

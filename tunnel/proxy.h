@@ -15,6 +15,7 @@
 #include <boost/beast/core/tcp_stream.hpp>
 
 #include "common/result.h"
+#include "common/url.h"
 
 namespace outpost::tunnel {
 
@@ -23,11 +24,12 @@ struct ProxyConfig {
   uint16_t port = 0;
   std::string username;  // empty: no authentication
   std::string password;
-  // "host:port": how logs and errors name the proxy (never with its credentials).
-  std::string display() const { return host + ":" + std::to_string(port); }
+  // "host:port" ("[::1]:port"): how logs and errors name the proxy (never with its credentials).
+  std::string display() const { return Url::host_port(host, port); }
 };
 
-// "http://[user[:password]@]host[:port]"; the port defaults to 3128 when absent.
+// "http://[user[:password]@]host[:port]" (common/url); without a scheme, http:// is assumed, and
+// the port defaults to 3128 when absent. Errors never repeat the URL (it may hold a password).
 Result<ProxyConfig> parse_proxy_url(std::string_view url);
 
 // NO_PROXY semantics: comma-separated host names or domain suffixes (".example.com" and

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/sha256.h"
 #include "tests/support/test_pki.h"
 
 namespace outpost::agent {
@@ -26,7 +27,7 @@ TEST(ArtifactCacheTest, VerifiedDownloadLandsAndSurvivesReopening) {
     ASSERT_TRUE(writer->append("world").ok());
     const auto path = writer->commit();
     ASSERT_TRUE(path.ok()) << path.error().message();
-    EXPECT_EQ(sha256_of_file(path.value()).value(), kHelloSha);
+    EXPECT_EQ(sha256_file(path.value()).value(), kHelloSha);
   }
   auto reopened = ArtifactCache::open(dir.file("artifacts"), 1 << 20).value();
   EXPECT_TRUE(reopened->find(kHelloSha, 11).has_value());

@@ -33,6 +33,7 @@ workers:
   restart_backoff_max_seconds: 30
   threads: 2
   idle_seconds: 0
+  spare: false
 log_level: debug
 )",
                                          "agent.yaml");
@@ -46,6 +47,7 @@ log_level: debug
   EXPECT_EQ(config->slicing_per_gpu.at(1), SlicingMode::kMig);
   EXPECT_EQ(config->max_workers, 4);
   EXPECT_EQ(config->idle_worker_seconds, 0);
+  EXPECT_FALSE(config->spare_workers);
   EXPECT_EQ(config->socket_path(), "/run/outpost-test/outpostd.sock");
 }
 
@@ -57,6 +59,7 @@ TEST(AgentConfigTest, MinimalFileGetsDefaults) {
   EXPECT_FALSE(config->node_name.empty());  // the host name
   EXPECT_EQ(config->default_slicing, SlicingMode::kFraction);
   EXPECT_EQ(config->idle_worker_seconds, 300);
+  EXPECT_TRUE(config->spare_workers);
   EXPECT_EQ(config->keepalive_seconds, 2);
   EXPECT_EQ(config->dead_after_seconds, 8);
   EXPECT_EQ(config->reconnect_max_seconds, 2);
@@ -145,7 +148,7 @@ TEST(AgentConfigTest, ARepeatedKeyIsAnErrorNotSilentlyDropped) {
       "control_plane: {url: 'wss://cp'}\nworkers: {threads: 1}\nworkers: {idle_seconds: 0}\n",
       "agent.yaml");
   ASSERT_FALSE(config.ok());
-  EXPECT_NE(config.error().message().find("workers: appears more than once"), std::string::npos)
+  EXPECT_NE(config.error().message().find("'workers' appears more than once"), std::string::npos)
       << config.error().message();
 }
 
@@ -164,8 +167,9 @@ TEST(AgentConfigTest, ValuesOfTheWrongShapeAreErrorsNotCrashes) {
       {"devices: {slicing: {mode: mps}}\n", "devices.slicing"},
       {"devices: {gpus: {0: [mps]}}\n", "devices.gpus.0"},
       {"devices: {gpus: {[0]: mps}}\n", "devices.gpus"},
-      {"reserved: {[cpu]: 1}\n", "reserved."},
+      {"reserved: {[cpu]: 1}\n", "under reserved,"},
       {"workers: {idle_seconds: -1}\n", "workers.idle_seconds"},
+      {"workers: {spare: maybe}\n", "workers.spare"},
   };
   for (const auto& [yaml, key] : cases) {
     const auto config = parse_agent_config(head + yaml, "agent.yaml");

@@ -30,5 +30,19 @@ TEST(ResultTest, PropagatesTheFirstErrorWithItsMessage) {
   EXPECT_EQ(check(0).error().code(), ErrorCode::kInvalidArgument);
 }
 
+TEST(ResultTest, EveryCodeNameReadsBackAsItsCode) {
+  for (int i = 0; i <= static_cast<int>(ErrorCode::kInternal); ++i) {
+    const auto code = static_cast<ErrorCode>(i);
+    const std::string_view name = error_code_name(code);
+    EXPECT_NE(name, "unknown") << i;
+    EXPECT_EQ(error_code_from_name(name), code) << name;
+  }
+  EXPECT_EQ(error_code_from_name("not_found"), ErrorCode::kNotFound);
+  EXPECT_EQ(error_code_from_name("internal"), ErrorCode::kInternal);
+  EXPECT_EQ(error_code_from_name("unknown"), std::nullopt);
+  EXPECT_EQ(error_code_from_name("NOT_FOUND"), std::nullopt);
+  EXPECT_EQ(error_code_from_name(""), std::nullopt);
+}
+
 }  // namespace
 }  // namespace outpost

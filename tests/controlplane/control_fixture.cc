@@ -125,7 +125,10 @@ ControlInProcess::ControlInProcess(const TestPki& pki, const std::string& extra_
   control_ = std::move(created).value();
   admin_token_ = control_->initial_admin_token();
   auto port = control_->start();
-  EXPECT_TRUE(port.ok());
+  if (!port.ok()) {
+    ADD_FAILURE() << port.error().message();
+    std::abort();
+  }
   port_ = port.value();
 }
 

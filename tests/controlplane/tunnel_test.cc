@@ -14,9 +14,8 @@
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <gtest/gtest.h>
-#include <openssl/sha.h>
 
-#include "controlplane/secrets.h"
+#include "common/sha256.h"
 #include "tests/controlplane/control_fixture.h"
 #include "tests/support/tcp_relay.h"
 
@@ -263,7 +262,7 @@ TEST_F(TunnelTest, ArtifactsAreServedInChunksOnlyToTheirNodes) {
   upload("text", package);
   auto enrolled = enroll();
   auto node = agent(enrolled.credential);
-  const std::string sha = control::sha256_hex(big);
+  const std::string sha = sha256_hex(big);
   // Not assigned yet: not found.
   EXPECT_FALSE(node->fetch_artifact(sha).ok());
   deploy("dep-1", "text");

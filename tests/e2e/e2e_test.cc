@@ -373,7 +373,8 @@ TEST(EndToEndTest, IdleDeploymentScalesToZeroAndTheNextRequestColdStarts) {
   Platform platform;
   platform.create_pool("cc-e2e", "np-e2e");
   AgentOptions agent;
-  agent.workers_yaml = "  idle_seconds: 0\n";  // no idle worker kept: a full cold start
+  // No idle worker kept and no warm spare: a full cold start, process included.
+  agent.workers_yaml = "  idle_seconds: 0\n  spare: false\n";
   platform.start_agent("cc-e2e", "np-e2e", agent);
   platform.upload_model("text");
   platform.deploy_yaml("np-e2e", "dep-text",
@@ -393,6 +394,48 @@ TEST(EndToEndTest, IdleDeploymentScalesToZeroAndTheNextRequestColdStarts) {
   const auto doc = platform.cli_json({"deployment", "get", "dep-text"}).dump();
   EXPECT_NE(doc.find("a request arrived at zero replicas"), std::string::npos) << doc;
   EXPECT_NE(doc.find("no request for 2 s"), std::string::npos) << doc;
+}
+
+// A fresh node starts its device's worker before anything is deployed (a warm spare): the first
+// replica loads into that process, and after scaling to zero the worker stays, model-less, for
+// the next cold start, even with workers.idle_seconds: 0.
+TEST(EndToEndTest, ColdStartsLoadIntoTheWarmSpareWorkerInsteadOfStartingOne) {
+  Platform platform;
+  platform.create_pool("cc-e2e", "np-e2e");
+  AgentOptions options;
+  options.workers_yaml = "  idle_seconds: 0\n";
+  auto& agent = platform.start_agent("cc-e2e", "np-e2e", options);
+  std::vector<pid_t> spare;
+  ASSERT_TRUE(eventually([&] {
+    spare = workers_of(agent);
+    return spare.size() == 1;
+  })) << "no warm spare worker before the first deployment";
+  platform.upload_model("text");
+  platform.deploy_yaml("np-e2e", "dep-text",
+                       "  autoscale_config: {min_replicas: 0, max_replicas: 1, "
+                       "scale_down_delay_seconds: 1, scale_to_zero_delay_seconds: 2}\n"
+                       "  worker: {model: {id: text}}\n"
+                       "  scheduling_choice: 4\n"
+                       "  nodepools: [{id: np-e2e, compute_cluster: {id: cc-e2e}}]\n");
+  EXPECT_NE(predict_text(platform, "warm spare").find("SPARE WARM"), std::string::npos);
+  EXPECT_EQ(workers_of(agent), spare) << "the replica did not load into the spare";
+  // Idle, the deployment goes to zero; its replica is unloaded and the worker stays.
+  ASSERT_TRUE(eventually([&] {
+    return platform.cli_json({"deployment", "get", "dep-text"}).dump().find("scaled_to_zero") !=
+               std::string::npos &&
+           agent.log().find("agent.replica_unloaded") != std::string::npos;
+  }));
+  EXPECT_EQ(workers_of(agent), spare);
+  // The next request cold-starts into the same process.
+  EXPECT_NE(predict_text(platform, "again").find("AGAIN"), std::string::npos);
+  EXPECT_EQ(workers_of(agent), spare);
+  const std::string log = agent.log();
+  size_t starts = 0;
+  for (size_t at = log.find("agent.worker_started"); at != std::string::npos;
+       at = log.find("agent.worker_started", at + 1)) {
+    ++starts;
+  }
+  EXPECT_EQ(starts, 1u) << log;
 }
 
 TEST(EndToEndTest, SystemdHearsReadyStatusAndStoppingInOrder) {

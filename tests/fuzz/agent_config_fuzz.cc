@@ -1,8 +1,7 @@
 // Fuzzes outpostd's config file (agent/config.h, /etc/outpost/agent.yaml): YAML written by an
-// operator, where a bad file must give an error listing what to change, never a crash (yaml-cpp
-// throws on shapes the checks did not foresee). Beyond that: an accepted file has a control
-// plane URL, a node name of at most 63 characters, worker sockets that fit a Unix socket path,
-// and values within the documented ranges.
+// operator, where a bad file must give an error listing what to change, never a crash. Beyond that:
+// an accepted file has a control plane URL, a node name of at most 63 characters, worker sockets
+// that fit a Unix socket path, and values within the documented ranges.
 #include <cstdint>
 #include <cstdlib>
 #include <string>

@@ -239,7 +239,7 @@ TEST(ModelConfigFile, RefusalsNameTheKey) {
     ASSERT_FALSE(config.ok()) << yaml;
     EXPECT_NE(config.error().message().find(says), std::string::npos) << config.error().message();
   };
-  refused("model: [", "not valid YAML");
+  refused("model: [", "malformed YAML at line");
   refused("- a\n- b\n", "must be a YAML map");
   refused("inference_compute_info: {}\n", "needs a model");
   refused("model: {id: \"a b\"}\n", "model.id may hold");
