@@ -6,14 +6,11 @@
 
 #include <gtest/gtest.h>
 
+#include "common/spawn.h"
 #include "tests/controlplane/control_fixture.h"
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-extern char** environ;
 
 namespace outpost::testing {
 namespace {
@@ -44,36 +41,25 @@ class CliTest : public ::testing::Test {
 
   // Runs `outpost ARGS` with this test's config directory; `input` on stdin.
   CliRun cli(std::vector<std::string> args, const std::string& input = {}) {
-    const std::string in_file = dir_.file("stdin");
-    std::ofstream(in_file) << input;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, in_file.c_str(), O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, dir_.file("out").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, dir_.file("err").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    std::string binary = OUTPOST_CLI_BINARY;
-    args.insert(args.begin(), binary);
-    std::vector<char*> argv;
-    argv.reserve(args.size() + 1);
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    std::vector<std::string> env_storage = {"OUTPOST_CONFIG_DIR=" + dir_.file("config"),
-                                            "HOME=" + dir_.path(), "PATH=/usr/bin:/bin"};
-    std::vector<char*> env;
-    env.reserve(env_storage.size() + 1);
-    for (auto& item : env_storage) env.push_back(item.data());
-    env.push_back(nullptr);
-    pid_t pid = 0;
+    SpawnOptions options;
+    options.in.file = dir_.file("stdin");
+    options.out.file = dir_.file("out");
+    options.err.file = dir_.file("err");
+    std::ofstream(options.in.file) << input;
+    ::unlink(options.out.file.c_str());  // spawn_process appends; each run starts them empty
+    ::unlink(options.err.file.c_str());
+    options.argv = std::move(args);
+    options.argv.insert(options.argv.begin(), OUTPOST_CLI_BINARY);
+    options.environment = {"OUTPOST_CONFIG_DIR=" + dir_.file("config"), "HOME=" + dir_.path(),
+                           "PATH=/usr/bin:/bin"};
     CliRun run;
-    if (posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), env.data()) != 0) {
-      ADD_FAILURE() << "cannot run " << binary;
+    auto pid = spawn_process(options);
+    if (!pid.ok()) {
+      ADD_FAILURE() << pid.error().message();
       return run;
     }
-    posix_spawn_file_actions_destroy(&actions);
     int status = 0;
-    waitpid(pid, &status, 0);
+    waitpid(pid.value(), &status, 0);
     run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     run.out = read_all(dir_.file("out"));
     run.err = read_all(dir_.file("err"));

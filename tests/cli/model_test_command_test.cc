@@ -10,11 +10,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/spawn.h"
 #include "tests/support/child_process.h"
 #include "tests/support/test_pki.h"
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -54,31 +54,18 @@ class ModelTestCommandTest : public ::testing::Test {
 
   // `outpost ARGS` with its own $TMPDIR (where its private directory goes), in the background.
   pid_t start(std::vector<std::string> args, const std::vector<std::string>& environment = {}) {
-    std::string binary = OUTPOST_CLI_BINARY;
-    args.insert(args.begin(), binary);
-    std::vector<char*> argv;
-    argv.reserve(args.size() + 1);
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    std::vector<std::string> env_storage = {"HOME=" + home_.path(), "PATH=/usr/bin:/bin",
-                                            "TMPDIR=" + tmp_.path()};
-    env_storage.insert(env_storage.end(), environment.begin(), environment.end());
-    std::vector<char*> env;
-    env.reserve(env_storage.size() + 1);
-    for (auto& item : env_storage) env.push_back(item.data());
-    env.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, home_.file("out").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, home_.file("err").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    pid_t pid = -1;
-    const int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), env.data());
-    posix_spawn_file_actions_destroy(&actions);
-    EXPECT_EQ(rc, 0) << "cannot run " << binary;
-    return pid;
+    SpawnOptions options;
+    options.argv = std::move(args);
+    options.argv.insert(options.argv.begin(), OUTPOST_CLI_BINARY);
+    options.environment = {"HOME=" + home_.path(), "PATH=/usr/bin:/bin", "TMPDIR=" + tmp_.path()};
+    options.environment.insert(options.environment.end(), environment.begin(), environment.end());
+    options.out.file = home_.file("out");
+    options.err.file = home_.file("err");
+    ::unlink(options.out.file.c_str());  // spawn_process appends; each run starts them empty
+    ::unlink(options.err.file.c_str());
+    auto pid = spawn_process(options);
+    EXPECT_TRUE(pid.ok()) << pid.error().message();
+    return pid.ok() ? pid.value() : -1;
   }
 
   CommandResult finish(pid_t pid) {

@@ -9,42 +9,35 @@
 #include <stdexcept>
 #include <thread>
 
+#include "common/spawn.h"
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-extern char** environ;
-
 namespace outpost::testing {
+
+std::vector<std::string> with_environment(std::vector<std::string> extra) {
+  std::vector<std::string> out = current_environment();
+  out.insert(out.end(), std::make_move_iterator(extra.begin()),
+             std::make_move_iterator(extra.end()));
+  return out;
+}
 
 ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::string> environment,
                            std::string log_file)
     : log_file_(std::move(log_file)) {
-  std::vector<char*> args;
-  args.reserve(argv.size() + 1);
-  for (auto& arg : argv) args.push_back(arg.data());
-  args.push_back(nullptr);
-  std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
-  for (auto& extra : environment) env_storage.push_back(std::move(extra));
-  std::vector<char*> env;
-  env.reserve(env_storage.size() + 1);
-  for (auto& entry : env_storage) env.push_back(entry.data());
-  env.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log_file_.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0600);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  // Nothing else of the test's: a process that held the fault relay's or another process's
-  // sockets would keep a "cut" connection open, and its descriptor count would include ours.
-  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
-  const int rc = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) throw std::runtime_error("cannot start " + argv[0]);
+  // The product's spawn: nothing else of the test's reaches the child (a process that held the
+  // fault relay's or another process's sockets would keep a "cut" connection open, and its
+  // descriptor count would include ours).
+  SpawnOptions options;
+  options.argv = std::move(argv);
+  options.environment = with_environment(std::move(environment));
+  options.out.file = log_file_;
+  options.err_to_out = true;
+  auto pid = spawn_process(options);
+  if (!pid.ok()) throw std::runtime_error(pid.error().message());
+  pid_ = pid.value();
 }
 
 ChildProcess::~ChildProcess() {
@@ -92,31 +85,17 @@ CommandResult run_command(const std::vector<std::string>& argv,
   char err_path[] = "/tmp/outpost-cmd-err-XXXXXX";
   const int out_fd = ::mkstemp(out_path);
   const int err_fd = ::mkstemp(err_path);
-  std::vector<std::string> args = argv;
-  std::vector<char*> raw;
-  raw.reserve(args.size() + 1);
-  for (auto& arg : args) raw.push_back(arg.data());
-  raw.push_back(nullptr);
-  std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
-  for (const auto& extra : environment) env_storage.push_back(extra);
-  std::vector<char*> env;
-  env.reserve(env_storage.size() + 1);
-  for (auto& entry : env_storage) env.push_back(entry.data());
-  env.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out_fd, 1);
-  posix_spawn_file_actions_adddup2(&actions, err_fd, 2);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addclosefrom_np(&actions, 3);  // nothing else of the test's
-  pid_t pid = -1;
+  SpawnOptions options;
+  options.argv = argv;
+  options.environment = with_environment(environment);
+  options.out.fd = out_fd;
+  options.err.fd = err_fd;
+  const auto spawned = spawn_process(options);
+  const pid_t pid = spawned.ok() ? spawned.value() : -1;
   CommandResult result;
-  const int rc = posix_spawn(&pid, raw[0], &actions, nullptr, raw.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
   ::close(out_fd);
   ::close(err_fd);
-  if (rc == 0) {
+  if (spawned.ok()) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     int status = 0;
     while (::waitpid(pid, &status, WNOHANG) == 0) {
@@ -130,7 +109,7 @@ CommandResult run_command(const std::vector<std::string>& argv,
     result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
   result.out = read_file(out_path);
-  result.err = read_file(err_path);
+  result.err = read_file(err_path) + (spawned.ok() ? "" : spawned.error().message());
   ::unlink(out_path);
   ::unlink(err_path);
   return result;

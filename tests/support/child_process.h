@@ -41,6 +41,9 @@ struct CommandResult {
   std::string err;
 };
 
+// This process's environment with `extra` (NAME=VALUE) after it.
+std::vector<std::string> with_environment(std::vector<std::string> extra);
+
 // Runs a command to completion (killed after `timeout`), capturing stdout and stderr.
 CommandResult run_command(const std::vector<std::string>& argv,
                           const std::vector<std::string>& environment = {},

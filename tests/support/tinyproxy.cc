@@ -6,16 +6,14 @@
 #include <stdexcept>
 #include <thread>
 
+#include "common/spawn.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-extern char** environ;
 
 namespace outpost::testing {
 namespace {
@@ -68,20 +66,15 @@ Tinyproxy::Tinyproxy(const std::string& user, const std::string& password) {
         << "PidFile \"" << dir_.file("tinyproxy.pid") << "\"\n";
     if (!user.empty()) out << "BasicAuth " << user << " " << password << "\n";
   }
-  std::string arg0 = binary;
-  std::string flag_d = "-d";
-  std::string flag_c = "-c";
-  std::string config_arg = config;
-  char* argv[] = {arg0.data(), flag_d.data(), flag_c.data(), config_arg.data(), nullptr};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
   const std::string output = dir_.file("tinyproxy.out");
-  posix_spawn_file_actions_addopen(&actions, 1, output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  posix_spawn_file_actions_addclosefrom_np(&actions, 3);  // nothing else of the test's
-  const int rc = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv, environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) throw std::runtime_error("cannot start tinyproxy");
+  SpawnOptions options;  // nothing else of the test's reaches tinyproxy
+  options.argv = {binary, "-d", "-c", config};
+  options.environment = current_environment();
+  options.out.file = output;
+  options.err_to_out = true;
+  auto pid = spawn_process(options);
+  if (!pid.ok()) throw std::runtime_error("cannot start tinyproxy: " + pid.error().message());
+  pid_ = pid.value();
   for (int i = 0; i < 500; ++i) {
     if (can_connect(port_)) return;
     int status = 0;
