@@ -70,8 +70,16 @@ bool is_enroll_identity(const std::string& identity) {
 }  // namespace
 
 AgentService::AgentService(Store& store, Fleet& fleet, const ArtifactStore& artifacts,
-                           const WallClock& clock, asio::any_io_executor pool)
-    : store_(store), fleet_(fleet), artifacts_(artifacts), clock_(clock), pool_(std::move(pool)) {}
+                           const WallClock& clock, Scaling& scaling, PredictRouter& router,
+                           AuthThrottle* throttle, asio::any_io_executor pool)
+    : store_(store),
+      fleet_(fleet),
+      artifacts_(artifacts),
+      clock_(clock),
+      pool_(std::move(pool)),
+      scaling_(scaling),
+      router_(router),
+      throttle_(throttle) {}
 
 tunnel::TunnelServer::Handlers AgentService::handlers() {
   std::weak_ptr<AgentService> weak = shared_from_this();
@@ -99,7 +107,7 @@ tunnel::TunnelServer::Handlers AgentService::handlers() {
   handlers.on_disconnect = [weak](const tunnel::PeerInfo& peer, error_code code,
                                   const std::string& reason) {
     // Requests held for a replica of this node learn that it is gone.
-    if (auto self = weak.lock(); self && self->router_ != nullptr) self->router_->wake();
+    if (auto self = weak.lock()) self->router_.wake();
     LOG_INFO("control.agent_disconnected", "connection "
                                                << peer.connection_index << " of " << peer.identity
                                                << " closed: " << code.message() << " " << reason);
@@ -190,7 +198,7 @@ void AgentService::on_connection(const std::string& identity) {
   if (!node.ok()) return;
   LOG_INFO("control.node_connected", "node " << identity << " (" << node->name << ") connected");
   if (fleet_.acknowledged(identity) < node->desired_version) push_desired(identity);
-  if (router_ != nullptr) router_->wake();
+  router_.wake();
 }
 
 void AgentService::on_stream(const std::shared_ptr<tunnel::Stream>& stream,
@@ -279,7 +287,7 @@ Result<json> AgentService::report(const std::string& node_id, const std::string&
       store_.record_report(node_id, parsed.inventory.has_value() ? &*parsed.inventory : nullptr,
                            parsed.replicas_doc, parsed.applied_version, clock_.now_seconds()));
   // A replica may have become ready: requests held for a cold start go now.
-  if (router_ != nullptr) router_->wake();
+  router_.wake();
   return json::object();
 }
 
@@ -378,11 +386,7 @@ void AgentService::reschedule(const std::string& user_id) {
       d.nodepool_ids = deployment.nodepool_ids;
       const json autoscale = deployment.doc.value("autoscale_config", json::object());
       d.disable_packing = autoscale.value("disable_packing", false);
-      if (scaling_ != nullptr) {
-        d.replicas = scaling_->replicas_for(deployment);
-      } else {
-        for (const auto& pool : deployment.nodepool_ids) d.replicas[pool] = 1;
-      }
+      d.replicas = scaling_.replicas_for(deployment);
       auto version = store_.get_version(user_id, deployment.model_id, deployment.model_version_id);
       if (version.ok() && version->config.is_object()) {
         d.shape = replica_shape(version->config.value("inference_compute_info", json::object()));
@@ -391,11 +395,11 @@ void AgentService::reschedule(const std::string& user_id) {
     }
     std::vector<SchedulerNode> fleet;
     for (const auto& node : *nodes) {
-      const bool usable = scaling_ == nullptr || scaling_->usable(node.id, online(node.id));
+      const bool usable = scaling_.usable(node.id, online(node.id));
       fleet.push_back(scheduler_node(node, usable));
     }
     const auto result = schedule(user_id, wanted, fleet, *current);
-    if (scaling_ != nullptr) scaling_->set_unplaced(user_id, result.unplaced);
+    scaling_.set_unplaced(user_id, result.unplaced);
     auto replaced = store_.replace_replicas(user_id, result.replicas);
     if (!replaced.ok()) {
       LOG_ERROR("control.schedule_failed",
@@ -409,7 +413,7 @@ void AgentService::reschedule(const std::string& user_id) {
     push_desired(node);
   }
   // Requests held for a replica that moved or went away learn of it.
-  if (!changed.empty() && router_ != nullptr) router_->wake();
+  if (!changed.empty()) router_.wake();
 }
 
 void AgentService::revoke_node(const std::string& node_id) {

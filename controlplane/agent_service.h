@@ -33,18 +33,16 @@ inline constexpr std::string_view kEnrollIdentityPrefix = "enroll:";
 
 class AgentService : public std::enable_shared_from_this<AgentService> {
  public:
+  // `scaling` (how many replicas, which nodes are usable) and `router` (woken when a replica's
+  // state changes) outlive it; refused credentials count against their sender's address in
+  // `throttle` (nullptr: none).
   AgentService(Store& store, Fleet& fleet, const ArtifactStore& artifacts, const WallClock& clock,
+               Scaling& scaling, PredictRouter& router, AuthThrottle* throttle,
                boost::asio::any_io_executor pool);
 
   // The handlers to create the TunnelServer with; set_tunnel() must follow before it listens.
   tunnel::TunnelServer::Handlers handlers();
   void set_tunnel(std::shared_ptr<tunnel::TunnelServer> tunnel) { tunnel_ = std::move(tunnel); }
-  // The autoscaler (how many replicas, which nodes are usable) and the router (woken when a
-  // replica's state changes). Set before the tunnel listens.
-  void set_scaling(Scaling* scaling) { scaling_ = scaling; }
-  void set_router(PredictRouter* router) { router_ = router; }
-  // Refused credentials count against their sender's address; set before the tunnel listens.
-  void set_throttle(AuthThrottle* throttle) { throttle_ = throttle; }
 
   // Recomputes `user_id`'s replica assignments (scheduler.h, with the autoscaler's counts) and
   // pushes the new desired states.
@@ -79,9 +77,9 @@ class AgentService : public std::enable_shared_from_this<AgentService> {
   const WallClock& clock_;
   boost::asio::any_io_executor pool_;
   std::shared_ptr<tunnel::TunnelServer> tunnel_;
-  Scaling* scaling_ = nullptr;
-  PredictRouter* router_ = nullptr;
-  AuthThrottle* throttle_ = nullptr;
+  Scaling& scaling_;
+  PredictRouter& router_;
+  AuthThrottle* throttle_;
 
   std::mutex reschedule_mutex_;  // one reschedule at a time: read, compute, write
   mutable std::mutex cache_mutex_;

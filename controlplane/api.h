@@ -5,45 +5,13 @@
 // with the HTTP status of their code.
 #pragma once
 
+#include <functional>
 #include <memory>
-#include <string>
 
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/io_context.hpp>
-
-#include "controlplane/agent_service.h"
-#include "controlplane/artifact_store.h"
-#include "controlplane/authenticator.h"
-#include "controlplane/control_config.h"
-#include "controlplane/fleet.h"
+#include "controlplane/api_services.h"
 #include "controlplane/http_types.h"
-#include "controlplane/metrics.h"
-#include "controlplane/model_inspector.h"
-#include "controlplane/predict_router.h"
-#include "controlplane/scaling.h"
-#include "controlplane/store.h"
-#include "controlplane/url_fetcher.h"
-#include "controlplane/wall_clock.h"
 
 namespace outpost::control {
-
-struct ApiServices {
-  const ControlConfig* config = nullptr;
-  Store* store = nullptr;
-  Authenticator* auth = nullptr;
-  Fleet* fleet = nullptr;
-  std::shared_ptr<AgentService> agents;
-  PredictRouter* router = nullptr;
-  Scaling* scaling = nullptr;
-  ControlMetrics* metrics = nullptr;
-  const ArtifactStore* artifacts = nullptr;
-  const ModelInspector* inspector = nullptr;
-  UrlFetcher* fetcher = nullptr;
-  const WallClock* clock = nullptr;
-  boost::asio::io_context* io = nullptr;  // timers
-  boost::asio::any_io_executor pool;      // blocking work
-  std::string temp_dir;                   // uploads and package extraction
-};
 
 class Api : public std::enable_shared_from_this<Api> {
  public:

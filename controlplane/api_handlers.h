@@ -9,7 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "controlplane/api.h"
+#include "controlplane/api_services.h"
+#include "controlplane/authenticator.h"
+#include "controlplane/http_types.h"
 
 namespace outpost::control {
 

@@ -43,7 +43,7 @@ std::string default_worker_path() {
 
 }  // namespace
 
-class ControlPlane::Impl {
+class ControlPlane::Impl final : public ScalingHost {
  public:
   explicit Impl(ControlConfig config) : config_(std::move(config)) {}
 
@@ -88,24 +88,21 @@ class ControlPlane::Impl {
     OUTPOST_RETURN_IF_ERROR(bootstrap_admin());
 
     pool_ = std::make_unique<asio::thread_pool>(static_cast<size_t>(config_.blocking_threads));
-    agents_ = std::make_shared<AgentService>(*store_, fleet_, *artifacts_, *clock_,
-                                             pool_->get_executor());
+    // Calls go one way: the agent service calls the router and the autoscaler, the router calls
+    // the autoscaler, and the autoscaler reaches the other two only through ScalingHost, which
+    // this class implements.
+    ScalingOptions scaling;
+    scaling.target_ongoing_requests = config_.target_ongoing_requests;
+    scaling.node_offline_grace_seconds = config_.node_offline_grace_seconds;
+    scaling_ = std::make_unique<Scaling>(*store_, fleet_, *clock_, scaling, *this, metrics_);
     RouterOptions routing;
     routing.max_ongoing_per_replica = config_.max_ongoing_per_replica;
     routing.hold_timeout = std::chrono::seconds(config_.cold_start_timeout_seconds);
     routing.max_held_per_deployment = static_cast<size_t>(config_.max_held_requests);
-    router_ = std::make_unique<PredictRouter>(*store_, fleet_, pool_->get_executor(), routing);
-    ScalingOptions scaling;
-    scaling.target_ongoing_requests = config_.target_ongoing_requests;
-    scaling.node_offline_grace_seconds = config_.node_offline_grace_seconds;
-    scaling_ = std::make_unique<Scaling>(*store_, fleet_, *clock_, scaling);
-    scaling_->set_agents(agents_);
-    scaling_->set_router(router_.get());
-    scaling_->set_metrics(&metrics_);
-    agents_->set_scaling(scaling_.get());
-    agents_->set_router(router_.get());
-    agents_->set_throttle(auth_throttle_.get());
-    router_->set_scaling(scaling_.get());
+    router_ =
+        std::make_unique<PredictRouter>(*store_, fleet_, *scaling_, pool_->get_executor(), routing);
+    agents_ = std::make_shared<AgentService>(*store_, fleet_, *artifacts_, *clock_, *scaling_,
+                                             *router_, auth_throttle_.get(), pool_->get_executor());
     inspector_ = std::make_unique<ModelInspector>(
         config_.worker_path.empty() ? default_worker_path() : config_.worker_path,
         std::chrono::seconds(config_.inspect_timeout_seconds));
@@ -211,7 +208,7 @@ class ControlPlane::Impl {
     if (pool_) pool_->join();
   }
 
-  ~Impl() {
+  ~Impl() override {
     stop();
     // Objects that own sockets and timers go before the io_context; the io_context goes (and
     // with it the handlers still queued, which may hold calls in flight) before what those
@@ -229,6 +226,15 @@ class ControlPlane::Impl {
 
   const std::string& admin_token() const { return admin_token_; }
   uint16_t metrics_port() const { return metrics_port_; }
+
+  // ScalingHost: the autoscaler's questions and events, answered by the agent service and the
+  // router (both made before the first tick).
+  bool node_online(const std::string& node_id) override { return agents_->online(node_id); }
+  void counts_changed(const std::string& user_id) override { agents_->reschedule(user_id); }
+  size_t held_requests(const std::string& user_id, const std::string& deployment_id) override {
+    return router_->held(user_id, deployment_id);
+  }
+  void tick_passed() override { router_->expire_held(); }
 
  private:
   // The autoscaler's tick, once a second on the pool; a slow pass delays the next one rather

@@ -9,9 +9,9 @@
 
 namespace outpost::control {
 
-PredictRouter::PredictRouter(Store& store, Fleet& fleet, boost::asio::any_io_executor pool,
-                             RouterOptions options)
-    : store_(store), fleet_(fleet), pool_(std::move(pool)), options_(options) {}
+PredictRouter::PredictRouter(Store& store, Fleet& fleet, Scaling& scaling,
+                             boost::asio::any_io_executor pool, RouterOptions options)
+    : store_(store), fleet_(fleet), scaling_(scaling), pool_(std::move(pool)), options_(options) {}
 
 PredictRouter::Choice PredictRouter::consider(const Deployment& deployment,
                                               const std::set<std::string>& avoid) {
@@ -53,7 +53,7 @@ PredictRouter::Choice PredictRouter::consider(const Deployment& deployment,
         // A node that went away moments ago (its agent restarting, its tunnel reconnecting) is
         // waited for within node_offline_grace_seconds, as at a cold start; after that the
         // scheduler moves its replicas.
-        if (scaling_ != nullptr && scaling_->usable(replica.node_id, false)) out.coming = true;
+        if (scaling_.usable(replica.node_id, false)) out.coming = true;
         continue;
       }
       const ReplicaState state = fleet_.replica(replica.node_id, replica.id);
@@ -102,12 +102,10 @@ PredictRouter::Choice PredictRouter::consider(const Deployment& deployment,
   }
   if (assigned == 0) {
     int64_t desired = 0;
-    if (scaling_ != nullptr) {
-      for (const auto& [pool, count] : scaling_->replicas_for(deployment)) desired += count;
-    }
+    for (const auto& [pool, count] : scaling_.replicas_for(deployment)) desired += count;
     std::string pools;
     for (const auto& pool : deployment.nodepool_ids) pools += (pools.empty() ? "" : ", ") + pool;
-    if (scaling_ != nullptr && desired == 0) {
+    if (desired == 0) {
       out.at_zero = true;
       out.coming = true;
       out.why = "it is scaled to zero and no node of nodepool " + pools +
@@ -138,9 +136,9 @@ Result<PredictRoute> PredictRouter::choose(const Deployment& deployment,
 void PredictRouter::acquire(const Deployment& deployment, std::set<std::string> avoid, Done done,
                             std::function<bool()> wanted) {
   Choice choice = consider(deployment, avoid);
-  if (!choice.route.has_value() && choice.at_zero && scaling_ != nullptr) {
+  if (!choice.route.has_value() && choice.at_zero) {
     // A cold start, or another request started one meanwhile: either way, look again.
-    scaling_->demand(deployment);
+    scaling_.demand(deployment);
     choice = consider(deployment, avoid);
   }
   if (choice.route.has_value()) return done(*choice.route);

@@ -53,10 +53,10 @@ class PredictRouter {
  public:
   using Done = std::function<void(Result<PredictRoute>)>;
 
-  PredictRouter(Store& store, Fleet& fleet, boost::asio::any_io_executor pool,
+  // `scaling` (how many replicas each deployment wants; demand() at a cold start) outlives it.
+  PredictRouter(Store& store, Fleet& fleet, Scaling& scaling, boost::asio::any_io_executor pool,
                 RouterOptions options);
   void set_tunnel(std::shared_ptr<tunnel::TunnelServer> tunnel) { tunnel_ = std::move(tunnel); }
-  void set_scaling(Scaling* scaling) { scaling_ = scaling; }
 
   // Blocking (reads the assignments): call it from the pool. Nodes in `avoid` are not chosen
   // (a retry after a node failed).
@@ -98,10 +98,10 @@ class PredictRouter {
 
   Store& store_;
   Fleet& fleet_;
+  Scaling& scaling_;
   boost::asio::any_io_executor pool_;
   const RouterOptions options_;
   std::shared_ptr<tunnel::TunnelServer> tunnel_;
-  Scaling* scaling_ = nullptr;
 
   mutable std::mutex mutex_;
   std::list<Waiter> waiters_;

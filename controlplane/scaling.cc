@@ -1,10 +1,8 @@
 #include "controlplane/scaling.h"
 
 #include "common/log.h"
-#include "controlplane/agent_service.h"
 #include "controlplane/fleet.h"
 #include "controlplane/metrics.h"
-#include "controlplane/predict_router.h"
 
 namespace outpost::control {
 
@@ -18,8 +16,14 @@ json autoscale_of(const Deployment& deployment) {
 
 }  // namespace
 
-Scaling::Scaling(Store& store, Fleet& fleet, const WallClock& clock, ScalingOptions options)
-    : store_(store), fleet_(fleet), clock_(clock), options_(options) {}
+Scaling::Scaling(Store& store, Fleet& fleet, const WallClock& clock, ScalingOptions options,
+                 ScalingHost& host, ControlMetrics& metrics)
+    : store_(store),
+      fleet_(fleet),
+      clock_(clock),
+      options_(options),
+      host_(host),
+      metrics_(metrics) {}
 
 double Scaling::seconds_now() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
@@ -69,9 +73,7 @@ void Scaling::record_locked(const Key& key, const ScaleChange& change) {
   events.push_back({clock_.now_seconds(), key.nodepool_id, change.from, change.to, change.reason});
   while (events.size() > options_.events_kept) events.pop_front();
   persist(key, change.to);
-  if (metrics_ != nullptr) {
-    metrics_->scaled(key.user_id, key.deployment_id, change.to > change.from);
-  }
+  metrics_.scaled(key.user_id, key.deployment_id, change.to > change.from);
 }
 
 std::map<std::string, int64_t> Scaling::replicas_for(const Deployment& deployment) {
@@ -124,7 +126,7 @@ bool Scaling::demand(const Deployment& deployment) {
     bool any = false;
     if (nodes.ok()) {
       for (const auto& node : *nodes) {
-        any = any || usable(node.id, agents_ != nullptr && agents_->online(node.id));
+        any = any || usable(node.id, host_.node_online(node.id));
       }
     }
     if (any) {
@@ -141,8 +143,8 @@ bool Scaling::demand(const Deployment& deployment) {
     record_locked(key, *change);
     cold_pool_[{deployment.user_id, deployment.id}] = chosen;
   }
-  if (metrics_ != nullptr) metrics_->cold_start(deployment.user_id, deployment.id);
-  if (agents_) agents_->reschedule(deployment.user_id);
+  metrics_.cold_start(deployment.user_id, deployment.id);
+  host_.counts_changed(deployment.user_id);
   return true;
 }
 
@@ -164,7 +166,7 @@ void Scaling::tick() {
     // Nodes that may take replicas; a change moves replicas.
     std::set<std::string> usable_now;
     for (const auto& node : *nodes) {
-      if (usable(node.id, agents_ != nullptr && agents_->online(node.id))) {
+      if (usable(node.id, host_.node_online(node.id))) {
         usable_now.insert(node.id);
       }
     }
@@ -180,7 +182,7 @@ void Scaling::tick() {
           cold != cold_pool_.end()
               ? cold->second
               : (deployment.nodepool_ids.empty() ? "" : deployment.nodepool_ids.front());
-      const size_t held = router_ != nullptr ? router_->held(user.id, deployment.id) : 0;
+      const size_t held = host_.held_requests(user.id, deployment.id);
       for (const auto& pool : deployment.nodepool_ids) {
         const Key key{user.id, deployment.id, pool};
         live.insert(key);
@@ -200,8 +202,8 @@ void Scaling::tick() {
         for (const auto& replica : *replicas) {
           if (replica.deployment_id != deployment.id || replica.nodepool_id != pool) continue;
           ++count.assigned;
-          if (fleet_.replica(replica.node_id, replica.id).state == "ready" && agents_ &&
-              agents_->online(replica.node_id)) {
+          if (fleet_.replica(replica.node_id, replica.id).state == "ready" &&
+              host_.node_online(replica.node_id)) {
             ++count.live;
           }
         }
@@ -222,10 +224,10 @@ void Scaling::tick() {
     }
   }
   for (const auto& user : dirty) {
-    if (agents_) agents_->reschedule(user);
+    host_.counts_changed(user);
   }
-  if (router_ != nullptr) router_->expire_held();
-  if (metrics_ != nullptr) metrics_->set_replicas(counts);
+  host_.tick_passed();
+  metrics_.set_replicas(counts);
 }
 
 json Scaling::status(const Deployment& deployment) {

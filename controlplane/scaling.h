@@ -32,10 +32,25 @@
 
 namespace outpost::control {
 
-class AgentService;
 class Fleet;
 class ControlMetrics;
-class PredictRouter;
+
+// What the loop asks of the parts that hold the agents and the held calls, and what it tells
+// them. Scaling calls nothing else outside itself: the agent service and the router call into
+// Scaling, and the control plane implements this (controlplane/control_plane.cc), so the calls
+// go one way.
+class ScalingHost {
+ public:
+  virtual ~ScalingHost() = default;
+  // Whether the node has a live tunnel now.
+  virtual bool node_online(const std::string& node_id) = 0;
+  // Event: a user's replica counts or usable nodes changed; place them again. Blocking.
+  virtual void counts_changed(const std::string& user_id) = 0;
+  // How many requests are held for a cold start of the deployment.
+  virtual size_t held_requests(const std::string& user_id, const std::string& deployment_id) = 0;
+  // Event: a tick passed; held requests past the cold-start timeout are answered.
+  virtual void tick_passed() = 0;
+};
 
 struct ScalingOptions {
   double target_ongoing_requests = 2;      // per replica
@@ -53,11 +68,9 @@ struct ScalingEvent {
 
 class Scaling {
  public:
-  Scaling(Store& store, Fleet& fleet, const WallClock& clock, ScalingOptions options);
-
-  void set_agents(std::shared_ptr<AgentService> agents) { agents_ = std::move(agents); }
-  void set_router(PredictRouter* router) { router_ = router; }
-  void set_metrics(ControlMetrics* metrics) { metrics_ = metrics; }
+  // `host` and `metrics` outlive this object.
+  Scaling(Store& store, Fleet& fleet, const WallClock& clock, ScalingOptions options,
+          ScalingHost& host, ControlMetrics& metrics);
 
   // One pass of the loop (blocking: call it from the pool).
   void tick();
@@ -107,9 +120,8 @@ class Scaling {
   Fleet& fleet_;
   const WallClock& clock_;
   const ScalingOptions options_;
-  std::shared_ptr<AgentService> agents_;
-  PredictRouter* router_ = nullptr;
-  ControlMetrics* metrics_ = nullptr;
+  ScalingHost& host_;
+  ControlMetrics& metrics_;
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 
   std::mutex mutex_;
