@@ -44,31 +44,6 @@ std::string methods_cell(const json& version) {
 }
 
 // The signatures of the version a call will run: --version, else the deployment's, else latest.
-Result<json> method_for(Session& s, const PredictFlags& flags, const std::string& kind) {
-  std::string version = flags.version;
-  if (version.empty() && !flags.deployment.empty()) {
-    auto deployment =
-        s.call("GET", "/v2/users/" + escape(s.config.user_id.empty() ? "me" : s.config.user_id) +
-                          "/deployments/" + escape(flags.deployment));
-    if (!deployment.ok()) return deployment.error();
-    version = (*deployment)["deployment"]["worker"]["model"]["model_version"].value("id", "");
-  }
-  json methods;
-  if (version.empty()) {
-    OUTPOST_ASSIGN_OR_RETURN(auto model, s.call("GET", models_path(s) + "/" + escape(flags.model)));
-    if (model["model"]["model_version"].is_null()) {
-      return invalid_argument("model " + flags.model +
-                              " has no version yet: `outpost model upload`");
-    }
-    methods = model["model"]["model_version"]["method_signatures"];
-  } else {
-    OUTPOST_ASSIGN_OR_RETURN(auto found, s.call("GET", models_path(s) + "/" + escape(flags.model) +
-                                                           "/versions/" + escape(version)));
-    methods = found["model_version"]["method_signatures"];
-  }
-  return pick_method(methods, flags.method, kind);
-}
-
 Result<json> selector(const PredictFlags& flags) {
   const bool by_pool = !flags.compute_cluster.empty() || !flags.nodepool.empty();
   if (!flags.deployment.empty() && by_pool) {
@@ -190,10 +165,12 @@ Status model_delete(Session& s, const std::string& id) {
 
 namespace {
 
-// The body of a unary or generate call (docs/api.md "Predict").
-json predict_body(const json& runner, const json& method, const json& inputs,
-                  const PredictFlags& flags) {
-  json body{{"runner_selector", runner}, {"method", method["name"]}, {"inputs", inputs}};
+// The body of a unary or generate call (docs/api.md "Predict"). The server picks the method
+// when none is named and places --text/--file/--url under its first input: one request.
+json predict_body(const json& runner, const CallInputs& inputs, const PredictFlags& flags) {
+  json body{{"runner_selector", runner}};
+  if (!flags.method.empty()) body["method"] = flags.method;
+  inputs.write_to(body);
   if (flags.tensor_values) body["tensor_format"] = "values";
   return body;
 }
@@ -202,9 +179,8 @@ json predict_body(const json& runner, const json& method, const json& inputs,
 
 Status model_predict(Session& s, const PredictFlags& flags) {
   OUTPOST_ASSIGN_OR_RETURN(auto runner, selector(flags));
-  OUTPOST_ASSIGN_OR_RETURN(auto method, method_for(s, flags, "unary"));
-  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_inputs(flags.inputs, method, *s.in));
-  const json body = predict_body(runner, method, inputs, flags);
+  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_call_inputs(flags.inputs, *s.in));
+  const json body = predict_body(runner, inputs, flags);
   OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("POST", outputs_path(s, flags), body.dump()));
   if (s.json_output()) {
     *s.out << reply.dump(2) << "\n";
@@ -216,9 +192,8 @@ Status model_predict(Session& s, const PredictFlags& flags) {
 
 Status model_generate(Session& s, const PredictFlags& flags) {
   OUTPOST_ASSIGN_OR_RETURN(auto runner, selector(flags));
-  OUTPOST_ASSIGN_OR_RETURN(auto method, method_for(s, flags, "generate"));
-  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_inputs(flags.inputs, method, *s.in));
-  const json body = predict_body(runner, method, inputs, flags);
+  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_call_inputs(flags.inputs, *s.in));
+  const json body = predict_body(runner, inputs, flags);
   // Events (or JSON lines) are split as they arrive; each chunk is printed and flushed at once.
   std::string pending;
   std::optional<Error> failure;
@@ -292,21 +267,19 @@ Status model_stream(Session& s, const PredictFlags& flags, std::istream& in) {
     query =
         "compute_cluster=" + escape(flags.compute_cluster) + "&nodepool=" + escape(flags.nodepool);
   }
-  OUTPOST_ASSIGN_OR_RETURN(auto method, method_for(s, flags, "stream"));
-  OUTPOST_ASSIGN_OR_RETURN(auto items, build_stream_items(flags.inputs, method, *s.in));
+  OUTPOST_ASSIGN_OR_RETURN(auto items, build_stream_call_items(flags.inputs, *s.in));
   const bool from_stdin = items.empty();
-  std::string input_name;
-  if (from_stdin) {
-    OUTPOST_ASSIGN_OR_RETURN(input_name, first_input(method));
-  }
   std::string path = models_path(s) + "/" + escape(flags.model);
   if (!flags.version.empty()) path += "/versions/" + escape(flags.version);
-  path += "/outputs/stream?" + query + "&method=" + escape(method["name"].get<std::string>());
+  path += "/outputs/stream?" + query;
+  if (!flags.method.empty()) path += "&method=" + escape(flags.method);
   if (flags.tensor_values) path += "&tensor_format=values";
   OUTPOST_ASSIGN_OR_RETURN(auto socket, s.client->websocket(path));
   // One output per input item (docs/control-protocol.md): send an item, print its output.
-  const auto exchange = [&](const json& item) -> Status {
-    OUTPOST_RETURN_IF_ERROR(socket->send(json{{"inputs", item}}.dump()));
+  const auto exchange = [&](const CallInputs& item) -> Status {
+    json sent = json::object();
+    item.write_to(sent);
+    OUTPOST_RETURN_IF_ERROR(socket->send(sent.dump()));
     OUTPOST_ASSIGN_OR_RETURN(auto message, socket->receive());
     if (!message.has_value()) return unavailable("the server closed the stream");
     const json reply = json::parse(*message, nullptr, false);
@@ -325,7 +298,7 @@ Status model_stream(Session& s, const PredictFlags& flags, std::istream& in) {
   };
   if (from_stdin) {
     for (std::string line; std::getline(in, line);) {
-      OUTPOST_RETURN_IF_ERROR(exchange(json{{input_name, line}}));
+      OUTPOST_RETURN_IF_ERROR(exchange(CallInputs{json::object(), json(line)}));
     }
   } else {
     for (const auto& item : items) OUTPOST_RETURN_IF_ERROR(exchange(item));

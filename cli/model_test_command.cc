@@ -419,14 +419,17 @@ Status call_with_flags(LocalWorker& worker, const ModelTestFlags& flags, const s
                               "' is a stream method: give its items with --text (one item "
                               "each) or --inputs (a JSON array of input objects)");
     }
-    OUTPOST_ASSIGN_OR_RETURN(auto built, build_stream_items(flags.inputs, method, std::cin));
-    inputs = built;
-    for (auto& item : built) {
-      OUTPOST_ASSIGN_OR_RETURN(auto wire, to_wire(std::move(item), false));
+    OUTPOST_ASSIGN_OR_RETURN(auto built, build_stream_call_items(flags.inputs, std::cin));
+    inputs = json::array();
+    for (const auto& item : built) {
+      OUTPOST_ASSIGN_OR_RETURN(auto placed, place_first(item, method));
+      inputs.push_back(placed);
+      OUTPOST_ASSIGN_OR_RETURN(auto wire, to_wire(std::move(placed), false));
       items.push_back(std::move(wire));
     }
   } else {
-    OUTPOST_ASSIGN_OR_RETURN(inputs, build_inputs(flags.inputs, method, std::cin));
+    OUTPOST_ASSIGN_OR_RETURN(auto built, build_call_inputs(flags.inputs, std::cin));
+    OUTPOST_ASSIGN_OR_RETURN(inputs, place_first(built, method));
     OUTPOST_ASSIGN_OR_RETURN(request, to_wire(inputs, false));
   }
   const bool table = format == OutputFormat::kTable;

@@ -193,11 +193,16 @@ Result<json> npy_tensor(const std::string& bytes, const std::string& name) {
       {"data_b64", base64_encode(std::string_view(bytes).substr(header_start + header_len))}};
 }
 
-Result<json> build_inputs(const InputFlags& flags, const json& method, std::istream& in) {
-  json inputs = json::object();
+void CallInputs::write_to(json& body) const {
+  body["inputs"] = named;
+  if (first.has_value()) body["input"] = *first;
+}
+
+Result<CallInputs> build_call_inputs(const InputFlags& flags, std::istream& in) {
+  CallInputs out;
   if (!flags.inputs_json.empty()) {
-    OUTPOST_ASSIGN_OR_RETURN(inputs, inputs_document(flags.inputs_json, in));
-    if (!inputs.is_object()) {
+    OUTPOST_ASSIGN_OR_RETURN(out.named, inputs_document(flags.inputs_json, in));
+    if (!out.named.is_object()) {
       return invalid_argument(
           "--inputs must be a JSON object of the method's inputs, e.g. "
           "'{\"text\": \"hello\"}'");
@@ -208,23 +213,19 @@ Result<json> build_inputs(const InputFlags& flags, const json& method, std::istr
   if (direct > 1 || flags.text.size() > 1) {
     return invalid_argument("give one of --text, --file and --url (they set the first input)");
   }
-  if (direct == 1) {
-    OUTPOST_ASSIGN_OR_RETURN(auto name, first_input(method));
-    if (!flags.text.empty()) {
-      inputs[name] = flags.text.front();
-    } else if (!flags.file.empty()) {
-      OUTPOST_ASSIGN_OR_RETURN(inputs[name], file_value(flags.file));
-    } else {
-      inputs[name] = json{{"url", flags.url}};
-    }
+  if (!flags.text.empty()) {
+    out.first = flags.text.front();
+  } else if (!flags.file.empty()) {
+    OUTPOST_ASSIGN_OR_RETURN(out.first, file_value(flags.file));
+  } else if (!flags.url.empty()) {
+    out.first = json{{"url", flags.url}};
   }
-  OUTPOST_RETURN_IF_ERROR(add_named(flags.named, inputs));
-  return inputs;
+  OUTPOST_RETURN_IF_ERROR(add_named(flags.named, out.named));
+  return out;
 }
 
-Result<std::vector<json>> build_stream_items(const InputFlags& flags, const json& method,
-                                             std::istream& in) {
-  std::vector<json> items;
+Result<std::vector<CallInputs>> build_stream_call_items(const InputFlags& flags, std::istream& in) {
+  std::vector<CallInputs> items;
   if (!flags.inputs_json.empty()) {
     OUTPOST_ASSIGN_OR_RETURN(const json parsed, inputs_document(flags.inputs_json, in));
     if (!parsed.is_array()) {
@@ -234,18 +235,27 @@ Result<std::vector<json>> build_stream_items(const InputFlags& flags, const json
     }
     for (const auto& item : parsed) {
       if (!item.is_object()) return invalid_argument("--inputs: each item must be an object");
-      items.push_back(item);
+      items.push_back(CallInputs{item, std::nullopt});
     }
     return items;
   }
   if (!flags.file.empty() || !flags.url.empty() || !flags.named.empty()) {
     return invalid_argument("a stream takes its items from --text (repeated), --inputs or stdin");
   }
-  if (!flags.text.empty()) {
-    OUTPOST_ASSIGN_OR_RETURN(auto name, first_input(method));
-    for (const auto& text : flags.text) items.push_back(json{{name, text}});
-  }
+  for (const auto& text : flags.text) items.push_back(CallInputs{json::object(), json(text)});
   return items;
+}
+
+Result<json> place_first(const CallInputs& inputs, const json& method) {
+  json out = inputs.named;
+  if (!inputs.first.has_value()) return out;
+  OUTPOST_ASSIGN_OR_RETURN(auto name, first_input(method));
+  if (out.contains(name)) {
+    return invalid_argument("--text, --file or --url and an input named '" + name +
+                            "' both set the method's first input; give one of them");
+  }
+  out[name] = *inputs.first;
+  return out;
 }
 
 }  // namespace outpost::cli

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <istream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,15 +30,27 @@ struct InputFlags {
 Result<nlohmann::json> pick_method(const nlohmann::json& methods, const std::string& requested,
                                    const std::string& kind);
 
-// One call's inputs (unary, generate). `in`: standard input, for `--inputs -`.
-Result<nlohmann::json> build_inputs(const InputFlags& flags, const nlohmann::json& method,
-                                    std::istream& in);
+// One call's inputs before the method is known: `named` (--inputs, -i NAME=VALUE) and `first`
+// (--text, --file or --url), the value of the method's first input. The server places `first`
+// under its name (the body's "input"), so a remote call needs no signature; a local one places
+// it with place_first().
+struct CallInputs {
+  nlohmann::json named = nlohmann::json::object();
+  std::optional<nlohmann::json> first;
 
-// A stream's items: --inputs as a JSON array of input objects, or one item per --text.
-// Empty when neither is given (the CLI then reads items from stdin, one per line).
-Result<std::vector<nlohmann::json>> build_stream_items(const InputFlags& flags,
-                                                       const nlohmann::json& method,
-                                                       std::istream& in);
+  // The predict body's "inputs" and, when `first` is set, "input".
+  void write_to(nlohmann::json& body) const;
+};
+
+// `in`: standard input, for `--inputs -`.
+Result<CallInputs> build_call_inputs(const InputFlags& flags, std::istream& in);
+
+// A stream's items: --inputs as a JSON array of input objects, or one item (a `first`) per
+// --text. Empty when neither is given (the CLI then reads items from stdin, one per line).
+Result<std::vector<CallInputs>> build_stream_call_items(const InputFlags& flags, std::istream& in);
+
+// `inputs.named` with `inputs.first` under the name of `method`'s first input.
+Result<nlohmann::json> place_first(const CallInputs& inputs, const nlohmann::json& method);
 
 // A NumPy .npy file's bytes as a tensor Value {"dtype", "shape", "data_b64"}: little-endian,
 // C order, of a dtype the worker knows (float16/32/64, int8/16/32/64, uint8, bool).

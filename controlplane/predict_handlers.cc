@@ -502,6 +502,9 @@ void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpEx
   auto target =
       resolve(s, call, request->selector, request->method, generate ? "generate" : "unary");
   if (!target.ok()) return exchange->respond(error_response(target.error(), request_id));
+  auto placed = place_first_input(target->method, std::move(request->inputs), request->input);
+  if (!placed.ok()) return exchange->respond(error_response(placed.error(), request_id));
+  request->inputs = std::move(placed).value();
   const Status inputs_ok = check_inputs(target->method, request->inputs, false);
   if (!inputs_ok.ok()) return exchange->respond(error_response(inputs_ok.error(), request_id));
   auto services = std::make_shared<ApiServices>(s);
@@ -543,7 +546,8 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
         if (!parsed.ok()) return self->finish(parsed.error(), 1007);
         auto reader = ObjectReader::create(*parsed, "");
         if (!reader.ok()) return self->finish(reader.error(), 1007);
-        const Status known = reader->only({"runner_selector", "method", "inputs", "tensor_format"});
+        const Status known =
+            reader->only({"runner_selector", "method", "inputs", "input", "tensor_format"});
         if (!known.ok()) return self->finish(known.error(), 1007);
         auto format = reader->optional_string("tensor_format");
         if (!format.ok()) return self->finish(format.error(), 1007);
@@ -566,6 +570,12 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
         self->target_ = std::move(target).value();
         json first;
         if (const json* inputs = reader->get("inputs")) first = *inputs;
+        if (const json* input = reader->get("input")) {
+          auto placed = place_first_input(self->target_.method,
+                                          first.is_null() ? json::object() : first, *input);
+          if (!placed.ok()) return self->finish(placed.error(), 1007);
+          first = std::move(placed).value();
+        }
         self->connect(first);
       });
     });
@@ -673,12 +683,17 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
         self->pump_from_client();  // keep reading: a close from the client still cancels
         return;
       }
-      if (!parsed->contains("inputs")) {
-        return self->refuse(invalid_argument("each message carries {\"inputs\": {...}} or "
-                                             "{\"end\": true}"),
+      if (!parsed->contains("inputs") && !parsed->contains("input")) {
+        return self->refuse(invalid_argument("each message carries {\"inputs\": {...}}, "
+                                             "{\"input\": VALUE} or {\"end\": true}"),
                             1007, "the client sent a malformed message");
       }
-      self->forward_inputs((*parsed)["inputs"]);
+      std::optional<json> input;
+      if (parsed->contains("input")) input = (*parsed)["input"];
+      auto placed =
+          place_first_input(self->target_.method, parsed->value("inputs", json::object()), input);
+      if (!placed.ok()) return self->refuse(placed.error(), 1007, "the client sent bad inputs");
+      self->forward_inputs(*placed);
     });
   }
 

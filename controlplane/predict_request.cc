@@ -24,7 +24,8 @@ bool kind_matches(const std::string& type, const json& value) {
 
 Result<PredictRequest> parse_predict_request(const json& body) {
   OUTPOST_ASSIGN_OR_RETURN(auto reader, ObjectReader::create(body, ""));
-  OUTPOST_RETURN_IF_ERROR(reader.only({"runner_selector", "method", "inputs", "tensor_format"}));
+  OUTPOST_RETURN_IF_ERROR(
+      reader.only({"runner_selector", "method", "inputs", "input", "tensor_format"}));
   PredictRequest out;
   const json* selector = reader.get("runner_selector");
   if (selector == nullptr) {
@@ -36,6 +37,7 @@ Result<PredictRequest> parse_predict_request(const json& body) {
   out.method = method.value_or("");
   const json* inputs = reader.get("inputs");
   out.inputs = inputs != nullptr ? *inputs : json::object();
+  if (const json* input = reader.get("input")) out.input = *input;
   OUTPOST_ASSIGN_OR_RETURN(auto format, reader.optional_string("tensor_format"));
   OUTPOST_ASSIGN_OR_RETURN(out.tensor_values, parse_tensor_format(format.value_or("base64")));
   return out;
@@ -46,6 +48,24 @@ Result<bool> parse_tensor_format(const std::string& format) {
   if (format == "base64") return false;
   return field_error("tensor_format",
                      "is \"base64\" (the default) or \"values\", not \"" + format + "\"");
+}
+
+Result<json> place_first_input(const json& method, json inputs, const std::optional<json>& input) {
+  if (!input.has_value()) return inputs;
+  const json declared = method.value("inputs", json::array());
+  if (declared.empty()) {
+    return field_error("input", "the method '" + method.value("name", "") + "' takes no inputs");
+  }
+  if (!inputs.is_object()) {
+    return field_error("inputs", "must be an object of the method's named arguments");
+  }
+  const std::string name = declared[0].value("name", "");
+  if (inputs.contains(name)) {
+    return field_error(
+        "input", "and inputs." + name + " both set the input '" + name + "'; give one of them");
+  }
+  inputs[name] = *input;
+  return inputs;
 }
 
 Status check_inputs(const json& method, const json& inputs, bool partial) {

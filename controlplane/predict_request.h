@@ -3,6 +3,7 @@
 // predict_handlers.cc so that the predict_request fuzzer can drive them without a server.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,9 +14,13 @@
 namespace outpost::control {
 
 struct PredictRequest {
-  std::string method;          // "" when the body names none (the model's only method)
-  nlohmann::json selector;     // runner_selector as sent; resolved by the handler
-  nlohmann::json inputs;       // as sent; an empty object when the body has none
+  std::string method;       // "" when the body names none (the model's only method)
+  nlohmann::json selector;  // runner_selector as sent; resolved by the handler
+  nlohmann::json inputs;    // as sent; an empty object when the body has none
+  // "input": the value of the method's first input, whatever its name (what `outpost model
+  // predict --text` sends, so that the CLI needs no signature first); place_first_input() puts
+  // it under the name once the method is known.
+  std::optional<nlohmann::json> input;
   bool tensor_values = false;  // "tensor_format": "values": tensors come back as numbers
 };
 
@@ -24,9 +29,14 @@ struct PredictRequest {
 Result<bool> parse_tensor_format(const std::string& format);
 
 // Reads a parsed request body: {"runner_selector": ..., "method": "...", "inputs": {...},
-// "tensor_format": "values"}.
+// "input": ..., "tensor_format": "values"}.
 // Unknown keys and a missing runner_selector are refused, naming the field.
 Result<PredictRequest> parse_predict_request(const nlohmann::json& body);
+
+// `inputs` with `input` (when given) under the name of `method`'s first input. Refuses a
+// method without inputs, and `input` together with inputs.NAME for the same name.
+Result<nlohmann::json> place_first_input(const nlohmann::json& method, nlohmann::json inputs,
+                                         const std::optional<nlohmann::json>& input);
 
 // Checks the inputs' names (and simple types) against `method`, a signature from the model's
 // inspection ({"name": ..., "inputs": [{"name", "type", "default"?}...]}). `partial`: a stream

@@ -50,6 +50,50 @@ TEST(CliTest, MethodsArePickedByShapeOrName) {
   EXPECT_FALSE(pick_method(methods(), "nope", "unary").ok());
 }
 
+// What `outpost model test` sends its local worker: the flags' inputs, the first one placed
+// under the method's first input name.
+Result<json> build_inputs(const InputFlags& flags, const json& method, std::istream& in) {
+  OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_call_inputs(flags, in));
+  return place_first(inputs, method);
+}
+
+Result<std::vector<json>> build_stream_items(const InputFlags& flags, const json& method,
+                                             std::istream& in) {
+  OUTPOST_ASSIGN_OR_RETURN(auto items, build_stream_call_items(flags, in));
+  std::vector<json> out;
+  for (const auto& item : items) {
+    OUTPOST_ASSIGN_OR_RETURN(auto placed, place_first(item, method));
+    out.push_back(std::move(placed));
+  }
+  return out;
+}
+
+// A remote call sends --text as "input" and lets the server find the method and its first
+// input: the CLI needs no signature, so a predict is one request.
+TEST(CliTest, TheFirstInputGoesUnnamedToTheServer) {
+  std::istringstream no_stdin;
+  InputFlags text;
+  text.text = {"hello"};
+  text.named = {"upper=false"};
+  auto inputs = build_call_inputs(text, no_stdin);
+  ASSERT_TRUE(inputs.ok()) << inputs.error().message();
+  json body = json::object();
+  inputs->write_to(body);
+  EXPECT_EQ(body, (json{{"input", "hello"}, {"inputs", {{"upper", false}}}}));
+  InputFlags named_only;
+  named_only.named = {"text=hi"};
+  json plain = json::object();
+  build_call_inputs(named_only, no_stdin)->write_to(plain);
+  EXPECT_FALSE(plain.contains("input"));
+  // Locally, --text and an input of the same name are refused, as the server refuses them.
+  InputFlags twice;
+  twice.text = {"a"};
+  twice.named = {"text=b"};
+  const auto placed = build_inputs(twice, *pick_method(methods(), "", "unary"), no_stdin);
+  ASSERT_FALSE(placed.ok());
+  EXPECT_NE(placed.error().message().find("both set the method's first input"), std::string::npos);
+}
+
 TEST(CliTest, InputsFromFlagsFillTheFirstInputOrNamedOnes) {
   const json method = *pick_method(methods(), "", "unary");
   std::istringstream no_stdin;

@@ -60,6 +60,33 @@ TEST(PredictRequestTest, TensorFormatIsBase64OrValues) {
   EXPECT_NE(wrong.error().message().find("values"), std::string::npos);
 }
 
+// "input" is the method's first input, whatever its name: what the CLI sends for --text, so that
+// it needs no signature before the call.
+TEST(PredictRequestTest, TheUnnamedInputGoesUnderTheMethodsFirstInput) {
+  using nlohmann::json;
+  const auto request = parse_predict_request(
+      json::parse(R"({"runner_selector": {}, "input": "hi", "inputs": {"upper": true}})"));
+  ASSERT_TRUE(request.ok()) << request.error().message();
+  const json method = json::parse(
+      R"({"name": "predict", "inputs": [{"name": "text", "type": "str"},
+                                          {"name": "upper", "type": "bool", "default": false}]})");
+  auto placed = place_first_input(method, request->inputs, request->input);
+  ASSERT_TRUE(placed.ok()) << placed.error().message();
+  EXPECT_EQ(*placed, json::parse(R"({"text": "hi", "upper": true})"));
+  EXPECT_TRUE(check_inputs(method, *placed, false).ok());
+
+  auto twice = place_first_input(method, json{{"text", "a"}}, json("b"));
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.error().message().find("both set the input 'text'"), std::string::npos);
+  auto none = place_first_input(json::parse(R"({"name": "tick", "inputs": []})"), json::object(),
+                                json("x"));
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.error().message().find("takes no inputs"), std::string::npos);
+  // Without "input", the inputs are as sent.
+  const json as_sent = json::parse(R"({"text": "a"})");
+  EXPECT_EQ(*place_first_input(method, as_sent, std::nullopt), as_sent);
+}
+
 TEST(TarReaderTest, ReadsAPackage) {
   Collect out;
   const std::string big(70000, 'x');

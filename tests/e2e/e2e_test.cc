@@ -64,6 +64,21 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
   // Unary.
   EXPECT_NE(predict_text(platform, "hello outpost world").find("WORLD OUTPOST HELLO"),
             std::string::npos);
+  // A predict is one HTTPS request: the server picks the method and puts --text under its first
+  // input, so the CLI reads no deployment or signature first. (The control plane logs each.)
+  const auto requests = [&] {
+    const std::string log = platform.control().log();
+    size_t count = 0;
+    for (size_t at = log.find("control.request"); at != std::string::npos;
+         at = log.find("control.request", at + 1)) {
+      ++count;
+    }
+    return count;
+  };
+  const size_t before = requests();
+  EXPECT_NE(predict_text(platform, "one request").find("REQUEST ONE"), std::string::npos);
+  EXPECT_TRUE(eventually([&] { return requests() >= before + 1; }));
+  EXPECT_EQ(requests(), before + 1) << platform.control().log();
   // Generate: every chunk arrives, as JSON lines with -o json.
   const auto generated =
       platform.cli({"-o", "json", "model", "generate", "chargen", "--deployment", "dep-gen",

@@ -3,7 +3,8 @@
 // signatures of each kind of input (str, int, float, bool, Tensor, with and without defaults).
 // Beyond "never crash": an accepted request has a selector and an object of inputs once
 // checked; inputs that pass the full check also pass the partial (stream item) one; every input
-// url_inputs() names carries a string "url", which fetch_url_inputs() reads unchecked.
+// url_inputs() names carries a string "url", which fetch_url_inputs() reads unchecked; an
+// "input" that place_first_input() accepts ends up, unchanged, under the method's first input.
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
@@ -36,6 +37,12 @@ void check(const json& body) {
   if (!request.ok()) return;
   if (request->selector.is_null()) std::abort();
   for (const json& method : signatures()) {
+    // "input" placed under the first input: then that name holds exactly what was sent.
+    auto placed = outpost::control::place_first_input(method, request->inputs, request->input);
+    if (placed.ok() && request->input.has_value()) {
+      const std::string first = method.value("inputs", json::array()).at(0).value("name", "");
+      if (!placed->is_object() || placed->at(first) != *request->input) std::abort();
+    }
     const bool full = outpost::control::check_inputs(method, request->inputs, false).ok();
     const bool partial = outpost::control::check_inputs(method, request->inputs, true).ok();
     if (full && !partial) std::abort();
