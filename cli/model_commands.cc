@@ -43,7 +43,6 @@ std::string methods_cell(const json& version) {
   return out.empty() ? "-" : out;
 }
 
-// The signatures of the version a call will run: --version, else the deployment's, else latest.
 Result<json> selector(const PredictFlags& flags) {
   const bool by_pool = !flags.compute_cluster.empty() || !flags.nodepool.empty();
   if (!flags.deployment.empty() && by_pool) {

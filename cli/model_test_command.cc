@@ -38,7 +38,7 @@ bool inputs_given(const InputFlags& flags) {
 }
 
 // The method of an explicit call: --method, else the only kind's default (predict, generate or
-// stream, as the shape commands choose), reusing their pick_method().
+// stream: the choice the control plane makes for the shape commands), through pick_method().
 Result<json> choose_method(const json& methods, const std::string& requested) {
   std::vector<std::string> kinds;
   for (const auto& method : methods) {

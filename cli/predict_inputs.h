@@ -26,7 +26,8 @@ struct InputFlags {
 };
 
 // The method to call: `requested`, else the one named like the shape, else the only method of
-// that kind. `kind` is unary, generate or stream.
+// that kind. `kind` is unary, generate or stream. For `outpost model test`, which has no server;
+// the control plane chooses the same way for the remote calls (predict_handlers.cc, resolve).
 Result<nlohmann::json> pick_method(const nlohmann::json& methods, const std::string& requested,
                                    const std::string& kind);
 
