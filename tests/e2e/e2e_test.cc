@@ -21,6 +21,13 @@ namespace {
 namespace fs = std::filesystem;
 using std::chrono::seconds;
 
+// How many times `word` appears in `text`.
+size_t occurrences(const std::string& text, const std::string& word) {
+  size_t count = 0;
+  for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) ++count;
+  return count;
+}
+
 bool eventually(const std::function<bool()>& condition, std::chrono::seconds limit = seconds(90)) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -66,15 +73,7 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
             std::string::npos);
   // A predict is one HTTPS request: the server picks the method and puts --text under its first
   // input, so the CLI reads no deployment or signature first. (The control plane logs each.)
-  const auto requests = [&] {
-    const std::string log = platform.control().log();
-    size_t count = 0;
-    for (size_t at = log.find("control.request"); at != std::string::npos;
-         at = log.find("control.request", at + 1)) {
-      ++count;
-    }
-    return count;
-  };
+  const auto requests = [&] { return occurrences(platform.control().log(), "control.request"); };
   const size_t before = requests();
   EXPECT_NE(predict_text(platform, "one request").find("REQUEST ONE"), std::string::npos);
   EXPECT_TRUE(eventually([&] { return requests() >= before + 1; }));
@@ -83,11 +82,7 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
   const auto generated =
       platform.cli({"-o", "json", "model", "generate", "chargen", "--deployment", "dep-gen",
                     "--inputs", R"({"prompt": "ab", "max_tokens": 6})"});
-  size_t chunks = 0;
-  for (size_t at = generated.out.find("chunk"); at != std::string::npos;
-       at = generated.out.find("chunk", at + 1)) {
-    ++chunks;
-  }
+  const size_t chunks = occurrences(generated.out, "chunk");
   EXPECT_GE(chunks, 6u) << generated.out;
   // Stream: a running sum over three items, in order.
   const auto streamed = platform.cli({"-o", "json", "model", "stream", "accumulator",
@@ -332,13 +327,7 @@ TEST(EndToEndTest, TwoNodepoolsOverflowAndFailOverWhenAnAgentIsKilled) {
   const std::string node_a = pool_a[0]["id"];
   const std::string node_b = pool_b[0]["id"];
   const auto calls_to = [&](const std::string& node) {
-    const std::string log = platform.control().log();
-    size_t count = 0;
-    for (size_t at = log.find("-> " + node); at != std::string::npos;
-         at = log.find("-> " + node, at + 1)) {
-      ++count;
-    }
-    return count;
+    return occurrences(platform.control().log(), "-> " + node);
   };
 
   std::atomic<bool> stop{false};
@@ -445,11 +434,7 @@ TEST(EndToEndTest, ColdStartsLoadIntoTheWarmSpareWorkerInsteadOfStartingOne) {
   EXPECT_NE(predict_text(platform, "again").find("AGAIN"), std::string::npos);
   EXPECT_EQ(workers_of(agent), spare);
   const std::string log = agent.log();
-  size_t starts = 0;
-  for (size_t at = log.find("agent.worker_started"); at != std::string::npos;
-       at = log.find("agent.worker_started", at + 1)) {
-    ++starts;
-  }
+  const size_t starts = occurrences(log, "agent.worker_started");
   EXPECT_EQ(starts, 1u) << log;
 }
 
