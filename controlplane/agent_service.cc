@@ -195,7 +195,16 @@ Result<std::string> AgentService::check_credential(const std::string& credential
 
 void AgentService::on_connection(const std::string& identity) {
   auto node = store_.get_node(identity);
-  if (!node.ok()) return;
+  if (!node.ok()) {
+    // Deleted (and so revoked) after its credential was checked but before the connection was
+    // up: revoke_node() found nothing to close then, so it is closed now.
+    if (node.error().code() == ErrorCode::kNotFound && tunnel_) {
+      tunnel_->disconnect(identity, tunnel::Errc::kGoingAway, "the node's credential was revoked");
+      LOG_NOTICE("control.node_revoked",
+                 "node " << identity << " was deleted while connecting; its connection closed");
+    }
+    return;
+  }
   LOG_INFO("control.node_connected", "node " << identity << " (" << node->name << ") connected");
   if (fleet_.acknowledged(identity) < node->desired_version) push_desired(identity);
   router_.wake();
