@@ -79,7 +79,6 @@ Result<Url> parse_url(std::string_view text) {
   switch (view.host_type()) {
     case boost::urls::host_type::ipv6:
       url.host = view.host_address();
-      url.host_is_ipv6 = true;
       break;
     case boost::urls::host_type::ipv4:
       url.host = view.host_address();

@@ -15,7 +15,6 @@ namespace outpost {
 struct Url {
   std::string scheme;                // lower-cased: "https"
   std::string host;                  // IPv6 without brackets ("::1"); names lower-cased
-  bool host_is_ipv6 = false;         // connect to `host` as is; write it as authority() does
   uint16_t port = 0;                 // the explicit port, else default_port(scheme) (0: none known)
   bool port_given = false;           // the URL named a port
   std::string path;                  // as written (percent-escapes kept), may be empty
@@ -25,9 +24,6 @@ struct Url {
 
   // Path and query for an HTTP request line: "/" when the path is empty. No fragment.
   std::string target() const;
-  // "host:port" with IPv6 hosts in brackets: for Host headers, CONNECT, and logs.
-  std::string authority() const { return host_port(host, port); }
-
   // `host` in brackets when it is an IPv6 literal (holds a ':'), then ":port" (always, 0
   // included: a listener asking for any port).
   static std::string host_port(std::string_view host, uint16_t port);

@@ -32,7 +32,7 @@ TEST(UrlTest, ExplicitPortsPathsAndQueries) {
   EXPECT_EQ(url->path, "/a/b%20c");
   EXPECT_EQ(url->query, "x=1&y=2");
   EXPECT_EQ(url->target(), "/a/b%20c?x=1&y=2");
-  EXPECT_EQ(url->authority(), "example.com:8443");
+  EXPECT_EQ(Url::host_port(url->host, url->port), "example.com:8443");
   EXPECT_EQ(parse_url("http://h:/p")->port, 80);  // an empty port is the default
   EXPECT_EQ(parse_url("http://h?q")->target(), "/?q");
   EXPECT_EQ(parse_url("http://10.1.2.3:65535")->port, 65535);
@@ -42,9 +42,8 @@ TEST(UrlTest, Ipv6LiteralHosts) {
   const auto url = parse_url("https://[2001:db8::1]:8443/x");
   ASSERT_TRUE(url.ok()) << url.error().message();
   EXPECT_EQ(url->host, "2001:db8::1");
-  EXPECT_TRUE(url->host_is_ipv6);
   EXPECT_EQ(url->port, 8443);
-  EXPECT_EQ(url->authority(), "[2001:db8::1]:8443");
+  EXPECT_EQ(Url::host_port(url->host, url->port), "[2001:db8::1]:8443");
   EXPECT_EQ(Url::host_header("::1", 443, 443), "[::1]");
   EXPECT_EQ(Url::host_header("::1", 80, 443), "[::1]:80");
   EXPECT_EQ(Url::host_header("cp", 443, 443), "cp");
