@@ -78,8 +78,6 @@ Result<Url> parse_url(std::string_view text) {
   url.scheme = lower(view.scheme());
   switch (view.host_type()) {
     case boost::urls::host_type::ipv6:
-      url.host = view.host_address();
-      break;
     case boost::urls::host_type::ipv4:
       url.host = view.host_address();
       break;
