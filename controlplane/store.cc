@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
+#include <span>
+#include <string_view>
+#include <variant>
 
 #include "common/log.h"
 
@@ -162,11 +166,185 @@ std::vector<std::string> split(const std::string& text) {
 
 Error not_found(const std::string& what) { return {ErrorCode::kNotFound, what + " not found"}; }
 
-// Runs `sql` with its binds and collects each row through `read`.
-template <class T, class Bind, class Read>
-Result<std::vector<T>> query(Database& db, std::string_view sql, Bind bind, Read read) {
+// How each kind of field is stored: JSON documents and lists as text, booleans as 0/1.
+void bind_value(Statement& s, int i, std::string_view value) { s.bind(i, value); }
+void bind_value(Statement& s, int i, const std::string& value) { s.bind(i, value); }
+// Not as a bool: a literal is passed as a std::string_view.
+void bind_value(Statement& s, int i, const char* value) = delete;
+void bind_value(Statement& s, int i, int64_t value) { s.bind(i, value); }
+void bind_value(Statement& s, int i, int value) { s.bind(i, int64_t{value}); }
+void bind_value(Statement& s, int i, bool value) { s.bind(i, int64_t{value ? 1 : 0}); }
+void bind_value(Statement& s, int i, std::optional<int64_t> value) { s.bind(i, value); }
+void bind_value(Statement& s, int i, const json& value) { s.bind(i, value.dump()); }
+void bind_value(Statement& s, int i, const std::vector<std::string>& value) {
+  s.bind(i, join(value));
+}
+
+void read_value(const Statement& s, int i, std::string& out) { out = s.text(i); }
+void read_value(const Statement& s, int i, int64_t& out) { out = s.integer(i); }
+void read_value(const Statement& s, int i, int& out) { out = static_cast<int>(s.integer(i)); }
+void read_value(const Statement& s, int i, bool& out) { out = s.integer(i) != 0; }
+void read_value(const Statement& s, int i, std::optional<int64_t>& out) {
+  out = s.is_null(i) ? std::nullopt : std::optional<int64_t>(s.integer(i));
+}
+void read_value(const Statement& s, int i, json& out) { out = parse_stored(s.text(i)); }
+void read_value(const Statement& s, int i, std::vector<std::string>& out) {
+  out = split(s.text(i));
+}
+
+// Binds ?1, ?2, ... to `values`, in order.
+template <class... V>
+void bind_all(Statement& s, const V&... values) {
+  int i = 0;
+  (bind_value(s, ++i, values), ...);
+}
+
+// One table as rows of T: each column and the field of T it holds, in the table's order. The
+// one list gives the SELECT's columns, the INSERT's and how a row is read and bound.
+template <class T>
+struct Column {
+  const char* name;
+  std::variant<std::string T::*, int64_t T::*, int T::*, bool T::*, std::optional<int64_t> T::*,
+               json T::*, std::vector<std::string> T::*>
+      field;
+};
+
+template <class T>
+struct Table {
+  const char* name;
+  std::span<const Column<T>> columns;
+
+  std::string select(std::string_view rest) const {
+    std::string sql = "SELECT ";
+    for (size_t i = 0; i < columns.size(); ++i)
+      sql += (i > 0 ? ", " : "") + std::string(columns[i].name);
+    return sql + " FROM " + name + " " + std::string(rest);
+  }
+  std::string insert() const {
+    std::string names;
+    std::string values;
+    for (size_t i = 0; i < columns.size(); ++i) {
+      names += (i > 0 ? ", " : "") + std::string(columns[i].name);
+      values += (i > 0 ? ", ?" : "?") + std::to_string(i + 1);
+    }
+    return std::string("INSERT INTO ") + name + " (" + names + ") VALUES (" + values + ")";
+  }
+  T read(const Statement& s) const {
+    T row{};
+    for (size_t i = 0; i < columns.size(); ++i) {
+      std::visit([&](auto field) { read_value(s, static_cast<int>(i), row.*field); },
+                 columns[i].field);
+    }
+    return row;
+  }
+  void bind(Statement& s, const T& row) const {
+    for (size_t i = 0; i < columns.size(); ++i) {
+      std::visit([&](auto field) { bind_value(s, static_cast<int>(i + 1), row.*field); },
+                 columns[i].field);
+    }
+  }
+};
+
+constexpr Column<User> kUsersColumns[] = {
+    {"id", &User::id}, {"is_admin", &User::is_admin}, {"created_at", &User::created_at}};
+constexpr Table<User> kUsers{"users", kUsersColumns};
+
+constexpr Column<ApiKey> kKeysColumns[] = {{"id", &ApiKey::id},
+                                           {"user_id", &ApiKey::user_id},
+                                           {"secret_hash", &ApiKey::secret_hash},
+                                           {"description", &ApiKey::description},
+                                           {"scopes", &ApiKey::scopes},
+                                           {"created_at", &ApiKey::created_at},
+                                           {"expires_at", &ApiKey::expires_at}};
+constexpr Table<ApiKey> kKeys{"api_keys", kKeysColumns};
+
+constexpr Column<ComputeCluster> kClustersColumns[] = {{"user_id", &ComputeCluster::user_id},
+                                                       {"id", &ComputeCluster::id},
+                                                       {"doc", &ComputeCluster::doc},
+                                                       {"created_at", &ComputeCluster::created_at}};
+constexpr Table<ComputeCluster> kClusters{"compute_clusters", kClustersColumns};
+
+constexpr Column<Nodepool> kNodepoolsColumns[] = {
+    {"user_id", &Nodepool::user_id},
+    {"id", &Nodepool::id},
+    {"compute_cluster_id", &Nodepool::compute_cluster_id},
+    {"max_instances", &Nodepool::max_instances},
+    {"doc", &Nodepool::doc},
+    {"created_at", &Nodepool::created_at}};
+constexpr Table<Nodepool> kNodepools{"nodepools", kNodepoolsColumns};
+
+constexpr Column<Model> kModelsColumns[] = {{"user_id", &Model::user_id},
+                                            {"id", &Model::id},
+                                            {"description", &Model::description},
+                                            {"created_at", &Model::created_at}};
+constexpr Table<Model> kModels{"models", kModelsColumns};
+
+constexpr Column<ModelVersion> kVersionsColumns[] = {{"user_id", &ModelVersion::user_id},
+                                                     {"model_id", &ModelVersion::model_id},
+                                                     {"id", &ModelVersion::id},
+                                                     {"seq", &ModelVersion::seq},
+                                                     {"config", &ModelVersion::config},
+                                                     {"methods", &ModelVersion::methods},
+                                                     {"artifacts", &ModelVersion::artifacts},
+                                                     {"created_at", &ModelVersion::created_at}};
+constexpr Table<ModelVersion> kVersions{"model_versions", kVersionsColumns};
+
+// nodepool_ids live in deployment_nodepools.
+constexpr Column<Deployment> kDeploymentsColumns[] = {
+    {"user_id", &Deployment::user_id},   {"id", &Deployment::id},
+    {"model_id", &Deployment::model_id}, {"model_version_id", &Deployment::model_version_id},
+    {"doc", &Deployment::doc},           {"created_at", &Deployment::created_at}};
+constexpr Table<Deployment> kDeployments{"deployments", kDeploymentsColumns};
+
+constexpr Column<JoinToken> kJoinTokensColumns[] = {
+    {"id", &JoinToken::id},
+    {"user_id", &JoinToken::user_id},
+    {"compute_cluster_id", &JoinToken::compute_cluster_id},
+    {"nodepool_id", &JoinToken::nodepool_id},
+    {"secret_hash", &JoinToken::secret_hash},
+    {"created_at", &JoinToken::created_at},
+    {"expires_at", &JoinToken::expires_at},
+    {"used_at", &JoinToken::used_at}};
+constexpr Table<JoinToken> kJoinTokens{"join_tokens", kJoinTokensColumns};
+
+constexpr Column<Node> kNodesColumns[] = {{"id", &Node::id},
+                                          {"user_id", &Node::user_id},
+                                          {"compute_cluster_id", &Node::compute_cluster_id},
+                                          {"nodepool_id", &Node::nodepool_id},
+                                          {"name", &Node::name},
+                                          {"secret_hash", &Node::secret_hash},
+                                          {"inventory", &Node::inventory},
+                                          {"replicas", &Node::replicas},
+                                          {"desired_version", &Node::desired_version},
+                                          {"applied_version", &Node::applied_version},
+                                          {"created_at", &Node::created_at},
+                                          {"last_seen_at", &Node::last_seen_at}};
+constexpr Table<Node> kNodes{"nodes", kNodesColumns};
+
+constexpr Column<Replica> kReplicasColumns[] = {{"user_id", &Replica::user_id},
+                                                {"id", &Replica::id},
+                                                {"deployment_id", &Replica::deployment_id},
+                                                {"nodepool_id", &Replica::nodepool_id},
+                                                {"node_id", &Replica::node_id}};
+constexpr Table<Replica> kReplicas{"replicas", kReplicasColumns};
+
+constexpr Column<DeploymentScale> kScalesColumns[] = {
+    {"user_id", &DeploymentScale::user_id},
+    {"deployment_id", &DeploymentScale::deployment_id},
+    {"nodepool_id", &DeploymentScale::nodepool_id},
+    {"replicas", &DeploymentScale::replicas}};
+constexpr Table<DeploymentScale> kScales{"deployment_scales", kScalesColumns};
+
+constexpr Column<ThrottleWindow> kThrottleColumns[] = {{"source", &ThrottleWindow::source},
+                                                       {"window_start", &ThrottleWindow::start},
+                                                       {"failures", &ThrottleWindow::failures}};
+constexpr Table<ThrottleWindow> kThrottle{"auth_throttle", kThrottleColumns};
+
+// Runs `sql` with `keys` bound and collects each row through `read`.
+template <class T, class Read, class... K>
+Result<std::vector<T>> query(Database& db, std::string_view sql, Read read, const K&... keys) {
   OUTPOST_ASSIGN_OR_RETURN(auto statement, db.prepare(sql));
-  bind(statement);
+  bind_all(statement, keys...);
   std::vector<T> out;
   for (;;) {
     OUTPOST_ASSIGN_OR_RETURN(const bool row, statement.step());
@@ -176,115 +354,71 @@ Result<std::vector<T>> query(Database& db, std::string_view sql, Bind bind, Read
   return out;
 }
 
+// The rows of `table` that `rest` (WHERE ... ORDER BY ...) selects.
+template <class T, class... K>
+Result<std::vector<T>> select(Database& db, const Table<T>& table, std::string_view rest,
+                              const K&... keys) {
+  return query<T>(
+      db, table.select(rest), [&](const Statement& s) { return table.read(s); }, keys...);
+}
+
+// The one row `rest` selects; not_found naming `what` when there is none.
+template <class T, class... K>
+Result<T> select_one(Database& db, const Table<T>& table, const std::string& what,
+                     std::string_view rest, const K&... keys) {
+  OUTPOST_ASSIGN_OR_RETURN(auto rows, select(db, table, rest, keys...));
+  if (rows.empty()) return not_found(what);
+  return std::move(rows.front());
+}
+
+// The first column of each row, as text.
+template <class... K>
+Result<std::vector<std::string>> texts(Database& db, std::string_view sql, const K&... keys) {
+  return query<std::string>(
+      db, sql, [](const Statement& s) { return s.text(0); }, keys...);
+}
+
+template <class... K>
+Result<int64_t> integer(Database& db, std::string_view sql, const K&... keys) {
+  OUTPOST_ASSIGN_OR_RETURN(auto rows,
+                           query<int64_t>(
+                               db, sql, [](const Statement& s) { return s.integer(0); }, keys...));
+  return rows.empty() ? 0 : rows.front();
+}
+
+// Whether `sql` finds a row.
+template <class... K>
+Result<bool> exists(Database& db, std::string_view sql, const K&... keys) {
+  OUTPOST_ASSIGN_OR_RETURN(auto statement, db.prepare(sql));
+  bind_all(statement, keys...);
+  return statement.step();
+}
+
+template <class... K>
+Status execute(Database& db, std::string_view sql, const K&... values) {
+  OUTPOST_ASSIGN_OR_RETURN(auto statement, db.prepare(sql));
+  bind_all(statement, values...);
+  return statement.run();
+}
+
+// Inserts `row`; a row with the same key is refused with `duplicate` (already_exists).
 template <class T>
-Result<T> single(Result<std::vector<T>> rows, const std::string& what) {
-  if (!rows.ok()) return rows.error();
-  if (rows.value().empty()) return not_found(what);
-  return std::move(rows.value().front());
+Status insert(Database& db, const Table<T>& table, const T& row, const std::string& duplicate) {
+  OUTPOST_ASSIGN_OR_RETURN(auto statement, db.prepare(table.insert()));
+  table.bind(statement, row);
+  Status done = statement.run();
+  if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
+    return Error(ErrorCode::kAlreadyExists, duplicate);
+  }
+  return done;
 }
 
-User read_user(const Statement& s) { return {s.text(0), s.integer(1) != 0, s.integer(2)}; }
-
-ApiKey read_key(const Statement& s) {
-  ApiKey key;
-  key.id = s.text(0);
-  key.user_id = s.text(1);
-  key.secret_hash = s.text(2);
-  key.description = s.text(3);
-  key.scopes = split(s.text(4));
-  key.created_at = s.integer(5);
-  if (!s.is_null(6)) key.expires_at = s.integer(6);
-  return key;
-}
-constexpr const char* kKeyColumns =
-    "id, user_id, secret_hash, description, scopes, created_at, expires_at";
-
-ComputeCluster read_cluster(const Statement& s) {
-  return {s.text(0), s.text(1), parse_stored(s.text(2)), s.integer(3)};
-}
-
-Nodepool read_nodepool(const Statement& s) {
-  Nodepool pool;
-  pool.user_id = s.text(0);
-  pool.id = s.text(1);
-  pool.compute_cluster_id = s.text(2);
-  if (!s.is_null(3)) pool.max_instances = s.integer(3);
-  pool.doc = parse_stored(s.text(4));
-  pool.created_at = s.integer(5);
-  return pool;
-}
-constexpr const char* kNodepoolColumns =
-    "user_id, id, compute_cluster_id, max_instances, doc, created_at";
-
-Model read_model(const Statement& s) { return {s.text(0), s.text(1), s.text(2), s.integer(3)}; }
-
-ModelVersion read_version(const Statement& s) {
-  ModelVersion v;
-  v.user_id = s.text(0);
-  v.model_id = s.text(1);
-  v.id = s.text(2);
-  v.seq = s.integer(3);
-  v.config = parse_stored(s.text(4));
-  v.methods = parse_stored(s.text(5));
-  v.artifacts = parse_stored(s.text(6));
-  v.created_at = s.integer(7);
-  return v;
-}
-constexpr const char* kVersionColumns =
-    "user_id, model_id, id, seq, config, methods, artifacts, created_at";
-
-Deployment read_deployment(const Statement& s) {
-  Deployment d;
-  d.user_id = s.text(0);
-  d.id = s.text(1);
-  d.model_id = s.text(2);
-  d.model_version_id = s.text(3);
-  d.doc = parse_stored(s.text(4));
-  d.created_at = s.integer(5);
-  return d;
-}
-constexpr const char* kDeploymentColumns =
-    "user_id, id, model_id, model_version_id, doc, created_at";
-
-JoinToken read_join_token(const Statement& s) {
-  JoinToken t;
-  t.id = s.text(0);
-  t.user_id = s.text(1);
-  t.compute_cluster_id = s.text(2);
-  t.nodepool_id = s.text(3);
-  t.secret_hash = s.text(4);
-  t.created_at = s.integer(5);
-  t.expires_at = s.integer(6);
-  if (!s.is_null(7)) t.used_at = s.integer(7);
-  return t;
-}
-
-Node read_node(const Statement& s) {
-  Node n;
-  n.id = s.text(0);
-  n.user_id = s.text(1);
-  n.compute_cluster_id = s.text(2);
-  n.nodepool_id = s.text(3);
-  n.name = s.text(4);
-  n.secret_hash = s.text(5);
-  n.inventory = parse_stored(s.text(6));
-  n.replicas = parse_stored(s.text(7));
-  n.desired_version = s.integer(8);
-  n.applied_version = s.integer(9);
-  n.created_at = s.integer(10);
-  if (!s.is_null(11)) n.last_seen_at = s.integer(11);
-  return n;
-}
-constexpr const char* kNodeColumns =
-    "id, user_id, compute_cluster_id, nodepool_id, name, secret_hash, inventory, replicas, "
-    "desired_version, applied_version, created_at, last_seen_at";
-
-Replica read_replica(const Statement& s) {
-  return {s.text(0), s.text(1), s.text(2), s.text(3), s.text(4)};
-}
-
-std::string columns(const char* list, const char* rest) {
-  return std::string("SELECT ") + list + rest;
+// Deletes what `sql` names; not_found naming `what` when it deleted nothing.
+template <class... K>
+Status delete_one(Database& db, const std::string& what, std::string_view sql, const K&... keys) {
+  OUTPOST_RETURN_IF_ERROR(execute(db, sql, keys...));
+  if (db.changes() == 0) return not_found(what);
+  return {};
 }
 
 }  // namespace
@@ -300,11 +434,7 @@ Status Store::migrate() {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_RETURN_IF_ERROR(
       db_->exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"));
-  OUTPOST_ASSIGN_OR_RETURN(auto versions,
-                           query<int64_t>(
-                               *db_, "SELECT version FROM schema_version", [](Statement&) {},
-                               [](const Statement& s) { return s.integer(0); }));
-  int64_t version = versions.empty() ? 0 : versions.front();
+  OUTPOST_ASSIGN_OR_RETURN(int64_t version, integer(*db_, "SELECT version FROM schema_version"));
   constexpr int64_t kKnown = std::size(kMigrations);
   static_assert(std::size(kMigrations) == kSchemaVersion);
   if (version > kKnown) {
@@ -317,9 +447,8 @@ Status Store::migrate() {
     OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
     OUTPOST_RETURN_IF_ERROR(db_->exec(kMigrations[version]));
     OUTPOST_RETURN_IF_ERROR(db_->exec("DELETE FROM schema_version"));
-    OUTPOST_ASSIGN_OR_RETURN(auto insert,
-                             db_->prepare("INSERT INTO schema_version (version) VALUES (?1)"));
-    OUTPOST_RETURN_IF_ERROR(insert.bind(1, version + 1).run());
+    OUTPOST_RETURN_IF_ERROR(
+        execute(*db_, "INSERT INTO schema_version (version) VALUES (?1)", version + 1));
     OUTPOST_RETURN_IF_ERROR(tx.commit());
     ++version;
     LOG_NOTICE("control.db_migrated", "database schema migrated to version " << version);
@@ -332,178 +461,107 @@ Status Store::migrate() {
 
 Status Store::create_user(const std::string& id, bool is_admin) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto s, db_->prepare("INSERT INTO users (id, is_admin, created_at) VALUES (?1, ?2, ?3)"));
-  Status done =
-      s.bind(1, id).bind(2, int64_t{is_admin ? 1 : 0}).bind(3, clock_.now_seconds()).run();
-  if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
-    return Error(ErrorCode::kAlreadyExists, "user '" + id + "' already exists");
-  }
-  return done;
+  return insert(*db_, kUsers, User{id, is_admin, clock_.now_seconds()},
+                "user '" + id + "' already exists");
 }
 
 Result<User> Store::get_user(const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<User>(
-                    *db_, "SELECT id, is_admin, created_at FROM users WHERE id = ?1",
-                    [&](Statement& s) { s.bind(1, id); }, read_user),
-                "user '" + id + "'");
+  return select_one(*db_, kUsers, "user '" + id + "'", "WHERE id = ?1", id);
 }
 
 Result<std::vector<User>> Store::list_users() {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<User>(
-      *db_, "SELECT id, is_admin, created_at FROM users ORDER BY id", [](Statement&) {}, read_user);
+  return select(*db_, kUsers, "ORDER BY id");
 }
 
 Result<int64_t> Store::count_users() {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto rows, query<int64_t>(
-                                          *db_, "SELECT count(*) FROM users", [](Statement&) {},
-                                          [](const Statement& s) { return s.integer(0); }));
-  return rows.empty() ? 0 : rows.front();
+  return integer(*db_, "SELECT count(*) FROM users");
 }
 
 Status Store::create_key(const ApiKey& key) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto s, db_->prepare("INSERT INTO api_keys (id, user_id, secret_hash, description, scopes, "
-                           "created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"));
-  return s.bind(1, key.id)
-      .bind(2, key.user_id)
-      .bind(3, key.secret_hash)
-      .bind(4, key.description)
-      .bind(5, join(key.scopes))
-      .bind(6, key.created_at)
-      .bind(7, key.expires_at)
-      .run();
+  return insert(*db_, kKeys, key, "key '" + key.id + "' already exists");
 }
 
 Result<ApiKey> Store::get_key(const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<ApiKey>(
-                    *db_, columns(kKeyColumns, " FROM api_keys WHERE id = ?1"),
-                    [&](Statement& s) { s.bind(1, id); }, read_key),
-                "key '" + id + "'");
+  return select_one(*db_, kKeys, "key '" + id + "'", "WHERE id = ?1", id);
 }
 
 Result<std::vector<ApiKey>> Store::list_keys(const std::string& user_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<ApiKey>(
-      *db_, columns(kKeyColumns, " FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id"),
-      [&](Statement& s) { s.bind(1, user_id); }, read_key);
+  return select(*db_, kKeys, "WHERE user_id = ?1 ORDER BY created_at, id", user_id);
 }
 
 Status Store::delete_key(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto s,
-                           db_->prepare("DELETE FROM api_keys WHERE user_id = ?1 AND id = ?2"));
-  OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id).bind(2, id).run());
-  if (db_->changes() == 0) return not_found("key '" + id + "'");
-  return {};
+  return delete_one(*db_, "key '" + id + "'", "DELETE FROM api_keys WHERE user_id = ?1 AND id = ?2",
+                    user_id, id);
 }
 
 // --- compute clusters and nodepools ---
 
 Status Store::create_cluster(const ComputeCluster& cluster) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("INSERT INTO compute_clusters (user_id, id, doc, "
-                                                "created_at) VALUES (?1, ?2, ?3, ?4)"));
-  Status done = s.bind(1, cluster.user_id)
-                    .bind(2, cluster.id)
-                    .bind(3, cluster.doc.dump())
-                    .bind(4, cluster.created_at)
-                    .run();
-  if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
-    return Error(ErrorCode::kAlreadyExists, "compute cluster '" + cluster.id + "' already exists");
-  }
-  return done;
+  return insert(*db_, kClusters, cluster, "compute cluster '" + cluster.id + "' already exists");
 }
 
 Result<ComputeCluster> Store::get_cluster(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<ComputeCluster>(
-                    *db_,
-                    "SELECT user_id, id, doc, created_at FROM compute_clusters "
-                    "WHERE user_id = ?1 AND id = ?2",
-                    [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_cluster),
-                "compute cluster '" + id + "'");
+  return select_one(*db_, kClusters, "compute cluster '" + id + "'",
+                    "WHERE user_id = ?1 AND id = ?2", user_id, id);
 }
 
 Result<std::vector<ComputeCluster>> Store::list_clusters(const std::string& user_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<ComputeCluster>(
-      *db_,
-      "SELECT user_id, id, doc, created_at FROM compute_clusters WHERE user_id = ?1 ORDER BY id",
-      [&](Statement& s) { s.bind(1, user_id); }, read_cluster);
+  return select(*db_, kClusters, "WHERE user_id = ?1 ORDER BY id", user_id);
 }
 
 Status Store::delete_cluster(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
-      auto pools,
-      query<std::string>(
-          *db_, "SELECT id FROM nodepools WHERE user_id = ?1 AND compute_cluster_id = ?2",
-          [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
-          [](const Statement& s) { return s.text(0); }));
+      const bool found,
+      exists(*db_, "SELECT 1 FROM compute_clusters WHERE user_id = ?1 AND id = ?2", user_id, id));
+  if (!found) return not_found("compute cluster '" + id + "'");
   OUTPOST_ASSIGN_OR_RETURN(
-      auto s, db_->prepare("SELECT 1 FROM compute_clusters WHERE user_id = ?1 AND id = ?2"));
-  OUTPOST_ASSIGN_OR_RETURN(const bool exists, s.bind(1, user_id).bind(2, id).step());
-  if (!exists) return not_found("compute cluster '" + id + "'");
+      auto pools,
+      texts(*db_, "SELECT id FROM nodepools WHERE user_id = ?1 AND compute_cluster_id = ?2",
+            user_id, id));
   if (!pools.empty()) {
     return Error(ErrorCode::kFailedPrecondition, "compute cluster '" + id +
                                                      "' still has nodepools (" + join(pools) +
                                                      "); delete them first");
   }
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto del, db_->prepare("DELETE FROM compute_clusters WHERE user_id = ?1 AND id = ?2"));
-  return del.bind(1, user_id).bind(2, id).run();
+  return execute(*db_, "DELETE FROM compute_clusters WHERE user_id = ?1 AND id = ?2", user_id, id);
 }
 
 Status Store::create_nodepool(const Nodepool& nodepool) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
-      auto check, db_->prepare("SELECT 1 FROM compute_clusters WHERE user_id = ?1 AND id = ?2"));
-  OUTPOST_ASSIGN_OR_RETURN(
       const bool cluster_exists,
-      check.bind(1, nodepool.user_id).bind(2, nodepool.compute_cluster_id).step());
+      exists(*db_, "SELECT 1 FROM compute_clusters WHERE user_id = ?1 AND id = ?2",
+             nodepool.user_id, nodepool.compute_cluster_id));
   if (!cluster_exists) return not_found("compute cluster '" + nodepool.compute_cluster_id + "'");
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto s, db_->prepare("INSERT INTO nodepools (user_id, id, compute_cluster_id, max_instances, "
-                           "doc, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
-  Status done = s.bind(1, nodepool.user_id)
-                    .bind(2, nodepool.id)
-                    .bind(3, nodepool.compute_cluster_id)
-                    .bind(4, nodepool.max_instances)
-                    .bind(5, nodepool.doc.dump())
-                    .bind(6, nodepool.created_at)
-                    .run();
-  if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
-    return Error(ErrorCode::kAlreadyExists,
-                 "nodepool '" + nodepool.id +
-                     "' already exists (nodepool ids are unique across your compute clusters)");
-  }
-  return done;
+  return insert(*db_, kNodepools, nodepool,
+                "nodepool '" + nodepool.id +
+                    "' already exists (nodepool ids are unique across your compute clusters)");
 }
 
 Result<Nodepool> Store::get_nodepool(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(
-      query<Nodepool>(
-          *db_, columns(kNodepoolColumns, " FROM nodepools WHERE user_id = ?1 AND id = ?2"),
-          [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_nodepool),
-      "nodepool '" + id + "'");
+  return select_one(*db_, kNodepools, "nodepool '" + id + "'", "WHERE user_id = ?1 AND id = ?2",
+                    user_id, id);
 }
 
 Result<std::vector<Nodepool>> Store::list_nodepools(const std::string& user_id,
                                                     const std::string& compute_cluster_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<Nodepool>(
-      *db_,
-      columns(kNodepoolColumns,
-              " FROM nodepools WHERE user_id = ?1 AND (?2 = '' OR compute_cluster_id = ?2) "
-              "ORDER BY compute_cluster_id, id"),
-      [&](Statement& s) { s.bind(1, user_id).bind(2, compute_cluster_id); }, read_nodepool);
+  return select(*db_, kNodepools,
+                "WHERE user_id = ?1 AND (?2 = '' OR compute_cluster_id = ?2) "
+                "ORDER BY compute_cluster_id, id",
+                user_id, compute_cluster_id);
 }
 
 Result<std::vector<std::string>> Store::delete_nodepool(const std::string& user_id,
@@ -511,36 +569,31 @@ Result<std::vector<std::string>> Store::delete_nodepool(const std::string& user_
                                                         const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto check, db_->prepare("SELECT 1 FROM nodepools WHERE user_id = ?1 AND id = ?2 AND "
-                               "compute_cluster_id = ?3"));
-  OUTPOST_ASSIGN_OR_RETURN(const bool exists,
-                           check.bind(1, user_id).bind(2, id).bind(3, compute_cluster_id).step());
-  if (!exists)
+  OUTPOST_ASSIGN_OR_RETURN(const bool found,
+                           exists(*db_,
+                                  "SELECT 1 FROM nodepools WHERE user_id = ?1 AND id = ?2 AND "
+                                  "compute_cluster_id = ?3",
+                                  user_id, id, compute_cluster_id));
+  if (!found) {
     return not_found("nodepool '" + id + "' in compute cluster '" + compute_cluster_id + "'");
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto deployments,
-      query<std::string>(
-          *db_,
-          "SELECT deployment_id FROM deployment_nodepools WHERE user_id = ?1 AND nodepool_id = ?2 "
-          "ORDER BY deployment_id",
-          [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
-          [](const Statement& s) { return s.text(0); }));
+  }
+  OUTPOST_ASSIGN_OR_RETURN(auto deployments,
+                           texts(*db_,
+                                 "SELECT deployment_id FROM deployment_nodepools WHERE user_id = "
+                                 "?1 AND nodepool_id = ?2 ORDER BY deployment_id",
+                                 user_id, id));
   if (!deployments.empty()) {
     return Error(ErrorCode::kFailedPrecondition, "nodepool '" + id + "' is used by deployments (" +
                                                      join(deployments) + "); delete them first");
   }
-  OUTPOST_ASSIGN_OR_RETURN(auto nodes,
-                           query<std::string>(
-                               *db_, "SELECT id FROM nodes WHERE user_id = ?1 AND nodepool_id = ?2",
-                               [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
-                               [](const Statement& s) { return s.text(0); }));
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto nodes,
+      texts(*db_, "SELECT id FROM nodes WHERE user_id = ?1 AND nodepool_id = ?2", user_id, id));
   for (const char* sql : {"DELETE FROM replicas WHERE user_id = ?1 AND nodepool_id = ?2",
                           "DELETE FROM nodes WHERE user_id = ?1 AND nodepool_id = ?2",
                           "DELETE FROM join_tokens WHERE user_id = ?1 AND nodepool_id = ?2",
                           "DELETE FROM nodepools WHERE user_id = ?1 AND id = ?2"}) {
-    OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare(sql));
-    OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id).bind(2, id).run());
+    OUTPOST_RETURN_IF_ERROR(execute(*db_, sql, user_id, id));
   }
   OUTPOST_RETURN_IF_ERROR(tx.commit());
   return nodes;
@@ -550,50 +603,31 @@ Result<std::vector<std::string>> Store::delete_nodepool(const std::string& user_
 
 Status Store::create_model(const Model& model) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("INSERT INTO models (user_id, id, description, "
-                                                "created_at) VALUES (?1, ?2, ?3, ?4)"));
-  Status done = s.bind(1, model.user_id)
-                    .bind(2, model.id)
-                    .bind(3, model.description)
-                    .bind(4, model.created_at)
-                    .run();
-  if (!done.ok() && done.error().code() == ErrorCode::kAlreadyExists) {
-    return Error(ErrorCode::kAlreadyExists, "model '" + model.id + "' already exists");
-  }
-  return done;
+  return insert(*db_, kModels, model, "model '" + model.id + "' already exists");
 }
 
 Result<Model> Store::get_model(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<Model>(
-                    *db_,
-                    "SELECT user_id, id, description, created_at FROM models "
-                    "WHERE user_id = ?1 AND id = ?2",
-                    [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_model),
-                "model '" + id + "'");
+  return select_one(*db_, kModels, "model '" + id + "'", "WHERE user_id = ?1 AND id = ?2", user_id,
+                    id);
 }
 
 Result<std::vector<Model>> Store::list_models(const std::string& user_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<Model>(
-      *db_,
-      "SELECT user_id, id, description, created_at FROM models WHERE user_id = ?1 ORDER BY id",
-      [&](Statement& s) { s.bind(1, user_id); }, read_model);
+  return select(*db_, kModels, "WHERE user_id = ?1 ORDER BY id", user_id);
 }
 
 Status Store::delete_model(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(auto check,
-                           db_->prepare("SELECT 1 FROM models WHERE user_id = ?1 AND id = ?2"));
-  OUTPOST_ASSIGN_OR_RETURN(const bool exists, check.bind(1, user_id).bind(2, id).step());
-  if (!exists) return not_found("model '" + id + "'");
+  OUTPOST_ASSIGN_OR_RETURN(
+      const bool found,
+      exists(*db_, "SELECT 1 FROM models WHERE user_id = ?1 AND id = ?2", user_id, id));
+  if (!found) return not_found("model '" + id + "'");
   OUTPOST_ASSIGN_OR_RETURN(
       auto deployments,
-      query<std::string>(
-          *db_, "SELECT id FROM deployments WHERE user_id = ?1 AND model_id = ?2 ORDER BY id",
-          [&](Statement& s) { s.bind(1, user_id).bind(2, id); },
-          [](const Statement& s) { return s.text(0); }));
+      texts(*db_, "SELECT id FROM deployments WHERE user_id = ?1 AND model_id = ?2 ORDER BY id",
+            user_id, id));
   if (!deployments.empty()) {
     return Error(ErrorCode::kFailedPrecondition,
                  "model '" + id + "' is deployed (" + join(deployments) + "); delete those first");
@@ -601,8 +635,7 @@ Status Store::delete_model(const std::string& user_id, const std::string& id) {
   for (const char* sql : {"DELETE FROM artifacts WHERE user_id = ?1 AND model_id = ?2",
                           "DELETE FROM model_versions WHERE user_id = ?1 AND model_id = ?2",
                           "DELETE FROM models WHERE user_id = ?1 AND id = ?2"}) {
-    OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare(sql));
-    OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id).bind(2, id).run());
+    OUTPOST_RETURN_IF_ERROR(execute(*db_, sql, user_id, id));
   }
   return tx.commit();
 }
@@ -610,41 +643,25 @@ Status Store::delete_model(const std::string& user_id, const std::string& id) {
 Result<ModelVersion> Store::create_version(ModelVersion version) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(auto model,
-                           db_->prepare("INSERT OR IGNORE INTO models (user_id, id, description, "
-                                        "created_at) VALUES (?1, ?2, '', ?3)"));
+  OUTPOST_RETURN_IF_ERROR(execute(*db_,
+                                  "INSERT OR IGNORE INTO models (user_id, id, description, "
+                                  "created_at) VALUES (?1, ?2, '', ?3)",
+                                  version.user_id, version.model_id, version.created_at));
+  OUTPOST_ASSIGN_OR_RETURN(const int64_t last,
+                           integer(*db_,
+                                   "SELECT coalesce(max(seq), 0) FROM model_versions "
+                                   "WHERE user_id = ?1 AND model_id = ?2",
+                                   version.user_id, version.model_id));
+  version.seq = last + 1;
   OUTPOST_RETURN_IF_ERROR(
-      model.bind(1, version.user_id).bind(2, version.model_id).bind(3, version.created_at).run());
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto seqs, query<int64_t>(
-                     *db_,
-                     "SELECT coalesce(max(seq), 0) FROM model_versions "
-                     "WHERE user_id = ?1 AND model_id = ?2",
-                     [&](Statement& s) { s.bind(1, version.user_id).bind(2, version.model_id); },
-                     [](const Statement& s) { return s.integer(0); }));
-  version.seq = (seqs.empty() ? 0 : seqs.front()) + 1;
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto insert,
-      db_->prepare("INSERT INTO model_versions (user_id, model_id, id, seq, config, methods, "
-                   "artifacts, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
-  OUTPOST_RETURN_IF_ERROR(insert.bind(1, version.user_id)
-                              .bind(2, version.model_id)
-                              .bind(3, version.id)
-                              .bind(4, version.seq)
-                              .bind(5, version.config.dump())
-                              .bind(6, version.methods.dump())
-                              .bind(7, version.artifacts.dump())
-                              .bind(8, version.created_at)
-                              .run());
+      insert(*db_, kVersions, version,
+             "version '" + version.id + "' of model '" + version.model_id + "' already exists"));
   for (const auto& artifact : version.artifacts) {
-    OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("INSERT OR IGNORE INTO artifacts (sha256, "
-                                                  "user_id, model_id, version_id) VALUES "
-                                                  "(?1, ?2, ?3, ?4)"));
-    OUTPOST_RETURN_IF_ERROR(s.bind(1, artifact.value("sha256", ""))
-                                .bind(2, version.user_id)
-                                .bind(3, version.model_id)
-                                .bind(4, version.id)
-                                .run());
+    OUTPOST_RETURN_IF_ERROR(execute(*db_,
+                                    "INSERT OR IGNORE INTO artifacts (sha256, user_id, model_id, "
+                                    "version_id) VALUES (?1, ?2, ?3, ?4)",
+                                    artifact.value("sha256", ""), version.user_id, version.model_id,
+                                    version.id));
   }
   OUTPOST_RETURN_IF_ERROR(tx.commit());
   return version;
@@ -653,25 +670,17 @@ Result<ModelVersion> Store::create_version(ModelVersion version) {
 Result<ModelVersion> Store::get_version(const std::string& user_id, const std::string& model_id,
                                         const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(
-      query<ModelVersion>(
-          *db_,
-          columns(kVersionColumns,
-                  " FROM model_versions WHERE user_id = ?1 AND model_id = ?2 AND id = ?3"),
-          [&](Statement& s) { s.bind(1, user_id).bind(2, model_id).bind(3, id); }, read_version),
-      "version '" + id + "' of model '" + model_id + "'");
+  return select_one(*db_, kVersions, "version '" + id + "' of model '" + model_id + "'",
+                    "WHERE user_id = ?1 AND model_id = ?2 AND id = ?3", user_id, model_id, id);
 }
 
 Result<std::optional<ModelVersion>> Store::latest_version(const std::string& user_id,
                                                           const std::string& model_id) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
-      auto rows, query<ModelVersion>(
-                     *db_,
-                     columns(kVersionColumns,
-                             " FROM model_versions WHERE user_id = ?1 AND model_id = ?2 "
-                             "ORDER BY seq DESC LIMIT 1"),
-                     [&](Statement& s) { s.bind(1, user_id).bind(2, model_id); }, read_version));
+      auto rows,
+      select(*db_, kVersions, "WHERE user_id = ?1 AND model_id = ?2 ORDER BY seq DESC LIMIT 1",
+             user_id, model_id));
   if (rows.empty()) return std::optional<ModelVersion>();
   return std::optional<ModelVersion>(std::move(rows.front()));
 }
@@ -679,17 +688,13 @@ Result<std::optional<ModelVersion>> Store::latest_version(const std::string& use
 Result<std::vector<ModelVersion>> Store::list_versions(const std::string& user_id,
                                                        const std::string& model_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<ModelVersion>(
-      *db_,
-      columns(kVersionColumns,
-              " FROM model_versions WHERE user_id = ?1 AND model_id = ?2 ORDER BY seq DESC"),
-      [&](Statement& s) { s.bind(1, user_id).bind(2, model_id); }, read_version);
+  return select(*db_, kVersions, "WHERE user_id = ?1 AND model_id = ?2 ORDER BY seq DESC", user_id,
+                model_id);
 }
 
 Result<bool> Store::artifact_known(const std::string& sha256) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("SELECT 1 FROM artifacts WHERE sha256 = ?1"));
-  return s.bind(1, sha256).step();
+  return exists(*db_, "SELECT 1 FROM artifacts WHERE sha256 = ?1", sha256);
 }
 
 // --- deployments ---
@@ -697,24 +702,18 @@ Result<bool> Store::artifact_known(const std::string& sha256) {
 Status Store::create_deployment(const Deployment& deployment) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto check, db_->prepare("SELECT 1 FROM deployments WHERE user_id = ?1 AND id = ?2"));
-  OUTPOST_ASSIGN_OR_RETURN(const bool exists,
-                           check.bind(1, deployment.user_id).bind(2, deployment.id).step());
-  if (exists) {
+  OUTPOST_ASSIGN_OR_RETURN(const bool found,
+                           exists(*db_, "SELECT 1 FROM deployments WHERE user_id = ?1 AND id = ?2",
+                                  deployment.user_id, deployment.id));
+  if (found) {
     return Error(ErrorCode::kAlreadyExists, "deployment '" + deployment.id + "' already exists");
   }
   for (const auto& pool : deployment.nodepool_ids) {
-    OUTPOST_ASSIGN_OR_RETURN(
-        auto holders,
-        query<std::string>(
-            *db_,
-            "SELECT deployment_id FROM deployment_nodepools WHERE user_id = ?1 AND "
-            "nodepool_id = ?2 AND model_id = ?3",
-            [&](Statement& s) {
-              s.bind(1, deployment.user_id).bind(2, pool).bind(3, deployment.model_id);
-            },
-            [](const Statement& s) { return s.text(0); }));
+    OUTPOST_ASSIGN_OR_RETURN(auto holders,
+                             texts(*db_,
+                                   "SELECT deployment_id FROM deployment_nodepools WHERE user_id "
+                                   "= ?1 AND nodepool_id = ?2 AND model_id = ?3",
+                                   deployment.user_id, pool, deployment.model_id));
     if (!holders.empty()) {
       return Error(ErrorCode::kAlreadyExists,
                    "deployment.nodepools: model '" + deployment.model_id +
@@ -722,27 +721,15 @@ Status Store::create_deployment(const Deployment& deployment) {
                        holders.front() + "' (one deployment per model per nodepool)");
     }
   }
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto insert, db_->prepare("INSERT INTO deployments (user_id, id, model_id, model_version_id, "
-                                "doc, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
-  OUTPOST_RETURN_IF_ERROR(insert.bind(1, deployment.user_id)
-                              .bind(2, deployment.id)
-                              .bind(3, deployment.model_id)
-                              .bind(4, deployment.model_version_id)
-                              .bind(5, deployment.doc.dump())
-                              .bind(6, deployment.created_at)
-                              .run());
+  OUTPOST_RETURN_IF_ERROR(
+      insert(*db_, kDeployments, deployment, "deployment '" + deployment.id + "' already exists"));
   int64_t position = 0;
   for (const auto& pool : deployment.nodepool_ids) {
-    OUTPOST_ASSIGN_OR_RETURN(
-        auto s, db_->prepare("INSERT INTO deployment_nodepools (user_id, deployment_id, "
-                             "nodepool_id, model_id, position) VALUES (?1, ?2, ?3, ?4, ?5)"));
-    OUTPOST_RETURN_IF_ERROR(s.bind(1, deployment.user_id)
-                                .bind(2, deployment.id)
-                                .bind(3, pool)
-                                .bind(4, deployment.model_id)
-                                .bind(5, position++)
-                                .run());
+    OUTPOST_RETURN_IF_ERROR(execute(*db_,
+                                    "INSERT INTO deployment_nodepools (user_id, deployment_id, "
+                                    "nodepool_id, model_id, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                    deployment.user_id, deployment.id, pool, deployment.model_id,
+                                    position++));
   }
   return tx.commit();
 }
@@ -750,14 +737,11 @@ Status Store::create_deployment(const Deployment& deployment) {
 namespace {
 
 Status load_nodepool_ids(Database& db, Deployment& deployment) {
-  OUTPOST_ASSIGN_OR_RETURN(
-      deployment.nodepool_ids,
-      query<std::string>(
-          db,
-          "SELECT nodepool_id FROM deployment_nodepools WHERE user_id = ?1 AND "
-          "deployment_id = ?2 ORDER BY position",
-          [&](Statement& s) { s.bind(1, deployment.user_id).bind(2, deployment.id); },
-          [](const Statement& s) { return s.text(0); }));
+  OUTPOST_ASSIGN_OR_RETURN(deployment.nodepool_ids,
+                           texts(db,
+                                 "SELECT nodepool_id FROM deployment_nodepools WHERE user_id = ?1 "
+                                 "AND deployment_id = ?2 ORDER BY position",
+                                 deployment.user_id, deployment.id));
   return {};
 }
 
@@ -765,13 +749,9 @@ Status load_nodepool_ids(Database& db, Deployment& deployment) {
 
 Result<Deployment> Store::get_deployment(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto deployment,
-      single(
-          query<Deployment>(
-              *db_, columns(kDeploymentColumns, " FROM deployments WHERE user_id = ?1 AND id = ?2"),
-              [&](Statement& s) { s.bind(1, user_id).bind(2, id); }, read_deployment),
-          "deployment '" + id + "'"));
+  OUTPOST_ASSIGN_OR_RETURN(auto deployment,
+                           select_one(*db_, kDeployments, "deployment '" + id + "'",
+                                      "WHERE user_id = ?1 AND id = ?2", user_id, id));
   OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
   return deployment;
 }
@@ -781,13 +761,11 @@ Result<std::vector<Deployment>> Store::list_deployments(const std::string& user_
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(
       auto deployments,
-      query<Deployment>(
-          *db_,
-          columns(kDeploymentColumns,
-                  " FROM deployments d WHERE user_id = ?1 AND (?2 = '' OR EXISTS (SELECT 1 FROM "
-                  "deployment_nodepools p WHERE p.user_id = d.user_id AND p.deployment_id = d.id "
-                  "AND p.nodepool_id = ?2)) ORDER BY id"),
-          [&](Statement& s) { s.bind(1, user_id).bind(2, nodepool_id); }, read_deployment));
+      select(*db_, kDeployments,
+             "d WHERE user_id = ?1 AND (?2 = '' OR EXISTS (SELECT 1 FROM deployment_nodepools p "
+             "WHERE p.user_id = d.user_id AND p.deployment_id = d.id AND p.nodepool_id = ?2)) "
+             "ORDER BY id",
+             user_id, nodepool_id));
   for (auto& deployment : deployments) {
     OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
   }
@@ -797,10 +775,9 @@ Result<std::vector<Deployment>> Store::list_deployments(const std::string& user_
 Status Store::delete_deployment(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(auto s,
-                           db_->prepare("DELETE FROM deployments WHERE user_id = ?1 AND id = ?2"));
-  OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id).bind(2, id).run());
-  if (db_->changes() == 0) return not_found("deployment '" + id + "'");
+  OUTPOST_RETURN_IF_ERROR(delete_one(*db_, "deployment '" + id + "'",
+                                     "DELETE FROM deployments WHERE user_id = ?1 AND id = ?2",
+                                     user_id, id));
   // Its replicas stay until the next reschedule removes them: that is what bumps the versions of
   // the nodes that held them.
   return tx.commit();
@@ -810,38 +787,22 @@ Status Store::delete_deployment(const std::string& user_id, const std::string& i
 
 Status Store::create_join_token(const JoinToken& token) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto s, db_->prepare("INSERT INTO join_tokens (id, user_id, compute_cluster_id, nodepool_id, "
-                           "secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
-                           "?7)"));
-  return s.bind(1, token.id)
-      .bind(2, token.user_id)
-      .bind(3, token.compute_cluster_id)
-      .bind(4, token.nodepool_id)
-      .bind(5, token.secret_hash)
-      .bind(6, token.created_at)
-      .bind(7, token.expires_at)
-      .run();
+  return insert(*db_, kJoinTokens, token, "join token '" + token.id + "' already exists");
 }
 
 Result<JoinToken> Store::get_join_token(const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<JoinToken>(
-                    *db_,
-                    "SELECT id, user_id, compute_cluster_id, nodepool_id, secret_hash, created_at, "
-                    "expires_at, used_at FROM join_tokens WHERE id = ?1",
-                    [&](Statement& s) { s.bind(1, id); }, read_join_token),
-                "join token");
+  return select_one(*db_, kJoinTokens, "join token", "WHERE id = ?1", id);
 }
 
 Status Store::enroll_node(const std::string& token_id, int64_t now, const Node& node) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
   // The single use is this conditional UPDATE: of two concurrent enrollments, one changes the row.
-  OUTPOST_ASSIGN_OR_RETURN(auto consume,
-                           db_->prepare("UPDATE join_tokens SET used_at = ?2 WHERE id = ?1 AND "
-                                        "used_at IS NULL AND expires_at > ?2"));
-  OUTPOST_RETURN_IF_ERROR(consume.bind(1, token_id).bind(2, now).run());
+  OUTPOST_RETURN_IF_ERROR(execute(*db_,
+                                  "UPDATE join_tokens SET used_at = ?2 WHERE id = ?1 AND "
+                                  "used_at IS NULL AND expires_at > ?2",
+                                  token_id, now));
   if (db_->changes() != 1) {
     return Error(ErrorCode::kUnauthenticated,
                  "the join token was already used or has expired; create a new one with "
@@ -854,11 +815,13 @@ Status Store::enroll_node(const std::string& token_id, int64_t now, const Node& 
           *db_,
           "SELECT p.max_instances, (SELECT count(*) FROM nodes n WHERE n.user_id = p.user_id AND "
           "n.nodepool_id = p.id) FROM nodepools p WHERE p.user_id = ?1 AND p.id = ?2",
-          [&](Statement& s) { s.bind(1, node.user_id).bind(2, node.nodepool_id); },
           [](const Statement& s) {
-            return Limit(s.is_null(0) ? std::nullopt : std::optional<int64_t>(s.integer(0)),
-                         s.integer(1));
-          }));
+            Limit limit;
+            read_value(s, 0, limit.first);
+            read_value(s, 1, limit.second);
+            return limit;
+          },
+          node.user_id, node.nodepool_id));
   if (limits.empty()) {
     return Error(ErrorCode::kFailedPrecondition, "the join token's nodepool no longer exists");
   }
@@ -868,53 +831,36 @@ Status Store::enroll_node(const std::string& token_id, int64_t now, const Node& 
                  "nodepool '" + node.nodepool_id + "' already has max_instances (" +
                      std::to_string(*max_instances) + ") nodes; raise it or remove a node");
   }
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto insert,
-      db_->prepare("INSERT INTO nodes (id, user_id, compute_cluster_id, nodepool_id, name, "
-                   "secret_hash, inventory, replicas, desired_version, applied_version, "
-                   "created_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '[]', 0, 0, "
-                   "?8, ?8)"));
-  OUTPOST_RETURN_IF_ERROR(insert.bind(1, node.id)
-                              .bind(2, node.user_id)
-                              .bind(3, node.compute_cluster_id)
-                              .bind(4, node.nodepool_id)
-                              .bind(5, node.name)
-                              .bind(6, node.secret_hash)
-                              .bind(7, node.inventory.dump())
-                              .bind(8, now)
-                              .run());
+  Node row = node;
+  row.replicas = json::array();
+  row.desired_version = 0;
+  row.applied_version = 0;
+  row.created_at = now;
+  row.last_seen_at = now;
+  OUTPOST_RETURN_IF_ERROR(insert(*db_, kNodes, row, "node '" + node.id + "' already exists"));
   return tx.commit();
 }
 
 Result<Node> Store::get_node(const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return single(query<Node>(
-                    *db_, columns(kNodeColumns, " FROM nodes WHERE id = ?1"),
-                    [&](Statement& s) { s.bind(1, id); }, read_node),
-                "node '" + id + "'");
+  return select_one(*db_, kNodes, "node '" + id + "'", "WHERE id = ?1", id);
 }
 
 Result<std::vector<Node>> Store::list_nodes(const std::string& user_id,
                                             const std::string& nodepool_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<Node>(
-      *db_,
-      columns(kNodeColumns,
-              " FROM nodes WHERE user_id = ?1 AND (?2 = '' OR nodepool_id = ?2) ORDER BY "
-              "created_at, id"),
-      [&](Statement& s) { s.bind(1, user_id).bind(2, nodepool_id); }, read_node);
+  return select(*db_, kNodes,
+                "WHERE user_id = ?1 AND (?2 = '' OR nodepool_id = ?2) ORDER BY created_at, id",
+                user_id, nodepool_id);
 }
 
 Status Store::delete_node(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto replicas, db_->prepare("DELETE FROM replicas WHERE user_id = ?1 AND node_id = ?2"));
-  OUTPOST_RETURN_IF_ERROR(replicas.bind(1, user_id).bind(2, id).run());
-  OUTPOST_ASSIGN_OR_RETURN(auto s,
-                           db_->prepare("DELETE FROM nodes WHERE user_id = ?1 AND id = ?2"));
-  OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id).bind(2, id).run());
-  if (db_->changes() == 0) return not_found("node '" + id + "'");
+  OUTPOST_RETURN_IF_ERROR(
+      execute(*db_, "DELETE FROM replicas WHERE user_id = ?1 AND node_id = ?2", user_id, id));
+  OUTPOST_RETURN_IF_ERROR(delete_one(
+      *db_, "node '" + id + "'", "DELETE FROM nodes WHERE user_id = ?1 AND id = ?2", user_id, id));
   return tx.commit();
 }
 
@@ -924,45 +870,32 @@ Status Store::record_report(const std::string& node_id, const json* inventory, c
   OUTPOST_ASSIGN_OR_RETURN(
       auto s, db_->prepare("UPDATE nodes SET inventory = coalesce(?2, inventory), replicas = ?3, "
                            "applied_version = ?4, last_seen_at = ?5 WHERE id = ?1"));
-  s.bind(1, node_id);
+  bind_all(s, node_id, std::string_view(), replicas, applied_version, now);
   if (inventory != nullptr) {
-    s.bind(2, inventory->dump());
+    bind_value(s, 2, *inventory);
   } else {
     s.bind_null(2);
   }
-  return s.bind(3, replicas.dump()).bind(4, applied_version).bind(5, now).run();
+  return s.run();
 }
 
 // --- replicas ---
 
 Result<std::vector<Replica>> Store::list_replicas(const std::string& user_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<Replica>(
-      *db_,
-      "SELECT user_id, id, deployment_id, nodepool_id, node_id FROM replicas WHERE user_id = ?1 "
-      "ORDER BY id",
-      [&](Statement& s) { s.bind(1, user_id); }, read_replica);
+  return select(*db_, kReplicas, "WHERE user_id = ?1 ORDER BY id", user_id);
 }
 
 Result<std::vector<Replica>> Store::replicas_of_node(const std::string& node_id) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<Replica>(
-      *db_,
-      "SELECT user_id, id, deployment_id, nodepool_id, node_id FROM replicas WHERE node_id = ?1 "
-      "ORDER BY id",
-      [&](Statement& s) { s.bind(1, node_id); }, read_replica);
+  return select(*db_, kReplicas, "WHERE node_id = ?1 ORDER BY id", node_id);
 }
 
 Result<std::vector<std::string>> Store::replace_replicas(const std::string& user_id,
                                                          const std::vector<Replica>& replicas) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto old, query<Replica>(
-                    *db_,
-                    "SELECT user_id, id, deployment_id, nodepool_id, node_id FROM replicas "
-                    "WHERE user_id = ?1",
-                    [&](Statement& s) { s.bind(1, user_id); }, read_replica));
+  OUTPOST_ASSIGN_OR_RETURN(auto old, select(*db_, kReplicas, "WHERE user_id = ?1", user_id));
   std::map<std::string, std::set<std::string>> before;
   std::map<std::string, std::set<std::string>> after;
   for (const auto& r : old) before[r.node_id].insert(r.id);
@@ -976,23 +909,15 @@ Result<std::vector<std::string>> Store::replace_replicas(const std::string& user
     const auto it = before.find(node);
     if (it == before.end() || it->second != ids) nodes.insert(node);
   }
-  OUTPOST_ASSIGN_OR_RETURN(auto clear, db_->prepare("DELETE FROM replicas WHERE user_id = ?1"));
-  OUTPOST_RETURN_IF_ERROR(clear.bind(1, user_id).run());
-  for (const auto& r : replicas) {
-    OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("INSERT INTO replicas (user_id, id, "
-                                                  "deployment_id, nodepool_id, node_id) VALUES "
-                                                  "(?1, ?2, ?3, ?4, ?5)"));
-    OUTPOST_RETURN_IF_ERROR(s.bind(1, user_id)
-                                .bind(2, r.id)
-                                .bind(3, r.deployment_id)
-                                .bind(4, r.nodepool_id)
-                                .bind(5, r.node_id)
-                                .run());
+  OUTPOST_RETURN_IF_ERROR(execute(*db_, "DELETE FROM replicas WHERE user_id = ?1", user_id));
+  for (Replica row : replicas) {
+    row.user_id = user_id;
+    OUTPOST_RETURN_IF_ERROR(
+        insert(*db_, kReplicas, row, "replica '" + row.id + "' is listed twice"));
   }
   for (const auto& node : nodes) {
-    OUTPOST_ASSIGN_OR_RETURN(auto s, db_->prepare("UPDATE nodes SET desired_version = "
-                                                  "desired_version + 1 WHERE id = ?1"));
-    OUTPOST_RETURN_IF_ERROR(s.bind(1, node).run());
+    OUTPOST_RETURN_IF_ERROR(execute(
+        *db_, "UPDATE nodes SET desired_version = desired_version + 1 WHERE id = ?1", node));
   }
   OUTPOST_RETURN_IF_ERROR(tx.commit());
   return std::vector<std::string>(nodes.begin(), nodes.end());
@@ -1002,49 +927,32 @@ Result<std::vector<std::string>> Store::replace_replicas(const std::string& user
 
 Result<std::vector<DeploymentScale>> Store::list_scales() {
   std::lock_guard<std::mutex> lock(mutex_);
-  return query<DeploymentScale>(
-      *db_,
-      "SELECT user_id, deployment_id, nodepool_id, replicas FROM deployment_scales ORDER BY "
-      "user_id, deployment_id, nodepool_id",
-      [](Statement&) {},
-      [](const Statement& s) {
-        return DeploymentScale{s.text(0), s.text(1), s.text(2), s.integer(3)};
-      });
+  return select(*db_, kScales, "ORDER BY user_id, deployment_id, nodepool_id");
 }
 
 Result<std::vector<ThrottleWindow>> Store::list_throttle_windows(int64_t started_after) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto expired,
-                           db_->prepare("DELETE FROM auth_throttle WHERE window_start <= ?1"));
-  OUTPOST_RETURN_IF_ERROR(expired.bind(1, started_after).run());
-  return query<ThrottleWindow>(
-      *db_, "SELECT source, window_start, failures FROM auth_throttle ORDER BY source",
-      [](Statement&) {},
-      [](const Statement& s) {
-        return ThrottleWindow{s.text(0), s.integer(1), static_cast<int>(s.integer(2))};
-      });
+  OUTPOST_RETURN_IF_ERROR(
+      execute(*db_, "DELETE FROM auth_throttle WHERE window_start <= ?1", started_after));
+  return select(*db_, kThrottle, "ORDER BY source");
 }
 
 Status Store::save_throttle_window(const ThrottleWindow& window) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto s, db_->prepare("INSERT INTO auth_throttle (source, window_start, failures) VALUES "
-                           "(?1, ?2, ?3) ON CONFLICT (source) DO UPDATE SET window_start = "
-                           "excluded.window_start, failures = excluded.failures"));
-  return s.bind(1, window.source).bind(2, window.start).bind(3, int64_t{window.failures}).run();
+  return execute(*db_,
+                 kThrottle.insert() +
+                     " ON CONFLICT (source) DO UPDATE SET window_start = excluded.window_start, "
+                     "failures = excluded.failures",
+                 window.source, window.start, window.failures);
 }
 
 Status Store::set_scale(const DeploymentScale& scale) {
   std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto s, db_->prepare("INSERT INTO deployment_scales (user_id, deployment_id, nodepool_id, "
-                           "replicas) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (user_id, deployment_id, "
-                           "nodepool_id) DO UPDATE SET replicas = excluded.replicas"));
-  return s.bind(1, scale.user_id)
-      .bind(2, scale.deployment_id)
-      .bind(3, scale.nodepool_id)
-      .bind(4, scale.replicas)
-      .run();
+  return execute(*db_,
+                 kScales.insert() +
+                     " ON CONFLICT (user_id, deployment_id, nodepool_id) DO UPDATE SET replicas = "
+                     "excluded.replicas",
+                 scale.user_id, scale.deployment_id, scale.nodepool_id, scale.replicas);
 }
 
 }  // namespace outpost::control
