@@ -3,9 +3,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "controlplane/document.h"
-#include "controlplane/ids.h"
-#include "controlplane/object_reader.h"
+#include "controlplane/resources/document.h"
+#include "controlplane/resources/object_reader.h"
+#include "controlplane/state/ids.h"
 
 namespace outpost::control {
 

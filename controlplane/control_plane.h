@@ -8,7 +8,7 @@
 
 #include "common/result.h"
 #include "controlplane/control_config.h"
-#include "controlplane/wall_clock.h"
+#include "controlplane/state/wall_clock.h"
 
 namespace outpost::control {
 

@@ -48,9 +48,9 @@
 #include "agent/inventory.h"
 #include "agent/placement.h"
 #include "common/result.h"
-#include "controlplane/autoscaler.h"
-#include "controlplane/scheduler.h"
-#include "controlplane/store.h"
+#include "controlplane/scaling/autoscaler.h"
+#include "controlplane/scaling/scheduler.h"
+#include "controlplane/state/store.h"
 
 namespace {
 

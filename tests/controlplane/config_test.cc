@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "controlplane/control_config.h"
-#include "controlplane/document.h"
-#include "controlplane/resource_config.h"
+#include "controlplane/resources/document.h"
+#include "controlplane/resources/resource_config.h"
 
 namespace outpost::control {
 namespace {

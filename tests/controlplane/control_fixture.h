@@ -16,7 +16,7 @@
 
 #include "cli/http_client.h"
 #include "controlplane/control_plane.h"
-#include "controlplane/wall_clock.h"
+#include "controlplane/state/wall_clock.h"
 #include "tests/support/test_pki.h"
 #include "tests/tunnel/tunnel_harness.h"
 #include "tunnel/client.h"

@@ -6,11 +6,11 @@
 #include <boost/asio/ip/address.hpp>
 #include <gtest/gtest.h>
 
-#include "controlplane/control_messages.h"
-#include "controlplane/predict_request.h"
-#include "controlplane/secrets.h"
-#include "controlplane/tar_reader.h"
-#include "controlplane/url_fetcher.h"
+#include "controlplane/api/predict_request.h"
+#include "controlplane/api/url_fetcher.h"
+#include "controlplane/auth/secrets.h"
+#include "controlplane/fleet/control_messages.h"
+#include "controlplane/resources/tar_reader.h"
 #include "tests/controlplane/control_fixture.h"
 
 namespace outpost::control {

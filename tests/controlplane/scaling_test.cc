@@ -2,8 +2,8 @@
 // bin-packing scheduler that places the replicas it asks for.
 #include <gtest/gtest.h>
 
-#include "controlplane/autoscaler.h"
-#include "controlplane/scheduler.h"
+#include "controlplane/scaling/autoscaler.h"
+#include "controlplane/scaling/scheduler.h"
 
 namespace outpost::control {
 namespace {

@@ -23,9 +23,9 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "controlplane/artifact_store.h"
-#include "controlplane/auth_throttle.h"
-#include "controlplane/store.h"
+#include "controlplane/auth/auth_throttle.h"
+#include "controlplane/state/artifact_store.h"
+#include "controlplane/state/store.h"
 #include "tests/controlplane/control_fixture.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -1,11 +1,11 @@
 // The SQLite state: it survives reopening, migrations run once, join tokens are single use and
 // expire (on an injected clock), and the store itself keeps one deployment per model per
 // nodepool; the autoscaler's counts survive a restart and go with their deployment.
-#include "controlplane/store.h"
+#include "controlplane/state/store.h"
 
 #include <gtest/gtest.h>
 
-#include "controlplane/secrets.h"
+#include "controlplane/auth/secrets.h"
 #include "tests/controlplane/control_fixture.h"
 
 namespace outpost::control {

@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "controlplane/control_messages.h"
+#include "controlplane/fleet/control_messages.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view input(reinterpret_cast<const char*>(data), size);

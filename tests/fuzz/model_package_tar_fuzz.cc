@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-#include "controlplane/tar_reader.h"
+#include "controlplane/resources/tar_reader.h"
 
 namespace {
 

@@ -9,8 +9,8 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "controlplane/document.h"
-#include "controlplane/predict_request.h"
+#include "controlplane/api/predict_request.h"
+#include "controlplane/resources/document.h"
 
 namespace {
 

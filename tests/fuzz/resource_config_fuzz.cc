@@ -5,8 +5,8 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "controlplane/document.h"
-#include "controlplane/resource_config.h"
+#include "controlplane/resources/document.h"
+#include "controlplane/resources/resource_config.h"
 
 using outpost::control::parse_compute_cluster;
 using outpost::control::parse_deployment;
