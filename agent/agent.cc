@@ -32,6 +32,8 @@ void Agent::start() {
                                    << config_.node_name << ": " << inventory_.cpu_cores
                                    << " cores, " << inventory_.gpus.size() << " GPU(s), inventory "
                                    << inventory_.source);
+  router_ = std::make_shared<Router>(
+      Router::Limits{config_.max_streams, config_.max_inflight_per_replica});
   ControlSession::Callbacks callbacks;
   callbacks.on_desired = [weak](DesiredState state) {
     if (auto self = weak.lock()) self->reconciler_->apply(std::move(state));
@@ -39,7 +41,7 @@ void Agent::start() {
   callbacks.on_predict = [weak](const std::shared_ptr<tunnel::Stream>& stream,
                                 const nlohmann::json& metadata) {
     if (auto self = weak.lock()) {
-      self->reconciler_->route(stream, metadata);
+      self->router_->route(stream, metadata);
     } else {
       stream->reset(tunnel::Errc::kRefusedStream, "the agent is stopping");
     }
@@ -57,7 +59,8 @@ void Agent::start() {
   session_ = std::make_shared<ControlSession>(
       io_, std::move(session_config), CredentialStore(config_.state_dir, config_.join_token_file),
       [inventory_json] { return nlohmann::json(inventory_json); }, std::move(callbacks));
-  reconciler_ = std::make_shared<Reconciler>(io_, config_, inventory_, *artifacts_, session_);
+  reconciler_ =
+      std::make_shared<Reconciler>(io_, config_, inventory_, *artifacts_, session_, router_);
   reconciler_->set_on_change([weak] {
     if (auto self = weak.lock()) {
       self->send_report();

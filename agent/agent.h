@@ -21,6 +21,7 @@
 #include "agent/control_session.h"
 #include "agent/inventory.h"
 #include "agent/reconciler.h"
+#include "agent/router.h"
 #include "agent/status_server.h"
 #include "common/result.h"
 #include "common/service_notify.h"
@@ -53,6 +54,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
   Inventory inventory_;
   std::unique_ptr<ArtifactCache> artifacts_;
   std::shared_ptr<ControlSession> session_;
+  std::shared_ptr<Router> router_;
   std::shared_ptr<Reconciler> reconciler_;
   std::shared_ptr<StatusServer> status_server_;
   boost::asio::steady_timer report_timer_;

@@ -97,15 +97,15 @@ std::string_view replica_state_name(ReplicaState state) {
 }
 
 Reconciler::Reconciler(boost::asio::io_context& io, AgentConfig config, Inventory inventory,
-                       const ArtifactCache& artifacts, std::shared_ptr<ControlSession> session)
+                       const ArtifactCache& artifacts, std::shared_ptr<ControlSession> session,
+                       std::shared_ptr<Router> router)
     : io_(io),
       config_(std::move(config)),
       inventory_(std::move(inventory)),
       devices_(devices_of(inventory_, config_)),
       artifacts_(artifacts),
       session_(std::move(session)),
-      max_inflight_per_replica_(config_.max_inflight_per_replica),
-      max_streams_(config_.max_streams),
+      router_(std::move(router)),
       max_workers_(config_.max_workers),
       restart_backoff_max_seconds_(config_.restart_backoff_max_seconds),
       idle_worker_seconds_(config_.idle_worker_seconds),
@@ -131,16 +131,23 @@ void Reconciler::set_on_change(std::function<void()> on_change) {
 
 void Reconciler::notify_change() {
   std::function<void()> callback;
+  std::vector<Router::Target> ready;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     callback = on_change_;
+    for (const auto& [id, replica] : replicas_) {
+      if (replica->state != ReplicaState::kReady) continue;
+      const auto worker = workers_.find(replica->worker_id);
+      if (worker == workers_.end() || !worker->second->client) continue;
+      ready.push_back({id, replica->spec.deployment_id, worker->second->client});
+    }
   }
+  router_->publish(std::move(ready));
   if (callback) boost::asio::post(io_, callback);
 }
 
 void Reconciler::update_limits(const AgentConfig& config) {
-  max_inflight_per_replica_ = config.max_inflight_per_replica;
-  max_streams_ = config.max_streams;
+  router_->set_limits({config.max_streams, config.max_inflight_per_replica});
   max_workers_ = config.max_workers;
   restart_backoff_max_seconds_ = config.restart_backoff_max_seconds;
   idle_worker_seconds_ = config.idle_worker_seconds;
@@ -381,7 +388,7 @@ void Reconciler::pass() {
       bool still_loaded = false;
       for (auto& [wid, worker] : workers_) still_loaded |= worker->loaded.count(it->first) != 0;
       if (it->second->state == ReplicaState::kStopping && !still_loaded &&
-          it->second->inflight.load() == 0) {
+          router_->inflight(it->first) == 0) {
         it = replicas_.erase(it);
       } else {
         ++it;
@@ -758,7 +765,7 @@ nlohmann::json Reconciler::replica_json(const Replica& replica) const {
           {"message", replica.message},
           {"device", replica.device},
           {"worker", replica.worker_id},
-          {"ongoing_requests", replica.inflight.load()}};
+          {"ongoing_requests", router_->inflight(replica.spec.replica_id)}};
 }
 
 nlohmann::json Reconciler::report() const {
@@ -785,7 +792,7 @@ nlohmann::json Reconciler::status() const {
                        {"replicas", worker->plan.replica_ids}});
   }
   out["workers"] = workers;
-  out["open_streams"] = open_streams_.load();
+  out["open_streams"] = router_->open_streams();
   return out;
 }
 

@@ -1,4 +1,4 @@
-// Desired state -> running replicas, and predict streams -> replicas.
+// Desired state -> running replicas.
 //
 // One reconcile thread owns the slow work: artifact downloads are started from it (they run on
 // the tunnel), worker processes are spawned, restarted and drained from it (so they live as
@@ -11,10 +11,9 @@
 //   4. replicas no longer wanted are unloaded (the worker drains them), idle workers stopped;
 //   5. a device with no replica keeps its shared worker started, model-less, as a warm spare
 //      (workers.spare), so that a replica placed there later skips the process start.
-// State changes are reported up at once (node.report) and every 5 s.
-//
-// Routing runs on the I/O threads and never waits: a predict stream goes to the ready replica
-// of its deployment with the fewest requests in flight, through that worker's client.
+// State changes are reported up at once (node.report) and every 5 s, and the ready replicas are
+// published to the Router (agent/router.h), which routes predict streams without waiting on
+// this thread.
 #pragma once
 
 #include <atomic>
@@ -39,6 +38,7 @@
 #include "agent/desired_state.h"
 #include "agent/inventory.h"
 #include "agent/placement.h"
+#include "agent/router.h"
 #include "protocol/worker_client.h"
 #include <sys/types.h>
 
@@ -50,7 +50,8 @@ std::string_view replica_state_name(ReplicaState state);
 class Reconciler : public std::enable_shared_from_this<Reconciler> {
  public:
   Reconciler(boost::asio::io_context& io, AgentConfig config, Inventory inventory,
-             const ArtifactCache& artifacts, std::shared_ptr<ControlSession> session);
+             const ArtifactCache& artifacts, std::shared_ptr<ControlSession> session,
+             std::shared_ptr<Router> router);
   ~Reconciler();
 
   // Called whenever a replica changes state (from the reconcile thread).
@@ -58,9 +59,6 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
 
   // A newer desired state (older or equal versions are ignored).
   void apply(DesiredState state);
-
-  // A predict stream from the control plane (docs/control-protocol.md, "predict").
-  void route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann::json& metadata);
 
   // node.report's body: applied_version and one ReplicaStatus per replica.
   nlohmann::json report() const;
@@ -91,7 +89,6 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
     int load_failures = 0;
     std::chrono::steady_clock::time_point next_load{};
     bool needs_reload = false;  // the same id now means another model version
-    std::atomic<int> inflight{0};
   };
 
   struct Worker {
@@ -126,6 +123,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   void cleanup_leftover_workers();
   std::string endpoint_for(const std::string& worker_id) const;
   std::string worker_binary() const;
+  // Publishes the ready replicas to the router and tells on_change; takes mutex_.
   void notify_change();
   nlohmann::json replica_json(const Replica& replica) const;
 
@@ -135,6 +133,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   const std::vector<Device> devices_;
   const ArtifactCache& artifacts_;
   std::shared_ptr<ControlSession> session_;
+  const std::shared_ptr<Router> router_;
   std::function<void()> on_change_;
 
   mutable std::mutex mutex_;
@@ -144,10 +143,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   std::map<std::string, std::shared_ptr<Replica>> replicas_;
   std::map<std::string, std::shared_ptr<Worker>> workers_;
   Placement placement_;
-  std::atomic<int> open_streams_{0};
   // Limits that SIGHUP changes (update_limits) while the reconcile thread reads them.
-  std::atomic<int> max_inflight_per_replica_;
-  std::atomic<int> max_streams_;
   std::atomic<int> max_workers_;
   std::atomic<int> restart_backoff_max_seconds_;
   std::atomic<int> idle_worker_seconds_;

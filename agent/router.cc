@@ -1,16 +1,12 @@
-// Reconciler::route: a predict stream from the control plane to a worker call.
-//
-// The stream goes to the ready replica of its deployment with the fewest requests in flight.
-// Limits: at most workers.max_streams predict streams at once, at most
-// workers.max_inflight_per_replica on one replica; past either, the caller gets
-// resource_exhausted with the limit named. Cancellation crosses both ways: a RESET from the
-// control plane cancels the worker call between steps, and a call that fails ends the stream
-// with an error document.
+#include "agent/router.h"
+
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <optional>
+#include <utility>
 
-#include "agent/reconciler.h"
+#include "agent/control_session.h"  // error_document
 #include "common/json_fields.h"
 #include "common/log.h"
 
@@ -23,9 +19,8 @@ namespace {
 struct RouteState {
   std::shared_ptr<tunnel::Stream> stream;
   std::shared_ptr<protocol::WorkerClient> client;
-  std::function<void()> release;  // frees the inflight slot, exactly once
+  std::unique_ptr<Router::Lease> lease;  // freed once, by finish()
   std::atomic<bool> finished{false};
-  std::string request_id;
 
   std::mutex mutex;
   std::shared_ptr<protocol::WorkerCall> call;
@@ -51,7 +46,7 @@ struct RouteState {
     if (current) current->cancel();
   }
   void finish() {
-    if (!finished.exchange(true) && release) release();
+    if (!finished.exchange(true)) lease.reset();
   }
 };
 
@@ -153,8 +148,78 @@ void pump_items(const std::shared_ptr<RouteState>& route) {
 
 }  // namespace
 
-void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
-                       const nlohmann::json& metadata) {
+Router::Router(Limits limits)
+    : max_streams_(limits.max_streams),
+      max_inflight_per_replica_(limits.max_inflight_per_replica) {}
+
+void Router::set_limits(Limits limits) {
+  max_streams_ = limits.max_streams;
+  max_inflight_per_replica_ = limits.max_inflight_per_replica;
+}
+
+void Router::publish(std::vector<Target> ready) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ready_ = std::move(ready);
+  for (const auto& target : ready_) {
+    auto& count = inflight_[target.replica_id];
+    if (!count) count = std::make_shared<std::atomic<int>>(0);
+  }
+  // A count that neither the table nor a call holds any more goes.
+  for (auto it = inflight_.begin(); it != inflight_.end();) {
+    const bool published = std::any_of(ready_.begin(), ready_.end(), [&](const Target& target) {
+      return target.replica_id == it->first;
+    });
+    if (!published && it->second.use_count() == 1) {
+      it = inflight_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+int Router::inflight(const std::string& replica_id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = inflight_.find(replica_id);
+  return it == inflight_.end() ? 0 : it->second->load();
+}
+
+Result<Router::Admission> Router::admit(const std::string& deployment, const std::string& hint) {
+  if (open_streams_->fetch_add(1) >= max_streams_.load()) {
+    open_streams_->fetch_sub(1);
+    return Error(ErrorCode::kResourceExhausted,
+                 "this node serves at most " + std::to_string(max_streams_.load()) +
+                     " predict streams at once (workers.max_streams)");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Target* chosen = nullptr;
+  int chosen_load = 0;
+  for (const auto& target : ready_) {
+    if (target.deployment_id != deployment) continue;
+    const int load = inflight_.at(target.replica_id)->load();
+    if (chosen == nullptr || load < chosen_load ||
+        (load == chosen_load && target.replica_id == hint)) {
+      chosen = &target;
+      chosen_load = load;
+    }
+  }
+  if (chosen == nullptr) {
+    open_streams_->fetch_sub(1);
+    return Error(ErrorCode::kUnavailable,
+                 "no ready replica of deployment " + deployment + " on this node");
+  }
+  const auto& count = inflight_.at(chosen->replica_id);
+  if (count->fetch_add(1) >= max_inflight_per_replica_.load()) {
+    count->fetch_sub(1);
+    open_streams_->fetch_sub(1);
+    return Error(ErrorCode::kResourceExhausted,
+                 "every ready replica of " + deployment + " has " +
+                     std::to_string(max_inflight_per_replica_.load()) +
+                     " requests in flight (workers.max_inflight_per_replica)");
+  }
+  return Admission{*chosen, std::make_unique<Lease>(open_streams_, count)};
+}
+
+void Router::route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann::json& metadata) {
   // Fields of the wrong type read as missing: a malformed request is refused, never thrown.
   const std::string shape_name = string_field_or(metadata, "shape", "unary");
   const auto shape = protocol::call_shape_from_name(shape_name);
@@ -168,65 +233,24 @@ void Reconciler::route(const std::shared_ptr<tunnel::Stream>& stream,
   if (deployment.empty()) {
     return reply_error(stream, invalid_argument("predict needs deployment_id"));
   }
-
-  if (open_streams_.fetch_add(1) >= max_streams_.load()) {
-    open_streams_.fetch_sub(1);
-    return reply_error(stream,
-                       Error(ErrorCode::kResourceExhausted,
-                             "this node serves at most " + std::to_string(max_streams_.load()) +
-                                 " predict streams at once (workers.max_streams)"));
-  }
-  // Pick the least-loaded ready replica of the deployment.
-  std::shared_ptr<Replica> chosen;
-  std::shared_ptr<protocol::WorkerClient> client;
-  int ready = 0;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& [id, replica] : replicas_) {
-      if (replica->spec.deployment_id != deployment || replica->state != ReplicaState::kReady) {
-        continue;
-      }
-      auto worker = workers_.find(replica->worker_id);
-      if (worker == workers_.end() || !worker->second->client) continue;
-      ++ready;
-      const bool better = !chosen || replica->inflight.load() < chosen->inflight.load() ||
-                          (replica->inflight.load() == chosen->inflight.load() && id == hint);
-      if (better) {
-        chosen = replica;
-        client = worker->second->client;
-      }
+  auto admitted = admit(deployment, hint);
+  if (!admitted.ok()) {
+    if (admitted.error().code() == ErrorCode::kUnavailable) {
+      // Refused, not failed: nothing ran, so the control plane opens the call on another node.
+      stream->reset(tunnel::Errc::kRefusedStream, admitted.error().message());
+      return;
     }
-  }
-  if (!chosen) {
-    open_streams_.fetch_sub(1);
-    // Refused, not failed: nothing ran, so the control plane opens the call on another node.
-    stream->reset(tunnel::Errc::kRefusedStream,
-                  "no ready replica of deployment " + deployment + " on this node");
-    return;
-  }
-  if (chosen->inflight.fetch_add(1) >= max_inflight_per_replica_.load()) {
-    chosen->inflight.fetch_sub(1);
-    open_streams_.fetch_sub(1);
-    return reply_error(stream, Error(ErrorCode::kResourceExhausted,
-                                     "every ready replica of " + deployment + " has " +
-                                         std::to_string(max_inflight_per_replica_.load()) +
-                                         " requests in flight "
-                                         "(workers.max_inflight_per_replica)"));
+    return reply_error(stream, admitted.error());
   }
   auto route = std::make_shared<RouteState>();
   route->stream = stream;
-  route->client = client;
-  route->request_id = request_id;
-  std::weak_ptr<Reconciler> weak = shared_from_this();
-  route->release = [weak, chosen] {
-    chosen->inflight.fetch_sub(1);
-    if (auto self = weak.lock()) self->open_streams_.fetch_sub(1);
-  };
-  const std::string model = chosen->spec.replica_id;
+  route->client = admitted->target.client;
+  route->lease = std::move(admitted->lease);
+  const std::string model = admitted->target.replica_id;
   LOG_DEBUG("agent.predict",
             "request " << request_id << " (" << shape_name << ") to replica " << model);
   if (*shape == protocol::CallShape::kStream) {
-    route->set_call(client->stream(model, method, handlers_for(route, *shape)));
+    route->set_call(route->client->stream(model, method, handlers_for(route, *shape)));
     pump_items(route);
     return;
   }
