@@ -2,15 +2,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <utility>
 
 #include <boost/asio/post.hpp>
 
 #include "common/log.h"
-#include "common/worker_binary.h"
-#include <signal.h>
-#include <unistd.h>
 
 namespace outpost::agent {
 
@@ -22,49 +18,8 @@ using std::chrono::seconds;
 namespace {
 
 constexpr auto kTick = milliseconds(500);
-constexpr auto kWorkerReadyTimeout = seconds(60);
 constexpr auto kLoadTimeout = seconds(300);
 constexpr auto kUnloadTimeout = seconds(60);
-constexpr auto kStableWorker = seconds(60);
-
-std::string fnv_hex(const std::string& text) {
-  uint64_t hash = 1469598103934665603ull;
-  for (const unsigned char c : text) {
-    hash ^= c;
-    hash *= 1099511628211ull;
-  }
-  char out[17];
-  std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(hash));
-  return out;
-}
-
-std::string safe_name(const std::string& text) {
-  std::string out;
-  for (const char c : text) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '-' || c == '_' || c == '.';
-    out += ok ? c : '_';
-  }
-  if (out.empty() || out[0] == '.') out = "_" + out;
-  return out.substr(0, 100);
-}
-
-// Backoff for restarts: 1 s, 2 s, 4 s ... up to `cap`.
-Clock::duration restart_delay(int crashes, int cap_seconds) {
-  const int exponent = std::min(crashes, 16);
-  return seconds(std::min<int64_t>(int64_t{1} << exponent, cap_seconds));
-}
-
-template <class T>
-std::optional<T> wait_future(std::future<T>& future, Clock::duration timeout) {
-  if (future.wait_for(timeout) != std::future_status::ready) return std::nullopt;
-  return future.get();
-}
-
-std::string describe_exit(int status) {
-  if (status > 128) return "killed by signal " + std::to_string(status - 128);
-  return "exit status " + std::to_string(status);
-}
 
 const ArtifactRef* model_file(const DesiredReplica& spec) {
   const ArtifactRef* found = nullptr;
@@ -103,6 +58,7 @@ Reconciler::Reconciler(boost::asio::io_context& io, AgentConfig config, Inventor
       config_(std::move(config)),
       inventory_(std::move(inventory)),
       devices_(devices_of(inventory_, config_)),
+      supervisor_(config_, inventory_, devices_),
       artifacts_(artifacts),
       session_(std::move(session)),
       router_(std::move(router)),
@@ -110,7 +66,7 @@ Reconciler::Reconciler(boost::asio::io_context& io, AgentConfig config, Inventor
       restart_backoff_max_seconds_(config_.restart_backoff_max_seconds),
       idle_worker_seconds_(config_.idle_worker_seconds),
       spare_workers_(config_.spare_workers) {
-  cleanup_leftover_workers();
+  supervisor_.stop_leftovers();
   last_pass_ms_ = std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
   thread_ = std::thread([this] { run(); });
 }
@@ -138,8 +94,10 @@ void Reconciler::notify_change() {
     for (const auto& [id, replica] : replicas_) {
       if (replica->state != ReplicaState::kReady) continue;
       const auto worker = workers_.find(replica->worker_id);
-      if (worker == workers_.end() || !worker->second->client) continue;
-      ready.push_back({id, replica->spec.deployment_id, worker->second->client});
+      if (worker == workers_.end()) continue;
+      auto client = worker->second->run.client();
+      if (!client) continue;
+      ready.push_back({id, replica->spec.deployment_id, std::move(client)});
     }
   }
   router_->publish(std::move(ready));
@@ -210,15 +168,7 @@ void Reconciler::run() {
     for (auto& [id, worker] : workers_) workers.push_back(worker);
     workers_.clear();
   }
-  for (auto& worker : workers) {
-    if (worker->client) {
-      auto drained = worker->client->drain(seconds(20), true);
-      wait_future(drained, seconds(25));
-    }
-    worker->client.reset();
-    worker->pid = 0;
-    worker->process.reset();  // SIGTERM, then SIGKILL after 10 s
-  }
+  for (auto& worker : workers) supervisor_.stop(worker->run, worker->plan.worker_id, seconds(20));
   if (done) boost::asio::post(io_, done);
 }
 
@@ -302,7 +252,7 @@ void Reconciler::pass() {
     placement = place(devices_, specs, placement_);
     std::set<std::string> running;
     for (const auto& [id, worker] : workers_) {
-      if (worker->process) running.insert(id);
+      if (worker->run.started()) running.insert(id);
     }
     cap_workers(placement, static_cast<size_t>(max_workers_.load()), running);
     placement_ = placement;
@@ -358,7 +308,7 @@ void Reconciler::pass() {
         if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
       }
       if (!replica || replica->state == ReplicaState::kStopping || worker->loaded.count(id) != 0 ||
-          !worker->client) {
+          !worker->run.client()) {
         continue;
       }
       if (replica->artifact_paths.size() != replica->spec.artifacts.size()) continue;
@@ -409,7 +359,8 @@ void Reconciler::pass() {
       }
       // Kept for a while if the next replica of its device would use it again (a device's
       // shared worker, not an mps or MIG worker of one replica) and a worker slot is free.
-      const bool reusable = worker.plan.worker_id == worker.plan.device_id && worker.process &&
+      const bool reusable = worker.plan.worker_id == worker.plan.device_id &&
+                            worker.run.started() &&
                             placement.workers.size() + spares.size() + kept <
                                 static_cast<size_t>(max_workers_.load());
       if (reusable && keep_for.count() > 0) {
@@ -431,14 +382,7 @@ void Reconciler::pass() {
   }
   for (auto& worker : idle) {
     LOG_INFO("agent.worker_stop", "stopping idle worker " << worker->plan.worker_id);
-    if (worker->client) {
-      auto drained = worker->client->drain(seconds(10), true);
-      wait_future(drained, seconds(15));
-    }
-    worker->client.reset();
-    worker->pid = 0;
-    worker->process.reset();
-    ::unlink(config_.worker_file(fnv_hex(worker->plan.worker_id), ".pid").c_str());
+    supervisor_.stop(worker->run, worker->plan.worker_id, seconds(10));
   }
   if (!idle.empty()) notify_change();
 }
@@ -484,15 +428,6 @@ void Reconciler::fetch_missing(Replica& replica, const std::shared_ptr<Replica>&
   }
 }
 
-std::string Reconciler::endpoint_for(const std::string& worker_id) const {
-  return "ipc://" + config_.worker_file(fnv_hex(worker_id), ".sock");
-}
-
-std::string Reconciler::worker_binary() const {
-  if (!config_.worker_binary.empty()) return config_.worker_binary;
-  return locate_worker_binary().value_or(kInstalledWorkerBinary);
-}
-
 std::vector<WorkerPlan> Reconciler::spare_plans(const Placement& placement) const {
   std::vector<WorkerPlan> out;
   if (!spare_workers_.load()) return out;
@@ -532,132 +467,33 @@ void Reconciler::ensure_worker(const WorkerPlan& plan, bool spare) {
   }
 }
 
-Status Reconciler::start_worker(Worker& worker) {
-  protocol::WorkerSpec spec;
-  spec.worker_id = safe_name(worker.plan.worker_id);
-  spec.endpoint = endpoint_for(worker.plan.worker_id);
-  const Device* device = nullptr;
-  for (const auto& candidate : devices_) {
-    if (candidate.id == worker.plan.device_id) device = &candidate;
-  }
-  std::vector<std::string> environment;
-  if (device != nullptr && device->gpu_index >= 0) {
-    if (worker.plan.slicing == SlicingMode::kMig) {
-      // A MIG instance is the only device this worker sees.
-      environment.push_back("CUDA_VISIBLE_DEVICES=" + device->id.substr(4));
-      spec.device = "cuda:0";
-      spec.slice.mode = "mig";
-    } else {
-      spec.device = "cuda:" + std::to_string(device->gpu_index);
-      spec.slice.mode = std::string(slicing_mode_name(worker.plan.slicing));
-      uint64_t total = 0;
-      for (const auto& gpu : inventory_.gpus) {
-        if (gpu.index == device->gpu_index) total = gpu.memory_bytes;
-      }
-      if (total > 0) {
-        spec.slice.fraction = std::clamp(
-            static_cast<double>(worker.plan.memory_limit_bytes) / static_cast<double>(total), 0.01,
-            1.0);
-      }
-      if (worker.plan.slicing == SlicingMode::kMps) {
-        spec.slice.mps_memory_limit = std::to_string(worker.plan.memory_limit_bytes >> 20) + "M";
-      }
-    }
-  } else {
-    spec.device = "cpu";
-  }
-  spec.intra_op_threads = config_.worker_threads;
-  std::error_code ec;
-  fs::create_directories(config_.worker_dir(), ec);
-  const std::string tag = fnv_hex(worker.plan.worker_id);
-  ::unlink(config_.worker_file(tag, ".sock").c_str());
-  protocol::WorkerProcess::Options options;
-  options.binary = worker_binary();
-  options.spec = spec;
-  options.log_file = config_.worker_file(tag, ".log");
-  options.environment = environment;
-  OUTPOST_ASSIGN_OR_RETURN(worker.process, protocol::WorkerProcess::spawn(options));
-  worker.pid = worker.process->pid();
-  {
-    std::ofstream pid(config_.worker_file(tag, ".pid"));
-    pid << worker.process->pid() << "\n";
-  }
-  protocol::WorkerClient::Options client_options;
-  client_options.endpoint = spec.endpoint;
-  OUTPOST_ASSIGN_OR_RETURN(auto client, protocol::WorkerClient::connect(client_options));
-  std::shared_ptr<protocol::WorkerClient> shared(std::move(client));
-  auto ready = shared->wait_ready(kWorkerReadyTimeout);
-  if (!ready.ok()) {
-    return Error(ready.error().code(), "worker did not become ready: " + ready.error().message() +
-                                           " (see " + config_.worker_file(tag, ".log") + ")");
-  }
-  std::lock_guard<std::mutex> lock(mutex_);
-  worker.client = std::move(shared);
-  worker.started_at = Clock::now();
-  return {};
-}
-
 void Reconciler::check_worker(Worker& worker) {
-  if (worker.process && !worker.process->running()) {
-    const auto status = worker.process->wait(milliseconds(0));
-    worker.last_exit = status ? describe_exit(*status) : "ended";
-    const bool stable = Clock::now() - worker.started_at >= kStableWorker;
-    worker.crashes_in_a_row = stable ? 1 : worker.crashes_in_a_row + 1;
-    const auto delay =
-        restart_delay(worker.crashes_in_a_row - 1, restart_backoff_max_seconds_.load());
-    LOG_ERROR("agent.worker_crashed",
-              "worker " << worker.plan.worker_id << " (pid " << worker.process->pid() << ") "
-                        << worker.last_exit << "; restarting in "
-                        << std::chrono::duration_cast<seconds>(delay).count() << " s");
-    std::shared_ptr<protocol::WorkerClient> dead;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      dead = std::move(worker.client);
-      worker.client.reset();
-    }
-    dead.reset();  // ends its open calls (unavailable) outside the lock
-    worker.pid = 0;
-    worker.process.reset();
-    worker.next_start = Clock::now() + delay;
-    const auto loaded = worker.loaded;
-    worker.loaded.clear();
-    for (const auto& id : loaded) {
-      std::shared_ptr<Replica> replica;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
+  const bool wanted = !worker.plan.replica_ids.empty() || worker.spare;
+  const Supervisor::Check seen =
+      supervisor_.check(worker.run, worker.plan, wanted, restart_backoff_max_seconds_.load());
+  std::vector<std::pair<std::shared_ptr<Replica>, std::string>> reloads;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (seen.ended) {
+      // What it held is gone with it: loaded again once it runs.
+      for (const auto& id : worker.loaded) {
+        if (auto it = replicas_.find(id); it != replicas_.end()) {
+          reloads.emplace_back(it->second, "worker " + seen.message + "; restarting");
+        }
       }
-      if (replica && replica->state != ReplicaState::kStopping) {
-        set_state(*replica, ReplicaState::kLoading, "worker " + worker.last_exit + "; restarting");
+      worker.loaded.clear();
+    }
+    if (seen.start_failed) {
+      for (const auto& id : worker.plan.replica_ids) {
+        if (auto it = replicas_.find(id); it != replicas_.end()) {
+          reloads.emplace_back(it->second, "worker could not start: " + seen.message);
+        }
       }
     }
   }
-  if (!worker.process && Clock::now() >= worker.next_start &&
-      (!worker.plan.replica_ids.empty() || worker.spare)) {
-    ++worker.restarts;
-    if (Status started = start_worker(worker); !started.ok()) {
-      worker.crashes_in_a_row++;
-      worker.next_start = Clock::now() + restart_delay(worker.crashes_in_a_row,
-                                                       restart_backoff_max_seconds_.load());
-      worker.client.reset();
-      worker.pid = 0;
-      worker.process.reset();
-      LOG_ERROR("agent.worker_start_failed",
-                "worker " << worker.plan.worker_id << ": " << started.error().message());
-      for (const auto& id : worker.plan.replica_ids) {
-        std::shared_ptr<Replica> replica;
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          if (auto it = replicas_.find(id); it != replicas_.end()) replica = it->second;
-        }
-        if (replica) {
-          set_state(*replica, ReplicaState::kLoading,
-                    "worker could not start: " + started.error().message());
-        }
-      }
-    } else {
-      LOG_INFO("agent.worker_started", "worker " << worker.plan.worker_id << " started (pid "
-                                                 << worker.process->pid() << ")");
+  for (auto& [replica, message] : reloads) {
+    if (replica->state != ReplicaState::kStopping) {
+      set_state(*replica, ReplicaState::kLoading, std::move(message));
     }
   }
 }
@@ -665,7 +501,7 @@ void Reconciler::check_worker(Worker& worker) {
 Result<std::string> Reconciler::assemble_package(const Replica& replica) {
   const std::string dir = config_.state_dir + "/packages/" +
                           safe_name(replica.spec.model_version_id) + "-" +
-                          fnv_hex(replica.spec.model_version_id).substr(0, 8);
+                          file_tag(replica.spec.model_version_id).substr(0, 8);
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return internal_error("cannot create " + dir + ": " + ec.message());
@@ -693,7 +529,7 @@ void Reconciler::load_replica(Worker& worker, Replica& replica) {
     request.sha256 = file->sha256;
     request.size = file->size;
   }
-  auto client = worker.client;
+  auto client = worker.run.client();
   auto future = client->load(request);
   auto loaded = wait_future(future, kLoadTimeout);
   if (!loaded) {
@@ -720,8 +556,8 @@ void Reconciler::load_replica(Worker& worker, Replica& replica) {
 }
 
 void Reconciler::unload_replica(Worker& worker, const std::string& replica_id) {
-  if (worker.client) {
-    auto future = worker.client->unload(replica_id, kUnloadTimeout);
+  if (auto client = worker.run.client()) {
+    auto future = client->unload(replica_id, kUnloadTimeout);
     auto unloaded = wait_future(future, kUnloadTimeout + seconds(5));
     if (unloaded && !unloaded->ok() && unloaded->error().code() != ErrorCode::kNotFound) {
       LOG_WARNING("agent.unload_failed",
@@ -731,30 +567,6 @@ void Reconciler::unload_replica(Worker& worker, const std::string& replica_id) {
   std::lock_guard<std::mutex> lock(mutex_);
   worker.loaded.erase(replica_id);
   LOG_INFO("agent.replica_unloaded", "replica " << replica_id << " unloaded");
-}
-
-void Reconciler::cleanup_leftover_workers() {
-  // Workers of an earlier outpostd that did not die with it: never run two for one replica.
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(config_.worker_dir(), ec)) {
-    if (entry.path().extension() != ".pid") continue;
-    std::ifstream in(entry.path());
-    pid_t pid = 0;
-    in >> pid;
-    std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
-    std::string command((std::istreambuf_iterator<char>(cmdline)),
-                        std::istreambuf_iterator<char>());
-    if (pid > 1 && command.find("outpost-worker") != std::string::npos) {
-      LOG_NOTICE("agent.worker_cleanup",
-                 "stopping worker pid " << pid << " left by an earlier outpostd");
-      ::kill(pid, SIGTERM);
-      for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i) {
-        std::this_thread::sleep_for(milliseconds(50));
-      }
-      if (::kill(pid, 0) == 0) ::kill(pid, SIGKILL);
-    }
-    fs::remove(entry.path(), ec);
-  }
 }
 
 nlohmann::json Reconciler::replica_json(const Replica& replica) const {
@@ -785,9 +597,9 @@ nlohmann::json Reconciler::status() const {
     workers.push_back({{"worker", id},
                        {"device", worker->plan.device_id},
                        {"slicing", std::string(slicing_mode_name(worker->plan.slicing))},
-                       {"pid", worker->pid.load()},
-                       {"restarts", worker->restarts > 0 ? worker->restarts - 1 : 0},
-                       {"last_exit", worker->last_exit},
+                       {"pid", worker->run.pid()},
+                       {"restarts", worker->run.restarts()},
+                       {"last_exit", worker->run.last_exit()},
                        {"spare", worker->spare},
                        {"replicas", worker->plan.replica_ids}});
   }

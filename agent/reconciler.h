@@ -1,9 +1,9 @@
 // Desired state -> running replicas.
 //
 // One reconcile thread owns the slow work: artifact downloads are started from it (they run on
-// the tunnel), worker processes are spawned, restarted and drained from it (so they live as
-// long as it does: workers die with the agent, PR_SET_PDEATHSIG), and models are loaded and
-// unloaded from it. Each pass:
+// the tunnel), worker processes are spawned, restarted and drained from it through the
+// Supervisor (agent/supervisor.h; they live as long as it does: workers die with the agent,
+// PR_SET_PDEATHSIG), and models are loaded and unloaded from it. Each pass:
 //   1. every desired replica gets its artifacts (verified, cached) or stays `fetching`;
 //   2. placement puts replicas on devices and workers (agent/placement.h);
 //   3. every planned worker runs (a crashed one is restarted with backoff, its replicas
@@ -39,6 +39,7 @@
 #include "agent/inventory.h"
 #include "agent/placement.h"
 #include "agent/router.h"
+#include "agent/supervisor.h"
 #include "protocol/worker_client.h"
 #include <sys/types.h>
 
@@ -93,20 +94,11 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
 
   struct Worker {
     WorkerPlan plan;
-    std::unique_ptr<protocol::WorkerProcess> process;
-    // The process's pid for status(), which reads it under mutex_ while the reconcile thread
-    // starts and stops `process` without it.
-    std::atomic<pid_t> pid{0};
-    std::shared_ptr<protocol::WorkerClient> client;
+    WorkerRun run;                 // its process, started and stopped by the supervisor
     std::set<std::string> loaded;  // replica ids
-    int restarts = 0;
-    int crashes_in_a_row = 0;
-    std::chrono::steady_clock::time_point next_start{};
-    std::chrono::steady_clock::time_point started_at{};
     // Since when it holds no replica (workers.idle_seconds keeps it that long).
     std::optional<std::chrono::steady_clock::time_point> idle_since;
     bool spare = false;  // started with no replica, for the next one of its device
-    std::string last_exit;
   };
 
   void run();
@@ -114,15 +106,12 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   void fetch_missing(Replica& replica, const std::shared_ptr<Replica>& handle);
   void ensure_worker(const WorkerPlan& plan, bool spare = false);
   std::vector<WorkerPlan> spare_plans(const Placement& placement) const;
+  // The supervisor's check, and what it means for the worker's replicas.
   void check_worker(Worker& worker);
-  Status start_worker(Worker& worker);
   void load_replica(Worker& worker, Replica& replica);
   void unload_replica(Worker& worker, const std::string& replica_id);
   Result<std::string> assemble_package(const Replica& replica);
   void set_state(Replica& replica, ReplicaState state, std::string message);
-  void cleanup_leftover_workers();
-  std::string endpoint_for(const std::string& worker_id) const;
-  std::string worker_binary() const;
   // Publishes the ready replicas to the router and tells on_change; takes mutex_.
   void notify_change();
   nlohmann::json replica_json(const Replica& replica) const;
@@ -131,6 +120,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   AgentConfig config_;
   const Inventory inventory_;
   const std::vector<Device> devices_;
+  Supervisor supervisor_;
   const ArtifactCache& artifacts_;
   std::shared_ptr<ControlSession> session_;
   const std::shared_ptr<Router> router_;
