@@ -17,6 +17,10 @@
 //  generate the character-level generator: time to first chunk and chunks per second of one
 //           call, against a direct loop of generate_init and generate_step.
 //
+// Each part's concurrency-1 figure is also set against the transport floor (`*_floor_rps`,
+// `*_c1_vs_floor`): bare ZeroMQ round trips of the same size to an echoing child process over
+// ipc:// (zmq_floor.h), in the same rounds. What the worker adds is the gap between the two.
+//
 // Threads: OUTPOST_BENCH_THREADS (default: every CPU this process may use) for both sides.
 // OUTPOST_BENCH_ONLY=small|resnet|small_aoti|resnet_aoti|generate runs one part (the JSON then
 // lacks the others' keys).
@@ -40,6 +44,7 @@
 
 #include "bench/runtime/direct_libtorch.h"
 #include "bench/runtime/worker_load.h"
+#include "bench/runtime/zmq_floor.h"
 #include "protocol/worker_client.h"
 #include "tests/support/test_pki.h"
 
@@ -136,6 +141,13 @@ GenerateFigures worker_generate(WorkerClient& client) {
 }  // namespace
 
 int main() {
+  // Before any thread starts: the echo for the transport floor is a fork of this process.
+  outpost::testing::TempDir echo_dir;
+  auto echo = outpost::bench::ZmqEcho::start("ipc://" + echo_dir.file("echo.sock"));
+  if (!echo) {
+    std::perror("fork");
+    return 1;
+  }
   const int threads = outpost::bench::bench_threads();
   outpost::bench::set_torch_threads(threads);
 
@@ -252,14 +264,21 @@ int main() {
       direct_shape.insert(direct_shape.end(), part.row_shape.begin(), part.row_shape.end());
       double direct_sum = 0;
       double worker_sum = 0;
+      double floor_sum = 0;
       for (int round = 0; round < kRounds; ++round) {
         direct_sum += direct[i]->rows_per_second("predict", direct_shape, round_seconds);
         worker_sum += worker_rps(**client, part.model, input, static_cast<int>(rows), round_seconds,
                                  "predict", round == 0 ? 0.5 : 0.1);
+        if (rows == 1) {
+          // The request's size: its tensor bytes and a header.
+          floor_sum +=
+              echo->round_trips_per_second(input.parts.front().size() + 200, round_seconds);
+        }
       }
       const std::string n = std::to_string(rows);
       out[key + "_direct_b" + n + "_rps"] = direct_sum / kRounds;
       out[key + "_c" + n + "_rps"] = worker_sum / kRounds;
+      if (rows == 1) out[key + "_floor_rps"] = floor_sum / kRounds;
     }
     out[key + "_mean_batch"] = batch_size(part.model);
     std::printf(
@@ -270,6 +289,9 @@ int main() {
         batch.c_str(), out[key + "_c" + batch + "_rps"].get<double>(),
         out[key + "_mean_batch"].get<double>());
     out[key + "_c1_ratio"] = ratio(key + "_c1_rps", key + "_direct_b1_rps");
+    out[key + "_c1_vs_floor"] = ratio(key + "_c1_rps", key + "_floor_rps");
+    std::printf("  %-12s transport floor (bare ZeroMQ round trips, same size) %.1f/s\n", part.key,
+                out[key + "_floor_rps"].get<double>());
     out[key + "_c" + batch + "_ratio"] =
         ratio(key + "_c" + batch + "_rps", key + "_direct_b" + batch + "_rps");
     out[key + "_batching_gain_ratio"] =
