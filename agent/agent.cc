@@ -35,7 +35,7 @@ void Agent::start() {
   router_ = std::make_shared<Router>(
       Router::Limits{config_.max_streams, config_.max_inflight_per_replica});
   ControlSession::Callbacks callbacks;
-  callbacks.on_desired = [weak](DesiredState state) {
+  callbacks.on_desired = [weak](protocol::DesiredState state) {
     if (auto self = weak.lock()) self->reconciler_->apply(std::move(state));
   };
   callbacks.on_predict = [weak](const std::shared_ptr<tunnel::Stream>& stream,
@@ -104,9 +104,9 @@ void Agent::schedule_report() {
 
 void Agent::send_report() {
   if (!session_ || !session_->enrolled() || stopping_) return;
-  nlohmann::json report = reconciler_->report();
-  report["inventory"] = inventory_.to_json();
-  session_->send_report(report);
+  protocol::NodeReport report = reconciler_->report();
+  report.inventory = inventory_.to_json();
+  session_->send_report(protocol::to_json(report));
 }
 
 void Agent::schedule_watchdog() {

@@ -38,20 +38,6 @@ Error stream_error(error_code ec, const std::shared_ptr<tunnel::Stream>& stream)
 
 }  // namespace
 
-nlohmann::json error_document(const Error& error) {
-  return {{"error",
-           {{"code", std::string(error_code_name(error.code()))}, {"message", error.message()}}}};
-}
-
-std::optional<Error> error_from_document(const nlohmann::json& document) {
-  if (!document.is_object()) return std::nullopt;
-  const auto it = document.find("error");
-  if (it == document.end() || !it->is_object()) return std::nullopt;
-  return Error(
-      error_code_from_name(string_field_or(*it, "code", "internal")).value_or(ErrorCode::kInternal),
-      string_field_or(*it, "message", "the control plane gave no message"));
-}
-
 ControlSession::ControlSession(boost::asio::io_context& io, AgentConfig config,
                                CredentialStore credentials,
                                std::function<nlohmann::json()> inventory, Callbacks callbacks)
@@ -136,9 +122,11 @@ void ControlSession::start_enrollment() {
 
 void ControlSession::enroll_with(const std::shared_ptr<tunnel::TunnelClient>& client) {
   if (enroll_sent_.exchange(true)) return;
-  const nlohmann::json request = {{"name", config_.node_name}, {"inventory", inventory_()}};
-  auto opened = client->open_stream(nlohmann::json{{"method", "node.enroll"}}.dump(),
-                                    request.dump(), true, true);
+  const nlohmann::json request =
+      protocol::to_json(protocol::EnrollRequest{config_.node_name, inventory_()});
+  auto opened =
+      client->open_stream(protocol::to_json(protocol::CallMetadata{"node.enroll", ""}).dump(),
+                          request.dump(), true, true);
   if (!opened.ok()) {
     enroll_sent_ = false;  // the next status change tries again
     return;
@@ -157,7 +145,7 @@ void ControlSession::enroll_with(const std::shared_ptr<tunnel::TunnelClient>& cl
     client->shutdown(std::chrono::seconds(1), [] {});
     if (ec) return self->retry_enrollment(stream_error(ec, stream).message());
     const auto reply = nlohmann::json::parse(body, nullptr, false);
-    if (auto error = error_from_document(reply)) {
+    if (auto error = protocol::error_in(reply)) {
       LOG_ERROR("agent.enroll_refused",
                 "the control plane refused enrollment: " << error->message());
       return self->retry_enrollment("enrollment refused: " + error->message());
@@ -257,7 +245,7 @@ void ControlSession::sync() {
       LOG_WARNING("agent.sync_failed", "node.sync failed: " << reply.error().message());
       return;
     }
-    auto state = DesiredState::from_json(reply.value());
+    auto state = protocol::parse_desired_state(reply.value());
     if (!state.ok()) {
       LOG_ERROR("agent.bad_desired_state",
                 "refused the desired state from node.sync: " << state.error().message());
@@ -275,8 +263,8 @@ void ControlSession::call(const std::string& method, const nlohmann::json& reque
     client = client_;
   }
   if (!client) return done(unavailable("not connected to the control plane"));
-  auto opened =
-      client->open_stream(nlohmann::json{{"method", method}}.dump(), request.dump(), true, true);
+  auto opened = client->open_stream(protocol::to_json(protocol::CallMetadata{method, ""}).dump(),
+                                    request.dump(), true, true);
   if (!opened.ok()) return done(opened.error());
   auto stream = opened.value();
   tunnel::async_read_unary_response(
@@ -284,7 +272,7 @@ void ControlSession::call(const std::string& method, const nlohmann::json& reque
         if (ec) return done(stream_error(ec, stream));
         auto reply = nlohmann::json::parse(body, nullptr, false);
         if (reply.is_discarded()) return done(internal_error("the control plane sent bad JSON"));
-        if (auto error = error_from_document(reply)) return done(*error);
+        if (auto error = protocol::error_in(reply)) return done(*error);
         done(std::move(reply));
       });
 }
@@ -300,7 +288,7 @@ void ControlSession::send_report(const nlohmann::json& report) {
 void ControlSession::on_stream(const std::shared_ptr<tunnel::Stream>& stream) {
   const auto metadata = nlohmann::json::parse(stream->metadata(), nullptr, false);
   const auto refuse = [&stream](const Error& error) {
-    stream->async_write(error_document(error).dump(), true, [](error_code) {});
+    stream->async_write(protocol::error_document(error).dump(), true, [](error_code) {});
   };
   if (!metadata.is_object() || !metadata.contains("method") || !metadata["method"].is_string()) {
     return refuse(invalid_argument("stream metadata must be a JSON object with a method"));
@@ -316,7 +304,7 @@ void ControlSession::on_stream(const std::shared_ptr<tunnel::Stream>& stream) {
       auto self = weak.lock();
       if (ec || !self) return;
       auto document = nlohmann::json::parse(body, nullptr, false);
-      auto state = DesiredState::from_json(document);
+      auto state = protocol::parse_desired_state(document);
       if (!state.ok()) {
         LOG_ERROR("agent.bad_desired_state",
                   "refused a pushed desired state: " << state.error().message());
@@ -331,7 +319,8 @@ void ControlSession::on_stream(const std::shared_ptr<tunnel::Stream>& stream) {
   refuse(invalid_argument("unknown method '" + method + "'"));
 }
 
-void ControlSession::fetch_artifact(const ArtifactRef& artifact, const ArtifactCache& cache,
+void ControlSession::fetch_artifact(const protocol::ArtifactRef& artifact,
+                                    const ArtifactCache& cache,
                                     std::function<void(Result<std::string>)> done) {
   if (auto cached = cache.find(artifact.sha256, artifact.size)) return done(*cached);
   auto writer = cache.begin(artifact.sha256, artifact.size);
@@ -343,13 +332,13 @@ void ControlSession::fetch_artifact(const ArtifactRef& artifact, const ArtifactC
   }
   if (!client) return done(unavailable("not connected to the control plane"));
   auto opened = client->open_stream(
-      nlohmann::json{{"method", "artifact.fetch"}, {"sha256", artifact.sha256}}.dump(), {}, false,
-      true);
+      protocol::to_json(protocol::CallMetadata{"artifact.fetch", artifact.sha256}).dump(), {},
+      false, true);
   if (!opened.ok()) return done(opened.error());
   struct Download {
     std::shared_ptr<tunnel::Stream> stream;
     std::unique_ptr<ArtifactCache::Writer> writer;
-    ArtifactRef artifact;
+    protocol::ArtifactRef artifact;
     bool header_seen = false;
     std::function<void(Result<std::string>)> done;
   };
@@ -377,7 +366,7 @@ void ControlSession::fetch_artifact(const ArtifactRef& artifact, const ArtifactC
       if (!download->header_seen) {
         download->header_seen = true;
         const auto header = nlohmann::json::parse(message, nullptr, false);
-        if (auto error = error_from_document(header)) {
+        if (auto error = protocol::error_in(header)) {
           *read_next = nullptr;
           return download->done(*error);
         }

@@ -18,7 +18,7 @@
 #include "agent/artifact_cache.h"
 #include "agent/config.h"
 #include "agent/credentials.h"
-#include "agent/desired_state.h"
+#include "protocol/control_protocol.h"
 #include "tunnel/client.h"
 
 namespace outpost::agent {
@@ -27,7 +27,7 @@ class ControlSession : public std::enable_shared_from_this<ControlSession> {
  public:
   struct Callbacks {
     // A desired state arrived (from node.sync or a node.desired push); versions may repeat.
-    std::function<void(DesiredState)> on_desired;
+    std::function<void(protocol::DesiredState)> on_desired;
     // The control plane opened a predict stream; `metadata` is its parsed OPEN metadata.
     std::function<void(std::shared_ptr<tunnel::Stream>, nlohmann::json metadata)> on_predict;
     // A one-line summary changed ("enrolling", "connected to 2 of 2", "backing off: ...").
@@ -45,7 +45,7 @@ class ControlSession : public std::enable_shared_from_this<ControlSession> {
   void send_report(const nlohmann::json& report);
 
   // Downloads one artifact into the cache: size-capped, hash-checked, written aside.
-  void fetch_artifact(const ArtifactRef& artifact, const ArtifactCache& cache,
+  void fetch_artifact(const protocol::ArtifactRef& artifact, const ArtifactCache& cache,
                       std::function<void(Result<std::string>)> done);
 
   std::string state() const;
@@ -81,10 +81,5 @@ class ControlSession : public std::enable_shared_from_this<ControlSession> {
   std::atomic<bool> stopping_{false};
   boost::asio::steady_timer retry_timer_;
 };
-
-// {"error": {"code": ..., "message": ...}} for a reply.
-nlohmann::json error_document(const Error& error);
-// The Error carried by a reply document, if it is one.
-std::optional<Error> error_from_document(const nlohmann::json& document);
 
 }  // namespace outpost::agent

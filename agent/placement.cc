@@ -13,9 +13,9 @@ std::string human_bytes(uint64_t bytes) {
   return text;
 }
 
-bool wants_gpu(const DesiredReplica& replica) { return replica.num_accelerators > 0; }
+bool wants_gpu(const protocol::DesiredReplica& replica) { return replica.num_accelerators > 0; }
 
-uint64_t demand(const DesiredReplica& replica) {
+uint64_t demand(const protocol::DesiredReplica& replica) {
   return wants_gpu(replica) ? replica.accelerator_memory_bytes : replica.memory_bytes;
 }
 
@@ -70,16 +70,16 @@ std::vector<Device> devices_of(const Inventory& inventory, const AgentConfig& co
   return devices;
 }
 
-Placement place(const std::vector<Device>& devices, const std::vector<DesiredReplica>& replicas,
-                const Placement& previous) {
+Placement place(const std::vector<Device>& devices,
+                const std::vector<protocol::DesiredReplica>& replicas, const Placement& previous) {
   Placement out;
   std::map<std::string, Usage> usage;
   std::map<std::string, const Device*> by_id;
   for (const auto& device : devices) by_id[device.id] = &device;
-  std::map<std::string, const DesiredReplica*> wanted;
+  std::map<std::string, const protocol::DesiredReplica*> wanted;
   for (const auto& replica : replicas) wanted[replica.replica_id] = &replica;
 
-  const auto account = [&](const DesiredReplica& replica, const std::string& device_id) {
+  const auto account = [&](const protocol::DesiredReplica& replica, const std::string& device_id) {
     Usage& use = usage[device_id];
     use.memory += demand(replica);
     use.cpu += replica.cpu_millicores;
@@ -95,14 +95,15 @@ Placement place(const std::vector<Device>& devices, const std::vector<DesiredRep
   }
 
   // Then the rest, largest first, each on the device where it leaves the least room.
-  std::vector<const DesiredReplica*> pending;
+  std::vector<const protocol::DesiredReplica*> pending;
   for (const auto& replica : replicas) {
     if (out.device_of.count(replica.replica_id) == 0) pending.push_back(&replica);
   }
-  std::stable_sort(
-      pending.begin(), pending.end(),
-      [](const DesiredReplica* a, const DesiredReplica* b) { return demand(*a) > demand(*b); });
-  for (const DesiredReplica* replica : pending) {
+  std::stable_sort(pending.begin(), pending.end(),
+                   [](const protocol::DesiredReplica* a, const protocol::DesiredReplica* b) {
+                     return demand(*a) > demand(*b);
+                   });
+  for (const protocol::DesiredReplica* replica : pending) {
     const Device* best = nullptr;
     uint64_t best_left = 0;
     std::string why;

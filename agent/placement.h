@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "agent/config.h"
-#include "agent/desired_state.h"
 #include "agent/inventory.h"
+#include "protocol/control_protocol.h"
 
 namespace outpost::agent {
 
@@ -56,8 +56,8 @@ std::vector<Device> devices_of(const Inventory& inventory, const AgentConfig& co
 
 // Places `replicas` on `devices`, keeping every replica of `previous` that is still wanted where
 // it was.
-Placement place(const std::vector<Device>& devices, const std::vector<DesiredReplica>& replicas,
-                const Placement& previous);
+Placement place(const std::vector<Device>& devices,
+                const std::vector<protocol::DesiredReplica>& replicas, const Placement& previous);
 
 // workers.max_workers: keeps at most `max_workers` worker plans, those in `running` (worker ids
 // of processes that already run) first, then in plan order. The replicas of the plans dropped

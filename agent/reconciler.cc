@@ -21,8 +21,8 @@ constexpr auto kTick = milliseconds(500);
 constexpr auto kLoadTimeout = seconds(300);
 constexpr auto kUnloadTimeout = seconds(60);
 
-const ArtifactRef* model_file(const DesiredReplica& spec) {
-  const ArtifactRef* found = nullptr;
+const protocol::ArtifactRef* model_file(const protocol::DesiredReplica& spec) {
+  const protocol::ArtifactRef* found = nullptr;
   for (const auto& artifact : spec.artifacts) {
     if (artifact.name == "config.yaml") continue;
     if (found != nullptr) return nullptr;  // several: the worker checks config.yaml's hashes
@@ -113,7 +113,7 @@ void Reconciler::update_limits(const AgentConfig& config) {
   wake_.notify_all();  // a pass now: a higher max_workers may let waiting replicas start
 }
 
-void Reconciler::apply(DesiredState state) {
+void Reconciler::apply(protocol::DesiredState state) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const uint64_t newest = pending_state_ ? pending_state_->version : applied_version_;
@@ -191,7 +191,7 @@ bool Reconciler::healthy() const {
 
 void Reconciler::pass() {
   // 1. Take in a new desired state.
-  std::optional<DesiredState> state;
+  std::optional<protocol::DesiredState> state;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     state = std::move(pending_state_);
@@ -242,7 +242,7 @@ void Reconciler::pass() {
   }
 
   // 3. Placement.
-  std::vector<DesiredReplica> specs;
+  std::vector<protocol::DesiredReplica> specs;
   for (auto& replica : replicas) {
     if (replica->state != ReplicaState::kStopping) specs.push_back(replica->spec);
   }
@@ -525,7 +525,7 @@ void Reconciler::load_replica(Worker& worker, Replica& replica) {
   protocol::LoadRequest request;
   request.package = package.value();
   request.model = replica.spec.replica_id;
-  if (const ArtifactRef* file = model_file(replica.spec)) {
+  if (const protocol::ArtifactRef* file = model_file(replica.spec)) {
     request.sha256 = file->sha256;
     request.size = file->size;
   }
@@ -569,26 +569,29 @@ void Reconciler::unload_replica(Worker& worker, const std::string& replica_id) {
   LOG_INFO("agent.replica_unloaded", "replica " << replica_id << " unloaded");
 }
 
-nlohmann::json Reconciler::replica_json(const Replica& replica) const {
-  return {{"replica_id", replica.spec.replica_id},
-          {"deployment_id", replica.spec.deployment_id},
-          {"model_version_id", replica.spec.model_version_id},
-          {"state", std::string(replica_state_name(replica.state))},
-          {"message", replica.message},
-          {"device", replica.device},
-          {"worker", replica.worker_id},
-          {"ongoing_requests", router_->inflight(replica.spec.replica_id)}};
+protocol::ReplicaStatus Reconciler::replica_status(const Replica& replica) const {
+  protocol::ReplicaStatus status;
+  status.replica_id = replica.spec.replica_id;
+  status.state = std::string(replica_state_name(replica.state));
+  status.message = replica.message;
+  status.deployment_id = replica.spec.deployment_id;
+  status.model_version_id = replica.spec.model_version_id;
+  status.device = replica.device;
+  status.worker = replica.worker_id;
+  status.ongoing_requests = router_->inflight(replica.spec.replica_id);
+  return status;
 }
 
-nlohmann::json Reconciler::report() const {
+protocol::NodeReport Reconciler::report() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  nlohmann::json replicas = nlohmann::json::array();
-  for (const auto& [id, replica] : replicas_) replicas.push_back(replica_json(*replica));
-  return {{"applied_version", applied_version_}, {"replicas", replicas}};
+  protocol::NodeReport report;
+  report.applied_version = static_cast<int64_t>(applied_version_);
+  for (const auto& [id, replica] : replicas_) report.replicas.push_back(replica_status(*replica));
+  return report;
 }
 
 nlohmann::json Reconciler::status() const {
-  nlohmann::json out = report();
+  nlohmann::json out = protocol::to_json(report());
   out["summary"] = summary();
   std::lock_guard<std::mutex> lock(mutex_);
   out["desired_version"] = applied_version_;

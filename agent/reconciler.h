@@ -35,11 +35,11 @@
 #include "agent/artifact_cache.h"
 #include "agent/config.h"
 #include "agent/control_session.h"
-#include "agent/desired_state.h"
 #include "agent/inventory.h"
 #include "agent/placement.h"
 #include "agent/router.h"
 #include "agent/supervisor.h"
+#include "protocol/control_protocol.h"
 #include "protocol/worker_client.h"
 #include <sys/types.h>
 
@@ -59,10 +59,10 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   void set_on_change(std::function<void()> on_change);
 
   // A newer desired state (older or equal versions are ignored).
-  void apply(DesiredState state);
+  void apply(protocol::DesiredState state);
 
-  // node.report's body: applied_version and one ReplicaStatus per replica.
-  nlohmann::json report() const;
+  // node.report's body without the inventory: applied_version and each replica's status.
+  protocol::NodeReport report() const;
   // The status socket's view: replicas, workers, limits.
   nlohmann::json status() const;
   // "3 of 4 replicas ready" for systemd's STATUS=.
@@ -78,7 +78,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
 
  private:
   struct Replica {
-    DesiredReplica spec;
+    protocol::DesiredReplica spec;
     ReplicaState state = ReplicaState::kPending;
     std::string message;
     std::string worker_id;
@@ -114,7 +114,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   void set_state(Replica& replica, ReplicaState state, std::string message);
   // Publishes the ready replicas to the router and tells on_change; takes mutex_.
   void notify_change();
-  nlohmann::json replica_json(const Replica& replica) const;
+  protocol::ReplicaStatus replica_status(const Replica& replica) const;
 
   boost::asio::io_context& io_;
   AgentConfig config_;
@@ -129,7 +129,7 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   uint64_t applied_version_ = 0;
-  std::optional<DesiredState> pending_state_;
+  std::optional<protocol::DesiredState> pending_state_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;
   std::map<std::string, std::shared_ptr<Worker>> workers_;
   Placement placement_;

@@ -6,9 +6,8 @@
 #include <optional>
 #include <utility>
 
-#include "agent/control_session.h"  // error_document
-#include "common/json_fields.h"
 #include "common/log.h"
+#include "protocol/control_protocol.h"
 
 namespace outpost::agent {
 
@@ -65,7 +64,7 @@ bool send_item(const std::shared_ptr<RouteState>& route, protocol::WireValue ite
 }
 
 void reply_error(const std::shared_ptr<tunnel::Stream>& stream, const Error& error) {
-  stream->async_write(error_document(error).dump(), true, [](error_code) {});
+  stream->async_write(protocol::error_document(error).dump(), true, [](error_code) {});
 }
 
 // The worker's Value, as the control protocol writes it (base64 for bytes).
@@ -220,20 +219,9 @@ Result<Router::Admission> Router::admit(const std::string& deployment, const std
 }
 
 void Router::route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann::json& metadata) {
-  // Fields of the wrong type read as missing: a malformed request is refused, never thrown.
-  const std::string shape_name = string_field_or(metadata, "shape", "unary");
-  const auto shape = protocol::call_shape_from_name(shape_name);
-  const std::string deployment = string_field_or(metadata, "deployment_id", "");
-  const std::string method = string_field_or(metadata, "model_method", "predict");
-  const std::string request_id = string_field_or(metadata, "request_id", "");
-  const std::string hint = string_field_or(metadata, "replica_id", "");
-  if (!shape) {
-    return reply_error(stream, invalid_argument("unknown call shape '" + shape_name + "'"));
-  }
-  if (deployment.empty()) {
-    return reply_error(stream, invalid_argument("predict needs deployment_id"));
-  }
-  auto admitted = admit(deployment, hint);
+  auto call = protocol::parse_predict_metadata(metadata);
+  if (!call.ok()) return reply_error(stream, call.error());
+  auto admitted = admit(call->deployment_id, call->replica_hint);
   if (!admitted.ok()) {
     if (admitted.error().code() == ErrorCode::kUnavailable) {
       // Refused, not failed: nothing ran, so the control plane opens the call on another node.
@@ -247,34 +235,36 @@ void Router::route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann
   route->client = admitted->target.client;
   route->lease = std::move(admitted->lease);
   const std::string model = admitted->target.replica_id;
-  LOG_DEBUG("agent.predict",
-            "request " << request_id << " (" << shape_name << ") to replica " << model);
-  if (*shape == protocol::CallShape::kStream) {
-    route->set_call(route->client->stream(model, method, handlers_for(route, *shape)));
+  const std::string method = call->model_method;
+  const protocol::CallShape shape = call->shape;
+  LOG_DEBUG("agent.predict", "request " << call->request_id << " ("
+                                        << protocol::call_shape_name(shape) << ") to replica "
+                                        << model);
+  if (shape == protocol::CallShape::kStream) {
+    route->set_call(route->client->stream(model, method, handlers_for(route, shape)));
     pump_items(route);
     return;
   }
   // Unary and generate: one request message, then the call.
-  stream->async_read(
-      [route, model, method, shape = *shape](error_code ec, const std::string& body) {
-        if (ec) {
-          route->finish();
-          return;
-        }
-        auto inputs = to_worker_inputs(body);
-        if (!inputs.ok()) {
-          reply_error(route->stream, inputs.error());
-          route->finish();
-          return;
-        }
-        if (shape == protocol::CallShape::kUnary) {
-          route->set_call(route->client->unary(model, method, std::move(inputs).value(),
-                                               handlers_for(route, shape)));
-        } else {
-          route->set_call(route->client->generate(model, method, std::move(inputs).value(),
-                                                  handlers_for(route, shape)));
-        }
-      });
+  stream->async_read([route, model, method, shape](error_code ec, const std::string& body) {
+    if (ec) {
+      route->finish();
+      return;
+    }
+    auto inputs = to_worker_inputs(body);
+    if (!inputs.ok()) {
+      reply_error(route->stream, inputs.error());
+      route->finish();
+      return;
+    }
+    if (shape == protocol::CallShape::kUnary) {
+      route->set_call(route->client->unary(model, method, std::move(inputs).value(),
+                                           handlers_for(route, shape)));
+    } else {
+      route->set_call(route->client->generate(model, method, std::move(inputs).value(),
+                                              handlers_for(route, shape)));
+    }
+  });
 }
 
 }  // namespace outpost::agent

@@ -3,8 +3,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/json_reader.h"
 #include "controlplane/resources/document.h"
-#include "controlplane/resources/object_reader.h"
 #include "controlplane/state/ids.h"
 
 namespace outpost::control {

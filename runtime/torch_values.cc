@@ -12,6 +12,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
+#include "common/json_reader.h"
 #include "common/utf8.h"
 #include "protocol/worker_protocol.h"
 
@@ -20,28 +21,11 @@ namespace {
 
 using nlohmann::json;
 
+// What a value is, in words: a tensor or bytes by their shape, else its JSON type.
 std::string json_kind(const json& value) {
-  switch (value.type()) {
-    case json::value_t::null:
-      return "null";
-    case json::value_t::boolean:
-      return "a boolean";
-    case json::value_t::number_integer:
-    case json::value_t::number_unsigned:
-      return "an integer";
-    case json::value_t::number_float:
-      return "a number";
-    case json::value_t::string:
-      return "a string";
-    case json::value_t::array:
-      return "an array";
-    case json::value_t::object:
-      if (looks_like_tensor(value)) return "a tensor";
-      if (looks_like_bytes(value)) return "bytes";
-      return "an object";
-    default:
-      return "something else";
-  }
+  if (value.is_object() && looks_like_tensor(value)) return "a tensor";
+  if (value.is_object() && looks_like_bytes(value)) return "bytes";
+  return json_type_name(value);
 }
 
 Error mismatch(const std::string& where, const c10::TypePtr& type, const json& value) {

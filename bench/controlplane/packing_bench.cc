@@ -44,13 +44,13 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/config.h"
-#include "agent/desired_state.h"
 #include "agent/inventory.h"
 #include "agent/placement.h"
 #include "common/result.h"
 #include "controlplane/scaling/autoscaler.h"
 #include "controlplane/scaling/scheduler.h"
 #include "controlplane/state/store.h"
+#include "protocol/control_protocol.h"
 
 namespace {
 
@@ -93,9 +93,9 @@ struct Model {
   std::string id;
   Traffic traffic = Traffic::kSteady;
   int64_t accelerator_gib = 0;
-  control::ReplicaShape shape;  // as the scheduler reads inference_compute_info
-  agent::DesiredReplica spec;   // as the agent's desired state carries it (no replica_id yet)
-  std::vector<double> ongoing;  // ongoing requests at each step
+  control::ReplicaShape shape;    // as the scheduler reads inference_compute_info
+  protocol::DesiredReplica spec;  // as the agent's desired state carries it (no replica_id yet)
+  std::vector<double> ongoing;    // ongoing requests at each step
 };
 
 // A Poisson draw; a rate of zero (or less) draws zero.
@@ -253,9 +253,9 @@ class Mode {
     }
 
     // Each node's agent places that node's replicas on its devices.
-    std::map<std::string, std::vector<agent::DesiredReplica>> on_node;
+    std::map<std::string, std::vector<protocol::DesiredReplica>> on_node;
     for (const auto& replica : current_) {
-      agent::DesiredReplica spec = model_of.at(replica.deployment_id)->spec;
+      protocol::DesiredReplica spec = model_of.at(replica.deployment_id)->spec;
       spec.replica_id = replica.id;
       spec.disable_packing = disable_packing_;
       on_node[replica.node_id].push_back(std::move(spec));

@@ -3,12 +3,12 @@
 #include <fstream>
 #include <map>
 
+#include "common/json_reader.h"
 #include "common/log.h"
 #include "common/sha256.h"
 #include "controlplane/api/api_handlers.h"
 #include "controlplane/auth/secrets.h"
 #include "controlplane/resources/document.h"
-#include "controlplane/resources/object_reader.h"
 #include "controlplane/resources/resource_config.h"
 #include "controlplane/resources/tar_reader.h"
 #include "controlplane/state/ids.h"

@@ -13,13 +13,13 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "common/base64.h"
+#include "common/json_reader.h"
 #include "common/log.h"
 #include "controlplane/api/api_handlers.h"
 #include "controlplane/api/predict_request.h"
-#include "controlplane/fleet/control_messages.h"
 #include "controlplane/resources/document.h"
-#include "controlplane/resources/object_reader.h"
 #include "controlplane/state/ids.h"
+#include "protocol/control_protocol.h"
 #include "protocol/tensor_wire.h"
 #include "tunnel/calls.h"
 
@@ -177,15 +177,15 @@ void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, const std::shared_p
   });
 }
 
-std::string call_metadata(const Target& target, const PredictRoute& route, const char* shape,
-                          const std::string& request_id) {
-  return json{{"method", "predict"},
-              {"shape", shape},
-              {"request_id", request_id},
-              {"deployment_id", target.deployment.id},
-              {"model_method", target.method_name},
-              {"replica_id", route.replica_id}}
-      .dump();
+std::string call_metadata(const Target& target, const PredictRoute& route,
+                          protocol::CallShape shape, const std::string& request_id) {
+  protocol::PredictMetadata metadata;
+  metadata.deployment_id = target.deployment.id;
+  metadata.model_method = target.method_name;
+  metadata.shape = shape;
+  metadata.request_id = request_id;
+  metadata.replica_hint = route.replica_id;
+  return protocol::to_json(metadata).dump();
 }
 
 // What an ended tunnel stream means for the client.
@@ -319,9 +319,12 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
                                     << target_.method_name << " -> " << route.node_id);
     {
       std::lock_guard lock(stream_mutex_);
-      stream_ = route.connection->open_stream(call_metadata(target_, route, shape(), request_id()),
-                                              json{{"inputs", inputs_}}.dump(),
-                                              /*send_first_message=*/true, /*end_stream=*/true);
+      stream_ = route.connection->open_stream(
+          call_metadata(target_, route,
+                        generate_ ? protocol::CallShape::kGenerate : protocol::CallShape::kUnary,
+                        request_id()),
+          json{{"inputs", inputs_}}.dump(),
+          /*send_first_message=*/true, /*end_stream=*/true);
     }
     std::weak_ptr<HttpCall> weak = shared_from_this();
     deadline_.expires_after(std::chrono::seconds(services_->config->predict_timeout_seconds));
@@ -404,7 +407,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     if (!parsed.ok() || !parsed->is_object()) {
       return fail(Error(ErrorCode::kDataLoss, "the node answered with a malformed message"));
     }
-    if (auto error = agent_error(*parsed)) {
+    if (auto error = protocol::error_in(*parsed)) {
       if (retry_after_agent_error(*error)) return;
       return fail(*error);
     }
@@ -448,7 +451,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       cancel("malformed chunk");
       return fail(Error(ErrorCode::kDataLoss, "the node sent a malformed chunk"));
     }
-    if (auto error = agent_error(*parsed)) {
+    if (auto error = protocol::error_in(*parsed)) {
       if (retry_after_agent_error(*error)) return;
       cancel("the node reported an error");
       return fail(*error);
@@ -604,8 +607,8 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
     guard_ = services_->router->track(target_.deployment, route);
     LOG_INFO("control.predict", request_id_ << ": stream " << target_.deployment.id << "."
                                             << target_.method_name << " -> " << route.node_id);
-    std::shared_ptr<tunnel::Stream> stream =
-        route.connection->open_stream(call_metadata(target_, route, "stream", request_id_));
+    std::shared_ptr<tunnel::Stream> stream = route.connection->open_stream(
+        call_metadata(target_, route, protocol::CallShape::kStream, request_id_));
     {
       std::lock_guard lock(mutex_);
       node_id_ = route.node_id;
@@ -737,7 +740,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
         stream->reset(tunnel::Errc::kCancel, "malformed output");
         return self->finish(Error(ErrorCode::kDataLoss, "the node sent a malformed message"), 1011);
       }
-      if (auto error = agent_error(*parsed)) {
+      if (auto error = protocol::error_in(*parsed)) {
         stream->reset(tunnel::Errc::kCancel, "the node reported an error");
         // An item the model refused is bad client data, as one the control plane refuses.
         const uint16_t close_code = error->code() == ErrorCode::kInvalidArgument ? 1007

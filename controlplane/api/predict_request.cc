@@ -1,6 +1,6 @@
 #include "controlplane/api/predict_request.h"
 
-#include "controlplane/resources/object_reader.h"
+#include "common/json_reader.h"
 #include "controlplane/state/ids.h"
 
 namespace outpost::control {

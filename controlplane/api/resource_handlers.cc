@@ -2,9 +2,9 @@
 #include <algorithm>
 #include <set>
 
+#include "common/json_reader.h"
 #include "controlplane/api/api_handlers.h"
 #include "controlplane/auth/secrets.h"
-#include "controlplane/resources/object_reader.h"
 #include "controlplane/resources/resource_config.h"
 #include "controlplane/scaling/scaling.h"
 #include "controlplane/state/ids.h"

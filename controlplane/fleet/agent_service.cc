@@ -8,11 +8,11 @@
 #include "common/log.h"
 #include "common/sha256.h"
 #include "controlplane/auth/secrets.h"
-#include "controlplane/fleet/control_messages.h"
 #include "controlplane/fleet/predict_router.h"
 #include "controlplane/resources/document.h"
 #include "controlplane/scaling/scaling.h"
 #include "controlplane/scaling/scheduler.h"
+#include "protocol/control_protocol.h"
 #include "tunnel/calls.h"
 
 namespace outpost::control {
@@ -31,7 +31,7 @@ void reply(const std::shared_ptr<tunnel::Stream>& stream, const std::string& mes
 }
 
 void reply_error(const std::shared_ptr<tunnel::Stream>& stream, const Error& error) {
-  reply(stream, error_message(error));
+  reply(stream, protocol::error_document(error).dump());
 }
 
 // Sends an artifact's bytes in chunks of at most 1 MiB. Each chunk is read once the previous one
@@ -212,7 +212,7 @@ void AgentService::on_connection(const std::string& identity) {
 
 void AgentService::on_stream(const std::shared_ptr<tunnel::Stream>& stream,
                              const tunnel::PeerInfo& peer) {
-  auto metadata = parse_call_metadata(stream->metadata());
+  auto metadata = protocol::parse_call_metadata(stream->metadata());
   if (!metadata.ok()) return reply_error(stream, metadata.error());
   const std::string method = metadata->method;
   const bool enrolling = is_enroll_identity(peer.identity);
@@ -233,7 +233,7 @@ void AgentService::on_stream(const std::shared_ptr<tunnel::Stream>& stream,
   if (method != "node.enroll" && method != "node.sync" && method != "node.report") {
     return reply_error(stream, invalid_argument("unknown method '" + method + "'"));
   }
-  stream->set_max_message_size(kMaxControlMessage);
+  stream->set_max_message_size(protocol::kMaxControlMessage);
   auto self = shared_from_this();
   stream->async_read(
       [self, stream, identity = peer.identity, method](error_code ec, std::string request) {
@@ -264,7 +264,7 @@ void AgentService::handle_unary(const std::shared_ptr<tunnel::Stream>& stream,
 }
 
 Result<json> AgentService::enroll(const std::string& token_id, const std::string& request) {
-  OUTPOST_ASSIGN_OR_RETURN(auto parsed, parse_enroll_request(request));
+  OUTPOST_ASSIGN_OR_RETURN(auto parsed, protocol::parse_enroll_request(request));
   OUTPOST_ASSIGN_OR_RETURN(auto token, store_.get_join_token(token_id));
   Node node;
   node.id = "node-" + random_hex(8);
@@ -289,12 +289,14 @@ Result<json> AgentService::enroll(const std::string& token_id, const std::string
 }
 
 Result<json> AgentService::report(const std::string& node_id, const std::string& request) {
-  OUTPOST_ASSIGN_OR_RETURN(auto parsed, parse_node_report(request));
+  OUTPOST_ASSIGN_OR_RETURN(auto parsed, protocol::parse_node_report(request));
+  json replicas = json::array();  // as reported, for the node's API view
+  for (const auto& status : parsed.replicas) replicas.push_back(protocol::to_json(status));
   fleet_.set_replicas(node_id, parsed.replicas);
   fleet_.set_acknowledged(node_id, parsed.applied_version);
   OUTPOST_RETURN_IF_ERROR(
       store_.record_report(node_id, parsed.inventory.has_value() ? &*parsed.inventory : nullptr,
-                           parsed.replicas_doc, parsed.applied_version, clock_.now_seconds()));
+                           replicas, parsed.applied_version, clock_.now_seconds()));
   // A replica may have become ready: requests held for a cold start go now.
   router_.wake();
   return json::object();
@@ -303,7 +305,8 @@ Result<json> AgentService::report(const std::string& node_id, const std::string&
 Result<json> AgentService::desired_state(const std::string& node_id) {
   OUTPOST_ASSIGN_OR_RETURN(auto node, store_.get_node(node_id));
   OUTPOST_ASSIGN_OR_RETURN(auto replicas, store_.replicas_of_node(node_id));
-  json out{{"version", node.desired_version}, {"replicas", json::array()}};
+  protocol::DesiredState state;
+  state.version = static_cast<uint64_t>(node.desired_version);
   std::map<std::string, Deployment> deployments;
   for (const auto& replica : replicas) {
     auto found = deployments.find(replica.deployment_id);
@@ -315,24 +318,28 @@ Result<json> AgentService::desired_state(const std::string& node_id) {
     const Deployment& deployment = found->second;
     OUTPOST_ASSIGN_OR_RETURN(auto version, store_.get_version(node.user_id, deployment.model_id,
                                                               deployment.model_version_id));
-    json compute = json::object();
+    protocol::DesiredReplica desired;
+    desired.replica_id = replica.id;
+    desired.deployment_id = deployment.id;
+    desired.user_id = node.user_id;
+    desired.model_id = deployment.model_id;
+    desired.model_version_id = deployment.model_version_id;
+    // Both were checked when the version was uploaded; an error here is a damaged database.
+    const std::string where = "model version " + version.id;
+    for (const auto& artifact : version.artifacts) {
+      OUTPOST_ASSIGN_OR_RETURN(auto ref, protocol::parse_artifact(artifact, where + " artifact"));
+      desired.artifacts.push_back(std::move(ref));
+    }
     if (version.config.is_object() && version.config.contains("inference_compute_info")) {
-      compute = version.config["inference_compute_info"];
+      OUTPOST_RETURN_IF_ERROR(protocol::read_compute_info(
+          version.config["inference_compute_info"], where + " inference_compute_info", desired));
     }
-    bool disable_packing = false;
     if (deployment.doc.contains("autoscale_config")) {
-      disable_packing = deployment.doc["autoscale_config"].value("disable_packing", false);
+      desired.disable_packing = deployment.doc["autoscale_config"].value("disable_packing", false);
     }
-    out["replicas"].push_back({{"replica_id", replica.id},
-                               {"deployment_id", deployment.id},
-                               {"user_id", node.user_id},
-                               {"model_id", deployment.model_id},
-                               {"model_version_id", deployment.model_version_id},
-                               {"artifacts", version.artifacts},
-                               {"inference_compute_info", compute},
-                               {"disable_packing", disable_packing}});
+    state.replicas.push_back(std::move(desired));
   }
-  return out;
+  return protocol::to_json(state);
 }
 
 void AgentService::push_desired(const std::string& node_id) {

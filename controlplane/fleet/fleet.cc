@@ -26,7 +26,9 @@ ReplicaState Fleet::replica(const std::string& node_id, const std::string& repli
       if (replica.replica_id == replica_id) return replica;
     }
   }
-  return ReplicaState{replica_id, "", "", "", 0, 0};
+  ReplicaState unknown;
+  unknown.replica_id = replica_id;
+  return unknown;
 }
 
 void Fleet::forget(const std::string& node_id) {

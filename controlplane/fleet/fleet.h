@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "protocol/control_protocol.h"
+
 namespace outpost::control {
 
 // The key of one deployment's replicas on one nodepool: "user/deployment/nodepool" (ids hold
@@ -17,14 +19,8 @@ namespace outpost::control {
 std::string load_key(const std::string& user_id, const std::string& deployment_id,
                      const std::string& nodepool_id);
 
-struct ReplicaState {
-  std::string replica_id;
-  std::string state;  // pending, fetching, loading, ready, failed, stopping
-  std::string message;
-  std::string device;
-  int64_t ongoing_requests = 0;
-  int64_t memory_bytes = 0;
-};
+// A replica as its node last reported it (node.report).
+using ReplicaState = protocol::ReplicaStatus;
 
 class Fleet {
  public:

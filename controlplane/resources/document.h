@@ -10,15 +10,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_reader.h"  // parse_json
 #include "common/result.h"
 #include "common/yaml_document.h"  // parse_yaml: YAML bodies and files, for every part
 
 namespace outpost::control {
 
-inline constexpr int kMaxDocumentDepth = kMaxYamlDepth;
-
-// A JSON document (any value at the root). invalid_argument with the parser's position on error.
-Result<nlohmann::json> parse_json(std::string_view text);
+static_assert(kMaxJsonDepth == kMaxYamlDepth, "JSON and YAML bodies nest equally deep");
 
 // A body whose Content-Type names YAML (application/yaml, application/x-yaml, text/yaml) is read
 // as YAML, anything else as JSON. The root must be an object.

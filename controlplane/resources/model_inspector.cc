@@ -5,9 +5,9 @@
 #include <set>
 #include <vector>
 
+#include "common/json_reader.h"
 #include "common/spawn.h"
 #include "controlplane/resources/document.h"
-#include "controlplane/resources/object_reader.h"
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>

@@ -3,8 +3,8 @@
 #include <set>
 #include <utility>
 
+#include "common/json_reader.h"
 #include "common/quantity.h"
-#include "controlplane/resources/object_reader.h"
 #include "controlplane/state/ids.h"
 
 namespace outpost::control {

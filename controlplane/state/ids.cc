@@ -10,13 +10,6 @@ bool is_alnum(char c) {
 
 }  // namespace
 
-Error field_error(std::string_view field, std::string_view message) {
-  std::string text(field);
-  text += ": ";
-  text += message;
-  return invalid_argument(std::move(text));
-}
-
 Status check_id(std::string_view id, std::string_view field) {
   if (id.empty()) return field_error(field, "must not be empty");
   if (id.size() > kMaxIdLength) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/json_reader.h"  // field_error
 #include "common/result.h"
 
 namespace outpost::control {
@@ -14,10 +15,6 @@ inline constexpr size_t kMaxIdLength = 64;
 
 // invalid_argument "<field>: <message>" when `id` breaks the rules above.
 Status check_id(std::string_view id, std::string_view field);
-
-// An invalid_argument error whose message starts with the field path, "deployment.id: ...",
-// so that every validation error tells the user which field to change.
-Error field_error(std::string_view field, std::string_view message);
 
 // "a-Z0-9._-" only, up to 64 characters: what a client may choose as a request id.
 bool is_safe_token(std::string_view text, size_t max_length = 64);

@@ -19,8 +19,8 @@ Inventory fake_two_gpu_host() {
   return inventory;
 }
 
-DesiredReplica gpu_replica(const std::string& id, uint64_t gib, bool exclusive = false) {
-  DesiredReplica replica;
+protocol::DesiredReplica gpu_replica(const std::string& id, uint64_t gib, bool exclusive = false) {
+  protocol::DesiredReplica replica;
   replica.replica_id = id;
   replica.num_accelerators = 1;
   replica.accelerator_memory_bytes = gib * kGiB;
@@ -29,8 +29,9 @@ DesiredReplica gpu_replica(const std::string& id, uint64_t gib, bool exclusive =
   return replica;
 }
 
-DesiredReplica cpu_replica(const std::string& id, uint64_t gib, uint64_t millicores = 500) {
-  DesiredReplica replica;
+protocol::DesiredReplica cpu_replica(const std::string& id, uint64_t gib,
+                                     uint64_t millicores = 500) {
+  protocol::DesiredReplica replica;
   replica.replica_id = id;
   replica.memory_bytes = gib * kGiB;
   replica.cpu_millicores = millicores;

@@ -12,6 +12,7 @@
 
 #include "common/spawn.h"
 #include "controlplane/control_config.h"
+#include "protocol/control_protocol.h"
 #include "tunnel/calls.h"
 #include <fcntl.h>
 #include <signal.h>
@@ -266,7 +267,8 @@ Result<json> unary(tunnel::TunnelClient& client, const std::string& method, cons
   std::shared_ptr<tunnel::Stream> stream;
   // The connection may just have come up: retry opening briefly.
   for (int attempt = 0; attempt < 200; ++attempt) {
-    auto opened = client.open_stream(json{{"method", method}}.dump(), body, has_body, true);
+    auto opened = client.open_stream(protocol::to_json(protocol::CallMetadata{method, ""}).dump(),
+                                     body, has_body, true);
     if (opened.ok()) {
       stream = opened.value();
       break;
@@ -372,24 +374,29 @@ Result<json> TestAgent::call(const std::string& method, const json& request) {
 }
 
 Result<json> TestAgent::report_all(const std::string& state) {
-  auto desired = call("node.sync");
+  auto answer = call("node.sync");
+  if (!answer.ok()) return answer.error();
+  // Read as the agent reads it: a desired state the real agent would refuse fails the test here.
+  auto desired = protocol::parse_desired_state(*answer);
   if (!desired.ok()) return desired.error();
-  json replicas = json::array();
-  for (const auto& replica : (*desired)["replicas"]) {
-    replicas.push_back({{"replica_id", replica["replica_id"]},
-                        {"state", state},
-                        {"message", ""},
-                        {"device", "cpu"},
-                        {"ongoing_requests", 0},
-                        {"memory_bytes", 1000}});
+  protocol::NodeReport report;
+  report.applied_version = static_cast<int64_t>(desired->version);
+  for (const auto& replica : desired->replicas) {
+    protocol::ReplicaStatus status;
+    status.replica_id = replica.replica_id;
+    status.state = state;
+    status.deployment_id = replica.deployment_id;
+    status.model_version_id = replica.model_version_id;
+    status.device = "cpu";
+    status.memory_bytes = 1000;
+    report.replicas.push_back(std::move(status));
   }
-  return call("node.report",
-              json{{"applied_version", (*desired)["version"]}, {"replicas", replicas}});
+  return call("node.report", protocol::to_json(report));
 }
 
 Result<std::pair<json, std::string>> TestAgent::fetch_artifact(const std::string& sha256) {
-  auto opened = client_->open_stream(json{{"method", "artifact.fetch"}, {"sha256", sha256}}.dump(),
-                                     "", false, true);
+  auto opened = client_->open_stream(
+      protocol::to_json(protocol::CallMetadata{"artifact.fetch", sha256}).dump(), "", false, true);
   if (!opened.ok()) return opened.error();
   auto stream = opened.value();
   std::promise<std::pair<error_code, std::vector<std::string>>> result;
@@ -466,7 +473,14 @@ void TestAgent::on_stream(const std::shared_ptr<tunnel::Stream>& stream) {
 // chunks); stream: {"outputs": inputs} per item. inputs.fail makes the call answer an error.
 void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
                                const json& metadata) {
-  const std::string shape = metadata.value("shape", "");
+  // Read as the agent reads it (agent/router.cc).
+  const auto call = protocol::parse_predict_metadata(metadata);
+  if (!call.ok()) {
+    stream->async_write(protocol::error_document(call.error()).dump(), true, [](error_code) {});
+    return;
+  }
+  const std::string shape(protocol::call_shape_name(call->shape));
+  const std::string model_method = call->model_method;
   const auto note_cancel = [this, stream](error_code ec) {
     if (ec == tunnel::Errc::kCancel) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -497,59 +511,56 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
     (*loop)();
     return;
   }
-  stream->async_read(
-      [this, stream, shape, metadata, note_cancel](error_code ec, const std::string& message) {
-        if (ec) return note_cancel(ec);
-        json request = json::parse(message, nullptr, false);
-        const json inputs = request.value("inputs", json::object());
-        if (inputs.contains("fail")) {
-          stream->async_write(
-              json{{"error", {{"code", "invalid_argument"}, {"message", inputs["fail"]}}}}.dump(),
-              true, [](error_code) {});
-          return;
-        }
-        if (shape == "unary") {
-          stream->async_write(
-              json{{"outputs", {{"echo", inputs}, {"method", metadata.value("model_method", "")}}}}
-                  .dump(),
-              true, [](error_code) {});
-          return;
-        }
-        // generate
-        std::vector<std::string> words;
-        std::istringstream prompt(inputs.value("prompt", std::string("one two three")));
-        for (std::string word; prompt >> word;) words.push_back(word);
-        if (stall_generate_) {
-          // An endless generate: a chunk every 20 ms until the control plane cancels the stream.
-          auto timer = std::make_shared<boost::asio::steady_timer>(io_->io());
-          auto tick = std::make_shared<std::function<void()>>();
-          // The function holds itself weakly: only the write or the wait in flight keeps it, so
-          // an agent stopped mid-stream leaves no cycle behind.
-          *tick = [stream, timer, weak = std::weak_ptr<std::function<void()>>(tick), note_cancel] {
-            auto tick = weak.lock();
-            if (!tick) return;
-            stream->async_write(json{{"chunk", "tok"}}.dump(), false,
-                                [stream, timer, tick, note_cancel](error_code write_ec) {
-                                  if (write_ec) {
-                                    note_cancel(write_ec);
-                                    *tick = nullptr;
-                                    return;
-                                  }
-                                  timer->expires_after(std::chrono::milliseconds(20));
-                                  timer->async_wait([tick](error_code) {
-                                    if (*tick) (*tick)();
-                                  });
-                                });
-          };
-          (*tick)();
-          return;
-        }
-        for (size_t i = 0; i < words.size(); ++i) {
-          stream->async_write(json{{"chunk", words[i]}}.dump(), i + 1 == words.size(),
-                              [](error_code) {});
-        }
-        if (words.empty()) stream->close_write();
-      });
+  stream->async_read([this, stream, shape, model_method, note_cancel](error_code ec,
+                                                                      const std::string& message) {
+    if (ec) return note_cancel(ec);
+    json request = json::parse(message, nullptr, false);
+    const json inputs = request.value("inputs", json::object());
+    if (inputs.contains("fail")) {
+      const Error refused(ErrorCode::kInvalidArgument, inputs["fail"].get<std::string>());
+      stream->async_write(protocol::error_document(refused).dump(), true, [](error_code) {});
+      return;
+    }
+    if (shape == "unary") {
+      stream->async_write(json{{"outputs", {{"echo", inputs}, {"method", model_method}}}}.dump(),
+                          true, [](error_code) {});
+      return;
+    }
+    // generate
+    std::vector<std::string> words;
+    std::istringstream prompt(inputs.value("prompt", std::string("one two three")));
+    for (std::string word; prompt >> word;) words.push_back(word);
+    if (stall_generate_) {
+      // An endless generate: a chunk every 20 ms until the control plane cancels the stream.
+      auto timer = std::make_shared<boost::asio::steady_timer>(io_->io());
+      auto tick = std::make_shared<std::function<void()>>();
+      // The function holds itself weakly: only the write or the wait in flight keeps it, so
+      // an agent stopped mid-stream leaves no cycle behind.
+      *tick = [stream, timer, weak = std::weak_ptr<std::function<void()>>(tick), note_cancel] {
+        auto tick = weak.lock();
+        if (!tick) return;
+        stream->async_write(json{{"chunk", "tok"}}.dump(), false,
+                            [stream, timer, tick, note_cancel](error_code write_ec) {
+                              if (write_ec) {
+                                note_cancel(write_ec);
+                                *tick = nullptr;
+                                return;
+                              }
+                              timer->expires_after(std::chrono::milliseconds(20));
+                              timer->async_wait([tick](error_code) {
+                                if (*tick) (*tick)();
+                              });
+                            });
+      };
+      (*tick)();
+      return;
+    }
+    for (size_t i = 0; i < words.size(); ++i) {
+      stream->async_write(json{{"chunk", words[i]}}.dump(), i + 1 == words.size(),
+                          [](error_code) {});
+    }
+    if (words.empty()) stream->close_write();
+  });
 }
 
 }  // namespace outpost::testing

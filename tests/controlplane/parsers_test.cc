@@ -9,7 +9,6 @@
 #include "controlplane/api/predict_request.h"
 #include "controlplane/api/url_fetcher.h"
 #include "controlplane/auth/secrets.h"
-#include "controlplane/fleet/control_messages.h"
 #include "controlplane/resources/tar_reader.h"
 #include "tests/controlplane/control_fixture.h"
 
@@ -156,24 +155,6 @@ TEST(UrlFetcherTest, ParsesUrls) {
   EXPECT_FALSE(parse_fetch_url("http://user:pw@x/").ok());
   EXPECT_FALSE(parse_fetch_url("http://x:99999/").ok());
   EXPECT_FALSE(parse_fetch_url("http:///a").ok());
-}
-
-TEST(ControlMessagesTest, ReportsAreCheckedAndUnknownFieldsIgnored) {
-  auto report = parse_node_report(
-      R"({"applied_version": 3, "future_field": 1,
-          "replicas": [{"replica_id": "d/np/0", "state": "ready", "ongoing_requests": 2}]})");
-  ASSERT_TRUE(report.ok()) << report.error().message();
-  EXPECT_EQ(report->applied_version, 3);
-  EXPECT_EQ(report->replicas[0].ongoing_requests, 2);
-  EXPECT_FALSE(
-      parse_node_report(R"({"replicas": [{"replica_id": "x", "state": "dancing"}]})").ok());
-  EXPECT_FALSE(parse_node_report(R"({"applied_version": "7"})").ok());
-  EXPECT_FALSE(parse_enroll_request(R"({"name": "", "inventory": {}})").ok());
-  EXPECT_FALSE(parse_enroll_request(R"({"inventory": {"gpus": 3}})").ok());
-  EXPECT_FALSE(parse_call_metadata("not json").ok());
-  auto error = agent_error(json::parse(R"({"error": {"code": "not_found", "message": "m"}})"));
-  ASSERT_TRUE(error.has_value());
-  EXPECT_EQ(error->code(), ErrorCode::kNotFound);
 }
 
 }  // namespace

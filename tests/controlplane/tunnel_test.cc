@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "common/sha256.h"
+#include "protocol/control_protocol.h"
 #include "tests/controlplane/control_fixture.h"
 #include "tests/support/tcp_relay.h"
 
@@ -231,7 +232,10 @@ TEST_F(TunnelTest, DesiredStateIsPushedAcknowledgedAndResentAfterAReconnect) {
   EXPECT_EQ(replica["deployment_id"], "dep-1");
   EXPECT_EQ(replica["model_id"], "text");
   EXPECT_EQ(replica["artifacts"].size(), 2u);
-  EXPECT_EQ(replica["inference_compute_info"]["cpu_memory"], "1Gi");
+  // The package's cpu_memory ("1Gi"), as the agent reads it.
+  const auto read = protocol::parse_desired_state(pushed);
+  ASSERT_TRUE(read.ok()) << read.error().message();
+  EXPECT_EQ(read->replicas[0].memory_bytes, uint64_t{1} << 30);
   const int64_t first_version = pushed["version"];
   EXPECT_GE(first_version, 1);
   auto synced = node->call("node.sync");

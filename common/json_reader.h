@@ -1,7 +1,8 @@
-// Strict reading of one JSON object from an untrusted document: every key must be known, every
-// value must have the expected type, and each error names the full path of the field at fault
-// ("deployment.autoscale_config.max_replicas: must be an integer"). Used for resource configs,
-// request bodies and the agent's messages.
+// Strict reading of untrusted JSON: a depth-limited parse, and ObjectReader, which reads one
+// object so that every key must be known, every value must have the expected type, and each
+// error names the full path of the field at fault ("deployment.autoscale_config.max_replicas:
+// must be an integer"). Used for resource configs, request bodies and the control protocol's
+// messages.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +15,17 @@
 
 #include "common/result.h"
 
-namespace outpost::control {
+namespace outpost {
+
+// Nesting deeper than this is refused (a recursive destructor or printer could run out of stack).
+inline constexpr int kMaxJsonDepth = 64;
+
+// An invalid_argument error whose message starts with the field path, "deployment.id: ...",
+// so that every validation error tells the user which field to change.
+Error field_error(std::string_view field, std::string_view message);
+
+// A JSON document (any value at the root). invalid_argument with the parser's position on error.
+Result<nlohmann::json> parse_json(std::string_view text);
 
 class ObjectReader {
  public:
@@ -52,4 +63,4 @@ class ObjectReader {
 // The JSON type of a value in words, for errors ("a string", "an array").
 std::string json_type_name(const nlohmann::json& value);
 
-}  // namespace outpost::control
+}  // namespace outpost

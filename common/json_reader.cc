@@ -1,15 +1,56 @@
-#include "controlplane/resources/object_reader.h"
+#include "common/json_reader.h"
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "common/yaml_document.h"
-#include "controlplane/state/ids.h"
 
-namespace outpost::control {
+namespace outpost {
 
 using nlohmann::json;
+
+Error field_error(std::string_view field, std::string_view message) {
+  std::string text(field);
+  text += ": ";
+  text += message;
+  return invalid_argument(std::move(text));
+}
+
+Result<json> parse_json(std::string_view text) {
+  bool too_deep = false;
+  const json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t event,
+                                                          json&) {
+    if (depth > kMaxJsonDepth &&
+        (event == json::parse_event_t::object_start || event == json::parse_event_t::array_start)) {
+      too_deep = true;
+    }
+    return !too_deep;
+  };
+  json parsed = json::parse(text.begin(), text.end(), limit_depth, /*allow_exceptions=*/false);
+  if (too_deep) {
+    return invalid_argument("the JSON document nests deeper than " + std::to_string(kMaxJsonDepth) +
+                            " levels");
+  }
+  if (parsed.is_discarded()) {
+    // Parse again with exceptions for the position and the reason; the input is known bad, and
+    // the exception stays inside this function.
+    try {
+      const json reparsed = json::parse(text.begin(), text.end());
+      (void)reparsed;
+    } catch (const json::parse_error& e) {
+      std::string what = e.what();
+      const auto cut = what.find("parse error");
+      return invalid_argument("malformed JSON: " +
+                              (cut == std::string::npos ? what : what.substr(cut)));
+    } catch (const json::exception& e) {
+      // Not only parse errors: a number too large for a double is out_of_range (406).
+      return invalid_argument(std::string("malformed JSON: ") + e.what());
+    }
+    return invalid_argument("malformed JSON");
+  }
+  return parsed;
+}
 
 namespace {
 
@@ -133,4 +174,4 @@ Result<ObjectReader> ObjectReader::required_object(std::string_view key) const {
   return create(*value, path_of(key));
 }
 
-}  // namespace outpost::control
+}  // namespace outpost

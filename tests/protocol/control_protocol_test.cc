@@ -1,0 +1,227 @@
+// The control protocol's messages (protocol/control_protocol.h), as both sides use them: what
+// one side writes the other reads back unchanged, what is malformed is refused naming the field,
+// and what is unknown is ignored.
+#include "protocol/control_protocol.h"
+
+#include <gtest/gtest.h>
+
+namespace outpost::protocol {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kSha = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+
+nlohmann::json replica(const std::string& id) {
+  return {{"replica_id", id},
+          {"deployment_id", "dep-1"},
+          {"model_version_id", "v1"},
+          {"artifacts",
+           nlohmann::json::array({{{"name", "model.pt"}, {"sha256", kSha}, {"size", 11}}})},
+          {"inference_compute_info",
+           {{"cpu_limit", "500m"},
+            {"cpu_memory", "1Gi"},
+            {"num_accelerators", 1},
+            {"accelerator_memory", "2Gi"}}},
+          {"disable_packing", true}};
+}
+
+TEST(DesiredStateTest, ParsesTheDocumentedShape) {
+  const auto state = protocol::parse_desired_state(
+      {{"version", 7}, {"replicas", nlohmann::json::array({replica("a"), replica("b")})}});
+  ASSERT_TRUE(state.ok()) << state.error().message();
+  EXPECT_EQ(state->version, 7u);
+  ASSERT_EQ(state->replicas.size(), 2u);
+  const auto& first = state->replicas[0];
+  EXPECT_EQ(first.cpu_millicores, 500u);
+  EXPECT_EQ(first.memory_bytes, 1ull << 30);
+  EXPECT_EQ(first.num_accelerators, 1);
+  EXPECT_EQ(first.accelerator_memory_bytes, 2ull << 30);
+  EXPECT_TRUE(first.disable_packing);
+  EXPECT_EQ(first.artifacts[0].size, 11u);
+}
+
+TEST(DesiredStateTest, RefusesMalformedDocumentsNamingTheField) {
+  const auto refused = [](const nlohmann::json& doc) {
+    auto state = protocol::parse_desired_state(doc);
+    return state.ok() ? std::string("accepted") : state.error().message();
+  };
+  EXPECT_NE(refused(nlohmann::json::array()).find("JSON object"), std::string::npos);
+  EXPECT_NE(refused({{"version", -1}, {"replicas", nlohmann::json::array()}}).find("version"),
+            std::string::npos);
+  auto bad = replica("a");
+  bad["artifacts"][0]["name"] = "../escape";
+  EXPECT_NE(refused({{"version", 1}, {"replicas", nlohmann::json::array({bad})}})
+                .find("artifacts[0].name"),
+            std::string::npos);
+  EXPECT_NE(
+      refused({{"version", 1}, {"replicas", nlohmann::json::array({replica("a"), replica("a")})}})
+          .find("repeated"),
+      std::string::npos);
+  bad = replica("a");
+  bad["inference_compute_info"]["cpu_memory"] = "lots";
+  EXPECT_NE(
+      refused({{"version", 1}, {"replicas", nlohmann::json::array({bad})}}).find("cpu_memory"),
+      std::string::npos);
+  bad = replica("a");
+  bad.erase("model_version_id");
+  EXPECT_NE(refused({{"version", 1}, {"replicas", nlohmann::json::array({bad})}})
+                .find("model_version_id is missing"),
+            std::string::npos);
+}
+
+TEST(DesiredStateTest, WhatTheControlPlaneWritesTheAgentReadsBackUnchanged) {
+  DesiredReplica replica;
+  replica.replica_id = "dep-1/np/0";
+  replica.deployment_id = "dep-1";
+  replica.user_id = "alice";
+  replica.model_id = "m";
+  replica.model_version_id = "v1";
+  replica.artifacts = {{"model.pt", kSha, 11}, {"config.yaml", kSha, 3}};
+  replica.cpu_millicores = 1500;
+  replica.memory_bytes = 3ull << 30;
+  replica.num_accelerators = 2;
+  replica.accelerator_memory_bytes = 5ull << 30;
+  replica.disable_packing = true;
+  DesiredReplica bare;  // no resources asked for
+  bare.replica_id = "dep-2/np/0";
+  bare.deployment_id = "dep-2";
+  bare.model_version_id = "v9";
+  bare.artifacts = {{"model.pt2", kSha, 1}};
+  const DesiredState written{42, {replica, bare}};
+  // Through text, as on the tunnel.
+  const auto read = parse_desired_state(json::parse(to_json(written).dump()));
+  ASSERT_TRUE(read.ok()) << read.error().message();
+  EXPECT_EQ(read->version, 42u);
+  ASSERT_EQ(read->replicas.size(), 2u);
+  EXPECT_EQ(read->replicas[0], replica);
+  EXPECT_EQ(read->replicas[0].user_id, "alice");
+  EXPECT_EQ(read->replicas[1], bare);
+  EXPECT_EQ(read->replicas[1].cpu_millicores, 0u);
+}
+
+TEST(DesiredStateTest, ComputeInfoQuantitiesReadIntoResources) {
+  DesiredReplica replica;
+  ASSERT_TRUE(
+      read_compute_info(json{{"cpu_limit", "2"}, {"cpu_memory", "512Mi"}}, "info", replica).ok());
+  EXPECT_EQ(replica.cpu_millicores, 2000u);
+  EXPECT_EQ(replica.memory_bytes, 512ull << 20);
+  const Status refused = read_compute_info(json{{"num_accelerators", 65}}, "info", replica);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message().find("info.num_accelerators"), std::string::npos);
+}
+
+TEST(NodeReportTest, ReportsAreCheckedAndUnknownFieldsIgnored) {
+  auto report = parse_node_report(
+      R"({"applied_version": 3, "future_field": 1,
+          "replicas": [{"replica_id": "d/np/0", "state": "ready", "ongoing_requests": 2}]})");
+  ASSERT_TRUE(report.ok()) << report.error().message();
+  EXPECT_EQ(report->applied_version, 3);
+  EXPECT_EQ(report->replicas[0].ongoing_requests, 2);
+  EXPECT_FALSE(report->inventory.has_value());
+  const auto refused = [](std::string_view text) {
+    auto parsed = parse_node_report(text);
+    return parsed.ok() ? std::string("accepted") : parsed.error().message();
+  };
+  EXPECT_NE(refused(R"({"replicas": [{"replica_id": "x", "state": "dancing"}]})").find("dancing"),
+            std::string::npos);
+  EXPECT_NE(refused(R"({"applied_version": "7"})").find("applied_version"), std::string::npos);
+  EXPECT_NE(refused(R"({"replicas": [{"state": "ready"}]})").find("replica_id"), std::string::npos);
+  EXPECT_NE(refused(R"({"inventory": {"gpus": 3}})").find("inventory.gpus"), std::string::npos);
+}
+
+TEST(NodeReportTest, WhatTheAgentWritesTheControlPlaneReadsBackUnchanged) {
+  ReplicaStatus status;
+  status.replica_id = "d/np/0";
+  status.state = "loading";
+  status.message = "loading into worker cpu";
+  status.deployment_id = "d";
+  status.model_version_id = "v1";
+  status.device = "cpu";
+  status.worker = "cpu";
+  status.ongoing_requests = 4;
+  status.memory_bytes = 1 << 20;
+  NodeReport written;
+  written.applied_version = 9;
+  written.inventory = json{{"cpu_cores", 8}, {"memory_bytes", 1 << 30}};
+  written.replicas = {status};
+  const auto read = parse_node_report(to_json(written).dump());
+  ASSERT_TRUE(read.ok()) << read.error().message();
+  EXPECT_EQ(read->applied_version, 9);
+  EXPECT_EQ(read->inventory, written.inventory);
+  EXPECT_EQ(read->replicas, written.replicas);
+}
+
+TEST(EnrollTest, ANameAndAnInventoryGoAcrossAndBadOnesAreRefused) {
+  const EnrollRequest written{"gpu-box-1", json{{"cpu_cores", 4}, {"gpus", json::array()}}};
+  const auto read = parse_enroll_request(to_json(written).dump());
+  ASSERT_TRUE(read.ok()) << read.error().message();
+  EXPECT_EQ(read->name, "gpu-box-1");
+  EXPECT_EQ(read->inventory, written.inventory);
+  EXPECT_FALSE(parse_enroll_request(R"({"name": "", "inventory": {}})").ok());
+  EXPECT_FALSE(parse_enroll_request(R"({"name": "ab"})").ok());
+  EXPECT_FALSE(parse_enroll_request(R"({"inventory": {"gpus": 3}})").ok());
+  EXPECT_EQ(parse_enroll_request("{}")->name, "node");  // the default name
+}
+
+TEST(MetadataTest, EachStreamsMetadataGoesAcross) {
+  const auto fetch = parse_call_metadata(to_json(CallMetadata{"artifact.fetch", kSha}).dump());
+  ASSERT_TRUE(fetch.ok());
+  EXPECT_EQ(fetch->method, "artifact.fetch");
+  EXPECT_EQ(fetch->sha256, kSha);
+  EXPECT_FALSE(parse_call_metadata("not json").ok());
+  EXPECT_FALSE(parse_call_metadata(R"({"sha256": "x"})").ok());  // no method
+
+  for (const CallShape shape : {CallShape::kUnary, CallShape::kGenerate, CallShape::kStream}) {
+    PredictMetadata written;
+    written.deployment_id = "d";
+    written.model_method = "generate";
+    written.shape = shape;
+    written.request_id = "r-1";
+    written.replica_hint = "d/np/1";
+    const json sent = to_json(written);
+    EXPECT_EQ(sent["method"], "predict");  // the stream's method, beside the model's
+    const auto read = parse_predict_metadata(sent);
+    ASSERT_TRUE(read.ok()) << read.error().message();
+    EXPECT_EQ(read->deployment_id, "d");
+    EXPECT_EQ(read->model_method, "generate");
+    EXPECT_EQ(read->shape, shape);
+    EXPECT_EQ(read->request_id, "r-1");
+    EXPECT_EQ(read->replica_hint, "d/np/1");
+  }
+  // Defaults, a wrong type read as missing, and what is refused.
+  const auto minimal = parse_predict_metadata(json{{"deployment_id", "d"}, {"request_id", 7}});
+  ASSERT_TRUE(minimal.ok());
+  EXPECT_EQ(minimal->model_method, "predict");
+  EXPECT_EQ(minimal->shape, CallShape::kUnary);
+  EXPECT_EQ(minimal->request_id, "");
+  EXPECT_EQ(parse_predict_metadata(json{{"shape", "unary"}}).error().message(),
+            "predict needs deployment_id");
+  EXPECT_NE(parse_predict_metadata(json{{"deployment_id", "d"}, {"shape", "batch"}})
+                .error()
+                .message()
+                .find("unknown call shape 'batch'"),
+            std::string::npos);
+}
+
+TEST(ErrorDocumentTest, EveryCodeGoesAcrossWithItsMessage) {
+  for (const ErrorCode code :
+       {ErrorCode::kInvalidArgument, ErrorCode::kNotFound, ErrorCode::kAlreadyExists,
+        ErrorCode::kPermissionDenied, ErrorCode::kUnauthenticated, ErrorCode::kResourceExhausted,
+        ErrorCode::kFailedPrecondition, ErrorCode::kUnavailable, ErrorCode::kDeadlineExceeded,
+        ErrorCode::kCancelled, ErrorCode::kDataLoss, ErrorCode::kInternal}) {
+    const auto read = error_in(json::parse(error_document(Error(code, "why")).dump()));
+    ASSERT_TRUE(read.has_value());
+    EXPECT_EQ(read->code(), code);
+    EXPECT_EQ(read->message(), "why");
+  }
+  EXPECT_FALSE(error_in(json{{"outputs", 1}}).has_value());  // an answer, not an error
+  EXPECT_FALSE(error_in(json::array()).has_value());
+  // From a newer peer or a sloppy one: still an error, never an answer.
+  EXPECT_EQ(error_in(json{{"error", {{"code", "brand_new"}, {"message", "m"}}}})->code(),
+            ErrorCode::kInternal);
+  EXPECT_EQ(error_in(json{{"error", "plain text"}})->message(), "plain text");
+}
+
+}  // namespace
+}  // namespace outpost::protocol
