@@ -4,6 +4,7 @@
 
 #include "common/json_fields.h"
 #include "common/log.h"
+#include "protocol/control_protocol.h"
 #include "tunnel/calls.h"
 
 namespace outpost::agent {
@@ -24,6 +25,8 @@ tunnel::ClientOptions tunnel_options(const AgentConfig& config, const std::strin
   options.proxy_url = config.proxy;
   options.connections = connections;
   options.connection.local_id = config.node_name;
+  // Predict bodies as envelopes: tensors cross the tunnel as bytes (docs/control-protocol.md).
+  options.connection.application_features = protocol::kFeaturePredictEnvelope;
   options.connection.ping_interval = std::chrono::seconds(config.keepalive_seconds);
   options.connection.dead_after = std::chrono::seconds(config.dead_after_seconds);
   options.backoff.cap = std::chrono::seconds(config.reconnect_max_seconds);

@@ -12,6 +12,7 @@
 namespace outpost::agent {
 
 using boost::system::error_code;
+using nlohmann::json;
 
 namespace {
 
@@ -19,6 +20,7 @@ struct RouteState {
   std::shared_ptr<tunnel::Stream> stream;
   std::shared_ptr<protocol::WorkerClient> client;
   std::unique_ptr<Router::Lease> lease;  // freed once, by finish()
+  protocol::BodyEncoding encoding = protocol::BodyEncoding::kJson;
   std::atomic<bool> finished{false};
 
   std::mutex mutex;
@@ -63,45 +65,27 @@ bool send_item(const std::shared_ptr<RouteState>& route, protocol::WireValue ite
   return route->call->send(std::move(item)).ok();
 }
 
-void reply_error(const std::shared_ptr<tunnel::Stream>& stream, const Error& error) {
-  stream->async_write(protocol::error_document(error).dump(), true, [](error_code) {});
-}
-
-// The worker's Value, as the control protocol writes it (base64 for bytes).
-Result<nlohmann::json> to_control_value(const protocol::WireValue& value) {
-  return protocol::parts_to_base64(value.value, value.parts);
-}
-
-// {"inputs": {...}} from the control plane, as the worker protocol writes it.
-Result<protocol::WireValue> to_worker_inputs(const std::string& body) {
-  auto document = nlohmann::json::parse(body, nullptr, false);
-  if (document.is_discarded()) return invalid_argument("the request is not JSON");
-  if (!document.is_object() || !document.contains("inputs") || !document["inputs"].is_object()) {
-    return invalid_argument("the request must be {\"inputs\": {...named arguments...}}");
-  }
-  protocol::WireValue inputs;
-  inputs.value = std::move(document["inputs"]);
-  OUTPOST_RETURN_IF_ERROR(protocol::move_bytes_to_parts(inputs.value, inputs.parts));
-  return inputs;
+void reply_error(const std::shared_ptr<tunnel::Stream>& stream, const Error& error,
+                 protocol::BodyEncoding encoding) {
+  stream->async_write(protocol::encode_predict_error(error, encoding), true, [](error_code) {});
 }
 
 protocol::CallHandlers handlers_for(const std::shared_ptr<RouteState>& route,
                                     protocol::CallShape shape) {
   protocol::CallHandlers handlers;
   handlers.on_value = [route, shape](int64_t, const protocol::WireValue& value) {
-    auto converted = to_control_value(value);
-    if (!converted.ok()) {
+    const char* key = shape == protocol::CallShape::kGenerate ? "chunk" : "outputs";
+    auto answer = protocol::encode_predict_answer(key, value, route->encoding);
+    if (!answer.ok()) {
       route->cancel();
       return;
     }
-    const char* key = shape == protocol::CallShape::kGenerate ? "chunk" : "outputs";
     const bool last = shape == protocol::CallShape::kUnary;
     // A failed write means the control plane reset the stream (its client went away): the
     // worker stops the call between steps.
-    route->stream->async_write(nlohmann::json{{key, converted.value()}}.dump(), last,
-                               [route](error_code ec) {
-                                 if (ec) route->cancel();
-                               });
+    route->stream->async_write(std::move(answer).value(), last, [route](error_code ec) {
+      if (ec) route->cancel();
+    });
     if (shape != protocol::CallShape::kStream) return;
     // An output freed a place in the call's window: send the item that waited for it.
     std::optional<protocol::WireValue> item;
@@ -116,7 +100,7 @@ protocol::CallHandlers handlers_for(const std::shared_ptr<RouteState>& route,
     if (status.ok()) {
       if (shape != protocol::CallShape::kUnary) route->stream->close_write();
     } else {
-      reply_error(route->stream, status.error());
+      reply_error(route->stream, status.error(), route->encoding);
     }
     route->finish();
   };
@@ -135,10 +119,10 @@ void pump_items(const std::shared_ptr<RouteState>& route) {
       route->cancel();  // the control plane (or its client) went away
       return;
     }
-    auto inputs = to_worker_inputs(body);
+    auto inputs = protocol::decode_predict_request(body, route->encoding);
     if (!inputs.ok()) {
       route->cancel();
-      reply_error(route->stream, inputs.error());
+      reply_error(route->stream, inputs.error(), route->encoding);
       return;
     }
     if (send_item(route, std::move(inputs).value())) pump_items(route);
@@ -220,7 +204,12 @@ Result<Router::Admission> Router::admit(const std::string& deployment, const std
 
 void Router::route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann::json& metadata) {
   auto call = protocol::parse_predict_metadata(metadata);
-  if (!call.ok()) return reply_error(stream, call.error());
+  if (!call.ok()) {
+    const bool envelope = metadata.is_object() && metadata.value("body", json()) == "envelope";
+    return reply_error(
+        stream, call.error(),
+        envelope ? protocol::BodyEncoding::kEnvelope : protocol::BodyEncoding::kJson);
+  }
   auto admitted = admit(call->deployment_id, call->replica_hint);
   if (!admitted.ok()) {
     if (admitted.error().code() == ErrorCode::kUnavailable) {
@@ -228,12 +217,13 @@ void Router::route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann
       stream->reset(tunnel::Errc::kRefusedStream, admitted.error().message());
       return;
     }
-    return reply_error(stream, admitted.error());
+    return reply_error(stream, admitted.error(), call->body);
   }
   auto route = std::make_shared<RouteState>();
   route->stream = stream;
   route->client = admitted->target.client;
   route->lease = std::move(admitted->lease);
+  route->encoding = call->body;
   const std::string model = admitted->target.replica_id;
   const std::string method = call->model_method;
   const protocol::CallShape shape = call->shape;
@@ -251,9 +241,9 @@ void Router::route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann
       route->finish();
       return;
     }
-    auto inputs = to_worker_inputs(body);
+    auto inputs = protocol::decode_predict_request(body, route->encoding);
     if (!inputs.ok()) {
-      reply_error(route->stream, inputs.error());
+      reply_error(route->stream, inputs.error(), route->encoding);
       route->finish();
       return;
     }

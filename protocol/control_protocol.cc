@@ -1,5 +1,6 @@
 #include "protocol/control_protocol.h"
 
+#include <cstdint>
 #include <set>
 #include <utility>
 
@@ -86,6 +87,7 @@ json to_json(const PredictMetadata& metadata) {
            {"shape", std::string(call_shape_name(metadata.shape))},
            {"request_id", metadata.request_id}};
   if (!metadata.replica_hint.empty()) out["replica_id"] = metadata.replica_hint;
+  if (metadata.body == BodyEncoding::kEnvelope) out["body"] = "envelope";
   return out;
 }
 
@@ -101,7 +103,90 @@ Result<PredictMetadata> parse_predict_metadata(const json& metadata) {
   out.model_method = string_field_or(metadata, "model_method", "predict");
   out.request_id = string_field_or(metadata, "request_id", "");
   out.replica_hint = string_field_or(metadata, "replica_id", "");
+  const std::string body = string_field_or(metadata, "body", "json");
+  if (body == "envelope") {
+    out.body = BodyEncoding::kEnvelope;
+  } else if (body != "json") {
+    return invalid_argument("unknown predict body encoding '" + body + "'");
+  }
   return out;
+}
+
+// --- predict bodies ---
+
+namespace {
+
+// The limits of a predict body's envelope: the tunnel's message limit bounds its size.
+Limits envelope_limits() {
+  Limits limits;
+  limits.max_message_bytes = SIZE_MAX;
+  return limits;
+}
+
+// An envelope's header parsed, with its parts copied out (the worker's message owns its bytes).
+Result<std::pair<json, std::vector<std::string>>> open_envelope(std::string_view message) {
+  OUTPOST_ASSIGN_OR_RETURN(auto envelope, decode_envelope(message, envelope_limits()));
+  OUTPOST_ASSIGN_OR_RETURN(auto header, parse_json(envelope.header));
+  std::vector<std::string> parts(envelope.parts.begin(), envelope.parts.end());
+  return std::pair{std::move(header), std::move(parts)};
+}
+
+}  // namespace
+
+Result<std::string> encode_predict_request(json inputs, BodyEncoding encoding) {
+  if (encoding == BodyEncoding::kJson) return json_text(json{{"inputs", std::move(inputs)}});
+  std::vector<std::string> parts;
+  OUTPOST_RETURN_IF_ERROR(move_bytes_to_parts(inputs, parts));
+  return encode_envelope(json_text(json{{"inputs", std::move(inputs)}}), parts);
+}
+
+Result<json> decode_predict_answer(std::string_view message, BodyEncoding encoding) {
+  if (encoding == BodyEncoding::kJson) {
+    OUTPOST_ASSIGN_OR_RETURN(auto document, parse_json(message));
+    if (!document.is_object()) return invalid_argument("an answer must be a JSON object");
+    return document;
+  }
+  OUTPOST_ASSIGN_OR_RETURN(auto opened, open_envelope(message));
+  if (!opened.first.is_object()) return invalid_argument("an answer must be a JSON object");
+  return parts_to_base64(opened.first, opened.second);
+}
+
+Result<WireValue> decode_predict_request(std::string_view message, BodyEncoding encoding) {
+  json document;
+  WireValue inputs;
+  if (encoding == BodyEncoding::kJson) {
+    document = json::parse(message, nullptr, false);
+    if (document.is_discarded()) return invalid_argument("the request is not JSON");
+  } else {
+    OUTPOST_ASSIGN_OR_RETURN(auto opened, open_envelope(message));
+    document = std::move(opened.first);
+    inputs.parts = std::move(opened.second);
+  }
+  if (!document.is_object() || !document.contains("inputs") || !document["inputs"].is_object()) {
+    return invalid_argument("the request must be {\"inputs\": {...named arguments...}}");
+  }
+  inputs.value = std::move(document["inputs"]);
+  // A JSON body's base64 becomes parts here; an envelope's already are (the worker still takes
+  // any inline form it may hold).
+  if (encoding == BodyEncoding::kJson) {
+    OUTPOST_RETURN_IF_ERROR(move_bytes_to_parts(inputs.value, inputs.parts));
+  }
+  return inputs;
+}
+
+Result<std::string> encode_predict_answer(std::string_view key, const WireValue& value,
+                                          BodyEncoding encoding) {
+  if (encoding == BodyEncoding::kJson) {
+    OUTPOST_ASSIGN_OR_RETURN(auto converted, parts_to_base64(value.value, value.parts));
+    return json_text(json{{std::string(key), std::move(converted)}});
+  }
+  return encode_envelope(json_text(json{{std::string(key), value.value}}), value.parts);
+}
+
+std::string encode_predict_error(const Error& error, BodyEncoding encoding) {
+  std::string document = json_text(error_document(error));
+  if (encoding == BodyEncoding::kJson) return document;
+  return encode_envelope(document, {});
 }
 
 // --- node.enroll ---

@@ -40,18 +40,48 @@ struct CallMetadata {
 nlohmann::json to_json(const CallMetadata& metadata);
 Result<CallMetadata> parse_call_metadata(std::string_view text);
 
+// How a predict call's messages are written (docs/control-protocol.md, "Predict bodies"):
+// JSON documents with tensor bytes in base64, which every agent reads, or envelopes (a JSON
+// header with the bytes as binary parts, encode_envelope), which an agent reads when its HELLO
+// announces kFeaturePredictEnvelope. Nothing is base64'd between the control plane's REST edge
+// and the worker on the envelope path.
+enum class BodyEncoding { kJson, kEnvelope };
+inline constexpr uint64_t kFeaturePredictEnvelope = uint64_t{1} << 32;
+
 // Control plane -> agent: {"method": "predict", "deployment_id", "model_method", "shape",
-// "request_id", "replica_id" (a hint that breaks a tie between equally loaded replicas)}.
+// "request_id", "replica_id" (a hint that breaks a tie between equally loaded replicas),
+// "body": "envelope" (absent: JSON)}.
 struct PredictMetadata {
   std::string deployment_id;
   std::string model_method = "predict";
   CallShape shape = CallShape::kUnary;
   std::string request_id;
   std::string replica_hint;
+  BodyEncoding body = BodyEncoding::kJson;
 };
 nlohmann::json to_json(const PredictMetadata& metadata);
 // invalid_argument for an unknown shape or a missing deployment_id.
 Result<PredictMetadata> parse_predict_metadata(const nlohmann::json& metadata);
+
+// --- predict bodies: {"inputs": Value} one way; {"outputs": Value}, {"chunk": Value} or an
+// error the other. Values are the control protocol's (base64) in JSON bodies and the worker
+// protocol's ({"part": i}) in envelopes; a body is at most the tunnel stream's message limit.
+
+// The control plane's side. `inputs` is in the control form (base64); an envelope moves the bytes
+// into parts. Refuses invalid base64, naming nothing more than the problem.
+Result<std::string> encode_predict_request(nlohmann::json inputs, BodyEncoding encoding);
+// The agent's answer as one document in the control form: {"outputs": ...}, {"chunk": ...} or
+// {"error": ...}. Refuses a malformed one (the caller reports it as data_loss).
+Result<nlohmann::json> decode_predict_answer(std::string_view message, BodyEncoding encoding);
+
+// The agent's side. The request's inputs in the worker form (bytes as parts, the form the
+// worker takes); refuses what is not {"inputs": {...}} with invalid_argument.
+Result<WireValue> decode_predict_request(std::string_view message, BodyEncoding encoding);
+// {key: value} ("outputs" or "chunk") from the worker's form. JSON refuses a Value that refers to
+// a part it lacks; an envelope carries it as it is, and decode_predict_answer refuses it.
+Result<std::string> encode_predict_answer(std::string_view key, const WireValue& value,
+                                          BodyEncoding encoding);
+std::string encode_predict_error(const Error& error, BodyEncoding encoding);
 
 // --- node.enroll: {"name", "inventory"} -> {"node_id", "credential"} ---
 

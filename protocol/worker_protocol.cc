@@ -161,6 +161,81 @@ Status check_message_size(std::string_view header, const std::vector<std::string
                    std::to_string(limits.max_message_bytes) + " bytes");
 }
 
+namespace {
+
+void put_be(std::string& out, uint64_t value, int bytes) {
+  for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8) {
+    out.push_back(static_cast<char>((value >> shift) & 0xff));
+  }
+}
+
+// Reads a big-endian integer of `bytes` bytes from the front of `in`, or nothing when short.
+std::optional<uint64_t> take_be(std::string_view& in, int bytes) {
+  if (in.size() < static_cast<size_t>(bytes)) return std::nullopt;
+  uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) value = (value << 8) | static_cast<unsigned char>(in[i]);
+  in.remove_prefix(static_cast<size_t>(bytes));
+  return value;
+}
+
+Error truncated_envelope(std::string_view what) {
+  return invalid_argument("a predict envelope ends inside its " + std::string(what));
+}
+
+}  // namespace
+
+std::string encode_envelope(std::string_view header, std::span<const std::string> parts) {
+  size_t total = 8 + header.size();
+  for (const auto& part : parts) total += 8 + part.size();
+  std::string out;
+  out.reserve(total);
+  put_be(out, header.size(), 4);
+  out.append(header);
+  put_be(out, parts.size(), 4);
+  for (const auto& part : parts) {
+    put_be(out, part.size(), 8);
+    out.append(part);
+  }
+  return out;
+}
+
+Result<EnvelopeView> decode_envelope(std::string_view bytes, const Limits& limits) {
+  EnvelopeView out;
+  const auto header_size = take_be(bytes, 4);
+  if (!header_size) return truncated_envelope("header length");
+  if (*header_size > limits.max_header_bytes) {
+    return Error(ErrorCode::kResourceExhausted,
+                 "a message header of " + std::to_string(*header_size) +
+                     " bytes is over the limit of " + std::to_string(limits.max_header_bytes));
+  }
+  if (bytes.size() < *header_size) return truncated_envelope("header");
+  out.header = bytes.substr(0, *header_size);
+  bytes.remove_prefix(*header_size);
+  const auto count = take_be(bytes, 4);
+  if (!count) return truncated_envelope("part count");
+  if (*count > limits.max_parts) {
+    return Error(ErrorCode::kResourceExhausted, "a message with " + std::to_string(*count) +
+                                                    " binary parts is over the limit of " +
+                                                    std::to_string(limits.max_parts));
+  }
+  // Every part needs at least its length, so a count the bytes cannot hold is refused before
+  // anything is reserved for it.
+  if (*count > bytes.size() / 8) return truncated_envelope("part lengths");
+  out.parts.reserve(*count);
+  for (uint64_t i = 0; i < *count; ++i) {
+    const auto size = take_be(bytes, 8);
+    if (!size) return truncated_envelope("part lengths");
+    if (bytes.size() < *size) return truncated_envelope("part " + std::to_string(i));
+    out.parts.push_back(bytes.substr(0, *size));
+    bytes.remove_prefix(*size);
+  }
+  if (!bytes.empty()) {
+    return invalid_argument("a predict envelope has " + std::to_string(bytes.size()) +
+                            " bytes after its last part");
+  }
+  return out;
+}
+
 std::string encode_header(const json& header) {
   return header.dump(-1, ' ', false, json::error_handler_t::replace);
 }

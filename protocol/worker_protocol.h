@@ -93,6 +93,19 @@ std::string encode_header(const nlohmann::json& header);
 // limits.max_message_bytes: what a sender checks before it sends (the peer would refuse it).
 Status check_message_size(std::string_view header, const std::vector<std::string>& parts,
                           const Limits& limits);
+// One message (a header and its binary parts) as a single byte string, for a transport that
+// carries whole messages rather than ZeroMQ's frames: the tunnel's predict bodies
+// (docs/control-protocol.md, "Predict bodies"). Big-endian: u32 header length, the header, u32
+// part count, then each part as u64 length and bytes. The views point into the decoded bytes.
+struct EnvelopeView {
+  std::string_view header;
+  std::vector<std::string_view> parts;
+};
+std::string encode_envelope(std::string_view header, std::span<const std::string> parts);
+// Refuses, naming the problem: truncated or trailing bytes, a header over max_header_bytes
+// (resource_exhausted), more than max_parts parts (resource_exhausted).
+Result<EnvelopeView> decode_envelope(std::string_view bytes, const Limits& limits);
+
 // Any JSON as text for messages and logs, with the same replacement (json::dump throws on
 // strings that are not UTF-8, and such strings come from untrusted input).
 std::string json_text(const nlohmann::json& value);

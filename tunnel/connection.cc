@@ -335,7 +335,7 @@ void Connection::do_start() {
   last_received_ns_.store(last_received_.time_since_epoch().count());
   last_ping_sent_ = last_received_;
   Hello hello;
-  hello.features = kFeatureWindowAutoTune;
+  hello.features = kFeatureWindowAutoTune | (options_.application_features & kApplicationFeatures);
   hello.initial_window = options_.initial_stream_window;
   hello.connection_window = options_.connection_window;
   hello.max_frame_payload = kMaxFramePayload;
@@ -446,6 +446,7 @@ void Connection::handle_hello(const Frame& frame) {
   }
   hello_received_ = true;
   peer_hello_ = frame.hello;
+  peer_features_.store(frame.hello.features);
   {
     std::lock_guard<std::mutex> lock(peer_id_mutex_);
     peer_id_storage_ = std::string(frame.hello.peer_id);

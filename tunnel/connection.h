@@ -59,6 +59,10 @@ struct ConnectionOptions {
   std::chrono::milliseconds write_timeout{10'000};  // one write stalled this long: dead
   std::chrono::milliseconds close_timeout{5'000};   // the closing handshake may take this long
   std::string local_id;                             // announced in HELLO (<= 255 bytes)
+  // The application's own feature bits (32..63; the tunnel's are below), announced in HELLO
+  // beside the tunnel's, so that the two ends of a connection can agree on optional behaviour
+  // without a version bump. The peer's are in Connection::peer_features().
+  uint64_t application_features = 0;
 };
 
 // One bidirectional stream of messages. A message is any byte string (up to the stream's
@@ -212,6 +216,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool is_going_away() const { return draining_.load() || goaway_received_.load(); }
   size_t stream_count() const { return stream_count_.load(); }
   std::string peer_id() const;
+  // The feature bits of the peer's HELLO (0 before it arrived).
+  uint64_t peer_features() const { return peer_features_.load(); }
   // Time since the last frame from the peer. Each end PINGs every ping_interval, so a live peer
   // is never silent for much longer than that; one silent for two intervals is suspect (its
   // link may be gone) well before dead_after declares it dead.
@@ -283,6 +289,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string peer_id_storage_;
   mutable std::mutex peer_id_mutex_;
   bool hello_received_ = false;
+  std::atomic<uint64_t> peer_features_{0};
   uint32_t peer_max_payload_ = kMaxFramePayload;
   uint32_t peer_initial_window_ = 0;
 

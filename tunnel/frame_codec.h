@@ -47,6 +47,8 @@ inline constexpr uint16_t kFlagMessage = 0x8;  // OPEN: the bytes after the meta
 
 // Feature bits announced in HELLO; unknown bits are ignored by the receiver.
 inline constexpr uint64_t kFeatureWindowAutoTune = 1u << 0;
+// Bits 32..63 belong to the application (ConnectionOptions::application_features).
+inline constexpr uint64_t kApplicationFeatures = ~uint64_t{0} << 32;
 
 struct Hello {
   uint64_t features = 0;

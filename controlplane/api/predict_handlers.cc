@@ -177,9 +177,17 @@ void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, const std::shared_p
   });
 }
 
+// Envelopes (tensors as bytes) to an agent that reads them, JSON to any other.
+protocol::BodyEncoding body_encoding(const PredictRoute& route) {
+  return (route.connection->peer_features() & protocol::kFeaturePredictEnvelope) != 0
+             ? protocol::BodyEncoding::kEnvelope
+             : protocol::BodyEncoding::kJson;
+}
+
 std::string call_metadata(const Target& target, const PredictRoute& route,
                           protocol::CallShape shape, const std::string& request_id) {
   protocol::PredictMetadata metadata;
+  metadata.body = body_encoding(route);
   metadata.deployment_id = target.deployment.id;
   metadata.model_method = target.method_name;
   metadata.shape = shape;
@@ -317,13 +325,16 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     LOG_INFO("control.predict", request_id()
                                     << ": " << shape() << " " << target_.deployment.id << "."
                                     << target_.method_name << " -> " << route.node_id);
+    encoding_ = body_encoding(route);
+    auto request = protocol::encode_predict_request(inputs_, encoding_);
+    if (!request.ok()) return fail(request.error());
     {
       std::lock_guard lock(stream_mutex_);
       stream_ = route.connection->open_stream(
           call_metadata(target_, route,
                         generate_ ? protocol::CallShape::kGenerate : protocol::CallShape::kUnary,
                         request_id()),
-          json{{"inputs", inputs_}}.dump(),
+          std::move(request).value(),
           /*send_first_message=*/true, /*end_stream=*/true);
     }
     std::weak_ptr<HttpCall> weak = shared_from_this();
@@ -403,9 +414,10 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   void on_unary(error_code ec, const std::string& message) {
     if (ec && retry_elsewhere(ec)) return;
     if (ec) return fail(stream_failure(ec, stream_));
-    auto parsed = parse_json(message);
-    if (!parsed.ok() || !parsed->is_object()) {
-      return fail(Error(ErrorCode::kDataLoss, "the node answered with a malformed message"));
+    auto parsed = protocol::decode_predict_answer(message, encoding_);
+    if (!parsed.ok()) {
+      return fail(Error(ErrorCode::kDataLoss,
+                        "the node answered with a malformed message: " + parsed.error().message()));
     }
     if (auto error = protocol::error_in(*parsed)) {
       if (retry_after_agent_error(*error)) return;
@@ -446,10 +458,11 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
     }
     if (ec && retry_elsewhere(ec)) return;
     if (ec) return fail(stream_failure(ec, stream_));
-    auto parsed = parse_json(message);
-    if (!parsed.ok() || !parsed->is_object()) {
+    auto parsed = protocol::decode_predict_answer(message, encoding_);
+    if (!parsed.ok()) {
       cancel("malformed chunk");
-      return fail(Error(ErrorCode::kDataLoss, "the node sent a malformed chunk"));
+      return fail(Error(ErrorCode::kDataLoss,
+                        "the node sent a malformed chunk: " + parsed.error().message()));
     }
     if (auto error = protocol::error_in(*parsed)) {
       if (retry_after_agent_error(*error)) return;
@@ -482,6 +495,8 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   Target target_;
   const bool generate_;
   const bool tensor_values_;
+  // How the current route's messages are written; set in send() before the stream opens.
+  std::atomic<protocol::BodyEncoding> encoding_{protocol::BodyEncoding::kJson};
   bool ndjson_ = false;
   std::atomic<bool> streaming_{false};
   std::atomic<bool> finished_{false};
@@ -613,8 +628,12 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       std::lock_guard lock(mutex_);
       node_id_ = route.node_id;
       stream_ = stream;
-      for (const std::string& message : sent_)
-        stream->async_write(message, false, [](error_code) {});
+      encoding_ = body_encoding(route);
+      // Each input encoded when it came (forward_inputs), so it encodes again.
+      for (const json& inputs : sent_) {
+        auto message = protocol::encode_predict_request(inputs, encoding_);
+        if (message.ok()) stream->async_write(std::move(message).value(), false, [](error_code) {});
+      }
       if (input_ended_) stream->close_write();
       rerouting_ = false;
     }
@@ -626,21 +645,31 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
     return stream_;
   }
 
+  protocol::BodyEncoding current_encoding() {
+    std::lock_guard lock(mutex_);
+    return encoding_;
+  }
+
   void forward_inputs(const json& inputs) {
     const Status ok = check_inputs(target_.method, inputs, true);
     if (!ok.ok()) return refuse(ok.error(), 1007, "the client sent bad inputs");
-    std::string message = json{{"inputs", inputs}}.dump();
+    // Encoded at once, so that bad inputs (invalid base64) are refused at once.
+    const protocol::BodyEncoding encoded_as = current_encoding();
+    auto message = protocol::encode_predict_request(inputs, encoded_as);
+    if (!message.ok()) return refuse(message.error(), 1007, "the client sent bad inputs");
     std::shared_ptr<tunnel::Stream> stream;
     bool too_many = false;
+    protocol::BodyEncoding encoding = protocol::BodyEncoding::kJson;
     {
       std::lock_guard lock(mutex_);
       // Until the node has answered, the call may still be opened elsewhere: keep the inputs
       // (a bounded number: while the call waits for a node, nothing else holds the client back).
       if (!answered_) {
-        sent_.push_back(message);
+        sent_.push_back(inputs);
         too_many = sent_.size() > kMaxReplayedInputs;
       }
       if (!rerouting_) stream = stream_;
+      encoding = encoding_;
     }
     if (too_many) {
       return refuse(
@@ -649,8 +678,12 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
           1008, "too many inputs before any output");
     }
     if (!stream) return pump_from_client();  // the new node gets it with the replay
+    // The call moved meanwhile to a node that reads the other encoding (valid: it encoded once).
+    if (encoding != encoded_as) {
+      message = protocol::encode_predict_request(inputs, encoding);
+    }
     // A failed write: the agent side ended, and pump_from_agent retries the call or reports it.
-    stream->async_write(std::move(message), false,
+    stream->async_write(std::move(message).value(), false,
                         [self = shared_from_this()](error_code) { self->pump_from_client(); });
   }
 
@@ -735,10 +768,12 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       if (ec == tunnel::Errc::kEndOfStream) return self->finish({}, 1000);
       if (ec && self->retry_elsewhere(ec)) return;
       if (ec) return self->finish(stream_failure(ec, stream), 1011);
-      auto parsed = parse_json(message);
-      if (!parsed.ok() || !parsed->is_object()) {
+      auto parsed = protocol::decode_predict_answer(message, self->current_encoding());
+      if (!parsed.ok()) {
         stream->reset(tunnel::Errc::kCancel, "malformed output");
-        return self->finish(Error(ErrorCode::kDataLoss, "the node sent a malformed message"), 1011);
+        return self->finish(Error(ErrorCode::kDataLoss,
+                                  "the node sent a malformed message: " + parsed.error().message()),
+                            1011);
       }
       if (auto error = protocol::error_in(*parsed)) {
         stream->reset(tunnel::Errc::kCancel, "the node reported an error");
@@ -801,9 +836,10 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   std::atomic<bool> finished_{false};
   std::mutex mutex_;  // the client's side, the node's side and a retry meet here
   std::shared_ptr<tunnel::Stream> stream_;
-  std::vector<std::string> sent_;  // inputs forwarded before the node's first output
-  bool answered_ = false;          // an output reached the client: no retry any more
-  bool rerouting_ = false;         // between a lost node and the next one
+  std::vector<json> sent_;  // inputs forwarded before the node's first output
+  protocol::BodyEncoding encoding_ = protocol::BodyEncoding::kJson;  // the current node's
+  bool answered_ = false;   // an output reached the client: no retry any more
+  bool rerouting_ = false;  // between a lost node and the next one
   bool input_ended_ = false;
   std::string node_id_;
   std::set<std::string> avoid_;  // nodes lost under this call

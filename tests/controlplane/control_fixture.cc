@@ -338,14 +338,16 @@ Result<TestAgent::Enrollment> TestAgent::enroll(uint16_t port, const std::string
   return out;
 }
 
-TestAgent::TestAgent(uint16_t port, const std::string& ca_file, const std::string& credential)
+TestAgent::TestAgent(uint16_t port, const std::string& ca_file, const std::string& credential,
+                     bool envelopes)
     : io_(std::make_unique<IoThread>()) {
   tunnel::TunnelClient::Handlers handlers;
   handlers.on_stream = [this](const std::shared_ptr<tunnel::Stream>& stream, int) {
     on_stream(stream);
   };
-  auto created =
-      tunnel::TunnelClient::create(io_->io(), agent_options(port, ca_file, credential), handlers);
+  auto options = agent_options(port, ca_file, credential);
+  if (envelopes) options.connection.application_features = protocol::kFeaturePredictEnvelope;
+  auto created = tunnel::TunnelClient::create(io_->io(), std::move(options), handlers);
   if (!created.ok()) {
     ADD_FAILURE() << created.error().message();
     std::abort();
@@ -470,15 +472,18 @@ void TestAgent::on_stream(const std::shared_ptr<tunnel::Stream>& stream) {
 }
 
 // unary: {"outputs": {"echo": inputs}}; generate: one chunk per word of inputs.prompt (or three
-// chunks); stream: {"outputs": inputs} per item. inputs.fail makes the call answer an error.
+// chunks); stream: {"outputs": inputs} per item. A text "fail:WHY" is refused as
+// invalid_argument WHY.
+// Bodies are read and written as the agent does (agent/router.cc), in the metadata's encoding.
 void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
                                const json& metadata) {
-  // Read as the agent reads it (agent/router.cc).
   const auto call = protocol::parse_predict_metadata(metadata);
   if (!call.ok()) {
-    stream->async_write(protocol::error_document(call.error()).dump(), true, [](error_code) {});
+    stream->async_write(protocol::encode_predict_error(call.error(), protocol::BodyEncoding::kJson),
+                        true, [](error_code) {});
     return;
   }
+  const protocol::BodyEncoding encoding = call->body;
   const std::string shape(protocol::call_shape_name(call->shape));
   const std::string model_method = call->model_method;
   const auto note_cancel = [this, stream](error_code ec) {
@@ -487,43 +492,66 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
       cancelled_.push_back(stream->reset_reason());
     }
   };
+  // {key: value} with the request's parts.
+  const auto answer = [encoding](const char* key, json value,
+                                 const std::vector<std::string>& parts) {
+    protocol::WireValue wire{std::move(value), parts};
+    return protocol::encode_predict_answer(key, wire, encoding).value();
+  };
   if (shape == "stream") {
     auto loop = std::make_shared<std::function<void()>>();
-    *loop = [stream, loop, note_cancel] {
-      stream->async_read([stream, loop, note_cancel](error_code ec, const std::string& message) {
-        if (ec == tunnel::Errc::kEndOfStream) {
-          stream->close_write();
-          *loop = nullptr;
-          return;
-        }
-        if (ec) {
-          note_cancel(ec);
-          *loop = nullptr;
-          return;
-        }
-        json item = json::parse(message, nullptr, false);
-        stream->async_write(json{{"outputs", item.value("inputs", json(nullptr))}}.dump(), false,
-                            [loop](error_code write_ec) {
-                              if (!write_ec && *loop) (*loop)();
-                            });
-      });
+    *loop = [stream, loop, note_cancel, encoding, answer] {
+      stream->async_read(
+          [stream, loop, note_cancel, encoding, answer](error_code ec, const std::string& message) {
+            if (ec == tunnel::Errc::kEndOfStream) {
+              stream->close_write();
+              *loop = nullptr;
+              return;
+            }
+            if (ec) {
+              note_cancel(ec);
+              *loop = nullptr;
+              return;
+            }
+            auto item = protocol::decode_predict_request(message, encoding);
+            if (!item.ok()) {
+              stream->async_write(protocol::encode_predict_error(item.error(), encoding), true,
+                                  [](error_code) {});
+              *loop = nullptr;
+              return;
+            }
+            stream->async_write(answer("outputs", item->value, item->parts), false,
+                                [loop](error_code write_ec) {
+                                  if (!write_ec && *loop) (*loop)();
+                                });
+          });
     };
     (*loop)();
     return;
   }
-  stream->async_read([this, stream, shape, model_method, note_cancel](error_code ec,
-                                                                      const std::string& message) {
+  stream->async_read([this, stream, shape, model_method, note_cancel, encoding, answer](
+                         error_code ec, const std::string& message) {
     if (ec) return note_cancel(ec);
-    json request = json::parse(message, nullptr, false);
-    const json inputs = request.value("inputs", json::object());
-    if (inputs.contains("fail")) {
-      const Error refused(ErrorCode::kInvalidArgument, inputs["fail"].get<std::string>());
-      stream->async_write(protocol::error_document(refused).dump(), true, [](error_code) {});
+    auto request = protocol::decode_predict_request(message, encoding);
+    if (!request.ok()) {
+      stream->async_write(protocol::encode_predict_error(request.error(), encoding), true,
+                          [](error_code) {});
+      return;
+    }
+    const json& inputs = request->value;
+    const std::string text = inputs.contains("text") && inputs["text"].is_string()
+                                 ? inputs["text"].get<std::string>()
+                                 : std::string();
+    if (text.rfind("fail:", 0) == 0) {
+      const Error refused(ErrorCode::kInvalidArgument, text.substr(5));
+      stream->async_write(protocol::encode_predict_error(refused, encoding), true,
+                          [](error_code) {});
       return;
     }
     if (shape == "unary") {
-      stream->async_write(json{{"outputs", {{"echo", inputs}, {"method", model_method}}}}.dump(),
-                          true, [](error_code) {});
+      stream->async_write(
+          answer("outputs", {{"echo", inputs}, {"method", model_method}}, request->parts), true,
+          [](error_code) {});
       return;
     }
     // generate
@@ -536,10 +564,11 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
       auto tick = std::make_shared<std::function<void()>>();
       // The function holds itself weakly: only the write or the wait in flight keeps it, so
       // an agent stopped mid-stream leaves no cycle behind.
-      *tick = [stream, timer, weak = std::weak_ptr<std::function<void()>>(tick), note_cancel] {
+      *tick = [stream, timer, weak = std::weak_ptr<std::function<void()>>(tick), note_cancel,
+               answer] {
         auto tick = weak.lock();
         if (!tick) return;
-        stream->async_write(json{{"chunk", "tok"}}.dump(), false,
+        stream->async_write(answer("chunk", "tok", {}), false,
                             [stream, timer, tick, note_cancel](error_code write_ec) {
                               if (write_ec) {
                                 note_cancel(write_ec);
@@ -556,8 +585,7 @@ void TestAgent::answer_predict(const std::shared_ptr<tunnel::Stream>& stream,
       return;
     }
     for (size_t i = 0; i < words.size(); ++i) {
-      stream->async_write(json{{"chunk", words[i]}}.dump(), i + 1 == words.size(),
-                          [](error_code) {});
+      stream->async_write(answer("chunk", words[i], {}), i + 1 == words.size(), [](error_code) {});
     }
     if (words.empty()) stream->close_write();
   });

@@ -143,7 +143,11 @@ class TestAgent {
                                    json inventory = json{{"cpu_cores", 4},
                                                          {"memory_bytes", int64_t{8} << 30}});
 
-  TestAgent(uint16_t port, const std::string& ca_file, const std::string& credential);
+  // `envelopes`: announce kFeaturePredictEnvelope, as outpostd does, so that predicts come as
+  // envelopes (docs/control-protocol.md, "Predict bodies"); otherwise as JSON, as to an older
+  // agent.
+  TestAgent(uint16_t port, const std::string& ca_file, const std::string& credential,
+            bool envelopes = false);
   ~TestAgent();
 
   bool wait_connected();

@@ -15,6 +15,7 @@
 #include <boost/asio/write.hpp>
 #include <gtest/gtest.h>
 
+#include "common/base64.h"
 #include "common/sha256.h"
 #include "protocol/control_protocol.h"
 #include "tests/controlplane/control_fixture.h"
@@ -99,8 +100,8 @@ class TunnelTest : public ::testing::Test {
     return enrolled.ok() ? enrolled.value() : TestAgent::Enrollment{};
   }
 
-  std::unique_ptr<TestAgent> agent(const std::string& credential) {
-    auto out = std::make_unique<TestAgent>(control_.port(), pki_.ca_file(), credential);
+  std::unique_ptr<TestAgent> agent(const std::string& credential, bool envelopes = false) {
+    auto out = std::make_unique<TestAgent>(control_.port(), pki_.ca_file(), credential, envelopes);
     EXPECT_TRUE(out->wait_connected());
     return out;
   }
@@ -124,13 +125,14 @@ class TunnelTest : public ::testing::Test {
   }
 
   // A pool with one ready node holding text (unary), chargen (generate), accumulator (stream).
-  std::unique_ptr<TestAgent> ready_fleet() {
+  // `envelopes`: the agent announces predict envelopes, as outpostd does.
+  std::unique_ptr<TestAgent> ready_fleet(bool envelopes = false) {
     make_pool();
     for (const char* model : {"text", "chargen", "accumulator"}) upload(model);
     deploy("dep-text", "text");
     deploy("dep-gen", "chargen");
     deploy("dep-stream", "accumulator");
-    auto node = agent(enroll().credential);
+    auto node = agent(enroll().credential, envelopes);
     EXPECT_TRUE(eventually([&] {
       auto state = node->call("node.sync");
       return state.ok() && (*state)["replicas"].size() == 3;
@@ -296,6 +298,7 @@ TEST_F(TunnelTest, UnaryPredictGoesThroughTheTunnel) {
   EXPECT_EQ(metadata[0]["request_id"], "unary-1");
   EXPECT_EQ(metadata[0]["deployment_id"], "dep-text");
   EXPECT_EQ(metadata[0]["replica_id"], "dep-text/np/0");
+  EXPECT_FALSE(metadata[0].contains("body"));  // JSON, to an agent that announced nothing
   // By compute cluster + nodepool, and through the version's path.
   const std::string version =
       admin_.get("/v2/users/me/models/text").body["model"]["model_version"]["id"];
@@ -309,6 +312,58 @@ TEST_F(TunnelTest, UnaryPredictGoesThroughTheTunnel) {
       admin_.post("/v2/users/me/models/text/outputs",
                   json{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", "x"}}}});
   EXPECT_EQ(failed.status, 200);
+}
+
+TEST_F(TunnelTest, AnAgentThatReadsEnvelopesGetsBytesAsTheyAreInEveryCallShape) {
+  auto node = ready_fleet(/*envelopes=*/true);
+  // Bytes that are not text, in and back out: decoded at the REST edge, carried raw, encoded
+  // again at the edge.
+  const std::string bytes(
+      "\x00\xff\x10"
+      "binary\x80",
+      10);
+  auto reply = admin_.post("/v2/users/me/models/text/outputs",
+                           json{{"runner_selector", selector("dep-text")},
+                                {"inputs", {{"text", {{"bytes_b64", base64_encode(bytes)}}}}}});
+  ASSERT_EQ(reply.status, 200) << reply.raw;
+  EXPECT_EQ(reply.body["outputs"]["echo"]["text"]["bytes_b64"], base64_encode(bytes));
+  auto metadata = node->predict_metadata();
+  ASSERT_EQ(metadata.size(), 1u);
+  EXPECT_EQ(metadata[0]["body"], "envelope");
+  // Invalid base64 is the client's mistake, refused before anything is sent.
+  auto bad = admin_.post("/v2/users/me/models/text/outputs",
+                         json{{"runner_selector", selector("dep-text")},
+                              {"inputs", {{"text", {{"bytes_b64", "!!not base64"}}}}}});
+  EXPECT_EQ(bad.status, 400) << bad.raw;
+  EXPECT_EQ(node->predicts(), 1);
+  // The node's refusal comes back with its code and message.
+  auto refused = admin_.post("/v2/users/me/models/text/outputs",
+                             json{{"runner_selector", selector("dep-text")},
+                                  {"inputs", {{"text", "fail:the text is too short"}}}});
+  EXPECT_EQ(refused.status, 400) << refused.raw;
+  EXPECT_NE(refused.raw.find("the text is too short"), std::string::npos) << refused.raw;
+
+  std::string lines;
+  auto generated = admin_.client().send_streaming(
+      "POST", "/v2/users/me/models/chargen/outputs/generate",
+      json{{"runner_selector", selector("dep-gen")}, {"inputs", {{"prompt", "alpha beta"}}}}.dump(),
+      "application/json", {{"Accept", "application/x-ndjson"}}, [&lines](std::string_view data) {
+        lines += data;
+        return true;
+      });
+  ASSERT_TRUE(generated.ok());
+  EXPECT_NE(lines.find(R"({"chunk":"alpha"})"), std::string::npos) << lines;
+  EXPECT_NE(lines.find(R"({"chunk":"beta"})"), std::string::npos) << lines;
+
+  auto ws = admin_.client().websocket(
+      "/v2/users/me/models/accumulator/outputs/stream?deployment=dep-stream&method=words");
+  ASSERT_TRUE(ws.ok()) << ws.error().message();
+  ASSERT_TRUE(
+      (*ws)->send(json{{"inputs", {{"text", {{"bytes_b64", base64_encode(bytes)}}}}}}.dump()).ok());
+  auto echoed = (*ws)->receive();
+  ASSERT_TRUE(echoed.ok() && echoed->has_value());
+  EXPECT_EQ(json::parse(**echoed)["outputs"]["text"]["bytes_b64"], base64_encode(bytes));
+  for (const auto& seen : node->predict_metadata()) EXPECT_EQ(seen["body"], "envelope");
 }
 
 TEST_F(TunnelTest, PredictRequestsAreCheckedAgainstTheSignature) {

@@ -1,6 +1,6 @@
 // Fuzzes what an agent sends the control plane (docs/control-protocol.md): stream metadata,
-// node.enroll requests and node.report documents. Every one is untrusted input. What is accepted
-// must survive being written again (protocol::to_json) and read back unchanged.
+// node.enroll requests, node.report documents and predict bodies in both encodings. Every one is
+// untrusted input. What is accepted must survive being written again and read back unchanged.
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
@@ -29,6 +29,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         again->applied_version != report->applied_version) {
       std::abort();
     }
+  }
+  // A predict request, as the agent reads it from the control plane (and an answer the other
+  // way): what reads must encode again and read back the same.
+  for (const auto encoding : {protocol::BodyEncoding::kJson, protocol::BodyEncoding::kEnvelope}) {
+    if (auto inputs = protocol::decode_predict_request(input, encoding); inputs.ok()) {
+      auto answer = protocol::encode_predict_answer("outputs", *inputs, encoding);
+      if (answer.ok()) {
+        auto read = protocol::decode_predict_answer(*answer, encoding);
+        // A reference to a part the request lacks is the worker's to refuse; any other failure
+        // to read back is a bug.
+        const bool refs_ok = protocol::parts_to_base64(inputs->value, inputs->parts).ok();
+        if (refs_ok && (!read.ok() || !read->contains("outputs"))) std::abort();
+      }
+    }
+    (void)protocol::decode_predict_answer(input, encoding);
   }
   return 0;
 }

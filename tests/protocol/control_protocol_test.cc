@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/base64.h"
+
 namespace outpost::protocol {
 namespace {
 
@@ -188,7 +190,16 @@ TEST(MetadataTest, EachStreamsMetadataGoesAcross) {
     EXPECT_EQ(read->shape, shape);
     EXPECT_EQ(read->request_id, "r-1");
     EXPECT_EQ(read->replica_hint, "d/np/1");
+    EXPECT_EQ(read->body, BodyEncoding::kJson);
+    EXPECT_FALSE(sent.contains("body"));  // what an older agent reads as it always did
+    written.body = BodyEncoding::kEnvelope;
+    EXPECT_EQ(parse_predict_metadata(to_json(written))->body, BodyEncoding::kEnvelope);
   }
+  EXPECT_NE(parse_predict_metadata(json{{"deployment_id", "d"}, {"body", "protobuf"}})
+                .error()
+                .message()
+                .find("unknown predict body encoding 'protobuf'"),
+            std::string::npos);
   // Defaults, a wrong type read as missing, and what is refused.
   const auto minimal = parse_predict_metadata(json{{"deployment_id", "d"}, {"request_id", 7}});
   ASSERT_TRUE(minimal.ok());
@@ -221,6 +232,109 @@ TEST(ErrorDocumentTest, EveryCodeGoesAcrossWithItsMessage) {
   EXPECT_EQ(error_in(json{{"error", {{"code", "brand_new"}, {"message", "m"}}}})->code(),
             ErrorCode::kInternal);
   EXPECT_EQ(error_in(json{{"error", "plain text"}})->message(), "plain text");
+}
+
+// Inputs in the REST edge's form: a float tensor, a byte string, and plain values beside them.
+json client_inputs(const std::string& tensor_bytes) {
+  return {{"x", {{"dtype", "float32"}, {"shape", {2}}, {"data_b64", base64_encode(tensor_bytes)}}},
+          {"raw", {{"bytes_b64", base64_encode(std::string("\0\xff\x01", 3))}}},
+          {"labels", {"a", "b"}},
+          {"k", 3}};
+}
+
+TEST(PredictBodyTest, InputsReachTheWorkerTheSameWayInBothEncodings) {
+  const std::string tensor("\x00\x00\x80\x3f\x00\x00\x00\x40", 8);  // 1.0f, 2.0f
+  for (const BodyEncoding encoding : {BodyEncoding::kJson, BodyEncoding::kEnvelope}) {
+    const auto message = encode_predict_request(client_inputs(tensor), encoding);
+    ASSERT_TRUE(message.ok()) << message.error().message();
+    const auto inputs = decode_predict_request(*message, encoding);
+    ASSERT_TRUE(inputs.ok()) << inputs.error().message();
+    // The worker's form: the bytes as parts, referred to from the Value.
+    ASSERT_EQ(inputs->parts.size(), 2u);
+    const json& x = inputs->value["x"];
+    EXPECT_EQ(inputs->parts.at(x["part"].get<size_t>()), tensor);
+    EXPECT_FALSE(x.contains("data_b64"));
+    EXPECT_EQ(inputs->parts.at(inputs->value["raw"]["part"].get<size_t>()),
+              std::string("\0\xff\x01", 3));
+    EXPECT_EQ(inputs->value["labels"], json({"a", "b"}));
+    EXPECT_EQ(inputs->value["k"], 3);
+  }
+  // An envelope carries the bytes as they are: no base64 in it.
+  const auto envelope = encode_predict_request(client_inputs(tensor), BodyEncoding::kEnvelope);
+  EXPECT_EQ(envelope->find(base64_encode(tensor)), std::string::npos);
+  EXPECT_NE(envelope->find(tensor), std::string::npos);
+}
+
+TEST(PredictBodyTest, AnswersReachTheControlPlaneUnchangedInBothEncodings) {
+  WireValue outputs;
+  outputs.parts = {std::string("\x01\x02\x03\x04", 4), "text bytes"};
+  outputs.value = {{"y", {{"dtype", "int32"}, {"shape", {1}}, {"part", 0}}},
+                   {"blob", {{"part", 1}}},
+                   {"score", 0.5}};
+  const json expected = {
+      {"outputs",
+       {{"y", {{"dtype", "int32"}, {"shape", {1}}, {"data_b64", base64_encode(outputs.parts[0])}}},
+        {"blob", {{"bytes_b64", base64_encode("text bytes")}}},
+        {"score", 0.5}}}};
+  for (const BodyEncoding encoding : {BodyEncoding::kJson, BodyEncoding::kEnvelope}) {
+    const auto message = encode_predict_answer("outputs", outputs, encoding);
+    ASSERT_TRUE(message.ok()) << message.error().message();
+    const auto read = decode_predict_answer(*message, encoding);
+    ASSERT_TRUE(read.ok()) << read.error().message();
+    EXPECT_EQ(*read, expected);
+
+    const auto error = decode_predict_answer(
+        encode_predict_error(invalid_argument("missing input 'x'"), encoding), encoding);
+    ASSERT_TRUE(error.ok());
+    ASSERT_TRUE(error_in(*error).has_value());
+    EXPECT_EQ(error_in(*error)->code(), ErrorCode::kInvalidArgument);
+    EXPECT_EQ(error_in(*error)->message(), "missing input 'x'");
+  }
+  // A Value that refers to a part the worker did not send is refused, not sent half-made.
+  WireValue dangling;
+  dangling.value = {{"y", {{"part", 3}}}};
+  EXPECT_FALSE(encode_predict_answer("chunk", dangling, BodyEncoding::kJson).ok());
+  const auto carried = encode_predict_answer("chunk", dangling, BodyEncoding::kEnvelope);
+  ASSERT_TRUE(carried.ok());  // an envelope carries it as it is; the reader refuses it
+  EXPECT_NE(decode_predict_answer(*carried, BodyEncoding::kEnvelope)
+                .error()
+                .message()
+                .find("binary part 3, which the message does not have"),
+            std::string::npos);
+}
+
+TEST(PredictBodyTest, MalformedBodiesAreRefusedNamingTheProblem) {
+  const auto refused = [](std::string_view message, BodyEncoding encoding) {
+    auto read = decode_predict_request(message, encoding);
+    return read.ok() ? std::string("accepted") : read.error().message();
+  };
+  EXPECT_EQ(refused("[1]", BodyEncoding::kJson),
+            "the request must be {\"inputs\": {...named arguments...}}");
+  EXPECT_EQ(refused("{", BodyEncoding::kJson), "the request is not JSON");
+  const std::string good =
+      encode_predict_request(client_inputs("abcdefgh"), BodyEncoding::kEnvelope).value();
+  EXPECT_EQ(refused(good, BodyEncoding::kEnvelope), "accepted");
+  // Cut anywhere, or with bytes after the last part: refused, never read past the end.
+  for (size_t cut = 0; cut < good.size(); ++cut) {
+    EXPECT_NE(refused(good.substr(0, cut), BodyEncoding::kEnvelope).find("ends inside"),
+              std::string::npos)
+        << cut;
+  }
+  EXPECT_NE(refused(good + "x", BodyEncoding::kEnvelope).find("1 bytes after its last part"),
+            std::string::npos);
+  // A part count far beyond the bytes is refused before anything is allocated for it.
+  std::string huge_count = encode_envelope("{}", {});
+  huge_count.replace(6, 4, "\x00\x00\x10\x00");  // 4096 parts, none present
+  EXPECT_NE(refused(huge_count, BodyEncoding::kEnvelope).find("ends inside"), std::string::npos);
+  huge_count.replace(6, 4, "\xff\xff\xff\xff");
+  EXPECT_NE(refused(huge_count, BodyEncoding::kEnvelope).find("over the limit of 4096"),
+            std::string::npos);
+  // The inputs inside an envelope are checked as in JSON.
+  EXPECT_EQ(refused(encode_envelope(R"({"outputs": {}})", {}), BodyEncoding::kEnvelope),
+            "the request must be {\"inputs\": {...named arguments...}}");
+  // Invalid base64 from a REST client is refused where the envelope is made.
+  const json bad = {{"x", {{"dtype", "uint8"}, {"shape", {1}}, {"data_b64", "!!"}}}};
+  EXPECT_FALSE(encode_predict_request(bad, BodyEncoding::kEnvelope).ok());
 }
 
 }  // namespace

@@ -252,6 +252,23 @@ TEST(ConnectionTest, ServerOpensStreamsTowardTheAgent) {
   EXPECT_EQ(stream->id() % 2, 0u);  // server-opened ids are even
 }
 
+TEST(ConnectionTest, ApplicationFeatureBitsReachThePeerAndTheTunnelsOwnStayItsOwn) {
+  ServerHarness server;
+  auto options = client_options(server);
+  // Bit 40 is the application's; bit 1 is the tunnel's and is not the application's to set.
+  options.connection.application_features = (uint64_t{1} << 40) | 0x2;
+  ClientHarness client(options);
+  ASSERT_TRUE(client.wait_connected(1));
+  ASSERT_TRUE(eventually([&] {
+    auto connection = server.latest_connection();
+    return connection != nullptr && connection->peer_features() != 0;
+  }));
+  const uint64_t seen = server.latest_connection()->peer_features();
+  EXPECT_EQ(seen & kApplicationFeatures, uint64_t{1} << 40);
+  EXPECT_EQ(seen & 0x2, 0u);
+  EXPECT_EQ(seen & kFeatureWindowAutoTune, kFeatureWindowAutoTune);
+}
+
 TEST(ConnectionTest, MessageOverTheStreamLimitResetsOnlyThatStream) {
   ServerHarness server;
   server.set_stream_handler([](const std::shared_ptr<Stream>& stream) {
