@@ -179,8 +179,9 @@ json predict_body(const json& runner, const CallInputs& inputs, const PredictFla
 Status model_predict(Session& s, const PredictFlags& flags) {
   OUTPOST_ASSIGN_OR_RETURN(auto runner, selector(flags));
   OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_call_inputs(flags.inputs, *s.in));
-  const json body = predict_body(runner, inputs, flags);
-  OUTPOST_ASSIGN_OR_RETURN(auto reply, s.call("POST", outputs_path(s, flags), body.dump()));
+  OUTPOST_ASSIGN_OR_RETURN(auto body, wire_body(predict_body(runner, inputs, flags)));
+  OUTPOST_ASSIGN_OR_RETURN(auto reply,
+                           s.call("POST", outputs_path(s, flags), body.body, body.content_type));
   if (s.json_output()) {
     *s.out << reply.dump(2) << "\n";
   } else {
@@ -192,7 +193,7 @@ Status model_predict(Session& s, const PredictFlags& flags) {
 Status model_generate(Session& s, const PredictFlags& flags) {
   OUTPOST_ASSIGN_OR_RETURN(auto runner, selector(flags));
   OUTPOST_ASSIGN_OR_RETURN(auto inputs, build_call_inputs(flags.inputs, *s.in));
-  const json body = predict_body(runner, inputs, flags);
+  OUTPOST_ASSIGN_OR_RETURN(auto body, wire_body(predict_body(runner, inputs, flags)));
   // Events (or JSON lines) are split as they arrive; each chunk is printed and flushed at once.
   std::string pending;
   std::optional<Error> failure;
@@ -226,7 +227,7 @@ Status model_generate(Session& s, const PredictFlags& flags) {
   };
   const bool ndjson = s.json_output();
   auto response = s.client->send_streaming(
-      "POST", outputs_path(s, flags) + "/generate", body.dump(), "application/json",
+      "POST", outputs_path(s, flags) + "/generate", body.body, body.content_type,
       {{"Accept", ndjson ? "application/x-ndjson" : "text/event-stream"}},
       [&](std::string_view data) {
         pending.append(data);

@@ -1,11 +1,15 @@
 #include "cli/predict_inputs.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <string_view>
 #include <utility>
 
 #include "common/base64.h"
+#include "protocol/worker_protocol.h"
 
 namespace outpost::cli {
 
@@ -196,6 +200,56 @@ Result<json> npy_tensor(const std::string& bytes, const std::string& name) {
 void CallInputs::write_to(json& body) const {
   body["inputs"] = named;
   if (first.has_value()) body["input"] = *first;
+}
+
+Result<WireBody> wire_body(json body) {
+  std::vector<std::string> parts;
+  for (const char* key : {"inputs", "input"}) {
+    if (body.contains(key))
+      OUTPOST_RETURN_IF_ERROR(protocol::move_bytes_to_parts(body[key], parts));
+  }
+  if (parts.empty()) return WireBody{"application/json", body.dump()};
+  // The parts' indexes become names: a form's parts are named.
+  for (const char* key : {"inputs", "input"}) {
+    if (!body.contains(key)) continue;
+    OUTPOST_ASSIGN_OR_RETURN(
+        body[key],
+        protocol::rewrite_values(body[key], protocol::Limits{}.max_value_depth,
+                                 [](const json& object) -> std::optional<Result<json>> {
+                                   const auto part = object.find("part");
+                                   if (part == object.end() || !part->is_number_unsigned())
+                                     return std::nullopt;
+                                   json named = object;
+                                   named["part"] = "p" + std::to_string(part->get<size_t>());
+                                   return Result<json>(std::move(named));
+                                 }));
+  }
+  const std::string request = body.dump();
+  // A boundary that none of the bytes holds.
+  std::random_device random;
+  std::string boundary;
+  const auto held = [&](const std::string& candidate) {
+    if (request.find(candidate) != std::string::npos) return true;
+    return std::any_of(parts.begin(), parts.end(), [&](const std::string& part) {
+      return part.find(candidate) != std::string::npos;
+    });
+  };
+  do {
+    char hex[33];
+    std::snprintf(hex, sizeof(hex), "%08x%08x%08x%08x", random(), random(), random(), random());
+    boundary = std::string("outpost-") + hex;
+  } while (held(boundary));
+  std::string out = "--" + boundary +
+                    "\r\nContent-Disposition: form-data; name=\"request\"\r\n"
+                    "Content-Type: application/json\r\n\r\n" +
+                    request;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    out += "\r\n--" + boundary + "\r\nContent-Disposition: form-data; name=\"p" +
+           std::to_string(i) + "\"\r\nContent-Type: application/octet-stream\r\n\r\n";
+    out += parts[i];
+  }
+  out += "\r\n--" + boundary + "--\r\n";
+  return WireBody{"multipart/form-data; boundary=" + boundary, std::move(out)};
 }
 
 Result<CallInputs> build_call_inputs(const InputFlags& flags, std::istream& in) {

@@ -57,6 +57,16 @@ Result<nlohmann::json> place_first(const CallInputs& inputs, const nlohmann::jso
 // C order, of a dtype the worker knows (float16/32/64, int8/16/32/64, uint8, bool).
 Result<nlohmann::json> npy_tensor(const std::string& bytes, const std::string& name);
 
+// A unary or generate request body as it goes on the wire (docs/api.md, "Raw bytes"): the JSON
+// itself when no input carries bytes; otherwise multipart/form-data, with the JSON as the part
+// "request" and each byte string and tensor's bytes as a part of its own that the JSON refers to
+// as {"part": "pN"}, so that no byte is base64'd on the way.
+struct WireBody {
+  std::string content_type;
+  std::string body;
+};
+Result<WireBody> wire_body(nlohmann::json body);
+
 // The name of the method's first input.
 Result<std::string> first_input(const nlohmann::json& method);
 

@@ -133,11 +133,12 @@ Result<std::pair<json, std::vector<std::string>>> open_envelope(std::string_view
 
 }  // namespace
 
-Result<std::string> encode_predict_request(json inputs, BodyEncoding encoding) {
-  if (encoding == BodyEncoding::kJson) return json_text(json{{"inputs", std::move(inputs)}});
-  std::vector<std::string> parts;
-  OUTPOST_RETURN_IF_ERROR(move_bytes_to_parts(inputs, parts));
-  return encode_envelope(json_text(json{{"inputs", std::move(inputs)}}), parts);
+Result<std::string> encode_predict_request(const WireValue& inputs, BodyEncoding encoding) {
+  if (encoding == BodyEncoding::kJson) {
+    OUTPOST_ASSIGN_OR_RETURN(auto converted, parts_to_base64(inputs.value, inputs.parts));
+    return json_text(json{{"inputs", std::move(converted)}});
+  }
+  return encode_envelope(json_text(json{{"inputs", inputs.value}}), inputs.parts);
 }
 
 Result<json> decode_predict_answer(std::string_view message, BodyEncoding encoding) {

@@ -67,9 +67,10 @@ Result<PredictMetadata> parse_predict_metadata(const nlohmann::json& metadata);
 // error the other. Values are the control protocol's (base64) in JSON bodies and the worker
 // protocol's ({"part": i}) in envelopes; a body is at most the tunnel stream's message limit.
 
-// The control plane's side. `inputs` is in the control form (base64); an envelope moves the bytes
-// into parts. Refuses invalid base64, naming nothing more than the problem.
-Result<std::string> encode_predict_request(nlohmann::json inputs, BodyEncoding encoding);
+// The control plane's side. `inputs` is in the worker form (the REST edge moved its base64 into
+// parts, move_bytes_to_parts); JSON writes the parts back as base64, and refuses a Value that
+// refers to a part it lacks (an envelope carries it, and the worker refuses it).
+Result<std::string> encode_predict_request(const WireValue& inputs, BodyEncoding encoding);
 // The agent's answer as one document in the control form: {"outputs": ...}, {"chunk": ...} or
 // {"error": ...}. Refuses a malformed one (the caller reports it as data_loss).
 Result<nlohmann::json> decode_predict_answer(std::string_view message, BodyEncoding encoding);

@@ -1,9 +1,11 @@
-// Predict in its three shapes (docs/api.md "Predict"): unary (JSON in, JSON out), generate
-// (server-sent events or JSON lines, one chunk per event, flushed), and stream (a WebSocket in
-// both directions). Each resolves its runner selector and method, checks the inputs against the
-// method's signature, fetches inputs given by URL, picks a node (predict_router.h) and relays
+// Predict in its three shapes (docs/api.md "Predict"): unary (JSON, or multipart/form-data with
+// raw bytes, in; JSON out), generate (server-sent events or JSON lines, one chunk per event,
+// flushed), and stream (a WebSocket in both directions). Each resolves its runner selector and
+// method, checks the inputs against the method's signature, takes their bytes out of the JSON once
+// (protocol::WireValue), fetches inputs given by URL, picks a node (predict_router.h) and relays
 // over one tunnel stream (docs/control-protocol.md "predict"). A client that goes away resets
 // the stream with `cancel`, which the agent passes down to the worker.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -12,7 +14,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include "common/base64.h"
 #include "common/json_reader.h"
 #include "common/log.h"
 #include "controlplane/api/api_handlers.h"
@@ -160,19 +161,21 @@ Result<Target> resolve(ApiServices& s, const Call& call, const json& selector,
                                    "'; it has: " + describe_methods(methods));
 }
 
-// Replaces every top-level {"url": "..."} input with {"bytes_b64": ...} of what the URL holds.
-void fetch_url_inputs(const std::shared_ptr<ApiServices>& s, const std::shared_ptr<json>& inputs,
+// Replaces every top-level {"url": "..."} input with the bytes the URL holds, as a part.
+void fetch_url_inputs(const std::shared_ptr<ApiServices>& s,
+                      const std::shared_ptr<protocol::WireValue>& inputs,
                       std::vector<std::string> pending, std::function<void(Status)> done) {
   if (pending.empty()) return done({});
   const std::string name = pending.back();
   pending.pop_back();
-  const std::string url = (*inputs)[name]["url"].get<std::string>();
+  const std::string url = inputs->value[name]["url"].get<std::string>();
   s->fetcher->fetch(url, [s, inputs, pending = std::move(pending), done = std::move(done),
                           name](Result<std::string> body) mutable {
     if (!body.ok()) {
       return done(Error(body.error().code(), "inputs." + name + ": " + body.error().message()));
     }
-    (*inputs)[name] = {{"bytes_b64", base64_encode(body.value())}};
+    inputs->value[name] = {{"part", inputs->parts.size()}};
+    inputs->parts.push_back(std::move(body).value());
     fetch_url_inputs(s, inputs, std::move(pending), std::move(done));
   });
 }
@@ -226,9 +229,32 @@ Result<json> client_form(json value, bool tensor_values, size_t message_bytes) {
   return converted;
 }
 
-Result<PredictRequest> parse_predict_body(const Call& call) {
-  OUTPOST_ASSIGN_OR_RETURN(auto body, body_object(call));
-  return parse_predict_request(body);
+// A predict request: a JSON body, or a multipart/form-data body whose part "request" holds the
+// JSON and whose other parts hold raw bytes that the inputs refer to as {"part": "NAME"}. The
+// form's views point into the call's body.
+struct PredictBody {
+  PredictRequest request;
+  std::vector<FormPart> form;
+};
+
+Result<PredictBody> parse_predict_body(const Call& call) {
+  const std::string content_type = call.request->header("content-type");
+  PredictBody out;
+  if (!is_form_data(content_type)) {
+    OUTPOST_ASSIGN_OR_RETURN(auto body, body_object(call));
+    OUTPOST_ASSIGN_OR_RETURN(out.request, parse_predict_request(body));
+    return out;
+  }
+  OUTPOST_ASSIGN_OR_RETURN(out.form, parse_form_data(call.request->body, content_type));
+  const auto request = std::find_if(out.form.begin(), out.form.end(),
+                                    [](const FormPart& part) { return part.name == "request"; });
+  if (request == out.form.end()) {
+    return invalid_argument(
+        "a multipart/form-data predict needs a part named \"request\" holding the JSON request");
+  }
+  OUTPOST_ASSIGN_OR_RETURN(auto body, parse_body_object(request->data, request->content_type));
+  OUTPOST_ASSIGN_OR_RETURN(out.request, parse_predict_request(body));
+  return out;
 }
 
 // Tries of a call when a node, an agent or a worker is lost under it or a node refuses it.
@@ -259,7 +285,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   const std::string& request_id() const { return exchange_->request().request_id; }
 
   // Routes the call (holding it while a replica starts) and sends it. Blocking: on the pool.
-  void start(json inputs) {
+  void start(protocol::WireValue inputs) {
     inputs_ = std::move(inputs);
     std::weak_ptr<HttpCall> weak = shared_from_this();
     exchange_->on_client_gone([weak] {
@@ -502,7 +528,7 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
   std::atomic<bool> finished_{false};
   asio::steady_timer deadline_;
   const std::chrono::steady_clock::time_point arrived_ = std::chrono::steady_clock::now();
-  json inputs_;
+  protocol::WireValue inputs_;   // in the worker form, encoded for each node tried
   std::set<std::string> avoid_;  // nodes lost under this call
   std::string node_id_;
   size_t attempts_ = 0;
@@ -515,8 +541,9 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
 void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpExchange>& exchange,
                   bool generate) {
   const std::string& request_id = call.request->request_id;
-  auto request = parse_predict_body(call);
-  if (!request.ok()) return exchange->respond(error_response(request.error(), request_id));
+  auto body = parse_predict_body(call);
+  if (!body.ok()) return exchange->respond(error_response(body.error(), request_id));
+  PredictRequest* request = &body->request;
   auto target =
       resolve(s, call, request->selector, request->method, generate ? "generate" : "unary");
   if (!target.ok()) return exchange->respond(error_response(target.error(), request_id));
@@ -525,16 +552,20 @@ void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpEx
   request->inputs = std::move(placed).value();
   const Status inputs_ok = check_inputs(target->method, request->inputs, false);
   if (!inputs_ok.ok()) return exchange->respond(error_response(inputs_ok.error(), request_id));
+  // The bytes out of the JSON once, here: the form's parts as they are, base64 decoded.
+  auto wire = wire_inputs(request->inputs, body->form);
+  if (!wire.ok()) return exchange->respond(error_response(wire.error(), request_id));
   auto services = std::make_shared<ApiServices>(s);
   auto call_state = std::make_shared<HttpCall>(services, exchange, std::move(target).value(),
                                                generate, request->tensor_values);
-  auto inputs = std::make_shared<json>(std::move(request->inputs));
-  fetch_url_inputs(
-      services, inputs, url_inputs(*inputs), [services, call_state, inputs](const Status& fetched) {
-        if (!fetched.ok()) return call_state->fail(fetched.error());
-        // Choosing a route reads the store: back to the blocking pool.
-        asio::post(services->pool, [call_state, inputs] { call_state->start(std::move(*inputs)); });
-      });
+  auto inputs = std::make_shared<protocol::WireValue>(std::move(wire).value());
+  fetch_url_inputs(services, inputs, url_inputs(inputs->value),
+                   [services, call_state, inputs](const Status& fetched) {
+                     if (!fetched.ok()) return call_state->fail(fetched.error());
+                     // Choosing a route reads the store: back to the blocking pool.
+                     asio::post(services->pool,
+                                [call_state, inputs] { call_state->start(std::move(*inputs)); });
+                   });
 }
 
 // A stream call: a WebSocket with the client, a bidirectional tunnel stream with the agent.
@@ -630,7 +661,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       stream_ = stream;
       encoding_ = body_encoding(route);
       // Each input encoded when it came (forward_inputs), so it encodes again.
-      for (const json& inputs : sent_) {
+      for (const protocol::WireValue& inputs : sent_) {
         auto message = protocol::encode_predict_request(inputs, encoding_);
         if (message.ok()) stream->async_write(std::move(message).value(), false, [](error_code) {});
       }
@@ -653,9 +684,10 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   void forward_inputs(const json& inputs) {
     const Status ok = check_inputs(target_.method, inputs, true);
     if (!ok.ok()) return refuse(ok.error(), 1007, "the client sent bad inputs");
-    // Encoded at once, so that bad inputs (invalid base64) are refused at once.
+    auto wire = wire_inputs(inputs, {});
+    if (!wire.ok()) return refuse(wire.error(), 1007, "the client sent bad inputs");
     const protocol::BodyEncoding encoded_as = current_encoding();
-    auto message = protocol::encode_predict_request(inputs, encoded_as);
+    auto message = protocol::encode_predict_request(*wire, encoded_as);
     if (!message.ok()) return refuse(message.error(), 1007, "the client sent bad inputs");
     std::shared_ptr<tunnel::Stream> stream;
     bool too_many = false;
@@ -665,7 +697,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
       // Until the node has answered, the call may still be opened elsewhere: keep the inputs
       // (a bounded number: while the call waits for a node, nothing else holds the client back).
       if (!answered_) {
-        sent_.push_back(inputs);
+        sent_.push_back(*wire);
         too_many = sent_.size() > kMaxReplayedInputs;
       }
       if (!rerouting_) stream = stream_;
@@ -680,7 +712,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
     if (!stream) return pump_from_client();  // the new node gets it with the replay
     // The call moved meanwhile to a node that reads the other encoding (valid: it encoded once).
     if (encoding != encoded_as) {
-      message = protocol::encode_predict_request(inputs, encoding);
+      message = protocol::encode_predict_request(*wire, encoding);
     }
     // A failed write: the agent side ended, and pump_from_agent retries the call or reports it.
     stream->async_write(std::move(message).value(), false,
@@ -836,7 +868,7 @@ class StreamCall : public std::enable_shared_from_this<StreamCall> {
   std::atomic<bool> finished_{false};
   std::mutex mutex_;  // the client's side, the node's side and a retry meet here
   std::shared_ptr<tunnel::Stream> stream_;
-  std::vector<json> sent_;  // inputs forwarded before the node's first output
+  std::vector<protocol::WireValue> sent_;  // inputs forwarded before the node's first output
   protocol::BodyEncoding encoding_ = protocol::BodyEncoding::kJson;  // the current node's
   bool answered_ = false;   // an output reached the client: no retry any more
   bool rerouting_ = false;  // between a lost node and the next one

@@ -1,5 +1,8 @@
 #include "controlplane/api/predict_request.h"
 
+#include <algorithm>
+#include <set>
+
 #include "common/json_reader.h"
 #include "controlplane/state/ids.h"
 
@@ -10,7 +13,9 @@ using nlohmann::json;
 namespace {
 
 bool kind_matches(const std::string& type, const json& value) {
-  if (value.is_object() && (value.contains("url") || value.contains("bytes_b64"))) {
+  const bool bytes = value.is_object() && (value.contains("url") || value.contains("bytes_b64") ||
+                                           (value.size() == 1 && value.contains("part")));
+  if (bytes) {
     return type == "str" || type == "Tensor" || type == "bytes";
   }
   if (type == "str") return value.is_string();
@@ -112,6 +117,46 @@ std::vector<std::string> url_inputs(const json& inputs) {
       out.push_back(item.key());
     }
   }
+  return out;
+}
+
+Result<protocol::WireValue> wire_inputs(const json& inputs, const std::vector<FormPart>& form,
+                                        std::string_view request_part) {
+  protocol::WireValue out;
+  std::set<std::string> used;
+  auto named = protocol::rewrite_values(
+      inputs, protocol::Limits{}.max_value_depth,
+      [&](const json& object) -> std::optional<Result<json>> {
+        const auto part = object.find("part");
+        if (part == object.end() || !part->is_string()) return std::nullopt;
+        const bool tensor = object.contains("dtype") && object.contains("shape");
+        if (!tensor && object.size() != 1) return std::nullopt;
+        const std::string& name = part->get_ref<const std::string&>();
+        const auto found = std::find_if(form.begin(), form.end(), [&](const FormPart& candidate) {
+          return candidate.name == name && candidate.name != request_part;
+        });
+        if (found == form.end()) {
+          return Result<json>(invalid_argument(
+              "an input refers to the form part '" + name + "', which the request does not have" +
+              (form.empty() ? " (send the request as multipart/form-data with a part of that "
+                              "name to give bytes this way)"
+                            : "")));
+        }
+        used.insert(name);
+        json replaced = object;
+        replaced["part"] = out.parts.size();
+        out.parts.emplace_back(found->data);
+        return Result<json>(std::move(replaced));
+      });
+  if (!named.ok()) return named.error();
+  for (const auto& part : form) {
+    if (part.name != request_part && used.count(part.name) == 0) {
+      return invalid_argument("the form part '" + part.name + "' is not referred to by any input " +
+                              "(refer to it as {\"part\": \"" + part.name + "\"})");
+    }
+  }
+  out.value = std::move(named).value();
+  OUTPOST_RETURN_IF_ERROR(protocol::move_bytes_to_parts(out.value, out.parts));
   return out;
 }
 

@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
+#include "controlplane/api/form_data.h"
+#include "protocol/worker_protocol.h"
 
 namespace outpost::control {
 
@@ -46,5 +48,15 @@ Status check_inputs(const nlohmann::json& method, const nlohmann::json& inputs, 
 // The names of the top-level inputs given as {"url": "<string>"}, whose bytes the control plane
 // fetches before the call. Every name returned has a string "url".
 std::vector<std::string> url_inputs(const nlohmann::json& inputs);
+
+// The inputs in the worker form (protocol::WireValue), which the tunnel carries as they are:
+// every {"part": "NAME"} (a tensor's or a byte string's bytes) becomes the bytes of the form part
+// of that name, sent beside the JSON request in a multipart/form-data body, and every
+// "data_b64"/"bytes_b64" becomes a part too. `request_part` names the form part that held the
+// request itself. Refuses, naming the input: a part name the form lacks, a form part that no input
+// refers to, invalid base64.
+Result<protocol::WireValue> wire_inputs(const nlohmann::json& inputs,
+                                        const std::vector<FormPart>& form,
+                                        std::string_view request_part = "request");
 
 }  // namespace outpost::control

@@ -1,6 +1,7 @@
 // The CLI's pieces that need no server: base URLs, inputs from flags, method choice, and the
 // package archive it uploads.
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include "cli/http_client.h"
 #include "cli/package_archive.h"
 #include "cli/predict_inputs.h"
+#include "common/base64.h"
 #include "protocol/tensor_wire.h"
 #include "tests/support/test_pki.h"
 #include <sys/stat.h>
@@ -170,6 +172,53 @@ TEST(CliTest, LargeInputsComeFromFilesStdinAndNumpyFiles) {
   InputFlags bytes;
   bytes.named = {"text=@" + dir.file("inputs.json")};
   EXPECT_TRUE((*build_inputs(bytes, method, no_stdin))["text"].contains("bytes_b64"));
+}
+
+TEST(CliTest, BytesGoAsFormPartsAndNeverAsBase64) {
+  // Without bytes, the body is the JSON itself.
+  const json plain = {{"runner_selector", {{"deployment", {{"id", "d"}}}}},
+                      {"inputs", {{"text", "hi"}}}};
+  const auto as_json = wire_body(plain);
+  ASSERT_TRUE(as_json.ok());
+  EXPECT_EQ(as_json->content_type, "application/json");
+  EXPECT_EQ(json::parse(as_json->body), plain);
+  // With a tensor and a file: a form whose "request" refers to parts holding the raw bytes.
+  const std::string tensor("\x00\x00\x80\x3f", 4);
+  const std::string file = "file bytes \r\n--not a boundary";
+  json body = plain;
+  body["inputs"]["x"] = {{"dtype", "float32"}, {"shape", {1}}, {"data_b64", base64_encode(tensor)}};
+  body["input"] = {{"bytes_b64", base64_encode(file)}};
+  const auto form = wire_body(body);
+  ASSERT_TRUE(form.ok()) << form.error().message();
+  const std::string prefix = "multipart/form-data; boundary=";
+  ASSERT_EQ(form->content_type.rfind(prefix, 0), 0u) << form->content_type;
+  const std::string boundary = form->content_type.substr(prefix.size());
+  EXPECT_EQ(form->body.find(base64_encode(tensor)), std::string::npos);
+  EXPECT_EQ(form->body.find(base64_encode(file)), std::string::npos);
+  // Split the way a server would: parts between the delimiters, headers before the blank line.
+  std::map<std::string, std::string> parts;
+  const std::string delimiter = "--" + boundary;
+  ASSERT_EQ(form->body.rfind(delimiter, 0), 0u);
+  size_t at = delimiter.size() + 2;
+  while (true) {
+    const size_t headers_end = form->body.find("\r\n\r\n", at);
+    const size_t end = form->body.find("\r\n" + delimiter, at);
+    ASSERT_NE(end, std::string::npos);
+    const std::string headers = form->body.substr(at, headers_end - at);
+    const size_t name_at = headers.find("name=\"") + 6;
+    parts[headers.substr(name_at, headers.find('"', name_at) - name_at)] =
+        form->body.substr(headers_end + 4, end - headers_end - 4);
+    at = end + 2 + delimiter.size();
+    if (form->body.compare(at, 2, "--") == 0) break;
+    at += 2;
+  }
+  ASSERT_EQ(parts.size(), 3u);
+  const json request = json::parse(parts.at("request"));
+  EXPECT_EQ(request["runner_selector"], plain["runner_selector"]);
+  EXPECT_EQ(request["inputs"]["text"], "hi");
+  EXPECT_EQ(request["inputs"]["x"]["dtype"], "float32");
+  EXPECT_EQ(parts.at(request["inputs"]["x"]["part"].get<std::string>()), tensor);
+  EXPECT_EQ(parts.at(request["input"]["part"].get<std::string>()), file);
 }
 
 TEST(CliTest, PackageArchiveHoldsTheTopLevelFiles) {

@@ -1,11 +1,12 @@
 // Parsers of untrusted input that are not resource configs: model package archives, tokens,
-// input URLs, and the agent's control messages.
+// input URLs, multipart/form-data predict bodies, and the agent's control messages.
 #include <cstring>
 #include <fstream>
 
 #include <boost/asio/ip/address.hpp>
 #include <gtest/gtest.h>
 
+#include "controlplane/api/form_data.h"
 #include "controlplane/api/predict_request.h"
 #include "controlplane/api/url_fetcher.h"
 #include "controlplane/auth/secrets.h"
@@ -84,6 +85,109 @@ TEST(PredictRequestTest, TheUnnamedInputGoesUnderTheMethodsFirstInput) {
   // Without "input", the inputs are as sent.
   const json as_sent = json::parse(R"({"text": "a"})");
   EXPECT_EQ(*place_first_input(method, as_sent, std::nullopt), as_sent);
+}
+
+// A body as `curl -F 'request=...;type=application/json' -F image=@file` writes it.
+std::string curl_form(const std::string& boundary, const std::string& request,
+                      const std::string& image) {
+  return "--" + boundary + "\r\n" +
+         "Content-Disposition: form-data; name=\"request\"\r\n"
+         "Content-Type: application/json\r\n\r\n" +
+         request + "\r\n--" + boundary + "\r\n" +
+         "Content-Disposition: form-data; name=\"image\"; filename=\"image.f32\"\r\n"
+         "Content-Type: application/octet-stream\r\n\r\n" +
+         image + "\r\n--" + boundary + "--\r\n";
+}
+
+TEST(FormDataTest, ReadsWhatCurlSendsWithBinaryBytesIntact) {
+  const std::string boundary = "------------------------d74496d66958873e";
+  // Bytes that look like line ends and boundaries' dashes stay as they are.
+  const std::string image("\x00\r\n--\xff\r\n\r\n", 10);
+  const std::string body = curl_form(boundary, R"({"inputs": {}})", image);
+  const auto parts = parse_form_data(body, "multipart/form-data; boundary=" + boundary);
+  ASSERT_TRUE(parts.ok()) << parts.error().message();
+  ASSERT_EQ(parts->size(), 2u);
+  EXPECT_EQ((*parts)[0].name, "request");
+  EXPECT_EQ((*parts)[0].content_type, "application/json");
+  EXPECT_EQ((*parts)[0].data, R"({"inputs": {}})");
+  EXPECT_EQ((*parts)[1].name, "image");
+  EXPECT_EQ((*parts)[1].data, image);
+  // A quoted boundary, a preamble and an epilogue are fine; the type's case does not matter.
+  EXPECT_TRUE(is_form_data("Multipart/Form-Data; boundary=\"a b\""));
+  EXPECT_FALSE(is_form_data("application/json"));
+  const auto quoted = parse_form_data("preamble\r\n" + curl_form("a b", "{}", "x") + "epilogue",
+                                      "multipart/form-data; boundary=\"a b\"");
+  ASSERT_TRUE(quoted.ok()) << quoted.error().message();
+  EXPECT_EQ((*quoted)[1].data, "x");
+}
+
+TEST(FormDataTest, MalformedFormsAreRefusedNamingTheProblem) {
+  const auto refused = [](const std::string& body, const std::string& type) {
+    auto parts = parse_form_data(body, type);
+    return parts.ok() ? std::string("accepted") : parts.error().message();
+  };
+  const std::string type = "multipart/form-data; boundary=b";
+  const std::string good = curl_form("b", "{}", "bytes");
+  EXPECT_EQ(refused(good, type), "accepted");
+  EXPECT_NE(refused(good, "multipart/form-data").find("needs a boundary"), std::string::npos);
+  EXPECT_NE(refused(good, "multipart/form-data; boundary=" + std::string(71, 'x'))
+                .find("1 to 70 characters"),
+            std::string::npos);
+  EXPECT_NE(refused("no boundary here", type).find("first boundary is missing"), std::string::npos);
+  // Cut anywhere before the closing boundary: refused, never read past the end.
+  const size_t closing = good.rfind("\r\n--b--");
+  for (size_t cut = 0; cut < closing; ++cut) {
+    EXPECT_NE(refused(good.substr(0, cut), type), "accepted") << cut;
+  }
+  EXPECT_NE(refused("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--", type)
+                .find("no Content-Disposition"),
+            std::string::npos);
+  EXPECT_NE(refused("--b\r\nContent-Disposition: attachment; name=\"x\"\r\n\r\nx\r\n--b--", type)
+                .find("not form-data"),
+            std::string::npos);
+  EXPECT_NE(
+      refused("--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--", type).find("no name"),
+      std::string::npos);
+  // A name whose escapes spell a line end would break the header it came from.
+  EXPECT_NE(
+      refused("--b\r\nContent-Disposition: form-data; name=\"a\\\r\\\nb\"\r\n\r\nx\r\n--b--", type)
+          .find("control character"),
+      std::string::npos);
+  const std::string twice =
+      "--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n"
+      "--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n2\r\n--b--";
+  EXPECT_EQ(refused(twice, type), "the form has two parts named 'x'");
+}
+
+TEST(PredictRequestTest, FormPartsAndBase64BecomeTheWorkersPartsOnce) {
+  const std::string bytes("\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+  const std::string body = curl_form("b", "{}", bytes);
+  const auto form = parse_form_data(body, "multipart/form-data; boundary=b").value();
+  const json inputs = {{"image", {{"dtype", "float32"}, {"shape", {2}}, {"part", "image"}}},
+                       {"raw", {{"bytes_b64", "AP8="}}},
+                       {"text", "plain"}};
+  const auto wire = wire_inputs(inputs, form);
+  ASSERT_TRUE(wire.ok()) << wire.error().message();
+  ASSERT_EQ(wire->parts.size(), 2u);
+  EXPECT_EQ(wire->parts.at(wire->value["image"]["part"].get<size_t>()), bytes);
+  EXPECT_EQ(wire->value["image"]["dtype"], "float32");
+  EXPECT_EQ(wire->parts.at(wire->value["raw"]["part"].get<size_t>()), std::string("\0\xff", 2));
+  EXPECT_EQ(wire->value["text"], "plain");
+  // The part name must exist, every form part must be used, base64 must be valid.
+  EXPECT_NE(wire_inputs({{"image", {{"part", "picture"}}}}, form)
+                .error()
+                .message()
+                .find("the form part 'picture', which the request does not have"),
+            std::string::npos);
+  EXPECT_NE(wire_inputs({{"text", "x"}}, form)
+                .error()
+                .message()
+                .find("the form part 'image' is not referred to by any input"),
+            std::string::npos);
+  EXPECT_NE(wire_inputs({{"x", {{"bytes_b64", "!!"}}}}, {}).error().message().find("base64"),
+            std::string::npos);
+  // The request part itself is not an input's bytes.
+  EXPECT_FALSE(wire_inputs({{"image", {{"part", "request"}}}}, form).ok());
 }
 
 TEST(TarReaderTest, ReadsAPackage) {

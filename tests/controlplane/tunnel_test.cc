@@ -330,12 +330,34 @@ TEST_F(TunnelTest, AnAgentThatReadsEnvelopesGetsBytesAsTheyAreInEveryCallShape) 
   auto metadata = node->predict_metadata();
   ASSERT_EQ(metadata.size(), 1u);
   EXPECT_EQ(metadata[0]["body"], "envelope");
+
+  // The same bytes as a form part (as `curl -F` sends them): never base64'd on the way in.
+  const std::string form =
+      "--b\r\nContent-Disposition: form-data; name=\"request\"\r\n"
+      "Content-Type: application/json\r\n\r\n" +
+      json{{"runner_selector", selector("dep-text")}, {"inputs", {{"text", {{"part", "words"}}}}}}
+          .dump() +
+      "\r\n--b\r\nContent-Disposition: form-data; name=\"words\"; "
+      "filename=\"w.bin\"\r\n\r\n" +
+      bytes + "\r\n--b--\r\n";
+  auto from_form =
+      admin_.post_text("/v2/users/me/models/text/outputs", form, "multipart/form-data; boundary=b");
+  ASSERT_EQ(from_form.status, 200) << from_form.raw;
+  EXPECT_EQ(from_form.body["outputs"]["echo"]["text"]["bytes_b64"], base64_encode(bytes));
+  // A form without its request, or with a part nothing refers to, is refused before routing.
+  auto no_request = admin_.post_text("/v2/users/me/models/text/outputs",
+                                     "--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n"
+                                     "1\r\n--b--\r\n",
+                                     "multipart/form-data; boundary=b");
+  EXPECT_EQ(no_request.status, 400) << no_request.raw;
+  EXPECT_NE(no_request.raw.find("part named \\\"request\\\""), std::string::npos) << no_request.raw;
+  EXPECT_EQ(node->predicts(), 2);
   // Invalid base64 is the client's mistake, refused before anything is sent.
   auto bad = admin_.post("/v2/users/me/models/text/outputs",
                          json{{"runner_selector", selector("dep-text")},
                               {"inputs", {{"text", {{"bytes_b64", "!!not base64"}}}}}});
   EXPECT_EQ(bad.status, 400) << bad.raw;
-  EXPECT_EQ(node->predicts(), 1);
+  EXPECT_EQ(node->predicts(), 2);
   // The node's refusal comes back with its code and message.
   auto refused = admin_.post("/v2/users/me/models/text/outputs",
                              json{{"runner_selector", selector("dep-text")},

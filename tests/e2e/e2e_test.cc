@@ -78,6 +78,12 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
   EXPECT_NE(predict_text(platform, "one request").find("REQUEST ONE"), std::string::npos);
   EXPECT_TRUE(eventually([&] { return requests() >= before + 1; }));
   EXPECT_EQ(requests(), before + 1) << platform.control().log();
+  // A file's bytes go as a form part, carried as bytes through the tunnel to the worker.
+  const std::string file = platform.dir() + "/words.txt";
+  std::ofstream(file) << "bytes from a file";
+  const auto from_file =
+      platform.cli({"model", "predict", "text", "--deployment", "dep-text", "--file", file});
+  EXPECT_NE(from_file.out.find("FILE A FROM BYTES"), std::string::npos) << from_file.err;
   // Generate: every chunk arrives, as JSON lines with -o json.
   const auto generated =
       platform.cli({"-o", "json", "model", "generate", "chargen", "--deployment", "dep-gen",

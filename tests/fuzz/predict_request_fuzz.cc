@@ -4,7 +4,9 @@
 // Beyond "never crash": an accepted request has a selector and an object of inputs once
 // checked; inputs that pass the full check also pass the partial (stream item) one; every input
 // url_inputs() names carries a string "url", which fetch_url_inputs() reads unchecked; an
-// "input" that place_first_input() accepts ends up, unchanged, under the method's first input.
+// "input" that place_first_input() accepts ends up, unchanged, under the method's first input;
+// inputs whose bytes wire_inputs() takes out refer only to parts that exist (unless the client
+// wrote integer part references itself, which the worker refuses).
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
@@ -47,6 +49,14 @@ void check(const json& body) {
     const bool partial = outpost::control::check_inputs(method, request->inputs, true).ok();
     if (full && !partial) std::abort();
     if (partial && !request->inputs.is_object()) std::abort();
+  }
+  // The inputs with their bytes out of the JSON: what is accepted refers only to its own parts
+  // (a JSON body has no form, so any {"part": "NAME"} is refused).
+  if (auto wire = outpost::control::wire_inputs(request->inputs, {}); wire.ok()) {
+    if (!outpost::protocol::parts_to_base64(wire->value, wire->parts).ok() &&
+        request->inputs.dump().find("\"part\"") == std::string::npos) {
+      std::abort();
+    }
   }
   if (request->inputs.is_object()) {
     for (const auto& name : outpost::control::url_inputs(request->inputs)) {

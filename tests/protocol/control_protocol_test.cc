@@ -234,12 +234,17 @@ TEST(ErrorDocumentTest, EveryCodeGoesAcrossWithItsMessage) {
   EXPECT_EQ(error_in(json{{"error", "plain text"}})->message(), "plain text");
 }
 
-// Inputs in the REST edge's form: a float tensor, a byte string, and plain values beside them.
-json client_inputs(const std::string& tensor_bytes) {
-  return {{"x", {{"dtype", "float32"}, {"shape", {2}}, {"data_b64", base64_encode(tensor_bytes)}}},
-          {"raw", {{"bytes_b64", base64_encode(std::string("\0\xff\x01", 3))}}},
-          {"labels", {"a", "b"}},
-          {"k", 3}};
+// Inputs as the REST edge holds them once it moved a client's base64 into parts: a float
+// tensor, a byte string, and plain values beside them.
+WireValue client_inputs(const std::string& tensor_bytes) {
+  WireValue inputs;
+  inputs.value = {
+      {"x", {{"dtype", "float32"}, {"shape", {2}}, {"data_b64", base64_encode(tensor_bytes)}}},
+      {"raw", {{"bytes_b64", base64_encode(std::string("\0\xff\x01", 3))}}},
+      {"labels", {"a", "b"}},
+      {"k", 3}};
+  EXPECT_TRUE(move_bytes_to_parts(inputs.value, inputs.parts).ok());
+  return inputs;
 }
 
 TEST(PredictBodyTest, InputsReachTheWorkerTheSameWayInBothEncodings) {
@@ -332,9 +337,10 @@ TEST(PredictBodyTest, MalformedBodiesAreRefusedNamingTheProblem) {
   // The inputs inside an envelope are checked as in JSON.
   EXPECT_EQ(refused(encode_envelope(R"({"outputs": {}})", {}), BodyEncoding::kEnvelope),
             "the request must be {\"inputs\": {...named arguments...}}");
-  // Invalid base64 from a REST client is refused where the envelope is made.
-  const json bad = {{"x", {{"dtype", "uint8"}, {"shape", {1}}, {"data_b64", "!!"}}}};
-  EXPECT_FALSE(encode_predict_request(bad, BodyEncoding::kEnvelope).ok());
+  // A JSON body cannot carry a reference to a part that is not there.
+  WireValue dangling;
+  dangling.value = {{"x", {{"part", 0}}}};
+  EXPECT_FALSE(encode_predict_request(dangling, BodyEncoding::kJson).ok());
 }
 
 }  // namespace
