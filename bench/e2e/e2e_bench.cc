@@ -13,6 +13,8 @@
 //           p50 and p99 latency, against a direct batch-1 forward (overhead = the p50s' gap).
 //  resnet   ResNet-18 (random weights) on one 3x224x224 image per call from 8 connections at
 //           once (the worker batches them), against a direct batch-8 forward: images per second.
+//           Twice: the image as base64 in a JSON body, and as raw bytes in a multipart/form-data
+//           body (docs/api.md, "Raw bytes"; resnet_form).
 //  ttft     chargen: time to the first chunk of a generate call, against a direct
 //           generate_init and first generate_step.
 //
@@ -84,7 +86,15 @@ std::string predict_path(const std::string& model) {
 json selector(const std::string& model) { return {{"deployment", {{"id", "dep-" + model}}}}; }
 
 // A unary predict of `model` on one random float32 tensor `x` of `shape`.
-std::string tensor_predict_body(const std::string& model, const std::vector<int64_t>& shape) {
+// A request with one random float32 tensor "x": JSON with the bytes in base64, or (form) a
+// multipart/form-data body with the bytes as they are.
+struct RequestBody {
+  std::string text;
+  std::string content_type = "application/json";
+};
+
+RequestBody tensor_predict_body(const std::string& model, const std::vector<int64_t>& shape,
+                                bool form = false) {
   int64_t count = 1;
   for (const int64_t dim : shape) count *= dim;
   std::vector<float> data(static_cast<size_t>(count));
@@ -98,7 +108,19 @@ std::string tensor_predict_body(const std::string& model, const std::vector<int6
       {"method", "predict"},
       {"inputs",
        {{"x", {{"dtype", "float32"}, {"shape", shape}, {"data_b64", base64_encode(bytes)}}}}}};
-  return body.dump();
+  if (!form) return {body.dump()};
+  body["inputs"]["x"].erase("data_b64");
+  body["inputs"]["x"]["part"] = "x";
+  const std::string boundary = "outpost-bench-7c1d0b9e";
+  if (bytes.find(boundary) != std::string_view::npos) std::abort();
+  RequestBody out;
+  out.content_type = "multipart/form-data; boundary=" + boundary;
+  out.text = "--" + boundary + "\r\nContent-Disposition: form-data; name=\"request\"\r\n\r\n" +
+             body.dump() + "\r\n--" + boundary +
+             "\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n";
+  out.text.append(bytes);
+  out.text += "\r\n--" + boundary + "--\r\n";
+  return out;
 }
 
 // Counts failed calls and tells about the first few.
@@ -114,9 +136,9 @@ class Failures {
 };
 
 // One unary predict; true when the platform answered 200 with outputs.
-bool predict(KeepAliveHttps& client, const std::string& path, const std::string& body,
+bool predict(KeepAliveHttps& client, const std::string& path, const RequestBody& body,
              Failures& failures) {
-  auto answer = client.post(path, body);
+  auto answer = client.post(path, body.text, body.content_type);
   if (!answer.ok()) {
     failures.add(answer.error().to_string());
     return false;
@@ -129,7 +151,7 @@ bool predict(KeepAliveHttps& client, const std::string& path, const std::string&
 }
 
 std::vector<double> e2e_latencies_us(KeepAliveHttps& client, const std::string& path,
-                                     const std::string& body, int calls, Failures& failures) {
+                                     const RequestBody& body, int calls, Failures& failures) {
   std::vector<double> micros;
   micros.reserve(static_cast<size_t>(calls));
   for (int i = 0; i < calls; ++i) {
@@ -143,7 +165,7 @@ std::vector<double> e2e_latencies_us(KeepAliveHttps& client, const std::string& 
 // Closed loop from every client at once, each on its own thread and connection: completed calls
 // per second over `seconds`, after a warm-up.
 double e2e_rps(const std::vector<std::unique_ptr<KeepAliveHttps>>& clients, const std::string& path,
-               const std::string& body, double seconds, Failures& failures) {
+               const RequestBody& body, double seconds, Failures& failures) {
   std::atomic<bool> stop{false};
   std::vector<std::vector<Clock::time_point>> completions(clients.size());
   std::vector<std::thread> threads;
@@ -253,8 +275,9 @@ int main() {
     clients.push_back(std::move(client).value());
   }
   KeepAliveHttps& first_client = *clients.front();
-  const std::string small_body = tensor_predict_body("classifier", {1, 256});
-  const std::string image_body = tensor_predict_body("resnet18", {1, 3, 224, 224});
+  const RequestBody small_body = tensor_predict_body("classifier", {1, 256});
+  const RequestBody image_body = tensor_predict_body("resnet18", {1, 3, 224, 224});
+  const RequestBody image_form = tensor_predict_body("resnet18", {1, 3, 224, 224}, true);
   const std::string generate_body =
       json{{"runner_selector", selector("chargen")},
            {"inputs", {{"prompt", "hello"}, {"max_tokens", kGenerateTokens}}}}
@@ -265,6 +288,7 @@ int main() {
   // connection's first request (10 s) closes an idle one.
   Failures failures;
   e2e_rps(clients, predict_path("resnet18"), image_body, 0.5, failures);
+  e2e_rps(clients, predict_path("resnet18"), image_form, 0.5, failures);
   e2e_latencies_us(first_client, predict_path("classifier"), small_body, 50, failures);
   e2e_ttft_us(first_client, generate_body, 1, failures);
   if (failures.count() > 0) return 1;
@@ -289,17 +313,19 @@ int main() {
         direct["resnet18"]->rows_per_second("predict", {8, 3, 224, 224}, kResnetSeconds));
     rounds["e2e_resnet_c8_rps"].push_back(
         e2e_rps(clients, predict_path("resnet18"), image_body, kResnetSeconds, failures));
+    rounds["e2e_resnet_form_c8_rps"].push_back(
+        e2e_rps(clients, predict_path("resnet18"), image_form, kResnetSeconds, failures));
 
     rounds["direct_ttft_us"].push_back(
         direct["chargen"]->generate("hello", kGenerateTokens, kGenerateRuns).ttft_us);
     rounds["e2e_ttft_us"].push_back(
         e2e_ttft_us(first_client, generate_body, kGenerateRuns, failures));
     std::printf(
-        "  round %d: c1 p50 %.0f us (direct %.0f us), resnet %.1f images/s (direct %.1f), "
-        "first chunk %.0f us (direct %.0f us)\n",
+        "  round %d: c1 p50 %.0f us (direct %.0f us), resnet %.1f images/s (as a form %.1f; "
+        "direct %.1f), first chunk %.0f us (direct %.0f us)\n",
         round + 1, median(e2e_calls), median(direct_calls), rounds["e2e_resnet_c8_rps"].back(),
-        rounds["direct_resnet_b8_rps"].back(), rounds["e2e_ttft_us"].back(),
-        rounds["direct_ttft_us"].back());
+        rounds["e2e_resnet_form_c8_rps"].back(), rounds["direct_resnet_b8_rps"].back(),
+        rounds["e2e_ttft_us"].back(), rounds["direct_ttft_us"].back());
   }
 
   json out;
@@ -319,6 +345,8 @@ int main() {
   for (const auto& [key, values] : rounds) out[key] = median(values);
   out["e2e_resnet_c8_ratio"] = out["e2e_resnet_c8_rps"].get<double>() /
                                std::max(out["direct_resnet_b8_rps"].get<double>(), 1e-9);
+  out["e2e_resnet_form_c8_ratio"] = out["e2e_resnet_form_c8_rps"].get<double>() /
+                                    std::max(out["direct_resnet_b8_rps"].get<double>(), 1e-9);
   out["ttft_overhead_us"] = out["e2e_ttft_us"].get<double>() - out["direct_ttft_us"].get<double>();
   int connects = 0;
   for (const auto& client : clients) connects += client->connects();

@@ -69,10 +69,11 @@ struct KeepAliveHttps::Impl {
   }
 
   http::request<http::string_body> request(const std::string& path, const std::string& body,
-                                           const std::string& accept) const {
+                                           const std::string& accept,
+                                           const std::string& content_type) const {
     http::request<http::string_body> message{http::verb::post, path, 11};
     message.set(http::field::host, target.host + ":" + std::to_string(target.port));
-    message.set(http::field::content_type, "application/json");
+    message.set(http::field::content_type, content_type);
     message.set(http::field::accept, accept);
     if (!target.authorization.empty()) {
       message.set(http::field::authorization, target.authorization);
@@ -160,14 +161,15 @@ Result<std::unique_ptr<KeepAliveHttps>> KeepAliveHttps::connect(const HttpsTarge
   return std::unique_ptr<KeepAliveHttps>(new KeepAliveHttps(std::move(impl)));
 }
 
-Result<HttpsAnswer> KeepAliveHttps::post(const std::string& path, const std::string& body) {
-  return impl_->send(impl_->request(path, body, "application/json"), nullptr);
+Result<HttpsAnswer> KeepAliveHttps::post(const std::string& path, const std::string& body,
+                                         const std::string& content_type) {
+  return impl_->send(impl_->request(path, body, "application/json", content_type), nullptr);
 }
 
 Result<HttpsAnswer> KeepAliveHttps::post_streaming(
     const std::string& path, const std::string& body, const std::string& accept,
     const std::function<void(std::string_view)>& on_data) {
-  return impl_->send(impl_->request(path, body, accept), &on_data);
+  return impl_->send(impl_->request(path, body, accept, "application/json"), &on_data);
 }
 
 int KeepAliveHttps::connects() const { return impl_->connects; }

@@ -36,8 +36,9 @@ class KeepAliveHttps {
   KeepAliveHttps(const KeepAliveHttps&) = delete;
   KeepAliveHttps& operator=(const KeepAliveHttps&) = delete;
 
-  // POSTs a JSON body to `path` and reads the whole answer.
-  Result<HttpsAnswer> post(const std::string& path, const std::string& body);
+  // POSTs a body (JSON unless said otherwise) to `path` and reads the whole answer.
+  Result<HttpsAnswer> post(const std::string& path, const std::string& body,
+                           const std::string& content_type = "application/json");
   // POSTs a JSON body to `path`; a 2xx answer's body goes to `on_data` piece by piece as it
   // arrives (each chunk of a chunked answer as it is parsed).
   Result<HttpsAnswer> post_streaming(const std::string& path, const std::string& body,
