@@ -5,6 +5,7 @@
 
 #include "common/json_reader.h"
 #include "controlplane/state/ids.h"
+#include "protocol/tensor_wire.h"
 
 namespace outpost::control {
 
@@ -128,9 +129,15 @@ Result<protocol::WireValue> wire_inputs(const json& inputs, const std::vector<Fo
       inputs, protocol::Limits{}.max_value_depth,
       [&](const json& object) -> std::optional<Result<json>> {
         const auto part = object.find("part");
-        if (part == object.end() || !part->is_string()) return std::nullopt;
-        const bool tensor = object.contains("dtype") && object.contains("shape");
-        if (!tensor && object.size() != 1) return std::nullopt;
+        if (part == object.end()) return std::nullopt;
+        if (!protocol::looks_like_tensor(object) && object.size() != 1) return std::nullopt;
+        if (!part->is_string()) {
+          // Part numbers are the edge's own; a client's would point at other inputs' bytes.
+          return Result<json>(
+              invalid_argument("an input names its bytes' form part by a string, as "
+                               "{\"part\": \"NAME\"}, not " +
+                               protocol::json_text(*part)));
+        }
         const std::string& name = part->get_ref<const std::string&>();
         const auto found = std::find_if(form.begin(), form.end(), [&](const FormPart& candidate) {
           return candidate.name == name && candidate.name != request_part;

@@ -186,6 +186,12 @@ TEST(PredictRequestTest, FormPartsAndBase64BecomeTheWorkersPartsOnce) {
             std::string::npos);
   EXPECT_NE(wire_inputs({{"x", {{"bytes_b64", "!!"}}}}, {}).error().message().find("base64"),
             std::string::npos);
+  // Part numbers are not the client's to use: they would point at other inputs' bytes.
+  EXPECT_NE(wire_inputs({{"a", {{"part", 0}}}, {"b", {{"bytes_b64", "AP8="}}}}, {})
+                .error()
+                .message()
+                .find("by a string"),
+            std::string::npos);
   // The request part itself is not an input's bytes.
   EXPECT_FALSE(wire_inputs({{"image", {{"part", "request"}}}}, form).ok());
 }

@@ -5,8 +5,7 @@
 // checked; inputs that pass the full check also pass the partial (stream item) one; every input
 // url_inputs() names carries a string "url", which fetch_url_inputs() reads unchecked; an
 // "input" that place_first_input() accepts ends up, unchanged, under the method's first input;
-// inputs whose bytes wire_inputs() takes out refer only to parts that exist (unless the client
-// wrote integer part references itself, which the worker refuses).
+// inputs whose bytes wire_inputs() takes out refer only to parts that exist.
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
@@ -53,10 +52,7 @@ void check(const json& body) {
   // The inputs with their bytes out of the JSON: what is accepted refers only to its own parts
   // (a JSON body has no form, so any {"part": "NAME"} is refused).
   if (auto wire = outpost::control::wire_inputs(request->inputs, {}); wire.ok()) {
-    if (!outpost::protocol::parts_to_base64(wire->value, wire->parts).ok() &&
-        request->inputs.dump().find("\"part\"") == std::string::npos) {
-      std::abort();
-    }
+    if (!outpost::protocol::parts_to_base64(wire->value, wire->parts).ok()) std::abort();
   }
   if (request->inputs.is_object()) {
     for (const auto& name : outpost::control::url_inputs(request->inputs)) {
