@@ -92,7 +92,7 @@ class FakeControlPlane {
   std::string ask(const std::string& metadata, const std::string& request) {
     std::promise<std::string> answer;
     auto stream = server.latest_connection()->open_stream(metadata, request, true, true);
-    tunnel::async_read_unary_response(stream, [&answer](error_code ec, std::string reply) {
+    tunnel::async_read_unary_response(stream, [&answer](error_code ec, const std::string& reply) {
       answer.set_value(ec ? "error: " + ec.message() : reply);
     });
     auto future = answer.get_future();
@@ -145,7 +145,7 @@ TEST_F(ControlSessionTest, EnrollsWithTheJoinTokenKeepsTheCredentialPrivateAndSy
   std::mutex mutex;
   std::vector<uint64_t> versions;
   ControlSession::Callbacks callbacks;
-  callbacks.on_desired = [&](protocol::DesiredState state) {
+  callbacks.on_desired = [&](const protocol::DesiredState& state) {
     std::lock_guard<std::mutex> lock(mutex);
     versions.push_back(state.version);
   };
@@ -189,7 +189,7 @@ TEST_F(ControlSessionTest, AnswersPushesReportsHandsOverPredictsAndRefusesTheUnk
   std::vector<uint64_t> versions;
   std::vector<json> predicts;
   ControlSession::Callbacks callbacks;
-  callbacks.on_desired = [&](protocol::DesiredState state) {
+  callbacks.on_desired = [&](const protocol::DesiredState& state) {
     std::lock_guard<std::mutex> lock(mutex);
     versions.push_back(state.version);
   };

@@ -344,7 +344,7 @@ TEST_F(TunnelTest, AnAgentThatReadsEnvelopesGetsBytesAsTheyAreInEveryCallShape) 
       admin_.post_text("/v2/users/me/models/text/outputs", form, "multipart/form-data; boundary=b");
   ASSERT_EQ(from_form.status, 200) << from_form.raw;
   EXPECT_EQ(from_form.body["outputs"]["echo"]["text"]["bytes_b64"], base64_encode(bytes));
-  // A form without its request, or with a part nothing refers to, is refused before routing.
+  // A form without its request part is refused before routing.
   auto no_request = admin_.post_text("/v2/users/me/models/text/outputs",
                                      "--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n"
                                      "1\r\n--b--\r\n",
