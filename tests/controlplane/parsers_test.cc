@@ -115,8 +115,9 @@ TEST(FormDataTest, ReadsWhatCurlSendsWithBinaryBytesIntact) {
   // A quoted boundary, a preamble and an epilogue are fine; the type's case does not matter.
   EXPECT_TRUE(is_form_data("Multipart/Form-Data; boundary=\"a b\""));
   EXPECT_FALSE(is_form_data("application/json"));
-  const auto quoted = parse_form_data("preamble\r\n" + curl_form("a b", "{}", "x") + "epilogue",
-                                      "multipart/form-data; boundary=\"a b\"");
+  // The parts are views into the body, which must outlive them.
+  const std::string framed = "preamble\r\n" + curl_form("a b", "{}", "x") + "epilogue";
+  const auto quoted = parse_form_data(framed, "multipart/form-data; boundary=\"a b\"");
   ASSERT_TRUE(quoted.ok()) << quoted.error().message();
   EXPECT_EQ((*quoted)[1].data, "x");
 }
