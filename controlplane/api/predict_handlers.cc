@@ -103,10 +103,8 @@ Result<Deployment> deployment_from_selector(ApiServices& s, const Call& call, co
     return Error(ErrorCode::kNotFound,
                  "nodepool '" + pool_id + "' not found in compute cluster '" + cluster_id + "'");
   }
-  OUTPOST_ASSIGN_OR_RETURN(auto deployments, s.store->list_deployments(call.user(), pool_id));
-  for (auto& deployment : deployments) {
-    if (deployment.model_id == model_id) return deployment;
-  }
+  auto found = s.store->deployment_on_nodepool(call.user(), pool_id, model_id);
+  if (found.ok() || found.error().code() != ErrorCode::kNotFound) return found;
   return unavailable("no deployment of model '" + model_id + "' on nodepool '" + pool_id +
                      "'; create one with `outpost deployment create`");
 }
@@ -284,7 +282,8 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
 
   const std::string& request_id() const { return exchange_->request().request_id; }
 
-  // Routes the call (holding it while a replica starts) and sends it. Blocking: on the pool.
+  // Sends the call to a ready replica at once, or else routes it on the pool (holding it while
+  // a replica starts).
   void start(protocol::WireValue inputs) {
     inputs_ = std::move(inputs);
     std::weak_ptr<HttpCall> weak = shared_from_this();
@@ -295,7 +294,9 @@ class HttpCall : public std::enable_shared_from_this<HttpCall> {
       self->cancel("the client went away");
       self->services_->router->wake();  // a held call is dropped at once
     });
-    route();
+    auto ready = services_->router->choose(target_.deployment, avoid_);
+    if (ready.ok()) return send(*ready);
+    route_after(std::chrono::milliseconds(0));
   }
 
   void fail(const Error& error) {
@@ -558,13 +559,13 @@ void predict_http(ApiServices& s, const Call& call, const std::shared_ptr<HttpEx
   auto services = std::make_shared<ApiServices>(s);
   auto call_state = std::make_shared<HttpCall>(services, exchange, std::move(target).value(),
                                                generate, request->tensor_values);
+  auto pending = url_inputs(wire->value);
+  if (pending.empty()) return call_state->start(std::move(wire).value());
   auto inputs = std::make_shared<protocol::WireValue>(std::move(wire).value());
-  fetch_url_inputs(services, inputs, url_inputs(inputs->value),
-                   [services, call_state, inputs](const Status& fetched) {
+  fetch_url_inputs(services, inputs, std::move(pending),
+                   [call_state, inputs](const Status& fetched) {
                      if (!fetched.ok()) return call_state->fail(fetched.error());
-                     // Choosing a route reads the store: back to the blocking pool.
-                     asio::post(services->pool,
-                                [call_state, inputs] { call_state->start(std::move(*inputs)); });
+                     call_state->start(std::move(*inputs));
                    });
 }
 

@@ -58,8 +58,10 @@ class PredictRouter {
                 RouterOptions options);
   void set_tunnel(std::shared_ptr<tunnel::TunnelServer> tunnel) { tunnel_ = std::move(tunnel); }
 
-  // Blocking (reads the assignments): call it from the pool. Nodes in `avoid` are not chosen
-  // (a retry after a node failed).
+  // A ready replica's route, now, or why there is none; never holds the request and never asks
+  // for a cold start. Nodes in `avoid` are not chosen (a retry after a node failed). It reads
+  // the assignments from the store's memory (from SQLite only the first time after they
+  // changed), so the event loop may call it.
   Result<PredictRoute> choose(const Deployment& deployment,
                               const std::set<std::string>& avoid = {});
 

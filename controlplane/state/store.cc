@@ -457,6 +457,48 @@ Status Store::migrate() {
   return {};
 }
 
+// --- the predict path's cache ---
+
+namespace {
+
+// Most entries a cache holds before it starts again empty: rows that predicts read stay few (a
+// user's deployments and the versions they run), the bound is for a pathological reader.
+constexpr size_t kMaxCached = 4096;
+
+std::string cache_key(const std::string& a, const std::string& b, const std::string& c = {}) {
+  std::string key = a;
+  key += '\0';
+  key += b;
+  key += '\0';
+  key += c;
+  return key;
+}
+
+}  // namespace
+
+template <typename T>
+std::optional<T> Store::cached(std::unordered_map<std::string, T> Cached::*table,
+                               const std::string& key) {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  const auto& rows = cached_.*table;
+  const auto it = rows.find(key);
+  if (it == rows.end()) return std::nullopt;
+  return it->second;
+}
+
+template <typename T>
+void Store::remember(std::unordered_map<std::string, T> Cached::*table, std::string key,
+                     const T& value) {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  if (cached_.size() >= kMaxCached) cached_ = Cached{};
+  (cached_.*table).insert_or_assign(std::move(key), value);
+}
+
+void Store::forget_cached() {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  cached_ = Cached{};
+}
+
 // --- users and keys ---
 
 Status Store::create_user(const std::string& id, bool is_admin) {
@@ -550,9 +592,14 @@ Status Store::create_nodepool(const Nodepool& nodepool) {
 }
 
 Result<Nodepool> Store::get_nodepool(const std::string& user_id, const std::string& id) {
+  std::string key = cache_key(user_id, id);
+  if (auto hit = cached(&Cached::nodepools, key)) return *std::move(hit);
   std::lock_guard<std::mutex> lock(mutex_);
-  return select_one(*db_, kNodepools, "nodepool '" + id + "'", "WHERE user_id = ?1 AND id = ?2",
-                    user_id, id);
+  OUTPOST_ASSIGN_OR_RETURN(auto nodepool,
+                           select_one(*db_, kNodepools, "nodepool '" + id + "'",
+                                      "WHERE user_id = ?1 AND id = ?2", user_id, id));
+  remember(&Cached::nodepools, std::move(key), nodepool);
+  return nodepool;
 }
 
 Result<std::vector<Nodepool>> Store::list_nodepools(const std::string& user_id,
@@ -568,6 +615,7 @@ Result<std::vector<std::string>> Store::delete_nodepool(const std::string& user_
                                                         const std::string& compute_cluster_id,
                                                         const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
+  forget_cached();
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
   OUTPOST_ASSIGN_OR_RETURN(const bool found,
                            exists(*db_,
@@ -607,9 +655,13 @@ Status Store::create_model(const Model& model) {
 }
 
 Result<Model> Store::get_model(const std::string& user_id, const std::string& id) {
+  std::string key = cache_key(user_id, id);
+  if (auto hit = cached(&Cached::models, key)) return *std::move(hit);
   std::lock_guard<std::mutex> lock(mutex_);
-  return select_one(*db_, kModels, "model '" + id + "'", "WHERE user_id = ?1 AND id = ?2", user_id,
-                    id);
+  OUTPOST_ASSIGN_OR_RETURN(auto model, select_one(*db_, kModels, "model '" + id + "'",
+                                                  "WHERE user_id = ?1 AND id = ?2", user_id, id));
+  remember(&Cached::models, std::move(key), model);
+  return model;
 }
 
 Result<std::vector<Model>> Store::list_models(const std::string& user_id) {
@@ -619,6 +671,7 @@ Result<std::vector<Model>> Store::list_models(const std::string& user_id) {
 
 Status Store::delete_model(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
+  forget_cached();
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
   OUTPOST_ASSIGN_OR_RETURN(
       const bool found,
@@ -669,9 +722,15 @@ Result<ModelVersion> Store::create_version(ModelVersion version) {
 
 Result<ModelVersion> Store::get_version(const std::string& user_id, const std::string& model_id,
                                         const std::string& id) {
+  std::string key = cache_key(user_id, model_id, id);
+  if (auto hit = cached(&Cached::versions, key)) return *std::move(hit);
   std::lock_guard<std::mutex> lock(mutex_);
-  return select_one(*db_, kVersions, "version '" + id + "' of model '" + model_id + "'",
-                    "WHERE user_id = ?1 AND model_id = ?2 AND id = ?3", user_id, model_id, id);
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto version,
+      select_one(*db_, kVersions, "version '" + id + "' of model '" + model_id + "'",
+                 "WHERE user_id = ?1 AND model_id = ?2 AND id = ?3", user_id, model_id, id));
+  remember(&Cached::versions, std::move(key), version);
+  return version;
 }
 
 Result<std::optional<ModelVersion>> Store::latest_version(const std::string& user_id,
@@ -748,11 +807,33 @@ Status load_nodepool_ids(Database& db, Deployment& deployment) {
 }  // namespace
 
 Result<Deployment> Store::get_deployment(const std::string& user_id, const std::string& id) {
+  std::string key = cache_key(user_id, id);
+  if (auto hit = cached(&Cached::deployments, key)) return *std::move(hit);
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto deployment,
                            select_one(*db_, kDeployments, "deployment '" + id + "'",
                                       "WHERE user_id = ?1 AND id = ?2", user_id, id));
   OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
+  remember(&Cached::deployments, std::move(key), deployment);
+  return deployment;
+}
+
+Result<Deployment> Store::deployment_on_nodepool(const std::string& user_id,
+                                                 const std::string& nodepool_id,
+                                                 const std::string& model_id) {
+  std::string key = cache_key(user_id, nodepool_id, model_id);
+  if (auto hit = cached(&Cached::deployments_on_nodepools, key)) return *std::move(hit);
+  std::lock_guard<std::mutex> lock(mutex_);
+  OUTPOST_ASSIGN_OR_RETURN(
+      auto deployment,
+      select_one(*db_, kDeployments,
+                 "deployment of model '" + model_id + "' on nodepool '" + nodepool_id + "'",
+                 "d WHERE user_id = ?1 AND model_id = ?3 AND EXISTS (SELECT 1 FROM "
+                 "deployment_nodepools p WHERE p.user_id = d.user_id AND p.deployment_id = d.id "
+                 "AND p.nodepool_id = ?2)",
+                 user_id, nodepool_id, model_id));
+  OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
+  remember(&Cached::deployments_on_nodepools, std::move(key), deployment);
   return deployment;
 }
 
@@ -774,6 +855,7 @@ Result<std::vector<Deployment>> Store::list_deployments(const std::string& user_
 
 Status Store::delete_deployment(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
+  forget_cached();
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
   OUTPOST_RETURN_IF_ERROR(delete_one(*db_, "deployment '" + id + "'",
                                      "DELETE FROM deployments WHERE user_id = ?1 AND id = ?2",
@@ -856,6 +938,7 @@ Result<std::vector<Node>> Store::list_nodes(const std::string& user_id,
 
 Status Store::delete_node(const std::string& user_id, const std::string& id) {
   std::lock_guard<std::mutex> lock(mutex_);
+  forget_cached();
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
   OUTPOST_RETURN_IF_ERROR(
       execute(*db_, "DELETE FROM replicas WHERE user_id = ?1 AND node_id = ?2", user_id, id));
@@ -882,8 +965,12 @@ Status Store::record_report(const std::string& node_id, const json* inventory, c
 // --- replicas ---
 
 Result<std::vector<Replica>> Store::list_replicas(const std::string& user_id) {
+  if (auto hit = cached(&Cached::replicas, user_id)) return *std::move(hit);
   std::lock_guard<std::mutex> lock(mutex_);
-  return select(*db_, kReplicas, "WHERE user_id = ?1 ORDER BY id", user_id);
+  OUTPOST_ASSIGN_OR_RETURN(auto replicas,
+                           select(*db_, kReplicas, "WHERE user_id = ?1 ORDER BY id", user_id));
+  remember(&Cached::replicas, user_id, replicas);
+  return replicas;
 }
 
 Result<std::vector<Replica>> Store::replicas_of_node(const std::string& node_id) {
@@ -895,7 +982,14 @@ Result<std::vector<std::string>> Store::replace_replicas(const std::string& user
                                                          const std::vector<Replica>& replicas) {
   std::lock_guard<std::mutex> lock(mutex_);
   OUTPOST_ASSIGN_OR_RETURN(auto tx, Transaction::begin(*db_));
-  OUTPOST_ASSIGN_OR_RETURN(auto old, select(*db_, kReplicas, "WHERE user_id = ?1", user_id));
+  OUTPOST_ASSIGN_OR_RETURN(auto old,
+                           select(*db_, kReplicas, "WHERE user_id = ?1 ORDER BY id", user_id));
+  std::vector<Replica> now = replicas;
+  for (auto& row : now) row.user_id = user_id;
+  std::sort(now.begin(), now.end(), [](const Replica& a, const Replica& b) { return a.id < b.id; });
+  // A reschedule that changes nothing (the usual case) writes nothing and keeps the cache.
+  if (now == old) return std::vector<std::string>();
+  forget_cached();
   std::map<std::string, std::set<std::string>> before;
   std::map<std::string, std::set<std::string>> after;
   for (const auto& r : old) before[r.node_id].insert(r.id);

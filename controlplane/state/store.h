@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -190,6 +191,11 @@ class Store {
   // naming the deployment that holds it).
   Status create_deployment(const Deployment& deployment);
   Result<Deployment> get_deployment(const std::string& user_id, const std::string& id);
+  // The deployment of model `model_id` on nodepool `nodepool_id` (there is one at most);
+  // not_found when there is none.
+  Result<Deployment> deployment_on_nodepool(const std::string& user_id,
+                                            const std::string& nodepool_id,
+                                            const std::string& model_id);
   // `nodepool_id` empty: all of the user's deployments.
   Result<std::vector<Deployment>> list_deployments(const std::string& user_id,
                                                    const std::string& nodepool_id);
@@ -229,7 +235,35 @@ class Store {
   Store(std::unique_ptr<Database> db, const WallClock& clock) : db_(std::move(db)), clock_(clock) {}
   Status migrate();
 
+  // What every predict reads (the model, the deployment or the nodepool and its deployment of the
+  // model, the version, the user's replicas), kept in memory so that a call costs no SQLite read
+  // and no parse of stored JSON. A read fills it
+  // and every write that changes or removes such rows empties it, both under mutex_, so it never
+  // holds a row older than the last write; a hit takes cache_mutex_ alone. Only rows that exist
+  // are kept, so a write that only adds rows leaves it as it is.
+  struct Cached {
+    std::unordered_map<std::string, Model> models;
+    std::unordered_map<std::string, ModelVersion> versions;
+    std::unordered_map<std::string, Deployment> deployments;
+    std::unordered_map<std::string, Nodepool> nodepools;
+    std::unordered_map<std::string, Deployment> deployments_on_nodepools;
+    std::unordered_map<std::string, std::vector<Replica>> replicas;
+    size_t size() const {
+      return models.size() + versions.size() + deployments.size() + nodepools.size() +
+             deployments_on_nodepools.size() + replicas.size();
+    }
+  };
+  template <typename T>
+  std::optional<T> cached(std::unordered_map<std::string, T> Cached::*table,
+                          const std::string& key);
+  // Requires mutex_, held since the read of `value`.
+  template <typename T>
+  void remember(std::unordered_map<std::string, T> Cached::*table, std::string key, const T& value);
+  void forget_cached();  // requires mutex_
+
   std::mutex mutex_;
+  std::mutex cache_mutex_;
+  Cached cached_;
   std::unique_ptr<Database> db_;
   const WallClock& clock_;
   int schema_version_ = 0;

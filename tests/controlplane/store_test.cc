@@ -1,6 +1,7 @@
 // The SQLite state: it survives reopening, migrations run once, join tokens are single use and
 // expire (on an injected clock), and the store itself keeps one deployment per model per
-// nodepool; the autoscaler's counts survive a restart and go with their deployment.
+// nodepool; the autoscaler's counts survive a restart and go with their deployment; what the
+// predict path reads is kept in memory, and a read after a write sees the write.
 #include "controlplane/state/store.h"
 
 #include <gtest/gtest.h>
@@ -216,6 +217,68 @@ TEST(StoreTest, ReplacingReplicasBumpsOnlyTheNodesThatChanged) {
   changed = store->replace_replicas("alice", {{"alice", "d/np/0", "d", "np", "b"}});
   EXPECT_EQ(*changed, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(store->get_node("a")->desired_version, 2);  // versions only grow
+}
+
+// Predicts read the model, the deployment, its version and the replicas from memory
+// (store.h): every read here comes after the same read filled that memory, and must see the
+// write between them.
+TEST(StoreTest, AReadAfterAWriteSeesTheWriteThoughTheReadsAreKeptInMemory) {
+  TempDir dir;
+  FakeWallClock clock;
+  auto store = open_store(dir, clock);
+  seed(*store);
+  const int64_t now = clock.now_seconds();
+  for (const char* id : {"a", "b"}) {
+    const std::string token = std::string("t") + id;
+    ASSERT_TRUE(
+        store->create_join_token({token, "alice", "cc", "np", "h", now, now + 60, std::nullopt})
+            .ok());
+    Node node;
+    node.id = id;
+    node.user_id = "alice";
+    node.compute_cluster_id = "cc";
+    node.nodepool_id = "np";
+    node.inventory = json::object();
+    ASSERT_TRUE(store->enroll_node(token, now, node).ok());
+  }
+  ASSERT_TRUE(store->create_deployment({"alice", "d1", "m", "v1", {"np"}, json::object(), 1}).ok());
+  const Replica on_a{"alice", "d1/np/0", "d1", "np", "a"};
+  const Replica on_b{"alice", "d1/np/1", "d1", "np", "b"};
+  ASSERT_TRUE(store->replace_replicas("alice", {on_a}).ok());
+  for (int read = 0; read < 2; ++read) {  // the second read is the one kept in memory
+    EXPECT_EQ(*store->list_replicas("alice"), std::vector<Replica>{on_a});
+    EXPECT_EQ(store->get_deployment("alice", "d1")->nodepool_ids, std::vector<std::string>{"np"});
+    EXPECT_EQ(store->get_version("alice", "m", "v1")->seq, 1);
+    EXPECT_EQ(store->get_model("alice", "m")->id, "m");
+    EXPECT_EQ(store->deployment_on_nodepool("alice", "np", "m")->id, "d1");
+    EXPECT_EQ(store->get_nodepool("alice", "np")->compute_cluster_id, "cc");
+  }
+  EXPECT_EQ(store->deployment_on_nodepool("alice", "np", "other").error().code(),
+            ErrorCode::kNotFound);
+  // Another user's rows are not the same rows.
+  EXPECT_EQ(store->get_deployment("bob", "d1").error().code(), ErrorCode::kNotFound);
+
+  // Replicas replaced, then a node removed with its replica.
+  ASSERT_TRUE(store->replace_replicas("alice", {on_b, on_a}).ok());
+  EXPECT_EQ(*store->list_replicas("alice"), (std::vector<Replica>{on_a, on_b}));
+  ASSERT_TRUE(store->delete_node("alice", "b").ok());
+  EXPECT_EQ(*store->list_replicas("alice"), std::vector<Replica>{on_a});
+
+  // The deployment deleted: it is gone, and so are its replicas once rescheduled.
+  ASSERT_TRUE(store->delete_deployment("alice", "d1").ok());
+  EXPECT_EQ(store->get_deployment("alice", "d1").error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(store->deployment_on_nodepool("alice", "np", "m").error().code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(store->replace_replicas("alice", {}).ok());
+  EXPECT_TRUE(store->list_replicas("alice")->empty());
+
+  // The model deleted: it and its versions are gone.
+  ASSERT_TRUE(store->delete_model("alice", "m").ok());
+  EXPECT_EQ(store->get_model("alice", "m").error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(store->get_version("alice", "m", "v1").error().code(), ErrorCode::kNotFound);
+
+  // The nodepool deleted.
+  ASSERT_TRUE(store->delete_nodepool("alice", "cc", "np").ok());
+  EXPECT_EQ(store->get_nodepool("alice", "np").error().code(), ErrorCode::kNotFound);
 }
 
 }  // namespace
