@@ -12,7 +12,6 @@
 namespace outpost::agent {
 
 using boost::system::error_code;
-using nlohmann::json;
 
 namespace {
 
@@ -204,12 +203,7 @@ Result<Router::Admission> Router::admit(const std::string& deployment, const std
 
 void Router::route(const std::shared_ptr<tunnel::Stream>& stream, const nlohmann::json& metadata) {
   auto call = protocol::parse_predict_metadata(metadata);
-  if (!call.ok()) {
-    const bool envelope = metadata.is_object() && metadata.value("body", json()) == "envelope";
-    return reply_error(
-        stream, call.error(),
-        envelope ? protocol::BodyEncoding::kEnvelope : protocol::BodyEncoding::kJson);
-  }
+  if (!call.ok()) return reply_error(stream, call.error(), protocol::answer_encoding(metadata));
   auto admitted = admit(call->deployment_id, call->replica_hint);
   if (!admitted.ok()) {
     if (admitted.error().code() == ErrorCode::kUnavailable) {

@@ -112,6 +112,11 @@ Result<PredictMetadata> parse_predict_metadata(const json& metadata) {
   return out;
 }
 
+BodyEncoding answer_encoding(const json& metadata) {
+  return string_field_or(metadata, "body", "json") == "envelope" ? BodyEncoding::kEnvelope
+                                                                 : BodyEncoding::kJson;
+}
+
 // --- predict bodies ---
 
 namespace {

@@ -62,6 +62,10 @@ struct PredictMetadata {
 nlohmann::json to_json(const PredictMetadata& metadata);
 // invalid_argument for an unknown shape or a missing deployment_id.
 Result<PredictMetadata> parse_predict_metadata(const nlohmann::json& metadata);
+// The encoding a predict's answer goes back in, read even from metadata that
+// parse_predict_metadata refuses, so that the refusal reaches the caller in the form it reads
+// (anything but "envelope" reads as JSON).
+BodyEncoding answer_encoding(const nlohmann::json& metadata);
 
 // --- predict bodies: {"inputs": Value} one way; {"outputs": Value}, {"chunk": Value} or an
 // error the other. Values are the control protocol's (base64) in JSON bodies and the worker

@@ -208,6 +208,12 @@ TEST(MetadataTest, EachStreamsMetadataGoesAcross) {
   EXPECT_EQ(minimal->request_id, "");
   EXPECT_EQ(parse_predict_metadata(json{{"shape", "unary"}}).error().message(),
             "predict needs deployment_id");
+  // A refusal goes back in the encoding the caller reads, even when the rest is refused.
+  const json refused{{"body", "envelope"}, {"shape", "batch"}};
+  EXPECT_FALSE(parse_predict_metadata(refused).ok());
+  EXPECT_EQ(answer_encoding(refused), BodyEncoding::kEnvelope);
+  EXPECT_EQ(answer_encoding(json{{"body", 1}}), BodyEncoding::kJson);
+  EXPECT_EQ(answer_encoding(json::array()), BodyEncoding::kJson);
   EXPECT_NE(parse_predict_metadata(json{{"deployment_id", "d"}, {"shape", "batch"}})
                 .error()
                 .message()
