@@ -7,14 +7,13 @@
 // stop() ends every worker.
 #include "agent/reconciler.h"
 
-#include <fstream>
 #include <future>
-#include <sstream>
 
 #include <gtest/gtest.h>
 
 #include "common/sha256.h"
 #include "protocol/tensor_wire.h"
+#include "tests/support/child_process.h"
 #include "tests/tunnel/tunnel_harness.h"
 #include <signal.h>
 
@@ -24,14 +23,8 @@ namespace {
 using nlohmann::json;
 using outpost::testing::eventually;
 using outpost::testing::IoThread;
+using outpost::testing::read_file;
 using outpost::testing::wait_for;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
 
 class ReconcilerTest : public ::testing::Test {
  protected:

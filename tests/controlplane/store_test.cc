@@ -37,6 +37,24 @@ void seed(Store& store) {
   ASSERT_TRUE(store.create_version(version).ok());
 }
 
+// Nodes of alice's nodepool "np" (seed()), each enrolled with a join token of its own.
+void enroll_nodes(Store& store, const FakeWallClock& clock, const std::vector<std::string>& ids) {
+  const int64_t now = clock.now_seconds();
+  for (const auto& id : ids) {
+    const std::string token = "t" + id;
+    ASSERT_TRUE(
+        store.create_join_token({token, "alice", "cc", "np", "h", now, now + 60, std::nullopt})
+            .ok());
+    Node node;
+    node.id = id;
+    node.user_id = "alice";
+    node.compute_cluster_id = "cc";
+    node.nodepool_id = "np";
+    node.inventory = json::object();
+    ASSERT_TRUE(store.enroll_node(token, now, node).ok());
+  }
+}
+
 TEST(StoreTest, StateSurvivesReopening) {
   TempDir dir;
   FakeWallClock clock;
@@ -193,20 +211,7 @@ TEST(StoreTest, ReplacingReplicasBumpsOnlyTheNodesThatChanged) {
   FakeWallClock clock;
   auto store = open_store(dir, clock);
   seed(*store);
-  const int64_t now = clock.now_seconds();
-  for (const char* id : {"a", "b"}) {
-    const std::string token = std::string("t") + id;
-    ASSERT_TRUE(
-        store->create_join_token({token, "alice", "cc", "np", "h", now, now + 60, std::nullopt})
-            .ok());
-    Node node;
-    node.id = id;
-    node.user_id = "alice";
-    node.compute_cluster_id = "cc";
-    node.nodepool_id = "np";
-    node.inventory = json::object();
-    ASSERT_TRUE(store->enroll_node(token, now, node).ok());
-  }
+  enroll_nodes(*store, clock, {"a", "b"});
   auto changed = store->replace_replicas("alice", {{"alice", "d/np/0", "d", "np", "a"}});
   ASSERT_TRUE(changed.ok());
   EXPECT_EQ(*changed, std::vector<std::string>{"a"});
@@ -227,20 +232,7 @@ TEST(StoreTest, AReadAfterAWriteSeesTheWriteThoughTheReadsAreKeptInMemory) {
   FakeWallClock clock;
   auto store = open_store(dir, clock);
   seed(*store);
-  const int64_t now = clock.now_seconds();
-  for (const char* id : {"a", "b"}) {
-    const std::string token = std::string("t") + id;
-    ASSERT_TRUE(
-        store->create_join_token({token, "alice", "cc", "np", "h", now, now + 60, std::nullopt})
-            .ok());
-    Node node;
-    node.id = id;
-    node.user_id = "alice";
-    node.compute_cluster_id = "cc";
-    node.nodepool_id = "np";
-    node.inventory = json::object();
-    ASSERT_TRUE(store->enroll_node(token, now, node).ok());
-  }
+  enroll_nodes(*store, clock, {"a", "b"});
   ASSERT_TRUE(store->create_deployment({"alice", "d1", "m", "v1", {"np"}, json::object(), 1}).ok());
   const Replica on_a{"alice", "d1/np/0", "d1", "np", "a"};
   const Replica on_b{"alice", "d1/np/1", "d1", "np", "b"};
