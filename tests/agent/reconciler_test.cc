@@ -64,17 +64,17 @@ class ReconcilerTest : public ::testing::Test {
 
   void TearDown() override {
     if (!reconciler_) return;
+    std::vector<int> pids;
+    for (const auto& worker : reconciler_->status()["workers"]) {
+      if (worker.value("pid", 0) > 0) pids.push_back(worker.value("pid", 0));
+    }
     std::promise<void> stopped;
     reconciler_->stop([&stopped] { stopped.set_value(); });
     auto future = stopped.get_future();
     wait_for(future, "the reconciler's stop");
-    // Every worker has ended.
-    const json status = reconciler_->status();
-    for (const auto& worker : status["workers"]) {
-      const int pid = worker.value("pid", 0);
-      if (pid > 0) {
-        EXPECT_NE(::kill(pid, 0), 0) << "worker " << pid << " outlived stop()";
-      }
+    // Every worker it ran has ended (and was reaped: no zombie answers kill(pid, 0)).
+    for (const int pid : pids) {
+      EXPECT_NE(::kill(pid, 0), 0) << "worker " << pid << " outlived stop()";
     }
     reconciler_.reset();
   }
@@ -115,8 +115,18 @@ class ReconcilerTest : public ::testing::Test {
   // The classifier's answer through the router's ready replica of `deployment`, compared with
   // PyTorch's.
   void expect_answers_like_pytorch(const std::string& deployment) {
-    auto admission = router_->admit(deployment, "");
-    ASSERT_TRUE(admission.ok()) << admission.error().message();
+    // The report says ready a moment before the router has the replica (notify_change()).
+    std::optional<Router::Admission> admission;
+    std::string refused;
+    ASSERT_TRUE(eventually([&] {
+      auto admitted = router_->admit(deployment, "");
+      if (!admitted.ok()) {
+        refused = admitted.error().message();
+        return false;
+      }
+      admission = std::move(admitted).value();
+      return true;
+    })) << refused;
     const json expected = reference();
     auto future = admission->target.client->unary(admission->target.replica_id, "predict",
                                                   protocol::WireValue{expected["inputs"], {}});
