@@ -85,22 +85,26 @@ void Reconciler::set_on_change(std::function<void()> on_change) {
   on_change_ = std::move(on_change);
 }
 
-void Reconciler::notify_change() {
-  std::function<void()> callback;
+void Reconciler::publish_ready_locked() {
   std::vector<Router::Target> ready;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    callback = on_change_;
-    for (const auto& [id, replica] : replicas_) {
-      if (replica->state != ReplicaState::kReady) continue;
-      const auto worker = workers_.find(replica->worker_id);
-      if (worker == workers_.end()) continue;
-      auto client = worker->second->run.client();
-      if (!client) continue;
-      ready.push_back({id, replica->spec.deployment_id, std::move(client)});
-    }
+  for (const auto& [id, replica] : replicas_) {
+    if (replica->state != ReplicaState::kReady) continue;
+    const auto worker = workers_.find(replica->worker_id);
+    if (worker == workers_.end()) continue;
+    auto client = worker->second->run.client();
+    if (!client) continue;
+    ready.push_back({id, replica->spec.deployment_id, std::move(client)});
   }
   router_->publish(std::move(ready));
+}
+
+void Reconciler::notify_change() {
+  std::function<void()> callback;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    publish_ready_locked();
+    callback = on_change_;
+  }
   if (callback) boost::asio::post(io_, callback);
 }
 
@@ -131,11 +135,16 @@ void Reconciler::apply(protocol::DesiredState state) {
 
 void Reconciler::set_state(Replica& replica, ReplicaState state, std::string message) {
   bool changed = false;
+  std::function<void()> callback;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     changed = replica.state != state || replica.message != message;
     replica.state = state;
     replica.message = std::move(message);
+    // The router learns of it in the same step as report(): a replica is never reported ready
+    // before a predict for it can be routed here.
+    if (changed) publish_ready_locked();
+    callback = on_change_;
   }
   if (!changed) return;
   if (state == ReplicaState::kReady) {
@@ -145,7 +154,7 @@ void Reconciler::set_state(Replica& replica, ReplicaState state, std::string mes
     LOG_ERROR("agent.replica_failed",
               "replica " << replica.spec.replica_id << " failed: " << replica.message);
   }
-  notify_change();
+  if (callback) boost::asio::post(io_, callback);
 }
 
 void Reconciler::run() {

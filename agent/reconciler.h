@@ -114,6 +114,9 @@ class Reconciler : public std::enable_shared_from_this<Reconciler> {
   void set_state(Replica& replica, ReplicaState state, std::string message);
   // Publishes the ready replicas to the router and tells on_change; takes mutex_.
   void notify_change();
+  // Publishes the ready replicas to the router; requires mutex_, so that report() never shows a
+  // replica ready that the router does not have yet.
+  void publish_ready_locked();
   protocol::ReplicaStatus replica_status(const Replica& replica) const;
 
   boost::asio::io_context& io_;

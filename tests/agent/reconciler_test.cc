@@ -1,10 +1,10 @@
 // The agent's Reconciler with real outpost-worker processes and the classifier exported by
 // PyTorch (scripts/make-example-models): a desired replica whose artifacts are in the cache goes
-// ready and answers what PyTorch answered; one whose artifact the cache lacks and cannot fetch
-// (no control plane here) waits in `fetching` with the reason, without holding up the others; a
-// worker killed under its replica is restarted and the replica is ready again; a replica no
-// longer desired is unloaded and leaves the router; an older desired state changes nothing; and
-// stop() ends every worker.
+// ready, is routable as soon as it is reported ready, and answers what PyTorch answered; one
+// whose artifact the cache lacks and cannot fetch (no control plane here) waits in `fetching`
+// with the reason, without holding up the others; a worker killed under its replica is restarted
+// and the replica is ready again; a replica no longer desired is unloaded and leaves the router;
+// an older desired state changes nothing; and stop() ends every worker.
 #include "agent/reconciler.h"
 
 #include <future>
@@ -65,7 +65,8 @@ class ReconcilerTest : public ::testing::Test {
   void TearDown() override {
     if (!reconciler_) return;
     std::vector<int> pids;
-    for (const auto& worker : reconciler_->status()["workers"]) {
+    const json status = reconciler_->status();
+    for (const auto& worker : status["workers"]) {
       if (worker.value("pid", 0) > 0) pids.push_back(worker.value("pid", 0));
     }
     std::promise<void> stopped;
@@ -115,18 +116,10 @@ class ReconcilerTest : public ::testing::Test {
   // The classifier's answer through the router's ready replica of `deployment`, compared with
   // PyTorch's.
   void expect_answers_like_pytorch(const std::string& deployment) {
-    // The report says ready a moment before the router has the replica (notify_change()).
-    std::optional<Router::Admission> admission;
-    std::string refused;
-    ASSERT_TRUE(eventually([&] {
-      auto admitted = router_->admit(deployment, "");
-      if (!admitted.ok()) {
-        refused = admitted.error().message();
-        return false;
-      }
-      admission = std::move(admitted).value();
-      return true;
-    })) << refused;
+    // A replica whose report says ready is in the router already: the control plane may route
+    // to it at once.
+    auto admission = router_->admit(deployment, "");
+    ASSERT_TRUE(admission.ok()) << admission.error().message();
     const json expected = reference();
     auto future = admission->target.client->unary(admission->target.replica_id, "predict",
                                                   protocol::WireValue{expected["inputs"], {}});
