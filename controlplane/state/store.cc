@@ -476,22 +476,21 @@ std::string cache_key(const std::string& a, const std::string& b, const std::str
 
 }  // namespace
 
-template <typename T>
-std::optional<T> Store::cached(std::unordered_map<std::string, T> Cached::*table,
-                               const std::string& key) {
-  std::lock_guard<std::mutex> lock(cache_mutex_);
-  const auto& rows = cached_.*table;
-  const auto it = rows.find(key);
-  if (it == rows.end()) return std::nullopt;
-  return it->second;
-}
-
-template <typename T>
-void Store::remember(std::unordered_map<std::string, T> Cached::*table, std::string key,
-                     const T& value) {
-  std::lock_guard<std::mutex> lock(cache_mutex_);
+template <typename T, typename Load>
+Result<T> Store::read_through(std::unordered_map<std::string, T> Cached::*table, std::string key,
+                              const Load& load) {
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    const auto& rows = cached_.*table;
+    if (const auto it = rows.find(key); it != rows.end()) return it->second;
+  }
+  // Read and kept under mutex_, which every write holds while it empties the cache.
+  std::lock_guard<std::mutex> lock(mutex_);
+  OUTPOST_ASSIGN_OR_RETURN(T row, load());
+  std::lock_guard<std::mutex> cache_lock(cache_mutex_);
   if (cached_.size() >= kMaxCached) cached_ = Cached{};
-  (cached_.*table).insert_or_assign(std::move(key), value);
+  (cached_.*table).insert_or_assign(std::move(key), row);
+  return row;
 }
 
 void Store::forget_cached() {
@@ -592,14 +591,10 @@ Status Store::create_nodepool(const Nodepool& nodepool) {
 }
 
 Result<Nodepool> Store::get_nodepool(const std::string& user_id, const std::string& id) {
-  std::string key = cache_key(user_id, id);
-  if (auto hit = cached(&Cached::nodepools, key)) return *std::move(hit);
-  std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto nodepool,
-                           select_one(*db_, kNodepools, "nodepool '" + id + "'",
-                                      "WHERE user_id = ?1 AND id = ?2", user_id, id));
-  remember(&Cached::nodepools, std::move(key), nodepool);
-  return nodepool;
+  return read_through(&Cached::nodepools, cache_key(user_id, id), [&] {
+    return select_one(*db_, kNodepools, "nodepool '" + id + "'", "WHERE user_id = ?1 AND id = ?2",
+                      user_id, id);
+  });
 }
 
 Result<std::vector<Nodepool>> Store::list_nodepools(const std::string& user_id,
@@ -655,13 +650,10 @@ Status Store::create_model(const Model& model) {
 }
 
 Result<Model> Store::get_model(const std::string& user_id, const std::string& id) {
-  std::string key = cache_key(user_id, id);
-  if (auto hit = cached(&Cached::models, key)) return *std::move(hit);
-  std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto model, select_one(*db_, kModels, "model '" + id + "'",
-                                                  "WHERE user_id = ?1 AND id = ?2", user_id, id));
-  remember(&Cached::models, std::move(key), model);
-  return model;
+  return read_through(&Cached::models, cache_key(user_id, id), [&] {
+    return select_one(*db_, kModels, "model '" + id + "'", "WHERE user_id = ?1 AND id = ?2",
+                      user_id, id);
+  });
 }
 
 Result<std::vector<Model>> Store::list_models(const std::string& user_id) {
@@ -722,15 +714,10 @@ Result<ModelVersion> Store::create_version(ModelVersion version) {
 
 Result<ModelVersion> Store::get_version(const std::string& user_id, const std::string& model_id,
                                         const std::string& id) {
-  std::string key = cache_key(user_id, model_id, id);
-  if (auto hit = cached(&Cached::versions, key)) return *std::move(hit);
-  std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto version,
-      select_one(*db_, kVersions, "version '" + id + "' of model '" + model_id + "'",
-                 "WHERE user_id = ?1 AND model_id = ?2 AND id = ?3", user_id, model_id, id));
-  remember(&Cached::versions, std::move(key), version);
-  return version;
+  return read_through(&Cached::versions, cache_key(user_id, model_id, id), [&] {
+    return select_one(*db_, kVersions, "version '" + id + "' of model '" + model_id + "'",
+                      "WHERE user_id = ?1 AND model_id = ?2 AND id = ?3", user_id, model_id, id);
+  });
 }
 
 Result<std::optional<ModelVersion>> Store::latest_version(const std::string& user_id,
@@ -807,34 +794,32 @@ Status load_nodepool_ids(Database& db, Deployment& deployment) {
 }  // namespace
 
 Result<Deployment> Store::get_deployment(const std::string& user_id, const std::string& id) {
-  std::string key = cache_key(user_id, id);
-  if (auto hit = cached(&Cached::deployments, key)) return *std::move(hit);
-  std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto deployment,
-                           select_one(*db_, kDeployments, "deployment '" + id + "'",
-                                      "WHERE user_id = ?1 AND id = ?2", user_id, id));
-  OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
-  remember(&Cached::deployments, std::move(key), deployment);
-  return deployment;
+  return read_through(&Cached::deployments, cache_key(user_id, id), [&]() -> Result<Deployment> {
+    OUTPOST_ASSIGN_OR_RETURN(auto deployment,
+                             select_one(*db_, kDeployments, "deployment '" + id + "'",
+                                        "WHERE user_id = ?1 AND id = ?2", user_id, id));
+    OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
+    return deployment;
+  });
 }
 
 Result<Deployment> Store::deployment_on_nodepool(const std::string& user_id,
                                                  const std::string& nodepool_id,
                                                  const std::string& model_id) {
-  std::string key = cache_key(user_id, nodepool_id, model_id);
-  if (auto hit = cached(&Cached::deployments_on_nodepools, key)) return *std::move(hit);
-  std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(
-      auto deployment,
-      select_one(*db_, kDeployments,
-                 "deployment of model '" + model_id + "' on nodepool '" + nodepool_id + "'",
-                 "d WHERE user_id = ?1 AND model_id = ?3 AND EXISTS (SELECT 1 FROM "
-                 "deployment_nodepools p WHERE p.user_id = d.user_id AND p.deployment_id = d.id "
-                 "AND p.nodepool_id = ?2)",
-                 user_id, nodepool_id, model_id));
-  OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
-  remember(&Cached::deployments_on_nodepools, std::move(key), deployment);
-  return deployment;
+  return read_through(
+      &Cached::deployments_on_nodepools, cache_key(user_id, nodepool_id, model_id),
+      [&]() -> Result<Deployment> {
+        OUTPOST_ASSIGN_OR_RETURN(
+            auto deployment,
+            select_one(*db_, kDeployments,
+                       "deployment of model '" + model_id + "' on nodepool '" + nodepool_id + "'",
+                       "d WHERE user_id = ?1 AND model_id = ?3 AND EXISTS (SELECT 1 FROM "
+                       "deployment_nodepools p WHERE p.user_id = d.user_id AND p.deployment_id = "
+                       "d.id AND p.nodepool_id = ?2)",
+                       user_id, nodepool_id, model_id));
+        OUTPOST_RETURN_IF_ERROR(load_nodepool_ids(*db_, deployment));
+        return deployment;
+      });
 }
 
 Result<std::vector<Deployment>> Store::list_deployments(const std::string& user_id,
@@ -965,12 +950,9 @@ Status Store::record_report(const std::string& node_id, const json* inventory, c
 // --- replicas ---
 
 Result<std::vector<Replica>> Store::list_replicas(const std::string& user_id) {
-  if (auto hit = cached(&Cached::replicas, user_id)) return *std::move(hit);
-  std::lock_guard<std::mutex> lock(mutex_);
-  OUTPOST_ASSIGN_OR_RETURN(auto replicas,
-                           select(*db_, kReplicas, "WHERE user_id = ?1 ORDER BY id", user_id));
-  remember(&Cached::replicas, user_id, replicas);
-  return replicas;
+  return read_through(&Cached::replicas, user_id, [&] {
+    return select(*db_, kReplicas, "WHERE user_id = ?1 ORDER BY id", user_id);
+  });
 }
 
 Result<std::vector<Replica>> Store::replicas_of_node(const std::string& node_id) {

@@ -253,12 +253,11 @@ class Store {
              deployments_on_nodepools.size() + replicas.size();
     }
   };
-  template <typename T>
-  std::optional<T> cached(std::unordered_map<std::string, T> Cached::*table,
-                          const std::string& key);
-  // Requires mutex_, held since the read of `value`.
-  template <typename T>
-  void remember(std::unordered_map<std::string, T> Cached::*table, std::string key, const T& value);
+  // The row kept under `key` in `table`, else what load() reads (under mutex_), kept when it
+  // is found.
+  template <typename T, typename Load>
+  Result<T> read_through(std::unordered_map<std::string, T> Cached::*table, std::string key,
+                         const Load& load);
   void forget_cached();  // requires mutex_
 
   std::mutex mutex_;
