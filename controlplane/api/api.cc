@@ -206,6 +206,31 @@ std::optional<HttpResponse> refusal(ApiServices& s, const HttpRequest& request, 
   return error_response(error, request.request_id, retry_after);
 }
 
+// Runs `request`'s route (found by find_route into `call`). The head was admitted before the body
+// was read; the check again here costs no KDF (the credential is among the verified ones) and
+// sees a key deleted while the body was arriving.
+void handle(ApiServices& s, const std::shared_ptr<HttpExchange>& exchange, Call call,
+            const Result<const Route*>& route) {
+  const HttpRequest& request = exchange->request();
+  const std::string& request_id = request.request_id;
+  if (is_health_check(request)) {
+    return exchange->respond(json_response(Reply{200, {{"healthy", true}}}, request_id));
+  }
+  if (!route.ok()) return exchange->respond(error_response(route.error(), request_id));
+  if (auto refused = refusal(s, request, route.value()->scope, call)) {
+    return exchange->respond(std::move(*refused));
+  }
+  if (route.value()->async != nullptr) return route.value()->async(s, call, exchange);
+  Result<Reply> reply = route.value()->sync(s, call);
+  if (!reply.ok()) {
+    if (reply.error().code() == ErrorCode::kInternal) {
+      LOG_ERROR("control.internal_error", request_id << ": " << reply.error().message());
+    }
+    return exchange->respond(error_response(reply.error(), request_id));
+  }
+  exchange->respond(json_response(std::move(reply).value(), request_id));
+}
+
 }  // namespace
 
 HttpHandlers Api::handlers() {
@@ -253,40 +278,18 @@ void Api::admit_head(const HttpRequest& head, std::function<void(HeadDecision)> 
 void Api::dispatch(const std::shared_ptr<HttpExchange>& exchange) {
   const HttpRequest& request = exchange->request();
   Call call;
-  const auto route = find_route(request, call);
+  auto route = find_route(request, call);
   // A predict starts here when nothing in it may block: the credential was verified at the head
   // (no KDF), the store answers its reads from memory, and a small body parses in microseconds.
   // It saves the call two thread hand-offs.
   if (route.ok() && route.value()->async != nullptr && request.body.size() <= kEventLoopBodyBytes &&
       services_.auth->is_verified(request.header("authorization"))) {
-    return handle(exchange);
+    return handle(services_, exchange, std::move(call), route);
   }
-  asio::post(services_.pool, [self = shared_from_this(), exchange] { self->handle(exchange); });
-}
-
-void Api::handle(const std::shared_ptr<HttpExchange>& exchange) {
-  const HttpRequest& request = exchange->request();
-  const std::string& request_id = request.request_id;
-  if (is_health_check(request)) {
-    return exchange->respond(json_response(Reply{200, {{"healthy", true}}}, request_id));
-  }
-  // The head was admitted before the body was read; this check again costs no KDF (the
-  // credential is among the verified ones) and sees a key deleted while the body was arriving.
-  Call call;
-  const auto route = find_route(request, call);
-  if (!route.ok()) return exchange->respond(error_response(route.error(), request_id));
-  if (auto refused = refusal(services_, request, route.value()->scope, call)) {
-    return exchange->respond(std::move(*refused));
-  }
-  if (route.value()->async != nullptr) return route.value()->async(services_, call, exchange);
-  Result<Reply> reply = route.value()->sync(services_, call);
-  if (!reply.ok()) {
-    if (reply.error().code() == ErrorCode::kInternal) {
-      LOG_ERROR("control.internal_error", request_id << ": " << reply.error().message());
-    }
-    return exchange->respond(error_response(reply.error(), request_id));
-  }
-  exchange->respond(json_response(std::move(reply).value(), request_id));
+  asio::post(services_.pool, [self = shared_from_this(), exchange, call = std::move(call),
+                              route = std::move(route)]() mutable {
+    handle(self->services_, exchange, std::move(call), route);
+  });
 }
 
 void Api::handle_websocket(const std::shared_ptr<WebSocketUpgrade>& upgrade) {

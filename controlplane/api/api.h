@@ -23,9 +23,8 @@ class Api : public std::enable_shared_from_this<Api> {
  private:
   // Route, credential and scope from the head alone, before the body is read.
   void admit_head(const HttpRequest& head, std::function<void(HeadDecision)> done);
-  // On the event loop: runs the request's handler here or on the pool.
+  // On the event loop: finds the request's route and runs its handler here or on the pool.
   void dispatch(const std::shared_ptr<HttpExchange>& exchange);
-  void handle(const std::shared_ptr<HttpExchange>& exchange);
   void handle_websocket(const std::shared_ptr<WebSocketUpgrade>& upgrade);
   BodyPolicy body_policy(const HttpRequest& head) const;
 
