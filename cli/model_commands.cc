@@ -218,8 +218,13 @@ Status model_generate(Session& s, const PredictFlags& flags) {
     }
     if (s.json_output() || !event.contains("chunk")) return;
     const json& chunk = event["chunk"];
+    // A decoder's chunk (docs/models.md) carries its text beside the token ids.
+    const auto text = chunk.is_object() ? chunk.find("text") : chunk.end();
     if (chunk.is_string()) {
       *s.out << chunk.get<std::string>() << std::flush;
+      text_open = true;
+    } else if (chunk.is_object() && text != chunk.end() && text->is_string()) {
+      *s.out << text->get<std::string>() << std::flush;
       text_open = true;
     } else {
       *s.out << chunk.dump() << "\n" << std::flush;

@@ -91,13 +91,75 @@ Result<TensorSpec> read_tensor_spec(const json& object, const std::string& where
   return spec;
 }
 
+Status read_decoder(const json& object, const std::string& where, DecoderConfig& out) {
+  if (!object.is_object()) return invalid_argument("config.yaml: " + where + " must be a map");
+  const std::string prefix = where + ".";
+  OUTPOST_RETURN_IF_ERROR(check_keys(object,
+                                     {"layers", "kv_heads", "head_dim", "max_context", "slots",
+                                      "prefill_chunk", "cache_dtype", "eos_token_ids", "tokenizer"},
+                                     prefix));
+  for (const char* key : {"layers", "kv_heads", "head_dim", "max_context"}) {
+    if (!object.contains(key)) {
+      return invalid_argument("config.yaml: " + prefix + key +
+                              " is required (the KV cache's geometry)");
+    }
+  }
+  OUTPOST_RETURN_IF_ERROR(read_int(object, "layers", 1, 1024, prefix, out.layers));
+  OUTPOST_RETURN_IF_ERROR(read_int(object, "kv_heads", 1, 1024, prefix, out.kv_heads));
+  OUTPOST_RETURN_IF_ERROR(read_int(object, "head_dim", 1, 4096, prefix, out.head_dim));
+  OUTPOST_RETURN_IF_ERROR(read_int(object, "max_context", 2, 1 << 20, prefix, out.max_context));
+  OUTPOST_RETURN_IF_ERROR(read_int(object, "slots", 1, 4096, prefix, out.slots));
+  out.prefill_chunk = std::min<int64_t>(out.prefill_chunk, out.max_context);
+  OUTPOST_RETURN_IF_ERROR(
+      read_int(object, "prefill_chunk", 1, out.max_context, prefix, out.prefill_chunk));
+  if (const auto it = object.find("cache_dtype"); it != object.end()) {
+    const auto dtype = it->is_string() ? dtype_from_name(it->get<std::string>()) : std::nullopt;
+    if (!dtype || !dtype_is_floating(*dtype)) {
+      return invalid_argument("config.yaml: " + prefix +
+                              "cache_dtype must be float32, float16 or bfloat16");
+    }
+    out.cache_dtype = *dtype;
+  }
+  if (const auto it = object.find("eos_token_ids"); it != object.end()) {
+    if (!it->is_array()) {
+      return invalid_argument("config.yaml: " + prefix + "eos_token_ids must be a list of ids");
+    }
+    for (const auto& id : *it) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0) {
+        return invalid_argument("config.yaml: " + prefix +
+                                "eos_token_ids must be a list of ids (integers from 0)");
+      }
+      out.eos_token_ids.push_back(id.get<int64_t>());
+    }
+  }
+  if (const auto it = object.find("tokenizer"); it != object.end()) {
+    if (!it->is_string() || *it != "bytes") {
+      return invalid_argument("config.yaml: " + prefix +
+                              "tokenizer must be bytes (token ids 0..255 are the bytes of the "
+                              "text), or absent (calls send and receive token ids)");
+    }
+    out.tokenizer = it->get<std::string>();
+  }
+  // In floating point first: the product of the limits above overflows 64 bits.
+  const double bytes = 2.0 * static_cast<double>(out.layers) * static_cast<double>(out.slots) *
+                       static_cast<double>(out.max_context) * static_cast<double>(out.kv_heads) *
+                       static_cast<double>(out.head_dim) *
+                       static_cast<double>(dtype_size(out.cache_dtype));
+  if (bytes > static_cast<double>(uint64_t{1} << 40)) {
+    return invalid_argument("config.yaml: " + where + ": the KV cache would take over 1 TiB (" +
+                            std::to_string(out.slots) + " slots of " +
+                            std::to_string(out.max_context) + " positions)");
+  }
+  return {};
+}
+
 Status read_method(const std::string& name, const json& object, const BatchingConfig& defaults,
                    MethodConfig& out) {
   const std::string where = "methods." + name;
   if (!object.is_object()) return invalid_argument("config.yaml: " + where + " must be a map");
   OUTPOST_RETURN_IF_ERROR(check_keys(object,
                                      {"kind", "batching", "inputs", "example", "step_batchable",
-                                      "max_steps", "window", "description"},
+                                      "max_steps", "window", "description", "decoder"},
                                      where + "."));
   out.batching = defaults;
   if (const auto it = object.find("kind"); it != object.end()) {
@@ -130,6 +192,15 @@ Status read_method(const std::string& name, const json& object, const BatchingCo
   OUTPOST_RETURN_IF_ERROR(
       read_int(object, "max_steps", 1, int64_t{1} << 40, prefix, out.max_steps));
   OUTPOST_RETURN_IF_ERROR(read_int(object, "window", 1, 1 << 16, prefix, out.window));
+  if (const auto it = object.find("decoder"); it != object.end()) {
+    if (out.kind && *out.kind != "generate") {
+      return invalid_argument("config.yaml: " + where + ".decoder is for generate methods, not " +
+                              *out.kind);
+    }
+    DecoderConfig decoder;
+    OUTPOST_RETURN_IF_ERROR(read_decoder(*it, where + ".decoder", decoder));
+    out.decoder = std::move(decoder);
+  }
   return {};
 }
 
@@ -150,6 +221,12 @@ bool is_safe_file_name(const std::string& s) {
 }
 
 }  // namespace
+
+uint64_t DecoderConfig::cache_bytes() const {
+  return 2 * static_cast<uint64_t>(layers) * static_cast<uint64_t>(slots) *
+         static_cast<uint64_t>(max_context) * static_cast<uint64_t>(kv_heads) *
+         static_cast<uint64_t>(head_dim) * dtype_size(cache_dtype);
+}
 
 MethodConfig ModelConfig::method(const std::string& name) const {
   const auto it = methods.find(name);

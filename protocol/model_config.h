@@ -31,6 +31,23 @@ struct TensorSpec {
   std::vector<int64_t> shape;
 };
 
+// A generate method under the decoder contract (docs/models.md, "Decoder models"): the model
+// exports NAME_prefill and NAME_decode, and the worker owns the KV cache they read and write,
+// [layers, slots, max_context, kv_heads, head_dim] for keys and the same for values.
+struct DecoderConfig {
+  int64_t layers = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t max_context = 0;      // positions per sequence: prompt and completion together
+  int64_t slots = 8;            // sequences one instance runs at once (its cache holds them all)
+  int64_t prefill_chunk = 256;  // prompt tokens per prefill call, interleaved with decode steps
+  DType cache_dtype = DType::kFloat32;
+  std::vector<int64_t> eos_token_ids;  // end a sequence (finish_reason "stop")
+  std::string tokenizer;               // "" (token ids only) or "bytes" (ids 0..255 are bytes)
+
+  uint64_t cache_bytes() const;  // keys and values together
+};
+
 struct MethodConfig {
   std::optional<std::string> kind;  // "unary", "generate" or "stream"; inferred when absent
   BatchingConfig batching;          // the model's batching with this method's keys over it
@@ -40,6 +57,7 @@ struct MethodConfig {
   bool step_batchable = false;            // generate: steps of concurrent calls run as one batch
   int64_t max_steps = 4096;               // generate: steps before the call ends ("max_steps")
   int64_t window = 64;                    // stream: most items in flight per call
+  std::optional<DecoderConfig> decoder;   // generate: the decoder contract
 };
 
 struct ModelConfig {

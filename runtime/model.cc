@@ -27,8 +27,15 @@ nlohmann::json MethodInfo::to_json() const {
     }
     params.push_back(std::move(item));
   }
-  return nlohmann::json{
+  nlohmann::json out{
       {"name", name}, {"kind", method_kind_name(kind)}, {"inputs", params}, {"returns", returns}};
+  if (decoder) {
+    out["decoder"] = nlohmann::json{{"slots", decoder->slots},
+                                    {"max_context", decoder->max_context},
+                                    {"cache_bytes", decoder->cache_bytes()},
+                                    {"tokenizer", decoder->tokenizer.empty() ? "none" : "bytes"}};
+  }
+  return out;
 }
 
 const MethodInfo* LoadedModel::find_method(std::string_view name) const {

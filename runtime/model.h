@@ -43,10 +43,11 @@ struct MethodInfo {
   // Unary: Triton's dynamic batcher; max_batch_size 0 = no batching. Generate: the most calls
   // in one step batch when steps are batchable.
   BatchingConfig batching;
-  bool step_batchable = false;  // generate
-  bool stateful = false;        // stream: state carried from item to item
-  int64_t max_steps = 4096;     // generate
-  int64_t window = 64;          // stream
+  bool step_batchable = false;           // generate
+  bool stateful = false;                 // stream: state carried from item to item
+  int64_t max_steps = 4096;              // generate
+  int64_t window = 64;                   // stream
+  std::optional<DecoderConfig> decoder;  // generate: the decoder contract (runtime-owned cache)
 
   nlohmann::json to_json() const;  // the "methods" entry of inspect's output
 };
@@ -62,12 +63,17 @@ class PreparedInputs {
   virtual const std::string& batch_key() const = 0;
 };
 
+class ModelInstance;
+
 // The state of one generate call between steps, or of one stream call between items.
 class CallState {
  public:
   virtual ~CallState() = default;
   // Generate calls with equal keys may share a step batch.
   virtual const std::string& batch_key() const = 0;
+  // The instance whose memory holds this state (a decoder's KV cache slot): only it may step
+  // the call. Null when any instance may.
+  virtual const ModelInstance* instance() const { return nullptr; }
 };
 
 // What one step did for one generate call.
@@ -75,6 +81,13 @@ struct StepOutcome {
   std::optional<WireValue> chunk;  // absent when the step emitted nothing
   bool done = false;
   std::optional<Error> error;
+};
+
+// A generate call once started: its state, and what the start produced (a decoder's prefill
+// samples the first token, so that it goes out before any decode step).
+struct GenerateStart {
+  std::unique_ptr<CallState> state;
+  StepOutcome first;
 };
 
 // One execution instance of a model: its own copy of the module (never shared between threads)
@@ -88,8 +101,11 @@ class ModelInstance {
   virtual std::vector<Result<WireValue>> run(const MethodInfo& method,
                                              std::span<PreparedInputs* const> batch) = 0;
   // Generate: the initial state from the call's inputs.
-  virtual Result<std::unique_ptr<CallState>> generate_start(const MethodInfo& method,
-                                                            PreparedInputs& inputs) = 0;
+  virtual Result<GenerateStart> generate_start(const MethodInfo& method,
+                                               PreparedInputs& inputs) = 0;
+  // Generate: whether a call of `method` can start now (a decoder needs a free cache slot; the
+  // call waits for one otherwise).
+  virtual bool has_room(const MethodInfo& /*method*/) const { return true; }
   // Generate: one step for each state (one batched execution when the method's steps are
   // batchable); advances the states in place.
   virtual std::vector<StepOutcome> generate_step(const MethodInfo& method,
@@ -104,6 +120,13 @@ class ModelInstance {
 struct MemoryReport {
   uint64_t weights_bytes = 0;  // parameters and buffers of every instance
   uint64_t device_bytes = 0;   // device allocator growth over load and warmup (CUDA)
+  uint64_t cache_bytes = 0;    // decoders' KV caches, every instance
+
+  // What the model holds, as the scheduler packs it: on a device the caches are part of the
+  // allocator's growth, in host memory they come on top of the weights.
+  uint64_t footprint() const {
+    return weights_bytes + device_bytes + (device_bytes > 0 ? 0 : cache_bytes);
+  }
 };
 
 struct ReleaseReport {

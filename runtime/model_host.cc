@@ -85,9 +85,21 @@ Status ModelHost::submit(const std::shared_ptr<Call>& call) {
       }
       break;
     }
-    case CallShape::kGenerate:
+    case CallShape::kGenerate: {
+      // Calls wait here for their start (a decoder's for a free cache slot): bounded, as the
+      // unary queue is.
+      const int64_t limit = state.queue.config().max_queue_size;
+      const auto waiting = std::count_if(starting_.begin(), starting_.end(), [&](const auto& c) {
+        return &c->method() == &call->method();
+      });
+      if (waiting >= limit) {
+        return Error(ErrorCode::kResourceExhausted,
+                     "the queue of " + name_ + "." + call->method().name + " is full (" +
+                         std::to_string(limit) + " calls wait to start); retry later");
+      }
       starting_.push_back(call);
       break;
+    }
     case CallShape::kStream:
       break;  // runnable once items arrive
   }
@@ -195,7 +207,10 @@ void ModelHost::finish(const std::shared_ptr<Call>& call, const json& header,
   {
     std::lock_guard lock(mutex_);
     calls_.erase(call);
+    // A decoder's state holds a cache slot: free it now, for a call that waits to start.
+    call->state_.reset();
   }
+  work_ready_.notify_one();
   bool error = header.value("type", "") == msg::kError;
   if (const Status sent = send(*call, header, parts); !sent.ok()) {
     static_cast<void>(send(*call, error_header(call->id(), sent.error()), {}));  // small: fits
@@ -210,8 +225,19 @@ void ModelHost::finish_all(std::vector<Ending>& endings) {
   endings.clear();
 }
 
-bool ModelHost::has_work_locked(TimePoint now, std::optional<TimePoint>& wake_at) const {
-  bool ready = !starting_.empty() || !runnable_streams_.empty();
+bool ModelHost::can_start_locked(const ModelInstance& instance) const {
+  return !starting_.empty() && instance.has_room(starting_.front()->method());
+}
+
+bool ModelHost::may_step(const Call& call, const ModelInstance& instance) {
+  if (call.in_flight_) return false;
+  const ModelInstance* owner = call.state_ ? call.state_->instance() : nullptr;
+  return owner == nullptr || owner == &instance;
+}
+
+bool ModelHost::has_work_locked(TimePoint now, const ModelInstance& instance,
+                                std::optional<TimePoint>& wake_at) const {
+  bool ready = can_start_locked(instance) || !runnable_streams_.empty();
   for (const auto& [name, state] : methods_) {
     if (const auto at = state.queue.ready_at()) {
       if (*at <= now) {
@@ -222,7 +248,7 @@ bool ModelHost::has_work_locked(TimePoint now, std::optional<TimePoint>& wake_at
     }
     if (!ready) {
       for (const auto& call : state.generating) {
-        if (!call->in_flight_) {
+        if (may_step(*call, instance)) {
           ready = true;
           break;
         }
@@ -232,7 +258,7 @@ bool ModelHost::has_work_locked(TimePoint now, std::optional<TimePoint>& wake_at
   return ready;
 }
 
-ModelHost::Work ModelHost::take_work_locked(TimePoint now) {
+ModelHost::Work ModelHost::take_work_locked(TimePoint now, const ModelInstance& instance) {
   Work work;
   for (int turn = 0; turn < kWorkKinds && work.kind == WorkKind::kNone; ++turn) {
     const int kind = cursor_;
@@ -253,8 +279,8 @@ ModelHost::Work ModelHost::take_work_locked(TimePoint now) {
         }
         break;
       }
-      case 1:  // start a generate call
-        if (!starting_.empty()) {
+      case 1:  // start a generate call (in order; a decoder's waits for a free cache slot)
+        if (can_start_locked(instance)) {
           work.kind = WorkKind::kGenerateStart;
           work.calls.push_back(std::move(starting_.front()));
           starting_.pop_front();
@@ -264,8 +290,9 @@ ModelHost::Work ModelHost::take_work_locked(TimePoint now) {
       case 2:  // one step of the generate calls of one method
         for (auto& [name, state] : methods_) {
           auto& list = state.generating;
-          const auto first = std::find_if(list.begin(), list.end(),
-                                          [](const auto& call) { return !call->in_flight_; });
+          const auto first = std::find_if(list.begin(), list.end(), [&](const auto& call) {
+            return may_step(*call, instance);
+          });
           if (first == list.end()) continue;
           const int64_t limit = step_batch_limit(*state.method);
           const std::string key = (*first)->batch_key();
@@ -273,7 +300,7 @@ ModelHost::Work ModelHost::take_work_locked(TimePoint now) {
           work.method = state.method;
           for (auto it = first; it != list.end() && static_cast<int64_t>(work.calls.size()) < limit;
                ++it) {
-            if (!(*it)->in_flight_ && (*it)->batch_key() == key) work.calls.push_back(*it);
+            if (may_step(**it, instance) && (*it)->batch_key() == key) work.calls.push_back(*it);
           }
           if (limit == 1) {
             // Unbatched steps: the stepped call goes to the back, so calls take turns.
@@ -313,7 +340,7 @@ void ModelHost::run_instance(size_t index) {
         while (true) {
           if (stopping_) return;
           std::optional<TimePoint> wake_at;
-          if (has_work_locked(clock_.now(), wake_at)) break;
+          if (has_work_locked(clock_.now(), instance, wake_at)) break;
           if (wake_at) {
             // The real clock: a delayed batch is due at wake_at.
             work_ready_.wait_until(lock,
@@ -330,7 +357,7 @@ void ModelHost::run_instance(size_t index) {
     Work work;
     {
       std::lock_guard lock(mutex_);
-      work = take_work_locked(clock_.now());
+      work = take_work_locked(clock_.now(), instance);
     }
     if (work.kind == WorkKind::kNone) {
       scheduler_.release_unused(grant);
@@ -342,7 +369,7 @@ void ModelHost::run_instance(size_t index) {
       std::lock_guard lock(mutex_);
       in_flight_ -= work.calls.size();
       std::optional<TimePoint> wake_at;
-      more = !stopping_ && has_work_locked(clock_.now(), wake_at);
+      more = !stopping_ && has_work_locked(clock_.now(), instance, wake_at);
     }
     // Another thread may now take what this one left (a call back between steps).
     work_ready_.notify_one();
@@ -404,26 +431,54 @@ void ModelHost::execute_unary(ModelInstance& instance, Work& work, FairScheduler
 void ModelHost::execute_generate_start(ModelInstance& instance, Work& work,
                                        FairScheduler::Grant& grant) {
   const auto& call = work.calls.front();
-  auto state = instance.generate_start(*work.method, *call->inputs_);
+  auto started = instance.generate_start(*work.method, *call->inputs_);
   scheduler_.stop_clock(grant);
-  if (!state.ok()) {
-    finish(call, error_header(call->id(), state.error()));
+  if (!started.ok()) {
+    finish(call, error_header(call->id(), started.error()));
     return;
   }
+  StepOutcome& first = started->first;
+  send_chunk(*call, first);
   std::vector<Ending> endings;
   {
     std::lock_guard lock(mutex_);
     call->in_flight_ = false;
     call->started_ = true;
-    call->state_ = std::move(state).value();
+    call->state_ = std::move(started->state);
     call->inputs_.reset();
-    if (call->cancelled_) {
-      endings.push_back(cancelled_ending_locked(call));
+    if (auto ending = ending_locked(call, first)) {
+      endings.push_back({call, std::move(*ending)});
     } else {
       methods_.at(work.method->name).generating.push_back(call);
     }
   }
   finish_all(endings);
+}
+
+void ModelHost::send_chunk(Call& call, StepOutcome& outcome) {
+  if (outcome.error || !outcome.chunk || call.cancelled_) return;
+  // Counted before it is sent (see Call::sent_); taken back if it cannot be.
+  json header{{"type", msg::kChunk},
+              {"id", call.id()},
+              {"seq", call.sent_.fetch_add(1)},
+              {"chunk", std::move(outcome.chunk->value)}};
+  if (Status sent = send(call, header, outcome.chunk->parts); sent.ok()) {
+    ++chunks_;
+  } else {
+    --call.sent_;
+    outcome.error = sent.error();  // the call ends with it
+  }
+}
+
+std::optional<json> ModelHost::ending_locked(const std::shared_ptr<Call>& call,
+                                             const StepOutcome& outcome) {
+  if (outcome.error) return error_header(call->id(), *outcome.error);
+  if (call->cancelled_) return cancelled_ending_locked(call).header;
+  if (outcome.done) return end_header(*call, "done", call->sent_.load());
+  if (call->steps_ >= call->method().max_steps) {
+    return end_header(*call, "max_steps", call->sent_.load());
+  }
+  return std::nullopt;
 }
 
 void ModelHost::execute_generate_step(ModelInstance& instance, Work& work,
@@ -436,45 +491,18 @@ void ModelHost::execute_generate_step(ModelInstance& instance, Work& work,
   ++generate_steps_;
   step_rows_ += work.calls.size();
 
-  std::vector<Ending> endings;
-  std::vector<std::pair<size_t, std::string_view>> ends;  // call index, reason
   for (size_t i = 0; i < work.calls.size(); ++i) {
-    auto& call = work.calls[i];
-    auto& outcome = outcomes[i];
-    ++call->steps_;
-    if (outcome.error) continue;
-    if (outcome.chunk && !call->cancelled_) {
-      // Counted before it is sent (see Call::sent_); taken back if it cannot be.
-      json header{{"type", msg::kChunk},
-                  {"id", call->id()},
-                  {"seq", call->sent_.fetch_add(1)},
-                  {"chunk", std::move(outcome.chunk->value)}};
-      if (Status sent = send(*call, header, outcome.chunk->parts); sent.ok()) {
-        ++chunks_;
-      } else {
-        --call->sent_;
-        outcome.error = sent.error();  // the call ends with it below
-      }
-    }
+    ++work.calls[i]->steps_;
+    send_chunk(*work.calls[i], outcomes[i]);
   }
+  std::vector<Ending> endings;
   {
     std::lock_guard lock(mutex_);
     auto& generating = methods_.at(work.method->name).generating;
     for (size_t i = 0; i < work.calls.size(); ++i) {
       auto& call = work.calls[i];
       call->in_flight_ = false;
-      const auto& outcome = outcomes[i];
-      std::optional<json> ending;
-      if (outcome.error) {
-        ending = error_header(call->id(), *outcome.error);
-      } else if (call->cancelled_) {
-        ending = cancelled_ending_locked(call).header;
-      } else if (outcome.done) {
-        ending = end_header(*call, "done", call->sent_.load());
-      } else if (call->steps_ >= work.method->max_steps) {
-        ending = end_header(*call, "max_steps", call->sent_.load());
-      }
-      if (ending) {
+      if (auto ending = ending_locked(call, outcomes[i])) {
         generating.remove(call);
         endings.push_back({call, std::move(*ending)});
       }

@@ -157,15 +157,28 @@ class ModelHost {
   };
 
   void run_instance(size_t index);
-  // Whether some work can start now; otherwise the time at which a delayed batch will be ready.
-  bool has_work_locked(TimePoint now, std::optional<TimePoint>& wake_at) const;
-  Work take_work_locked(TimePoint now);
+  // Whether `instance` has work it can start now; otherwise the time at which a delayed batch
+  // will be ready.
+  bool has_work_locked(TimePoint now, const ModelInstance& instance,
+                       std::optional<TimePoint>& wake_at) const;
+  Work take_work_locked(TimePoint now, const ModelInstance& instance);
+  // Whether the next generate call can start on `instance` (a decoder needs a free slot).
+  bool can_start_locked(const ModelInstance& instance) const;
+  // Whether `instance` may step `call` now: not in flight, and its state is not held by
+  // another instance.
+  static bool may_step(const Call& call, const ModelInstance& instance);
   void execute(ModelInstance& instance, Work& work, FairScheduler::Grant& grant);
   void execute_unary(ModelInstance& instance, Work& work, FairScheduler::Grant& grant);
   void execute_generate_start(ModelInstance& instance, Work& work, FairScheduler::Grant& grant);
   void execute_generate_step(ModelInstance& instance, Work& work, FairScheduler::Grant& grant);
   void execute_stream_item(ModelInstance& instance, Work& work, FairScheduler::Grant& grant);
 
+  // Sends a generate call's chunk, if the outcome has one; a chunk that cannot be sent turns
+  // into the outcome's error.
+  void send_chunk(Call& call, StepOutcome& outcome);
+  // The terminal message of a generate call after a start or step, if it ends now.
+  std::optional<nlohmann::json> ending_locked(const std::shared_ptr<Call>& call,
+                                              const StepOutcome& outcome);
   // Ends a call with its cancellation (or pending error) message; under the lock.
   Ending cancelled_ending_locked(const std::shared_ptr<Call>& call);
   // Removes a call that is not in flight from every queue; under the lock.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <limits>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -15,6 +16,7 @@
 #include <torch/csrc/jit/serialization/import.h>
 
 #include "common/log.h"
+#include "runtime/decoder.h"
 #include "runtime/device.h"
 #include "runtime/torch_device.h"
 #include "runtime/torch_program.h"
@@ -24,39 +26,6 @@ namespace outpost::runtime {
 namespace {
 
 using nlohmann::json;
-
-constexpr size_t kMaxErrorText = 600;
-
-// The useful part of a libtorch exception: TorchScript tracebacks end with the error line.
-std::string exception_text(const std::exception& e) {
-  std::string text;
-  if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
-    text = error->what_without_backtrace();
-  } else {
-    text = e.what();
-  }
-  size_t best = std::string::npos;
-  size_t start = 0;
-  while (start < text.size()) {
-    const size_t end = std::min(text.find('\n', start), text.size());
-    const std::string_view line(text.data() + start, end - start);
-    const auto colon = line.find(": ");
-    if (colon != std::string_view::npos && colon > 0 &&
-        (line.substr(0, colon).ends_with("Error") ||
-         line.substr(0, colon).ends_with("Exception"))) {
-      best = start;
-    }
-    start = end + 1;
-  }
-  if (best != std::string::npos) text = text.substr(best);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  if (text.size() > kMaxErrorText) text = text.substr(0, kMaxErrorText) + "...";
-  return text;
-}
-
-Error model_error(const std::string& method, const std::exception& e) {
-  return invalid_argument("method " + method + " raised: " + exception_text(e));
-}
 
 bool is_tensor(const c10::TypePtr& type) { return type->kind() == c10::TypeKind::TensorType; }
 
@@ -196,9 +165,10 @@ struct Param {
 // How a public method maps onto the module's TorchScript methods.
 struct Binding {
   MethodInfo* info = nullptr;
-  std::string call;  // unary, stream
-  std::string init;  // generate, stateful stream
-  std::string step;  // generate
+  std::string call;                      // unary, stream
+  std::string init;                      // generate, stateful stream
+  std::string step;                      // generate
+  std::optional<DecoderConfig> decoder;  // a generate method under the decoder contract
   std::vector<Param> params;
   bool batched = false;
   std::optional<json> example;
@@ -283,11 +253,13 @@ class TorchInstance final : public ModelInstance {
       : model_(model), program_(std::move(program)), device_(device), stream_(device) {}
 
   const TorchProgram& program() const { return *program_; }
+  // Allocates the KV cache of a decoder method; its bytes.
+  uint64_t add_decoder(const std::string& method, const DecoderConfig& config);
 
   std::vector<Result<WireValue>> run(const MethodInfo& method,
                                      std::span<PreparedInputs* const> batch) override;
-  Result<std::unique_ptr<CallState>> generate_start(const MethodInfo& method,
-                                                    PreparedInputs& inputs) override;
+  Result<GenerateStart> generate_start(const MethodInfo& method, PreparedInputs& inputs) override;
+  bool has_room(const MethodInfo& method) const override;
   std::vector<StepOutcome> generate_step(const MethodInfo& method,
                                          std::span<CallState* const> states) override;
   Result<std::unique_ptr<CallState>> stream_start(const MethodInfo& method) override;
@@ -315,6 +287,7 @@ class TorchInstance final : public ModelInstance {
   std::unique_ptr<TorchProgram> program_;
   c10::Device device_;
   InstanceStream stream_;
+  std::map<std::string, std::unique_ptr<DecoderRunner>> decoders_;  // by method
 };
 
 class TorchModel final : public LoadedModel {
@@ -352,6 +325,9 @@ class TorchModel final : public LoadedModel {
   Status bind_method(const std::string& name, MethodKind kind, bool stateful,
                      const std::map<std::string, c10::FunctionSchema>& schemas,
                      const ModelConfig& config, bool named_in_config);
+  Status bind_decoder(const std::string& name,
+                      const std::map<std::string, c10::FunctionSchema>& schemas,
+                      const ModelConfig& config);
 
   std::string device_name_;
   c10::Device device_;
@@ -431,10 +407,34 @@ void TorchInstance::run_batch(const Binding& binding, std::span<PreparedInputs* 
   }
 }
 
-Result<std::unique_ptr<CallState>> TorchInstance::generate_start(const MethodInfo& method,
-                                                                 PreparedInputs& inputs) {
+uint64_t TorchInstance::add_decoder(const std::string& method, const DecoderConfig& config) {
+  auto runner = std::make_unique<DecoderRunner>(
+      method, config, device_,
+      [this](const std::string& name, std::vector<c10::IValue> args) {
+        return call(name, std::move(args));
+      },
+      *this);
+  const uint64_t bytes = runner->cache_bytes();
+  decoders_[method] = std::move(runner);
+  return bytes;
+}
+
+bool TorchInstance::has_room(const MethodInfo& method) const {
+  const auto it = decoders_.find(method.name);
+  return it == decoders_.end() || it->second->has_room();
+}
+
+Result<GenerateStart> TorchInstance::generate_start(const MethodInfo& method,
+                                                    PreparedInputs& inputs) {
   const Binding& binding = model_.binding(method.name);
-  Result<std::unique_ptr<CallState>> out = internal_error("not run");
+  Result<GenerateStart> out = internal_error("not run");
+  if (binding.decoder) {
+    stream_.run([&] {
+      c10::InferenceMode guard;
+      out = decoders_.at(method.name)->start(static_cast<TorchInputs&>(inputs).args);
+    });
+    return out;
+  }
   stream_.run([&] {
     c10::InferenceMode guard;
     try {
@@ -448,7 +448,7 @@ Result<std::unique_ptr<CallState>> TorchInstance::generate_start(const MethodInf
         }
         state->key_ = std::move(key).value();
       }
-      out = std::unique_ptr<CallState>(std::move(state));
+      out = GenerateStart{std::move(state), {}};
     } catch (const std::exception& e) {
       out = model_error(binding.init, e);
     }
@@ -522,6 +522,13 @@ std::vector<StepOutcome> TorchInstance::generate_step(const MethodInfo& method,
                                                       std::span<CallState* const> states) {
   const Binding& binding = model_.binding(method.name);
   std::vector<StepOutcome> outcomes(states.size());
+  if (binding.decoder) {
+    stream_.run([&] {
+      c10::InferenceMode guard;
+      decoders_.at(method.name)->step(states, outcomes);
+    });
+    return outcomes;
+  }
   stream_.run([&] {
     try {
       step_all(binding, method, states, outcomes);
@@ -856,6 +863,39 @@ Status TorchModel::bind_method(const std::string& name, MethodKind kind, bool st
   return {};
 }
 
+Status TorchModel::bind_decoder(const std::string& name,
+                                const std::map<std::string, c10::FunctionSchema>& schemas,
+                                const ModelConfig& config) {
+  const MethodConfig settings = config.method(name);
+  if (!settings.decoder) {
+    return invalid_argument(config.file + " exports " + name + "_prefill and " + name +
+                            "_decode, a decoder method: config.yaml must give methods." + name +
+                            ".decoder (the KV cache's geometry; see docs/models.md)");
+  }
+  OUTPOST_RETURN_IF_ERROR(check_decoder_contract(name, schemas));
+  const DecoderConfig& decoder = *settings.decoder;
+  MethodInfo info;
+  info.name = name;
+  info.kind = MethodKind::kGenerate;
+  info.returns = kDecoderChunkType;
+  info.step_batchable = true;  // every running sequence of an instance in one decode call
+  info.batching = settings.batching;
+  info.batching.max_batch_size = decoder.slots;
+  info.max_steps = std::numeric_limits<int64_t>::max();  // max_tokens and the context end it
+  info.decoder = decoder;
+  Binding binding;
+  binding.decoder = decoder;
+  binding.example = settings.example;
+  for (const auto& param : decoder_params()) {
+    binding.params.push_back(Param{param.name, param.type, param.default_value, std::nullopt});
+    info.inputs.push_back(ParamInfo{param.name, param.type->annotation_str(),
+                                    default_to_json(param.default_value), std::nullopt});
+  }
+  infos_.push_back(std::move(info));
+  bindings_.emplace(name, std::move(binding));
+  return {};
+}
+
 Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schemas,
                         const ModelConfig& config) {
   const auto has = [&](const std::string& name) { return schemas.count(name) > 0; };
@@ -865,6 +905,17 @@ Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schema
   };
   std::set<std::string> helpers;
   std::map<std::string, std::pair<MethodKind, bool>> resolved;  // name -> kind, stateful
+  std::set<std::string> decoders;
+  for (const auto& [name, schema] : schemas) {
+    // NAME_prefill + NAME_decode: a generate method under the decoder contract.
+    if (name.empty() || name[0] == '_' || !ends_with(name, "_prefill")) continue;
+    const std::string base = name.substr(0, name.size() - 8);
+    if (!has(base + "_decode")) continue;
+    resolved[base] = {MethodKind::kGenerate, false};
+    decoders.insert(base);
+    helpers.insert(name);
+    helpers.insert(base + "_decode");
+  }
   for (const auto& [name, schema] : schemas) {
     if (name.empty() || name[0] == '_' || !ends_with(name, "_init")) continue;
     const std::string base = name.substr(0, name.size() - 5);
@@ -892,6 +943,11 @@ Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schema
       return invalid_argument("config.yaml names method " + name + ", which " + config.file +
                               " does not export");
     }
+    if (settings.decoder && decoders.count(name) == 0) {
+      return invalid_argument("config.yaml: methods." + name + ".decoder is set, but " +
+                              config.file + " exports no " + name + "_prefill and " + name +
+                              "_decode (see docs/models.md, decoder models)");
+    }
     if (!settings.kind) continue;
     const std::string_view kind = method_kind_name(it->second.first);
     if (*settings.kind == "stream" && it->second.first == MethodKind::kUnary) {
@@ -904,6 +960,10 @@ Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schema
   }
   infos_.reserve(resolved.size());
   for (const auto& [name, kind] : resolved) {
+    if (decoders.count(name) > 0) {
+      OUTPOST_RETURN_IF_ERROR(bind_decoder(name, schemas, config));
+      continue;
+    }
     OUTPOST_RETURN_IF_ERROR(bind_method(name, kind.first, kind.second, schemas, config,
                                         config.methods.count(name) > 0));
   }
@@ -916,7 +976,11 @@ Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schema
 }
 
 void TorchModel::add_instance(std::unique_ptr<TorchProgram> program) {
-  instances_.push_back(std::make_unique<TorchInstance>(*this, std::move(program), device_));
+  auto instance = std::make_unique<TorchInstance>(*this, std::move(program), device_);
+  for (const auto& [name, binding] : bindings_) {
+    if (binding.decoder) memory_.cache_bytes += instance->add_decoder(name, *binding.decoder);
+  }
+  instances_.push_back(std::move(instance));
 }
 
 Status TorchModel::warmup(int64_t runs) {
@@ -927,6 +991,8 @@ Status TorchModel::warmup(int64_t runs) {
     json example = json::object();
     if (binding.example) {
       example = *binding.example;
+    } else if (binding.decoder) {
+      example = json{{"prompt_tokens", {0}}, {"max_tokens", 2}};  // token 0: in any vocabulary
     } else {
       bool complete = true;
       for (const auto& param : binding.params) {
@@ -973,9 +1039,11 @@ Status TorchModel::warmup(int64_t runs) {
             break;
           }
           case MethodKind::kGenerate: {
-            auto state = instance->generate_start(info, *one);
-            if (!state.ok()) return failed(state.error());
-            CallState* states[] = {state->get()};
+            auto started = instance->generate_start(info, *one);
+            if (!started.ok()) return failed(started.error());
+            if (started->first.error) return failed(*started->first.error);
+            if (started->first.done) break;
+            CallState* states[] = {started->state.get()};
             for (int step = 0; step < 2; ++step) {
               auto outcome = instance->generate_step(info, states);
               if (outcome.front().error) return failed(*outcome.front().error);

@@ -356,4 +356,39 @@ std::string tensor_signature(const at::Tensor& tensor, bool skip_first_dim) {
   return out;
 }
 
+namespace {
+constexpr size_t kMaxErrorText = 600;
+}  // namespace
+
+// The useful part of a libtorch exception: TorchScript tracebacks end with the error line.
+std::string exception_text(const std::exception& e) {
+  std::string text;
+  if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
+    text = error->what_without_backtrace();
+  } else {
+    text = e.what();
+  }
+  size_t best = std::string::npos;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t end = std::min(text.find('\n', start), text.size());
+    const std::string_view line(text.data() + start, end - start);
+    const auto colon = line.find(": ");
+    if (colon != std::string_view::npos && colon > 0 &&
+        (line.substr(0, colon).ends_with("Error") ||
+         line.substr(0, colon).ends_with("Exception"))) {
+      best = start;
+    }
+    start = end + 1;
+  }
+  if (best != std::string::npos) text = text.substr(best);
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (text.size() > kMaxErrorText) text = text.substr(0, kMaxErrorText) + "...";
+  return text;
+}
+
+Error model_error(const std::string& method, const std::exception& e) {
+  return invalid_argument("method " + method + " raised: " + exception_text(e));
+}
+
 }  // namespace outpost::runtime

@@ -6,6 +6,7 @@
 // Results are converted by their run-time type.
 #pragma once
 
+#include <exception>
 #include <span>
 #include <string>
 #include <vector>
@@ -44,6 +45,12 @@ nlohmann::json default_to_json(const c10::IValue& value);
 
 at::ScalarType to_scalar_type(DType dtype);
 std::optional<DType> from_scalar_type(at::ScalarType type);
+
+// The useful part of what a model raised: a libtorch exception without its C++ backtrace, from
+// the last "...Error: " line of a TorchScript traceback, at most 600 characters.
+std::string exception_text(const std::exception& e);
+// invalid_argument("method NAME raised: ..."): what a model raised, as the call's error.
+Error model_error(const std::string& method, const std::exception& e);
 
 // A tensor's dtype and trailing shape, for batch keys: "float32[256]".
 std::string tensor_signature(const at::Tensor& tensor, bool skip_first_dim);

@@ -478,8 +478,7 @@ void WorkerServer::load_job(const std::string& client, const std::string& id, st
            {"model_id", loaded.model_id},
            {"file_sha256", loaded.file_sha256},
            {"load_ms", loaded.load_ms},
-           {"memory_bytes",
-            (*host)->model().memory().weights_bytes + (*host)->model().memory().device_bytes}};
+           {"memory_bytes", (*host)->model().memory().footprint()}};
   json methods = json::array();
   for (const auto& method : (*host)->model().methods()) methods.push_back(method.to_json());
   out["methods"] = std::move(methods);
@@ -603,7 +602,8 @@ json WorkerServer::health(std::string_view id) {
       if (entry.state == "loading") ready = false;
       if (entry.host) {
         const auto memory = entry.host->model().memory();
-        item["memory_bytes"] = memory.weights_bytes + memory.device_bytes;
+        item["memory_bytes"] = memory.footprint();
+        if (memory.cache_bytes > 0) item["cache_bytes"] = memory.cache_bytes;
         item["weights_bytes"] = memory.weights_bytes;
         item["device_bytes"] = memory.device_bytes;
         item["instances"] = entry.host->model().instance_count();

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -19,6 +20,7 @@ namespace outpost::testing {
 namespace {
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 using std::chrono::seconds;
 
 // How many times `word` appears in `text`.
@@ -63,10 +65,13 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
   deploy_text(platform);
   platform.upload_model("chargen");
   platform.upload_model("accumulator");
+  platform.upload_model("llama");
   platform.deploy("np-e2e", "dep-gen", "chargen");
   platform.deploy("np-e2e", "dep-acc", "accumulator");
+  platform.deploy("np-e2e", "dep-llm", "llama");
   ASSERT_TRUE(platform.wait_live("dep-gen"));
   ASSERT_TRUE(platform.wait_live("dep-acc"));
+  ASSERT_TRUE(platform.wait_live("dep-llm"));
 
   // Unary.
   EXPECT_NE(predict_text(platform, "hello outpost world").find("WORLD OUTPOST HELLO"),
@@ -90,6 +95,30 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
                     "--inputs", R"({"prompt": "ab", "max_tokens": 6})"});
   const size_t chunks = occurrences(generated.out, "chunk");
   EXPECT_GE(chunks, 6u) << generated.out;
+  // A decoder model (the Llama architecture, docs/models.md): its tokens, through the control
+  // plane, the tunnel, the agent and the worker's KV cache, are transformers' greedy tokens.
+  std::ifstream reference_file(platform.models_dir() + "/reference/llama.json");
+  const json reference = json::parse(reference_file);
+  const json llm_inputs{{"prompt_tokens", reference.at("prompts").at(0)},
+                        {"max_tokens", reference.at("max_tokens")}};
+  const auto decoded = platform.cli({"-o", "json", "model", "generate", "llama", "--deployment",
+                                     "dep-llm", "--inputs", llm_inputs.dump()});
+  json tokens = json::array();
+  std::string finish;
+  std::istringstream lines(decoded.out);
+  for (std::string line; std::getline(lines, line);) {
+    const json event = json::parse(line, nullptr, false);
+    if (!event.is_object() || !event.contains("chunk")) continue;
+    for (const auto& token : event["chunk"].at("token_ids")) tokens.push_back(token);
+    finish = event["chunk"].value("finish_reason", finish);
+  }
+  EXPECT_EQ(tokens, reference.at("greedy").at(0)) << decoded.out;
+  EXPECT_EQ(finish, "length");
+  // Without -o json the CLI prints the text as it comes.
+  const auto text = platform.cli(
+      {"model", "generate", "llama", "--deployment", "dep-llm", "--text", "Once upon a time"});
+  EXPECT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_FALSE(text.out.empty());
   // Stream: a running sum over three items, in order.
   const auto streamed = platform.cli({"-o", "json", "model", "stream", "accumulator",
                                       "--deployment", "dep-acc", "--inputs",
@@ -118,7 +147,7 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
     EXPECT_NE(said.find(std::string("'") + name + "'"), std::string::npos) << said;
   }
 
-  // Three models, one worker: they were packed onto the CPU device.
+  // Four models, one worker: they were packed onto the CPU device.
   EXPECT_EQ(workers_of(platform.agent("node-a")).size(), 1u);
   // The agent holds no listening TCP socket; its workers none either. (The check sees the
   // control plane's listener, so it would see theirs.)
@@ -131,7 +160,7 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
   const auto status =
       run_command({OUTPOSTD_BIN, "status", "--runtime-dir", platform.agent_runtime_dir("node-a")});
   EXPECT_EQ(status.exit_code, 0) << status.err;
-  EXPECT_NE(status.out.find("3 of 3 replicas ready"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("4 of 4 replicas ready"), std::string::npos) << status.out;
 }
 
 // Unary calls made one after another by a caller that never retries, until stop(): what it saw.
