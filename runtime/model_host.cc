@@ -260,6 +260,10 @@ bool ModelHost::has_work_locked(TimePoint now, const ModelInstance& instance,
 
 ModelHost::Work ModelHost::take_work_locked(TimePoint now, const ModelInstance& instance) {
   Work work;
+  // A decoder's new sequence is prefilled before the next decode step (vLLM's order): its time
+  // to first token is then one prefill plus at most the step in progress, and it joins the very
+  // next step. Starts cannot shut the steps out: each takes a cache slot, and there are few.
+  if (can_start_locked(instance) && starting_.front()->method().decoder) cursor_ = 1;
   for (int turn = 0; turn < kWorkKinds && work.kind == WorkKind::kNone; ++turn) {
     const int kind = cursor_;
     cursor_ = (cursor_ + 1) % kWorkKinds;

@@ -10,7 +10,10 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/ivalue.h>  // before ops/ and jit/: under clang they need IValue complete
+#include <ATen/ops/argmax.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/api/module.h>
@@ -173,6 +176,88 @@ GenerateFigures DirectModel::generate(const std::string& prompt, int64_t max_tok
   if (ttft.empty()) return {};
   std::sort(ttft.begin(), ttft.end());
   return {ttft[ttft.size() / 2], rest_seconds > 0 ? chunks / rest_seconds : 0};
+}
+
+struct DirectDecoder::Impl {
+  torch::jit::Module module;
+  DecoderGeometry geometry;
+  at::Tensor k_cache;
+  at::Tensor v_cache;
+
+  at::Tensor tokens_tensor(const std::vector<int64_t>& values) {
+    return at::tensor(values, at::TensorOptions().dtype(at::kLong));
+  }
+  // Prefills `prompt` into `slot`; the first token.
+  int64_t prefill(const std::vector<int64_t>& prompt, int64_t slot) {
+    auto method = module.get_method("generate_prefill");
+    at::Tensor logits;
+    const auto size = static_cast<int64_t>(prompt.size());
+    for (int64_t begin = 0; begin < size; begin += geometry.prefill_chunk) {
+      const int64_t end = std::min(size, begin + geometry.prefill_chunk);
+      std::vector<int64_t> chunk(prompt.begin() + begin, prompt.begin() + end);
+      logits = method({tokens_tensor(chunk), begin, slot, k_cache, v_cache}).toTensor();
+    }
+    return logits.argmax().item<int64_t>();
+  }
+};
+
+DirectDecoder::DirectDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DirectDecoder::~DirectDecoder() = default;
+
+Result<std::unique_ptr<DirectDecoder>> DirectDecoder::load(const std::string& package_dir,
+                                                           const DecoderGeometry& geometry) {
+  auto impl = std::make_unique<Impl>();
+  impl->geometry = geometry;
+  try {
+    c10::InferenceMode guard;
+    impl->module = torch::jit::load(package_dir + "/model.pt");
+    impl->module.eval();
+    const std::vector<int64_t> shape = {geometry.layers, geometry.slots, geometry.max_context,
+                                        geometry.kv_heads, geometry.head_dim};
+    impl->k_cache = at::zeros(shape);
+    impl->v_cache = at::zeros(shape);
+  } catch (const std::exception& e) {
+    return invalid_argument("cannot load " + package_dir + "/model.pt: " + e.what());
+  }
+  return std::unique_ptr<DirectDecoder>(new DirectDecoder(std::move(impl)));
+}
+
+std::vector<double> DirectDecoder::prefill_us(const std::vector<int64_t>& prompt, int runs) {
+  c10::InferenceMode guard;
+  for (int i = 0; i < kWarmUpCalls; ++i) impl_->prefill(prompt, 0);
+  std::vector<double> micros;
+  micros.reserve(static_cast<size_t>(std::max(runs, 0)));
+  for (int i = 0; i < runs; ++i) {
+    const auto start = Clock::now();
+    impl_->prefill(prompt, 0);
+    micros.push_back(duration<double, std::micro>(Clock::now() - start).count());
+  }
+  return micros;
+}
+
+double DirectDecoder::tokens_per_s(int64_t n, const std::vector<int64_t>& prompt, int64_t tokens) {
+  c10::InferenceMode guard;
+  auto decode = impl_->module.get_method("generate_decode");
+  const auto start = Clock::now();
+  std::vector<int64_t> last(static_cast<size_t>(n));
+  std::vector<int64_t> slots(static_cast<size_t>(n));
+  std::vector<int64_t> positions(static_cast<size_t>(n), static_cast<int64_t>(prompt.size()));
+  for (int64_t i = 0; i < n; ++i) {
+    slots[static_cast<size_t>(i)] = i;
+    last[static_cast<size_t>(i)] = impl_->prefill(prompt, i);
+  }
+  for (int64_t step = 1; step < tokens; ++step) {
+    const at::Tensor logits = decode({impl_->tokens_tensor(last), impl_->tokens_tensor(positions),
+                                      impl_->tokens_tensor(slots), impl_->k_cache, impl_->v_cache})
+                                  .toTensor();
+    const at::Tensor picks = logits.argmax(-1).contiguous();
+    const int64_t* picked = picks.const_data_ptr<int64_t>();
+    for (size_t i = 0; i < last.size(); ++i) {
+      last[i] = picked[i];
+      ++positions[i];
+    }
+  }
+  return static_cast<double>(n * tokens) / seconds_since(start);
 }
 
 }  // namespace outpost::bench

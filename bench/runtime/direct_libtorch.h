@@ -55,4 +55,37 @@ class DirectModel {
   std::unique_ptr<Impl> impl_;
 };
 
+// A decoder package (docs/models.md, "Decoder models") driven directly: its generate_prefill and
+// generate_decode on a cache of the same geometry as the worker's, with greedy picks, in this
+// process and with its threads. bench_llm's baseline.
+struct DecoderGeometry {
+  int64_t layers = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t max_context = 0;
+  int64_t slots = 0;
+  int64_t prefill_chunk = 0;
+};
+
+class DirectDecoder {
+ public:
+  static Result<std::unique_ptr<DirectDecoder>> load(const std::string& package_dir,
+                                                     const DecoderGeometry& geometry);
+  ~DirectDecoder();
+  DirectDecoder(const DirectDecoder&) = delete;
+  DirectDecoder& operator=(const DirectDecoder&) = delete;
+
+  // One prompt of `prompt` tokens prefilled into a slot (in prefill_chunk chunks) and its first
+  // token picked, `runs` times after a warm-up; microseconds of each.
+  std::vector<double> prefill_us(const std::vector<int64_t>& prompt, int runs);
+  // `n` sequences of `prompt` prefilled one by one, then decode calls for all of them together
+  // until each has `tokens` tokens (the first from its prefill): tokens per second over it all.
+  double tokens_per_s(int64_t n, const std::vector<int64_t>& prompt, int64_t tokens);
+
+ private:
+  struct Impl;
+  explicit DirectDecoder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace outpost::bench

@@ -342,6 +342,41 @@ TEST(DecoderQueue, CallsBeyondTheFreeSlotsWaitAndTheLineIsBounded) {
   EXPECT_EQ(collect(third).tokens, ref.greedy[1]);
 }
 
+// A model that exports the pair without config.yaml's decoder section, a decoder section for a
+// model without the pair, and a decoder whose signature is wrong are refused at load, saying so.
+TEST(DecoderLoad, BrokenPackagesAreRefusedWithWhatIsMissing) {
+  TempDir packages;
+  const std::string no_geometry = copy_package(
+      packages, "gpt2", "no-geometry",
+      [](const std::string& text) { return text.substr(0, text.find("    decoder:")); });
+  const std::string not_a_decoder =
+      copy_package(packages, "chargen", "not-a-decoder", [](std::string text) {
+        return replace(std::move(text), "step_batchable: true",
+                       "step_batchable: true\n    decoder: {layers: 1, kv_heads: 1, head_dim: 1, "
+                       "max_context: 8}");
+      });
+  WorkerHarness worker({});
+  worker.ready();
+  const auto load = [&](const std::string& package) {
+    protocol::LoadRequest request;
+    request.package = package;
+    request.model = "m";
+    return worker.client().load(request).get();
+  };
+  const auto no_geometry_load = load(no_geometry);
+  ASSERT_FALSE(no_geometry_load.ok());
+  EXPECT_NE(
+      no_geometry_load.error().message().find("config.yaml must give methods.generate.decoder"),
+      std::string::npos)
+      << no_geometry_load.error().to_string();
+  const auto not_a_decoder_load = load(not_a_decoder);
+  ASSERT_FALSE(not_a_decoder_load.ok());
+  EXPECT_NE(not_a_decoder_load.error().message().find(
+                "methods.generate.decoder is set, but model.pt exports no generate_prefill"),
+            std::string::npos)
+      << not_a_decoder_load.error().to_string();
+}
+
 // The cache is the runtime's: health reports its bytes in the model's footprint.
 TEST(DecoderMemory, TheCacheIsInTheFootprint) {
   WorkerHarness worker({Model(model_package("llama"))});

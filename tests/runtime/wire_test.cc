@@ -254,6 +254,38 @@ TEST(ModelConfigFile, RefusalsNameTheKey) {
   refused("model: {id: a}\nmethods: {p: {kind: batch}}\n", "methods.p.kind");
   refused("model: {id: a}\nmethods: {p: {inputs: {x: {dtype: float32, shape: [-2]}}}}\n",
           "methods.p.inputs.x.shape");
+  // Decoder methods (docs/models.md, "Decoder models").
+  const std::string decoder = "model: {id: a}\nmethods: {g: {kind: generate, decoder: ";
+  refused(decoder + "{layers: 2, kv_heads: 2, head_dim: 16}}}\n",
+          "methods.g.decoder.max_context is required");
+  refused(decoder + "{layers: 2, kv_heads: 2, head_dim: 16, max_context: 64, slot: 4}}}\n",
+          "unknown key methods.g.decoder.slot");
+  refused(decoder + "{layers: 2, kv_heads: 2, head_dim: 16, max_context: 64, tokenizer: gpt2}}}\n",
+          "tokenizer must be bytes");
+  refused(
+      decoder + "{layers: 2, kv_heads: 2, head_dim: 16, max_context: 64, cache_dtype: int8}}}\n",
+      "cache_dtype must be float32, float16 or bfloat16");
+  refused(
+      decoder + "{layers: 2, kv_heads: 2, head_dim: 16, max_context: 64, prefill_chunk: 65}}}\n",
+      "prefill_chunk must be an integer from 1 to 64");
+  refused(decoder + "{layers: 1024, kv_heads: 1024, head_dim: 4096, max_context: 1048576}}}\n",
+          "the KV cache would take over 1 TiB");
+  refused("model: {id: a}\nmethods: {g: {kind: stream, decoder: {layers: 1}}}\n",
+          "decoder is for generate methods");
+}
+
+TEST(ModelConfigFile, DecoderSectionIsRead) {
+  auto config = parse_model_config(
+      "model: {id: a}\nmethods:\n  g:\n    decoder: {layers: 2, kv_heads: 4, head_dim: 8, "
+      "max_context: 32, slots: 3, cache_dtype: bfloat16, eos_token_ids: [2, 7], tokenizer: "
+      "bytes}\n");
+  ASSERT_TRUE(config.ok()) << config.error().to_string();
+  const auto& decoder = config->methods.at("g").decoder;
+  ASSERT_TRUE(decoder.has_value());
+  EXPECT_EQ(decoder->prefill_chunk, 32);  // the default, 256, capped by the context
+  EXPECT_EQ(decoder->eos_token_ids, (std::vector<int64_t>{2, 7}));
+  EXPECT_EQ(decoder->tokenizer, "bytes");
+  EXPECT_EQ(decoder->cache_bytes(), uint64_t{2} * 2 * 3 * 32 * 4 * 8 * 2);
 }
 
 TEST(WorkerSpecFile, ParsesAndChecksEveryField) {

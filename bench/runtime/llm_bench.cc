@@ -1,0 +1,242 @@
+// scripts/bench llm: the worker's decoder runtime (docs/models.md, "Decoder models") on a
+// Llama-architecture model with random weights (scripts/bench exports it once into
+// build/models/llama_bench with scripts/export-decoder), against a direct loop of the same
+// exported functions in this process, with the same threads and a cache of the same geometry.
+//
+//   tokens/s   N sequences of the same 64-token prompt, 64 tokens each (greedy), all started at
+//              once: every token over the wall time from the first start to the last end, at
+//              N = 1, 8, 32. Direct: prefill of each, then decode calls for all N together.
+//   TTFT       8 sequences kept running (each one that ends is replaced at once): the time from
+//              a new call to its first token, against one prefill (and pick) alone, direct.
+//   copies     what the runtime copies per decode step, by construction: the token, position
+//              and slot of each sequence (3 int64); the cache is written in place by the model.
+//              A state-concatenating step contract would copy each sequence's whole cache.
+//
+// Rounds alternate direct and worker; the figures are medians over rounds. The last line is
+// one JSON object.
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/runtime/direct_libtorch.h"
+#include "bench/runtime/worker_load.h"
+#include "protocol/model_config.h"
+#include "protocol/worker_client.h"
+#include "protocol/worker_spec.h"
+#include "tests/support/test_pki.h"
+
+namespace {
+
+using nlohmann::json;
+using outpost::bench::DecoderGeometry;
+using outpost::bench::DirectDecoder;
+using outpost::bench::quantile;
+using outpost::protocol::CallHandlers;
+using outpost::protocol::ModelSpec;
+using outpost::protocol::WireValue;
+using outpost::protocol::WorkerClient;
+using outpost::protocol::WorkerProcess;
+using Clock = std::chrono::steady_clock;
+using std::chrono::duration;
+
+constexpr int64_t kPromptTokens = 64;
+constexpr int64_t kTokens = 64;
+constexpr int kRounds = 3;
+constexpr int kTtftCalls = 80;
+constexpr int64_t kTtftConcurrency = 8;
+// Lengths of the kept-running sequences, in turn: they end at different steps, so new ones
+// arrive one by one, not in waves.
+constexpr int64_t kTtftTokens[] = {9, 16, 12, 21, 7, 18, 14, 11};
+
+constexpr const char* kModel = "llama_bench";
+
+std::string model_dir() { return std::string(OUTPOST_MODELS_DIR) + "/" + kModel; }
+
+std::vector<int64_t> prompt() {
+  std::vector<int64_t> tokens;
+  for (int64_t i = 0; i < kPromptTokens; ++i) tokens.push_back((i * 37 + 11) % 256);
+  return tokens;
+}
+
+double median(std::vector<double> values) { return quantile(values, 0.5); }
+
+// N calls at once through the worker; tokens per second from the first start to the last end.
+double worker_tokens_per_s(WorkerClient& client, int64_t n) {
+  std::mutex mutex;
+  std::condition_variable finished;
+  int64_t done = 0;
+  int64_t tokens = 0;
+  const auto start = Clock::now();
+  for (int64_t i = 0; i < n; ++i) {
+    WireValue inputs;
+    inputs.value = json{{"prompt_tokens", prompt()}, {"max_tokens", kTokens}};
+    client.generate(kModel, "generate", std::move(inputs),
+                    CallHandlers{[&](int64_t, const WireValue& chunk) {
+                                   std::lock_guard lock(mutex);
+                                   tokens +=
+                                       static_cast<int64_t>(chunk.value.at("token_ids").size());
+                                 },
+                                 [&](const outpost::Status& status, std::string_view) {
+                                   if (!status.ok()) {
+                                     std::fprintf(stderr, "generate failed: %s\n",
+                                                  status.error().to_string().c_str());
+                                   }
+                                   std::lock_guard lock(mutex);
+                                   ++done;
+                                   finished.notify_all();
+                                 }});
+  }
+  std::unique_lock lock(mutex);
+  finished.wait(lock, [&] { return done == n; });
+  const double seconds = duration<double>(Clock::now() - start).count();
+  if (tokens != n * kTokens) {
+    std::fprintf(stderr, "expected %lld tokens, got %lld\n", static_cast<long long>(n) * kTokens,
+                 static_cast<long long>(tokens));
+  }
+  return static_cast<double>(tokens) / seconds;
+}
+
+// kTtftConcurrency sequences kept running; the time to the first token of each new one.
+std::vector<double> worker_ttft_us(WorkerClient& client) {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<double> ttft;
+  int64_t running = 0;
+  int started = 0;
+  std::function<void()> start_one = [&] {
+    // Under the mutex.
+    ++running;
+    ++started;
+    auto begun = std::make_shared<Clock::time_point>(Clock::now());
+    auto first = std::make_shared<bool>(true);
+    WireValue inputs;
+    inputs.value = json{{"prompt_tokens", prompt()},
+                        {"max_tokens", kTtftTokens[static_cast<size_t>(started) % 8]}};
+    client.generate(
+        kModel, "generate", std::move(inputs),
+        CallHandlers{[&, begun, first](int64_t, const WireValue&) {
+                       const auto now = Clock::now();
+                       std::lock_guard lock(mutex);
+                       if (*first) {
+                         ttft.push_back(duration<double, std::micro>(now - *begun).count());
+                         *first = false;
+                       }
+                     },
+                     [&](const outpost::Status&, std::string_view) {
+                       std::lock_guard lock(mutex);
+                       --running;
+                       changed.notify_all();
+                     }});
+  };
+  std::unique_lock lock(mutex);
+  while (started < kTtftCalls + kTtftConcurrency) {
+    changed.wait(lock, [&] { return running < kTtftConcurrency; });
+    start_one();
+  }
+  changed.wait(lock, [&] { return running == 0; });
+  // The first kTtftConcurrency started together (not under a running batch): drop them.
+  return std::vector<double>(ttft.begin() + kTtftConcurrency, ttft.end());
+}
+
+}  // namespace
+
+int main() {
+  std::ifstream file(model_dir() + "/config.yaml");
+  const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  auto config = outpost::protocol::parse_model_config(text);
+  if (!config.ok() || config->methods.count("generate") == 0 ||
+      !config->methods.at("generate").decoder) {
+    std::fprintf(stderr, "no decoder package at %s (scripts/bench llm exports it)\n",
+                 model_dir().c_str());
+    return 1;
+  }
+  const auto& decoder = *config->methods.at("generate").decoder;
+  const DecoderGeometry geometry{decoder.layers,      decoder.kv_heads, decoder.head_dim,
+                                 decoder.max_context, decoder.slots,    decoder.prefill_chunk};
+  const int threads = outpost::bench::bench_threads();
+  outpost::bench::set_torch_threads(threads);
+  auto direct = DirectDecoder::load(model_dir(), geometry);
+  if (!direct.ok()) {
+    std::fprintf(stderr, "%s\n", direct.error().to_string().c_str());
+    return 1;
+  }
+
+  outpost::testing::TempDir dir;
+  WorkerProcess::Options options;
+  options.binary = OUTPOST_WORKER_BINARY;
+  options.spec.worker_id = "bench";
+  options.spec.endpoint = "ipc://" + dir.file("worker.sock");
+  options.spec.intra_op_threads = threads;
+  ModelSpec model;
+  model.package = model_dir();
+  options.spec.models.push_back(model);
+  options.log_file = dir.file("worker.log");
+  auto process = WorkerProcess::spawn(options);
+  if (!process.ok()) {
+    std::fprintf(stderr, "%s\n", process.error().to_string().c_str());
+    return 1;
+  }
+  WorkerClient::Options client_options;
+  client_options.endpoint = options.spec.endpoint;
+  auto client = WorkerClient::connect(client_options);
+  if (!client.ok() || !(*client)->wait_ready(std::chrono::minutes(5)).ok()) {
+    std::fprintf(stderr, "worker not ready\n");
+    return 1;
+  }
+  std::printf(
+      "%s: %lld layers, %lld slots of %lld positions; %d intra-op threads each, %d rounds\n",
+      kModel, static_cast<long long>(geometry.layers), static_cast<long long>(geometry.slots),
+      static_cast<long long>(geometry.max_context), threads, kRounds);
+  worker_tokens_per_s(**client, 2);  // warm-up
+
+  json out;
+  out["threads"] = threads;
+  out["prompt_tokens"] = kPromptTokens;
+  out["tokens_per_sequence"] = kTokens;
+  for (const int64_t n : {int64_t{1}, int64_t{8}, int64_t{32}}) {
+    if (n > geometry.slots) continue;
+    std::vector<double> direct_rates;
+    std::vector<double> worker_rates;
+    for (int round = 0; round < kRounds; ++round) {
+      direct_rates.push_back((*direct)->tokens_per_s(n, prompt(), kTokens));
+      worker_rates.push_back(worker_tokens_per_s(**client, n));
+    }
+    const std::string key = "c" + std::to_string(n);
+    out[key + "_direct_tokens_per_s"] = median(direct_rates);
+    out[key + "_tokens_per_s"] = median(worker_rates);
+    out[key + "_tokens_ratio"] = median(worker_rates) / median(direct_rates);
+    std::printf("  %2lld sequences: worker %.0f tokens/s, direct %.0f tokens/s (%.2fx)\n",
+                static_cast<long long>(n), median(worker_rates), median(direct_rates),
+                median(worker_rates) / median(direct_rates));
+  }
+
+  auto direct_prefill = (*direct)->prefill_us(prompt(), kTtftCalls);
+  auto ttft = worker_ttft_us(**client);
+  const double prefill_p50 = quantile(direct_prefill, 0.5);
+  out["direct_prefill_p50_us"] = prefill_p50;
+  out["direct_prefill_p99_us"] = quantile(direct_prefill, 0.99);
+  out["c8_ttft_p50_us"] = quantile(ttft, 0.5);
+  out["c8_ttft_p99_us"] = quantile(ttft, 0.99);
+  out["c8_ttft_p50_over_prefill_us"] = quantile(ttft, 0.5) - prefill_p50;
+  std::printf("  TTFT among %lld running: p50 %.0f us, p99 %.0f us; direct prefill p50 %.0f us\n",
+              static_cast<long long>(kTtftConcurrency), quantile(ttft, 0.5), quantile(ttft, 0.99),
+              prefill_p50);
+
+  // By construction (runtime/decoder.cc): per sequence and decode step, the runtime builds three
+  // int64 inputs and reads the logits where the model left them; the cache is not copied.
+  out["runtime_copy_bytes_per_sequence_step"] = 3 * 8;
+  out["cache_bytes_per_sequence_at_full_context"] =
+      2 * geometry.layers * geometry.max_context * geometry.kv_heads * geometry.head_dim * 4;
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
