@@ -91,13 +91,30 @@ Result<TensorSpec> read_tensor_spec(const json& object, const std::string& where
   return spec;
 }
 
+bool is_hex_sha256(const std::string& s) {
+  if (s.size() != 64) return false;
+  for (const char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+bool is_safe_file_name(const std::string& s) {
+  if (s.empty() || s.size() > 255 || s == "." || s == "..") return false;
+  for (const char c : s) {
+    if (c == '/' || c == '\0') return false;
+  }
+  return true;
+}
+
 Status read_decoder(const json& object, const std::string& where, DecoderConfig& out) {
   if (!object.is_object()) return invalid_argument("config.yaml: " + where + " must be a map");
   const std::string prefix = where + ".";
-  OUTPOST_RETURN_IF_ERROR(check_keys(object,
-                                     {"layers", "kv_heads", "head_dim", "max_context", "slots",
-                                      "prefill_chunk", "cache_dtype", "eos_token_ids", "tokenizer"},
-                                     prefix));
+  OUTPOST_RETURN_IF_ERROR(
+      check_keys(object,
+                 {"layers", "kv_heads", "head_dim", "max_context", "slots", "prefill_chunk",
+                  "cache_dtype", "eos_token_ids", "tokenizer", "tokenizer_file"},
+                 prefix));
   for (const char* key : {"layers", "kv_heads", "head_dim", "max_context"}) {
     if (!object.contains(key)) {
       return invalid_argument("config.yaml: " + prefix + key +
@@ -133,12 +150,20 @@ Status read_decoder(const json& object, const std::string& where, DecoderConfig&
     }
   }
   if (const auto it = object.find("tokenizer"); it != object.end()) {
-    if (!it->is_string() || *it != "bytes") {
+    if (!it->is_string() || (*it != "bytes" && *it != "sentencepiece")) {
       return invalid_argument("config.yaml: " + prefix +
                               "tokenizer must be bytes (token ids 0..255 are the bytes of the "
-                              "text), or absent (calls send and receive token ids)");
+                              "text), sentencepiece (tokenizer_file), or absent (calls send and "
+                              "receive token ids)");
     }
     out.tokenizer = it->get<std::string>();
+  }
+  if (const auto it = object.find("tokenizer_file"); it != object.end()) {
+    if (!it->is_string() || !is_safe_file_name(it->get<std::string>())) {
+      return invalid_argument("config.yaml: " + prefix +
+                              "tokenizer_file must be a file name in the package folder (no '/')");
+    }
+    out.tokenizer_file = it->get<std::string>();
   }
   // In floating point first: the product of the limits above overflows 64 bits.
   const double bytes = 2.0 * static_cast<double>(out.layers) * static_cast<double>(out.slots) *
@@ -202,22 +227,6 @@ Status read_method(const std::string& name, const json& object, const BatchingCo
     out.decoder = std::move(decoder);
   }
   return {};
-}
-
-bool is_hex_sha256(const std::string& s) {
-  if (s.size() != 64) return false;
-  for (const char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
-bool is_safe_file_name(const std::string& s) {
-  if (s.empty() || s.size() > 255 || s == "." || s == "..") return false;
-  for (const char c : s) {
-    if (c == '/' || c == '\0') return false;
-  }
-  return true;
 }
 
 }  // namespace

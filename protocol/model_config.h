@@ -43,7 +43,9 @@ struct DecoderConfig {
   int64_t prefill_chunk = 256;  // prompt tokens per prefill call, interleaved with decode steps
   DType cache_dtype = DType::kFloat32;
   std::vector<int64_t> eos_token_ids;  // end a sequence (finish_reason "stop")
-  std::string tokenizer;               // "" (token ids only) or "bytes" (ids 0..255 are bytes)
+  // "" (token ids only), "bytes" (ids 0..255 are bytes) or "sentencepiece" (tokenizer_file)
+  std::string tokenizer;
+  std::string tokenizer_file = "tokenizer.model";  // in the package folder
 
   uint64_t cache_bytes() const;  // keys and values together
 };

@@ -153,11 +153,13 @@ class DecoderRunner::Sequence final : public CallState {
 };
 
 DecoderRunner::DecoderRunner(const std::string& method, const DecoderConfig& config,
-                             const c10::Device& device, Invoke invoke, const ModelInstance& owner)
+                             std::shared_ptr<const Tokenizer> tokenizer, const c10::Device& device,
+                             Invoke invoke, const ModelInstance& owner)
     : method_(method),
       prefill_(method + "_prefill"),
       decode_(method + "_decode"),
       config_(config),
+      tokenizer_(std::move(tokenizer)),
       device_(device),
       invoke_(std::move(invoke)),
       owner_(owner),
@@ -175,7 +177,7 @@ uint64_t DecoderRunner::cache_bytes() const { return config_.cache_bytes(); }
 Result<GenerateStart> DecoderRunner::start(const std::vector<c10::IValue>& args) {
   const bool has_prompt = !args[kPrompt].isNone();
   const bool has_tokens = !args[kPromptTokens].isNone();
-  const bool text = !config_.tokenizer.empty();
+  const bool text = tokenizer_ != nullptr;
   if (has_prompt == has_tokens) {
     return invalid_argument(text ? "give either prompt (text) or prompt_tokens (token ids)"
                                  : "give prompt_tokens (token ids): this model has no tokenizer");
@@ -187,7 +189,7 @@ Result<GenerateStart> DecoderRunner::start(const std::vector<c10::IValue>& args)
           "prompt: this model has no tokenizer (config.yaml's decoder.tokenizer); send "
           "prompt_tokens");
     }
-    for (const unsigned char byte : args[kPrompt].toStringRef()) prompt.push_back(byte);
+    OUTPOST_ASSIGN_OR_RETURN(prompt, tokenizer_->encode(args[kPrompt].toStringRef()));
   } else {
     prompt = args[kPromptTokens].toIntVector();
   }
@@ -302,7 +304,8 @@ void DecoderRunner::accept(Sequence& sequence, const float* logits, StepOutcome&
   // context (the token could not be fed), with "length".
   const bool stop_token = std::find(sequence.stop_ids.begin(), sequence.stop_ids.end(), token) !=
                           sequence.stop_ids.end();
-  const bool stop_text = !stop_token && sequence.text && sequence.text->push(token);
+  const bool stop_text =
+      !stop_token && sequence.text && sequence.text->push(tokenizer_->bytes(token));
   const char* finish = nullptr;
   if (stop_token || stop_text) {
     finish = "stop";

@@ -24,6 +24,7 @@
 
 #include "common/result.h"
 #include "runtime/model.h"
+#include "runtime/tokenizer.h"
 
 namespace outpost::runtime {
 
@@ -61,7 +62,9 @@ class DecoderRunner {
   // Calls one of the program's methods (on the instance's device and stream).
   using Invoke = std::function<c10::IValue(const std::string& method, std::vector<c10::IValue>)>;
 
-  DecoderRunner(const std::string& method, const DecoderConfig& config, const c10::Device& device,
+  // `tokenizer`: null when the method has none (calls send and receive token ids).
+  DecoderRunner(const std::string& method, const DecoderConfig& config,
+                std::shared_ptr<const Tokenizer> tokenizer, const c10::Device& device,
                 Invoke invoke, const ModelInstance& owner);
 
   bool has_room() const { return slots_->available(); }
@@ -86,6 +89,7 @@ class DecoderRunner {
   std::string prefill_;
   std::string decode_;
   DecoderConfig config_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
   c10::Device device_;
   Invoke invoke_;
   const ModelInstance& owner_;

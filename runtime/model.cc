@@ -30,10 +30,11 @@ nlohmann::json MethodInfo::to_json() const {
   nlohmann::json out{
       {"name", name}, {"kind", method_kind_name(kind)}, {"inputs", params}, {"returns", returns}};
   if (decoder) {
-    out["decoder"] = nlohmann::json{{"slots", decoder->slots},
-                                    {"max_context", decoder->max_context},
-                                    {"cache_bytes", decoder->cache_bytes()},
-                                    {"tokenizer", decoder->tokenizer.empty() ? "none" : "bytes"}};
+    out["decoder"] =
+        nlohmann::json{{"slots", decoder->slots},
+                       {"max_context", decoder->max_context},
+                       {"cache_bytes", decoder->cache_bytes()},
+                       {"tokenizer", decoder->tokenizer.empty() ? "none" : decoder->tokenizer}};
   }
   return out;
 }

@@ -91,9 +91,9 @@ TextStream::TextStream(std::vector<std::string> stop) : stop_(std::move(stop)) {
   std::erase_if(stop_, [](const std::string& s) { return s.empty(); });
 }
 
-bool TextStream::push(int64_t token) {
-  if (stopped_ || token < 0 || token > 255) return stopped_;
-  pending_.push_back(static_cast<char>(token));
+bool TextStream::push(std::string_view bytes) {
+  if (stopped_ || bytes.empty()) return stopped_;
+  pending_.append(bytes);
   // A stop string cannot begin in text already emitted (take() holds back any end that could
   // begin one), so it is enough to search what is pending.
   size_t cut = std::string::npos;

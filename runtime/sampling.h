@@ -8,6 +8,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -34,14 +35,13 @@ class Sampler {
   std::vector<std::pair<double, int64_t>> candidates_;  // reused between tokens
 };
 
-// A sequence's text as its tokens arrive, under the `bytes` tokenizer (token ids 0..255 are the
-// text's bytes; other ids are special and add no text).
+// A sequence's text as its tokens arrive (each token's bytes from the Tokenizer, tokenizer.h).
 class TextStream {
  public:
   explicit TextStream(std::vector<std::string> stop);
   // Appends one token's bytes. Returns true when the text now holds a stop string: the text is
   // cut where it begins, and nothing after it is ever emitted.
-  bool push(int64_t token);
+  bool push(std::string_view bytes);
   // The text that can be shown now: whole UTF-8 characters (an invalid byte becomes U+FFFD),
   // holding back a last incomplete character and any end that could begin a stop string.
   // `last` gives everything left (an incomplete character as U+FFFD).

@@ -165,10 +165,11 @@ struct Param {
 // How a public method maps onto the module's TorchScript methods.
 struct Binding {
   MethodInfo* info = nullptr;
-  std::string call;                      // unary, stream
-  std::string init;                      // generate, stateful stream
-  std::string step;                      // generate
-  std::optional<DecoderConfig> decoder;  // a generate method under the decoder contract
+  std::string call;                            // unary, stream
+  std::string init;                            // generate, stateful stream
+  std::string step;                            // generate
+  std::optional<DecoderConfig> decoder;        // a generate method under the decoder contract
+  std::shared_ptr<const Tokenizer> tokenizer;  // the decoder's, if it has one
   std::vector<Param> params;
   bool batched = false;
   std::optional<json> example;
@@ -316,7 +317,8 @@ class TorchModel final : public LoadedModel {
                                                        std::span<const std::string> parts,
                                                        const ValueLimits& limits) const;
   // Resolves the public methods from the first program's schemas and config.yaml.
-  Status bind(const std::map<std::string, c10::FunctionSchema>& schemas, const ModelConfig& config);
+  Status bind(const std::map<std::string, c10::FunctionSchema>& schemas, const ModelConfig& config,
+              const std::string& package_dir);
   void add_instance(std::unique_ptr<TorchProgram> program);
   Status warmup(int64_t runs);
   void measure(uint64_t device_bytes_before);
@@ -327,7 +329,7 @@ class TorchModel final : public LoadedModel {
                      const ModelConfig& config, bool named_in_config);
   Status bind_decoder(const std::string& name,
                       const std::map<std::string, c10::FunctionSchema>& schemas,
-                      const ModelConfig& config);
+                      const ModelConfig& config, const std::string& package_dir);
 
   std::string device_name_;
   c10::Device device_;
@@ -409,7 +411,7 @@ void TorchInstance::run_batch(const Binding& binding, std::span<PreparedInputs* 
 
 uint64_t TorchInstance::add_decoder(const std::string& method, const DecoderConfig& config) {
   auto runner = std::make_unique<DecoderRunner>(
-      method, config, device_,
+      method, config, model_.binding(method).tokenizer, device_,
       [this](const std::string& name, std::vector<c10::IValue> args) {
         return call(name, std::move(args));
       },
@@ -865,7 +867,7 @@ Status TorchModel::bind_method(const std::string& name, MethodKind kind, bool st
 
 Status TorchModel::bind_decoder(const std::string& name,
                                 const std::map<std::string, c10::FunctionSchema>& schemas,
-                                const ModelConfig& config) {
+                                const ModelConfig& config, const std::string& package_dir) {
   const MethodConfig settings = config.method(name);
   if (!settings.decoder) {
     return invalid_argument(config.file + " exports " + name + "_prefill and " + name +
@@ -885,6 +887,7 @@ Status TorchModel::bind_decoder(const std::string& name,
   info.decoder = decoder;
   Binding binding;
   binding.decoder = decoder;
+  OUTPOST_ASSIGN_OR_RETURN(binding.tokenizer, open_tokenizer(decoder, package_dir));
   binding.example = settings.example;
   for (const auto& param : decoder_params()) {
     binding.params.push_back(Param{param.name, param.type, param.default_value, std::nullopt});
@@ -897,7 +900,7 @@ Status TorchModel::bind_decoder(const std::string& name,
 }
 
 Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schemas,
-                        const ModelConfig& config) {
+                        const ModelConfig& config, const std::string& package_dir) {
   const auto has = [&](const std::string& name) { return schemas.count(name) > 0; };
   const auto ends_with = [](const std::string& s, const std::string& suffix) {
     return s.size() > suffix.size() &&
@@ -961,7 +964,7 @@ Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schema
   infos_.reserve(resolved.size());
   for (const auto& [name, kind] : resolved) {
     if (decoders.count(name) > 0) {
-      OUTPOST_RETURN_IF_ERROR(bind_decoder(name, schemas, config));
+      OUTPOST_RETURN_IF_ERROR(bind_decoder(name, schemas, config, package_dir));
       continue;
     }
     OUTPOST_RETURN_IF_ERROR(bind_method(name, kind.first, kind.second, schemas, config,
@@ -1219,7 +1222,7 @@ Result<std::unique_ptr<LoadedModel>> TorchLoader::load_checked(const ModelPackag
   auto model = std::make_unique<TorchModel>(options.device, device, limits);
   for (int64_t i = 0; i < instances; ++i) {
     OUTPOST_ASSIGN_OR_RETURN(auto program, open_(package.file_path, config, device));
-    if (i == 0) OUTPOST_RETURN_IF_ERROR(model->bind(program->schemas(), config));
+    if (i == 0) OUTPOST_RETURN_IF_ERROR(model->bind(program->schemas(), config, package.dir));
     model->add_instance(std::move(program));
   }
   if (options.warmup) {

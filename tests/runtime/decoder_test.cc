@@ -292,6 +292,27 @@ TEST(DecoderText, TextPromptStopStringsAndStopIds) {
   EXPECT_TRUE(cut.every_text_valid);
 }
 
+// llama_sp carries a SentencePiece model (trained by make-example-models) and an end token: the
+// worker encodes a text prompt as SentencePiece's Python does, generates transformers' greedy
+// tokens (ending at </s> if the model says it), and its text is what SentencePiece decodes.
+TEST(DecoderText, SentencePieceEncodesAndDecodesAsSentencePieceDoes) {
+  std::ifstream in(std::string(OUTPOST_MODELS_DIR) + "/reference/llama_sp.json");
+  const json ref = json::parse(in);
+  WorkerHarness worker({Model(model_package("llama_sp"))});
+  worker.ready();
+  const int64_t eos = ref.at("eos");
+  for (size_t i = 0; i < ref.at("texts").size(); ++i) {
+    const std::string text = ref.at("texts").at(i);
+    const Generation got = run(worker, "llama_sp", json{{"prompt", text}, {"max_tokens", 24}});
+    const auto greedy = ref.at("greedy").at(i).get<std::vector<int64_t>>();
+    EXPECT_EQ(got.usage.at("prompt_tokens"), ref.at("prompts").at(i).size()) << text;
+    EXPECT_EQ(got.tokens, greedy) << text;
+    EXPECT_EQ(got.finish_reason, greedy.back() == eos ? "stop" : "length") << text;
+    EXPECT_EQ(got.text, ref.at("continuations").at(i).get<std::string>()) << text;
+    EXPECT_TRUE(got.every_text_valid);
+  }
+}
+
 // gpt2 has no tokenizer: a text prompt and stop strings are refused with what to send instead.
 TEST(DecoderText, WithoutATokenizerTextIsRefused) {
   WorkerHarness worker({Model(model_package("gpt2"))});
@@ -343,7 +364,7 @@ TEST(DecoderQueue, CallsBeyondTheFreeSlotsWaitAndTheLineIsBounded) {
 }
 
 // A model that exports the pair without config.yaml's decoder section, a decoder section for a
-// model without the pair, and a decoder whose signature is wrong are refused at load, saying so.
+// model without the pair, and a tokenizer file that is not one are refused at load, saying so.
 TEST(DecoderLoad, BrokenPackagesAreRefusedWithWhatIsMissing) {
   TempDir packages;
   const std::string no_geometry = copy_package(
@@ -355,6 +376,9 @@ TEST(DecoderLoad, BrokenPackagesAreRefusedWithWhatIsMissing) {
                        "step_batchable: true\n    decoder: {layers: 1, kv_heads: 1, head_dim: 1, "
                        "max_context: 8}");
       });
+  const std::string bad_tokenizer =
+      copy_package(packages, "llama_sp", "bad-tokenizer", [](std::string text) { return text; });
+  std::ofstream(bad_tokenizer + "/tokenizer.model", std::ios::trunc) << "not a model";
   WorkerHarness worker({});
   worker.ready();
   const auto load = [&](const std::string& package) {
@@ -375,6 +399,14 @@ TEST(DecoderLoad, BrokenPackagesAreRefusedWithWhatIsMissing) {
                 "methods.generate.decoder is set, but model.pt exports no generate_prefill"),
             std::string::npos)
       << not_a_decoder_load.error().to_string();
+  const auto bad_tokenizer_load = load(bad_tokenizer);
+  ASSERT_FALSE(bad_tokenizer_load.ok());
+  EXPECT_NE(bad_tokenizer_load.error().message().find(
+                "decoder.tokenizer_file tokenizer.model is not a SentencePiece model"),
+            std::string::npos)
+      << bad_tokenizer_load.error().to_string();
+  // The worker goes on: a good package still loads after the refusals.
+  EXPECT_TRUE(load(model_package("llama_sp")).ok());
 }
 
 // The cache is the runtime's: health reports its bytes in the model's footprint.

@@ -272,6 +272,10 @@ TEST(ModelConfigFile, RefusalsNameTheKey) {
           "the KV cache would take over 1 TiB");
   refused("model: {id: a}\nmethods: {g: {kind: stream, decoder: {layers: 1}}}\n",
           "decoder is for generate methods");
+  refused(decoder +
+              "{layers: 2, kv_heads: 2, head_dim: 16, max_context: 64, tokenizer: "
+              "sentencepiece, tokenizer_file: ../secret}}}\n",
+          "tokenizer_file must be a file name in the package folder");
 }
 
 TEST(ModelConfigFile, DecoderSectionIsRead) {
