@@ -105,7 +105,7 @@ Status ModelHost::submit(const std::shared_ptr<Call>& call) {
   }
   calls_.insert(call);
   lock.unlock();
-  work_ready_.notify_one();
+  work_ready_.notify_all();
   return {};
 }
 
@@ -133,7 +133,7 @@ void ModelHost::add_item(const std::shared_ptr<Call>& call, std::unique_ptr<Prep
       }
     }
   }
-  work_ready_.notify_one();
+  work_ready_.notify_all();
   finish_all(endings);
 }
 
@@ -210,7 +210,7 @@ void ModelHost::finish(const std::shared_ptr<Call>& call, const json& header,
     // A decoder's state holds a cache slot: free it now, for a call that waits to start.
     call->state_.reset();
   }
-  work_ready_.notify_one();
+  work_ready_.notify_all();
   bool error = header.value("type", "") == msg::kError;
   if (const Status sent = send(*call, header, parts); !sent.ok()) {
     static_cast<void>(send(*call, error_header(call->id(), sent.error()), {}));  // small: fits
@@ -376,7 +376,7 @@ void ModelHost::run_instance(size_t index) {
       more = !stopping_ && has_work_locked(clock_.now(), instance, wake_at);
     }
     // Another thread may now take what this one left (a call back between steps).
-    work_ready_.notify_one();
+    work_ready_.notify_all();
     calls_changed_.notify_all();
     if (more) {
       // Still backlogged: compete for the device without a gap (fair_scheduler.h).

@@ -200,6 +200,9 @@ class ModelHost {
   const Clock& clock_;
 
   mutable std::mutex mutex_;
+  // Every instance thread waits here; each is woken (notify_all), because what one may take
+  // differs from another's: a decoder's calls are stepped only by the instance whose cache holds
+  // them, and start only where a slot is free.
   std::condition_variable work_ready_;
   std::condition_variable calls_changed_;
   bool admitting_ = true;

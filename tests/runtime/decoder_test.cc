@@ -409,6 +409,35 @@ TEST(DecoderLoad, BrokenPackagesAreRefusedWithWhatIsMissing) {
   EXPECT_TRUE(load(model_package("llama_sp")).ok());
 }
 
+// Two instances, each with its own cache of four slots: eight sequences run at once, each
+// stepped only by the instance that holds its slot, and each gets exactly its greedy tokens.
+TEST(DecoderInstances, EachSequenceStaysWithTheInstanceThatHoldsItsCache) {
+  const Reference ref = reference("gpt2");
+  TempDir packages;
+  const std::string two = copy_package(packages, "gpt2", "gpt2-two",
+                                       [](std::string text) { return text + "instances: 2\n"; });
+  WorkerHarness worker({Model(two)});
+  const json health = worker.ready();
+  EXPECT_EQ(health.at("models").at(0).at("instances"), 2);
+  // Keys and values of 2 layers x 4 slots x 128 positions x 4 heads x 16 dims, per instance.
+  EXPECT_EQ(health.at("models").at(0).at("cache_bytes"), 2 * (2 * 2 * 4 * 128 * 4 * 16 * 4));
+  std::vector<std::unique_ptr<Recorder>> recorders;
+  for (size_t i = 0; i < 12; ++i) {
+    recorders.push_back(std::make_unique<Recorder>());
+    start(worker, "gpt2",
+          json{{"prompt_tokens", ref.prompts[i % ref.prompts.size()]},
+               {"max_tokens", 6 + static_cast<int64_t>(i % 4) * 6}},
+          *recorders.back());
+  }
+  for (size_t i = 0; i < recorders.size(); ++i) {
+    ASSERT_TRUE(recorders[i]->wait_done());
+    ASSERT_TRUE(recorders[i]->status().ok()) << recorders[i]->status().error().to_string();
+    EXPECT_EQ(collect(*recorders[i]).tokens,
+              head(ref.greedy[i % ref.prompts.size()], 6 + (i % 4) * 6))
+        << "call " << i;
+  }
+}
+
 // The cache is the runtime's: health reports its bytes in the model's footprint.
 TEST(DecoderMemory, TheCacheIsInTheFootprint) {
   WorkerHarness worker({Model(model_package("llama"))});
