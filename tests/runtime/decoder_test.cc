@@ -414,8 +414,9 @@ TEST(DecoderLoad, BrokenPackagesAreRefusedWithWhatIsMissing) {
 TEST(DecoderInstances, EachSequenceStaysWithTheInstanceThatHoldsItsCache) {
   const Reference ref = reference("gpt2");
   TempDir packages;
-  const std::string two = copy_package(packages, "gpt2", "gpt2-two",
-                                       [](std::string text) { return text + "instances: 2\n"; });
+  const std::string two = copy_package(packages, "gpt2", "gpt2-two", [](const std::string& text) {
+    return text + "instances: 2\n";
+  });
   WorkerHarness worker({Model(two)});
   const json health = worker.ready();
   EXPECT_EQ(health.at("models").at(0).at("instances"), 2);
