@@ -439,6 +439,58 @@ TEST(DecoderInstances, EachSequenceStaysWithTheInstanceThatHoldsItsCache) {
   }
 }
 
+// The counter fixture counts up from the prompt's last token and raises in decode when fed 13,
+// in prefill when the prompt holds 14. A sequence it raises on fails alone, with what the model
+// said, after the tokens it had; the others in its decode batch go on to their last token, and
+// the failed one's slot is free again.
+TEST(DecoderFaults, ASequenceTheModelRaisesOnFailsAloneInItsBatch) {
+  WorkerHarness worker({Model(model_package("counter"))});
+  worker.ready();
+  Recorder fails;
+  Recorder refused;
+  Recorder first;
+  Recorder second;
+  start(worker, "counter", json{{"prompt_tokens", {20}}, {"max_tokens", 20}}, first);
+  start(worker, "counter", json{{"prompt_tokens", {9, 10}}, {"max_tokens", 20}}, fails);
+  start(worker, "counter", json{{"prompt_tokens", {3, 14}}, {"max_tokens", 20}}, refused);
+  start(worker, "counter", json{{"prompt_tokens", {30}}, {"max_tokens", 20}}, second);
+  const auto counting = [](int64_t from, int64_t count) {
+    std::vector<int64_t> out;
+    for (int64_t i = 0; i < count; ++i) out.push_back((from + i) % 64);
+    return out;
+  };
+  ASSERT_TRUE(fails.wait_done());
+  ASSERT_FALSE(fails.status().ok());
+  EXPECT_NE(fails.status().error().message().find("method generate_decode raised"),
+            std::string::npos)
+      << fails.status().error().message();
+  EXPECT_NE(fails.status().error().message().find("decode cannot take token 13"), std::string::npos)
+      << fails.status().error().message();
+  EXPECT_EQ(collect(fails).tokens, counting(11, 3));  // 11, 12, 13: then 13 was fed
+  ASSERT_TRUE(refused.wait_done());
+  ASSERT_FALSE(refused.status().ok());
+  EXPECT_NE(refused.status().error().message().find("method generate_prefill raised"),
+            std::string::npos)
+      << refused.status().error().message();
+  EXPECT_EQ(refused.value_count(), 0u);
+  ASSERT_TRUE(first.wait_done());
+  ASSERT_TRUE(second.wait_done());
+  EXPECT_TRUE(first.status().ok()) << first.status().error().to_string();
+  EXPECT_TRUE(second.status().ok()) << second.status().error().to_string();
+  EXPECT_EQ(collect(first).tokens, counting(21, 20));
+  EXPECT_EQ(collect(second).tokens, counting(31, 20));
+  // Four slots: all free again.
+  std::vector<std::unique_ptr<Recorder>> next;
+  for (int64_t i = 0; i < 4; ++i) {
+    next.push_back(std::make_unique<Recorder>());
+    start(worker, "counter", json{{"prompt_tokens", {40 + i}}, {"max_tokens", 3}}, *next.back());
+  }
+  for (int64_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(next[static_cast<size_t>(i)]->wait_done());
+    EXPECT_EQ(collect(*next[static_cast<size_t>(i)]).tokens, counting(41 + i, 3));
+  }
+}
+
 // The cache is the runtime's: health reports its bytes in the model's footprint.
 TEST(DecoderMemory, TheCacheIsInTheFootprint) {
   WorkerHarness worker({Model(model_package("llama"))});
