@@ -11,12 +11,14 @@ bool is_executable_file(const std::string& path) {
   return std::filesystem::is_regular_file(path, ignored) && ::access(path.c_str(), X_OK) == 0;
 }
 
-std::string worker_binary_beside_self() {
+std::string beside_self(const std::string& name) {
   std::error_code error;
   const auto self = std::filesystem::read_symlink("/proc/self/exe", error);
-  if (error) return "outpost-worker";
-  return (self.parent_path() / "outpost-worker").string();
+  if (error) return name;
+  return (self.parent_path() / name).string();
 }
+
+std::string worker_binary_beside_self() { return beside_self("outpost-worker"); }
 
 std::optional<std::string> locate_worker_binary() {
   std::string beside = worker_binary_beside_self();

@@ -1,25 +1,14 @@
 #include "runtime/cuda_backend.h"
 
-#include <climits>
 #include <mutex>
 #include <string>
 
 #include "common/log.h"
+#include "common/worker_binary.h"
 #include <dlfcn.h>
-#include <unistd.h>
 
 namespace outpost::runtime {
 namespace {
-
-// The folder that holds the running executable (the module is installed beside the worker).
-std::string executable_dir() {
-  char path[PATH_MAX];
-  const ssize_t length = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
-  if (length <= 0) return ".";
-  const std::string full(path, static_cast<size_t>(length));
-  const auto slash = full.rfind('/');
-  return slash == std::string::npos ? "." : full.substr(0, slash);
-}
 
 Result<CudaBackend*> open_module() {
 #ifndef OUTPOST_WITH_CUDA
@@ -27,7 +16,7 @@ Result<CudaBackend*> open_module() {
                "this outpost-worker was built without its CUDA module (configure with "
                "-DOUTPOST_CUDA=ON against a CUDA libtorch)");
 #else
-  const std::string path = executable_dir() + "/liboutpost_cuda.so";
+  const std::string path = beside_self("liboutpost_cuda.so");
   // RTLD_GLOBAL: libtorch_cuda, loaded with the module, registers CUDA with libtorch's
   // dispatcher and AOTInductor's runners for the whole process.
   void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);

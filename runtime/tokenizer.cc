@@ -1,12 +1,11 @@
 #include "runtime/tokenizer.h"
 
 #include <array>
-#include <climits>
 #include <mutex>
 
+#include "common/worker_binary.h"
 #include "runtime/sentencepiece_module.h"
 #include <dlfcn.h>
-#include <unistd.h>
 
 namespace outpost::runtime {
 namespace {
@@ -25,23 +24,13 @@ class ByteTokenizer final : public Tokenizer {
   }
 };
 
-// The folder that holds the running executable (the module is installed beside the worker).
-std::string executable_dir() {
-  char path[PATH_MAX];
-  const ssize_t length = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
-  if (length <= 0) return ".";
-  const std::string full(path, static_cast<size_t>(length));
-  const auto slash = full.rfind('/');
-  return slash == std::string::npos ? "." : full.substr(0, slash);
-}
-
 // liboutpost_sentencepiece.so, opened once, in a link namespace of its own
 // (sentencepiece_module.h says why).
 Result<const OutpostSentencePieceApi*> sentencepiece_module() {
   static std::once_flag once;
   static Result<const OutpostSentencePieceApi*> api = internal_error("not opened");
   std::call_once(once, [] {
-    const std::string path = executable_dir() + "/liboutpost_sentencepiece.so";
+    const std::string path = beside_self("liboutpost_sentencepiece.so");
     void* handle = ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
       const char* why = ::dlerror();
