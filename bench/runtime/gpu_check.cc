@@ -81,24 +81,13 @@ std::unique_ptr<Worker> start_worker(const std::vector<std::string>& models,
     model.package = g_models + "/" + name;
   }
   options.log_file = worker->dir.file("worker.log");
-  auto process = WorkerProcess::spawn(options);
-  if (!process.ok()) {
-    std::fprintf(stderr, "spawn: %s\n", process.error().to_string().c_str());
+  auto started = outpost::bench::start_worker(options);
+  if (!started.ok()) {
+    std::fprintf(stderr, "%s\n", started.error().to_string().c_str());
     return nullptr;
   }
-  worker->process = std::move(process).value();
-  WorkerClient::Options client_options;
-  client_options.endpoint = options.spec.endpoint;
-  auto client = WorkerClient::connect(client_options);
-  if (!client.ok()) return nullptr;
-  worker->client = std::move(client).value();
-  auto ready = worker->client->wait_ready(std::chrono::minutes(5));
-  if (!ready.ok()) {
-    std::ifstream log(worker->dir.file("worker.log"));
-    std::fprintf(stderr, "worker not ready: %s\n%s\n", ready.error().to_string().c_str(),
-                 std::string(std::istreambuf_iterator<char>(log), {}).c_str());
-    return nullptr;
-  }
+  worker->process = std::move(started->process);
+  worker->client = std::move(started->client);
   return worker;
 }
 

@@ -181,23 +181,17 @@ int main() {
   model.package = model_dir();
   options.spec.models.push_back(model);
   options.log_file = dir.file("worker.log");
-  auto process = WorkerProcess::spawn(options);
-  if (!process.ok()) {
-    std::fprintf(stderr, "%s\n", process.error().to_string().c_str());
+  auto started = outpost::bench::start_worker(options);
+  if (!started.ok()) {
+    std::fprintf(stderr, "%s\n", started.error().to_string().c_str());
     return 1;
   }
-  WorkerClient::Options client_options;
-  client_options.endpoint = options.spec.endpoint;
-  auto client = WorkerClient::connect(client_options);
-  if (!client.ok() || !(*client)->wait_ready(std::chrono::minutes(5)).ok()) {
-    std::fprintf(stderr, "worker not ready\n");
-    return 1;
-  }
+  WorkerClient& client = *started->client;
   std::printf(
       "%s: %lld layers, %lld slots of %lld positions; %d intra-op threads each, %d rounds\n",
       kModel, static_cast<long long>(geometry.layers), static_cast<long long>(geometry.slots),
       static_cast<long long>(geometry.max_context), threads, kRounds);
-  worker_tokens_per_s(**client, 2);  // warm-up
+  worker_tokens_per_s(client, 2);  // warm-up
 
   json out;
   out["threads"] = threads;
@@ -209,7 +203,7 @@ int main() {
     std::vector<double> worker_rates;
     for (int round = 0; round < kRounds; ++round) {
       direct_rates.push_back((*direct)->tokens_per_s(n, prompt(), kTokens));
-      worker_rates.push_back(worker_tokens_per_s(**client, n));
+      worker_rates.push_back(worker_tokens_per_s(client, n));
     }
     const std::string key = "c" + std::to_string(n);
     out[key + "_direct_tokens_per_s"] = median(direct_rates);
@@ -221,7 +215,7 @@ int main() {
   }
 
   auto direct_prefill = (*direct)->prefill_us(prompt(), kTtftCalls);
-  auto ttft = worker_ttft_us(**client);
+  auto ttft = worker_ttft_us(client);
   const double prefill_p50 = quantile(direct_prefill, 0.5);
   out["direct_prefill_p50_us"] = prefill_p50;
   out["direct_prefill_p99_us"] = quantile(direct_prefill, 0.99);

@@ -198,30 +198,20 @@ int main() {
     options.spec.models.push_back(model);
   }
   options.log_file = dir.file("worker.log");
-  auto process = WorkerProcess::spawn(options);
-  if (!process.ok()) {
-    std::fprintf(stderr, "%s\n", process.error().to_string().c_str());
+  auto started = outpost::bench::start_worker(options);
+  if (!started.ok()) {
+    std::fprintf(stderr, "%s\n", started.error().to_string().c_str());
     return 1;
   }
-  WorkerClient::Options client_options;
-  client_options.endpoint = options.spec.endpoint;
-  auto client = WorkerClient::connect(client_options);
-  if (!client.ok()) {
-    std::fprintf(stderr, "%s\n", client.error().to_string().c_str());
-    return 1;
-  }
-  auto ready = (*client)->wait_ready(std::chrono::minutes(5));
-  if (!ready.ok()) {
-    std::fprintf(stderr, "worker not ready: %s\n", ready.error().to_string().c_str());
-    return 1;
-  }
+  auto& process = started->process;
+  auto& client = started->client;
   std::printf("outpost-worker (pid %d) and direct libtorch, %d intra-op threads each, %d rounds\n",
-              (*process)->pid(), threads, kRounds);
+              process->pid(), threads, kRounds);
   const auto ratio = [&](const std::string& a, const std::string& b) {
     return out[a].get<double>() / std::max(out[b].get<double>(), 1e-9);
   };
   const auto batch_size = [&](const std::string& model) {
-    auto health = (*client)->health().get();
+    auto health = client->health().get();
     if (!health.ok()) return 0.0;
     for (const auto& item : health->at("models")) {
       if (item.at("name") != model) continue;
@@ -233,7 +223,7 @@ int main() {
   };
   // Why a model is not ready in the worker (its load failed), or empty.
   const auto not_ready = [&](const std::string& model) -> std::string {
-    auto health = (*client)->health().get();
+    auto health = client->health().get();
     if (!health.ok()) return health.error().to_string();
     for (const auto& item : health->at("models")) {
       if (item.at("name") != model) continue;
@@ -267,7 +257,7 @@ int main() {
       double floor_sum = 0;
       for (int round = 0; round < kRounds; ++round) {
         direct_sum += direct[i]->rows_per_second("predict", direct_shape, round_seconds);
-        worker_sum += worker_rps(**client, part.model, input, static_cast<int>(rows), round_seconds,
+        worker_sum += worker_rps(*client, part.model, input, static_cast<int>(rows), round_seconds,
                                  "predict", round == 0 ? 0.5 : 0.1);
         if (rows == 1) {
           // The request's size: its tensor bytes and a header.
@@ -305,7 +295,7 @@ int main() {
     }
   }
   if (enabled("generate")) {
-    const auto worker_gen = worker_generate(**client);
+    const auto worker_gen = worker_generate(*client);
     out["ttft_us"] = worker_gen.ttft_us;
     out["gen_chunks_per_s"] = worker_gen.chunks_per_s;
     std::printf("  generate: first chunk %.0f us, %.0f chunks/s\n", worker_gen.ttft_us,
@@ -313,8 +303,8 @@ int main() {
     out["ttft_over_direct_us"] = out["ttft_us"].get<double>() - out["direct_ttft_us"].get<double>();
     out["gen_chunks_ratio"] = ratio("gen_chunks_per_s", "direct_chunks_per_s");
   }
-  client->reset();
-  process->reset();
+  client.reset();
+  process.reset();
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

@@ -6,7 +6,9 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -21,6 +23,25 @@ using protocol::WireValue;
 using protocol::WorkerClient;
 using Clock = std::chrono::steady_clock;
 using std::chrono::duration;
+
+Result<StartedWorker> start_worker(const protocol::WorkerProcess::Options& options) {
+  StartedWorker worker;
+  auto process = protocol::WorkerProcess::spawn(options);
+  if (!process.ok()) return process.error();
+  worker.process = std::move(process).value();
+  WorkerClient::Options client_options;
+  client_options.endpoint = options.spec.endpoint;
+  auto client = WorkerClient::connect(client_options);
+  if (!client.ok()) return client.error();
+  worker.client = std::move(client).value();
+  auto ready = worker.client->wait_ready(std::chrono::minutes(5));
+  if (!ready.ok()) {
+    std::ifstream log(options.log_file);
+    return Error(ready.error().code(), "worker not ready: " + ready.error().message() + "\n" +
+                                           std::string(std::istreambuf_iterator<char>(log), {}));
+  }
+  return worker;
+}
 
 namespace {
 

@@ -3,12 +3,23 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "protocol/worker_client.h"
 
 namespace outpost::bench {
+
+// A benchmark's outpost-worker and a client connected to it.
+struct StartedWorker {
+  std::unique_ptr<protocol::WorkerProcess> process;
+  std::unique_ptr<protocol::WorkerClient> client;
+};
+
+// Spawns a worker with `options`, connects to it and waits until it has loaded its models. The
+// error says why not, with the worker's log (options.log_file).
+Result<StartedWorker> start_worker(const protocol::WorkerProcess::Options& options);
 
 // {"x": float32 tensor of `shape`} with normal random values from `seed`, its bytes in a part.
 protocol::WireValue random_tensor_input(const std::vector<int64_t>& shape, uint32_t seed);
