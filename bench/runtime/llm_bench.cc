@@ -6,8 +6,10 @@
 //   tokens/s   N sequences of the same 64-token prompt, 64 tokens each (greedy), all started at
 //              once: every token over the wall time from the first start to the last end, at
 //              N = 1, 8, 32. Direct: prefill of each, then decode calls for all N together.
-//   TTFT       8 sequences kept running (each one that ends is replaced at once): the time from
-//              a new call to its first token, against one prefill (and pick) alone, direct.
+//   TTFT       the time from a new call to its first token, against one prefill (and pick)
+//              alone, direct: with 8 sequences kept running (each one that ends is replaced at
+//              once, so arrivals follow step ends), and with arrivals at random times at the
+//              rate that gives the same mean load.
 //   copies     what the runtime copies per decode step, by construction: the token, position
 //              and slot of each sequence (3 int64); the cache is written in place by the model.
 //              A state-concatenating step contract would copy each sequence's whole cache.
@@ -19,11 +21,12 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -106,18 +109,31 @@ double worker_tokens_per_s(WorkerClient& client, int64_t n) {
   return static_cast<double>(tokens) / seconds;
 }
 
-// kTtftConcurrency sequences kept running; the time to the first token of each new one.
-std::vector<double> worker_ttft_us(WorkerClient& client) {
+// What new sequences saw while others ran.
+struct TtftFigures {
+  std::vector<double> ttft_us;    // from the call to its first token, each (warm-up dropped)
+  double sequence_seconds = 0;    // a sequence's mean time from call to end
+  double running_at_arrival = 0;  // mean sequences already running when one arrived
+};
+
+// New sequences arriving while others run. rate_per_s 0: kTtftConcurrency kept running (each
+// one that ends is replaced at once: a closed loop, whose arrivals follow step ends); else
+// arrivals at exponential intervals of that mean rate (an open loop, arrivals at random times).
+TtftFigures worker_ttft(WorkerClient& client, double rate_per_s) {
   std::mutex mutex;
   std::condition_variable changed;
-  std::vector<double> ttft;
+  TtftFigures out;
+  double total_seconds = 0;
+  int64_t running_sum = 0;
   int64_t running = 0;
   int started = 0;
-  std::function<void()> start_one = [&] {
+  int ended = 0;
+  const auto start_one = [&] {
     // Under the mutex.
+    running_sum += running;
     ++running;
     ++started;
-    auto begun = std::make_shared<Clock::time_point>(Clock::now());
+    const auto begun = Clock::now();
     auto first = std::make_shared<bool>(true);
     WireValue inputs;
     inputs.value = json{{"prompt_tokens", prompt()},
@@ -128,24 +144,43 @@ std::vector<double> worker_ttft_us(WorkerClient& client) {
                        const auto now = Clock::now();
                        std::lock_guard lock(mutex);
                        if (*first) {
-                         ttft.push_back(duration<double, std::micro>(now - *begun).count());
+                         out.ttft_us.push_back(duration<double, std::micro>(now - begun).count());
                          *first = false;
                        }
                      },
-                     [&](const outpost::Status&, std::string_view) {
+                     [&, begun](const outpost::Status&, std::string_view) {
                        std::lock_guard lock(mutex);
+                       total_seconds += duration<double>(Clock::now() - begun).count();
                        --running;
+                       ++ended;
                        changed.notify_all();
                      }});
   };
+  const int calls = kTtftCalls + static_cast<int>(kTtftConcurrency);
   std::unique_lock lock(mutex);
-  while (started < kTtftCalls + kTtftConcurrency) {
-    changed.wait(lock, [&] { return running < kTtftConcurrency; });
-    start_one();
+  if (rate_per_s <= 0) {
+    while (started < calls) {
+      changed.wait(lock, [&] { return running < kTtftConcurrency; });
+      start_one();
+    }
+  } else {
+    std::mt19937_64 random(7);
+    std::exponential_distribution<double> gap(rate_per_s);
+    auto next = Clock::now();
+    while (started < calls) {
+      lock.unlock();
+      std::this_thread::sleep_until(next);
+      lock.lock();
+      start_one();
+      next += std::chrono::duration_cast<Clock::duration>(duration<double>(gap(random)));
+    }
   }
   changed.wait(lock, [&] { return running == 0; });
-  // The first kTtftConcurrency started together (not under a running batch): drop them.
-  return std::vector<double>(ttft.begin() + kTtftConcurrency, ttft.end());
+  // The first kTtftConcurrency arrived before anything ran: drop them.
+  out.ttft_us.erase(out.ttft_us.begin(), out.ttft_us.begin() + kTtftConcurrency);
+  out.sequence_seconds = total_seconds / ended;
+  out.running_at_arrival = static_cast<double>(running_sum) / started;
+  return out;
 }
 
 }  // namespace
@@ -215,16 +250,27 @@ int main() {
   }
 
   auto direct_prefill = (*direct)->prefill_us(prompt(), kTtftCalls);
-  auto ttft = worker_ttft_us(client);
   const double prefill_p50 = quantile(direct_prefill, 0.5);
   out["direct_prefill_p50_us"] = prefill_p50;
   out["direct_prefill_p99_us"] = quantile(direct_prefill, 0.99);
-  out["c8_ttft_p50_us"] = quantile(ttft, 0.5);
-  out["c8_ttft_p99_us"] = quantile(ttft, 0.99);
-  out["c8_ttft_p50_over_prefill_us"] = quantile(ttft, 0.5) - prefill_p50;
-  std::printf("  TTFT among %lld running: p50 %.0f us, p99 %.0f us; direct prefill p50 %.0f us\n",
-              static_cast<long long>(kTtftConcurrency), quantile(ttft, 0.5), quantile(ttft, 0.99),
-              prefill_p50);
+  auto closed = worker_ttft(client, 0);
+  out["c8_ttft_p50_us"] = quantile(closed.ttft_us, 0.5);
+  out["c8_ttft_p99_us"] = quantile(closed.ttft_us, 0.99);
+  out["c8_ttft_p50_over_prefill_us"] = quantile(closed.ttft_us, 0.5) - prefill_p50;
+  std::printf("  TTFT, %lld kept running: p50 %.0f us, p99 %.0f us; direct prefill p50 %.0f us\n",
+              static_cast<long long>(kTtftConcurrency), quantile(closed.ttft_us, 0.5),
+              quantile(closed.ttft_us, 0.99), prefill_p50);
+  // The same mean load as arrivals at random times (Little's law: rate = running / time).
+  const double rate = static_cast<double>(kTtftConcurrency) / closed.sequence_seconds;
+  auto open = worker_ttft(client, rate);
+  out["open_rate_per_s"] = rate;
+  out["open_running_at_arrival"] = open.running_at_arrival;
+  out["open_ttft_p50_us"] = quantile(open.ttft_us, 0.5);
+  out["open_ttft_p99_us"] = quantile(open.ttft_us, 0.99);
+  out["open_ttft_p50_over_prefill_us"] = quantile(open.ttft_us, 0.5) - prefill_p50;
+  std::printf(
+      "  TTFT, arrivals at random (%.0f/s, %.1f running on arrival): p50 %.0f us, p99 %.0f us\n",
+      rate, open.running_at_arrival, quantile(open.ttft_us, 0.5), quantile(open.ttft_us, 0.99));
 
   // By construction (runtime/decoder.cc): per sequence and decode step, the runtime builds three
   // int64 inputs and reads the logits where the model left them; the cache is not copied.
