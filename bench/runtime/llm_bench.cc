@@ -8,8 +8,8 @@
 //              N = 1, 8, 32. Direct: prefill of each, then decode calls for all N together.
 //   TTFT       the time from a new call to its first token, against one prefill (and pick)
 //              alone, direct: with 8 sequences kept running (each one that ends is replaced at
-//              once, so arrivals follow step ends), and with arrivals at random times at the
-//              rate that gives the same mean load.
+//              once, so arrivals follow step ends), and with arrivals at random times at half
+//              the closed loop's rate of new sequences.
 //   copies     what the runtime copies per decode step, by construction: the token, position
 //              and slot of each sequence (3 int64); the cache is written in place by the model.
 //              A state-concatenating step contract would copy each sequence's whole cache.
@@ -54,7 +54,7 @@ using std::chrono::duration;
 
 constexpr int64_t kPromptTokens = 64;
 constexpr int64_t kTokens = 64;
-constexpr int kRounds = 3;
+constexpr int kRounds = 5;
 constexpr int kTtftCalls = 80;
 constexpr int64_t kTtftConcurrency = 8;
 // Lengths of the kept-running sequences, in turn: they end at different steps, so new ones
@@ -260,8 +260,9 @@ int main() {
   std::printf("  TTFT, %lld kept running: p50 %.0f us, p99 %.0f us; direct prefill p50 %.0f us\n",
               static_cast<long long>(kTtftConcurrency), quantile(closed.ttft_us, 0.5),
               quantile(closed.ttft_us, 0.99), prefill_p50);
-  // The same mean load as arrivals at random times (Little's law: rate = running / time).
-  const double rate = static_cast<double>(kTtftConcurrency) / closed.sequence_seconds;
+  // Arrivals at random times at half the closed loop's rate of new sequences (Little's law:
+  // running / time). At the full rate random arrivals bunch and the queue grows without bound.
+  const double rate = 0.5 * static_cast<double>(kTtftConcurrency) / closed.sequence_seconds;
   auto open = worker_ttft(client, rate);
   out["open_rate_per_s"] = rate;
   out["open_running_at_arrival"] = open.running_at_arrival;
