@@ -174,51 +174,71 @@ DecoderRunner::DecoderRunner(const std::string& method, const DecoderConfig& con
 
 uint64_t DecoderRunner::cache_bytes() const { return config_.cache_bytes(); }
 
-Result<GenerateStart> DecoderRunner::start(const std::vector<c10::IValue>& args) {
+Status prepare_decoder_args(std::vector<c10::IValue>& args, const DecoderConfig& config,
+                            const Tokenizer* tokenizer) {
   const bool has_prompt = !args[kPrompt].isNone();
   const bool has_tokens = !args[kPromptTokens].isNone();
-  const bool text = tokenizer_ != nullptr;
+  const bool text = tokenizer != nullptr;
   if (has_prompt == has_tokens) {
     return invalid_argument(text ? "give either prompt (text) or prompt_tokens (token ids)"
                                  : "give prompt_tokens (token ids): this model has no tokenizer");
   }
-  std::vector<int64_t> prompt;
   if (has_prompt) {
     if (!text) {
       return invalid_argument(
           "prompt: this model has no tokenizer (config.yaml's decoder.tokenizer); send "
           "prompt_tokens");
     }
-    OUTPOST_ASSIGN_OR_RETURN(prompt, tokenizer_->encode(args[kPrompt].toStringRef()));
-  } else {
-    prompt = args[kPromptTokens].toIntVector();
+    // Encoded here, once: the execution thread gets token ids.
+    OUTPOST_ASSIGN_OR_RETURN(auto ids, tokenizer->encode(args[kPrompt].toStringRef()));
+    args[kPromptTokens] = c10::IValue(c10::List<int64_t>(c10::ArrayRef<int64_t>(ids)));
+    args[kPrompt] = c10::IValue();
   }
-  const auto context = config_.max_context;
+  const auto prompt = args[kPromptTokens].toIntList();
+  const auto context = config.max_context;
   if (prompt.empty()) return invalid_argument("the prompt is empty");
   if (static_cast<int64_t>(prompt.size()) > context) {
     return invalid_argument("the prompt has " + std::to_string(prompt.size()) +
                             " tokens; the model's context holds " + std::to_string(context));
   }
   for (const int64_t token : prompt) {
-    if (token < 0 || (vocab_ > 0 && token >= vocab_)) {
+    if (token < 0) {
+      return invalid_argument("prompt_tokens: " + std::to_string(token) + " is not a token id");
+    }
+  }
+  if (args[kMaxTokens].toInt() < 1) return invalid_argument("max_tokens must be at least 1");
+  const double temperature = args[kTemperature].toDouble();
+  if (!std::isfinite(temperature) || temperature < 0) {
+    return invalid_argument("temperature must be 0 (greedy) or more");
+  }
+  if (args[kTopK].toInt() < 0) return invalid_argument("top_k must be 0 (off) or more");
+  const double top_p = args[kTopP].toDouble();
+  if (!(top_p > 0 && top_p <= 1)) {
+    return invalid_argument("top_p must be more than 0 and at most 1");
+  }
+  if (!args[kStop].toListRef().empty() && !text) {
+    return invalid_argument(
+        "stop strings need a tokenizer (config.yaml's decoder.tokenizer); "
+        "give stop_token_ids");
+  }
+  return {};
+}
+
+Result<GenerateStart> DecoderRunner::start(const std::vector<c10::IValue>& args) {
+  // prepare_decoder_args checked the values and encoded a text prompt; what is left to check
+  // needs this instance: the vocabulary, known from the logits of warm-up.
+  std::vector<int64_t> prompt = args[kPromptTokens].toIntVector();
+  for (const int64_t token : prompt) {
+    if (vocab_ > 0 && token >= vocab_) {
       return invalid_argument("prompt_tokens: " + std::to_string(token) +
                               " is not a token id (the vocabulary has " + std::to_string(vocab_) +
                               ")");
     }
   }
-  const int64_t max_tokens = args[kMaxTokens].toInt();
-  if (max_tokens < 1) return invalid_argument("max_tokens must be at least 1");
   SamplingParams sampling;
   sampling.temperature = args[kTemperature].toDouble();
   sampling.top_k = args[kTopK].toInt();
   sampling.top_p = args[kTopP].toDouble();
-  if (!std::isfinite(sampling.temperature) || sampling.temperature < 0) {
-    return invalid_argument("temperature must be 0 (greedy) or more");
-  }
-  if (sampling.top_k < 0) return invalid_argument("top_k must be 0 (off) or more");
-  if (!(sampling.top_p > 0 && sampling.top_p <= 1)) {
-    return invalid_argument("top_p must be more than 0 and at most 1");
-  }
   if (args[kSeed].isNone()) {
     sampling.seed = (static_cast<uint64_t>(std::random_device()()) << 32) ^ std::random_device()();
   } else {
@@ -226,21 +246,16 @@ Result<GenerateStart> DecoderRunner::start(const std::vector<c10::IValue>& args)
   }
   std::vector<std::string> stop;
   for (const auto& item : args[kStop].toListRef()) stop.push_back(item.toStringRef());
-  if (!stop.empty() && !text) {
-    return invalid_argument(
-        "stop strings need a tokenizer (config.yaml's decoder.tokenizer); "
-        "give stop_token_ids");
-  }
 
   const auto slot = slots_->acquire();
   if (!slot) return Error(ErrorCode::kResourceExhausted, "no free sequence slot");
   auto sequence = std::make_unique<Sequence>(slots_, *slot, key_, owner_, sampling);
   sequence->prompt = std::move(prompt);
-  sequence->max_tokens = max_tokens;
+  sequence->max_tokens = args[kMaxTokens].toInt();
   sequence->stop_ids = args[kStopTokenIds].toIntVector();
   sequence->stop_ids.insert(sequence->stop_ids.end(), config_.eos_token_ids.begin(),
                             config_.eos_token_ids.end());
-  if (text) sequence->text.emplace(std::move(stop));
+  if (tokenizer_ != nullptr) sequence->text.emplace(std::move(stop));
 
   GenerateStart started;
   try {

@@ -39,6 +39,12 @@ const std::vector<DecoderParam>& decoder_params();
 // What a decoder method returns per chunk (inspect's "returns").
 inline constexpr const char* kDecoderChunkType = "Dict[str, Any]";
 
+// Checks a decoder call's values (decoder_params() order) and encodes a text prompt into
+// prompt_tokens. Run where the call is received (the loader's prepare), so that a bad call is
+// refused at once, not after waiting for a cache slot. The error says what is wrong.
+Status prepare_decoder_args(std::vector<c10::IValue>& args, const DecoderConfig& config,
+                            const Tokenizer* tokenizer);
+
 // Checks NAME_prefill and NAME_decode against the contract; the error says what differs.
 Status check_decoder_contract(const std::string& name,
                               const std::map<std::string, c10::FunctionSchema>& schemas);
@@ -70,9 +76,10 @@ class DecoderRunner {
   bool has_room() const { return slots_->available(); }
   uint64_t cache_bytes() const;
 
-  // Starts a sequence from a call's values (decoder_params() order): takes a slot and prefills
-  // the prompt's first chunk; when that was the whole prompt, samples the first token. Errors
-  // (a bad control, a prompt too long, what the model raised) concern this call only.
+  // Starts a sequence from a call's values (decoder_params() order, as prepare_decoder_args left
+  // them): takes a slot and prefills the prompt's first chunk; when that was the whole prompt,
+  // samples the first token. Errors (a token beyond the vocabulary, what the model raised)
+  // concern this call only.
   Result<GenerateStart> start(const std::vector<c10::IValue>& args);
   // One step of each sequence: the next prompt chunk of those still prefilling, then one decode
   // call for all the others together. Under InferenceMode, on the instance's thread.

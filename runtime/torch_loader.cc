@@ -681,6 +681,10 @@ Result<std::unique_ptr<PreparedInputs>> TorchModel::prepare_with(const MethodInf
     }
     prepared->args.push_back(std::move(value));
   }
+  if (binding.decoder) {
+    OUTPOST_RETURN_IF_ERROR(
+        prepare_decoder_args(prepared->args, *binding.decoder, binding.tokenizer.get()));
+  }
   if (binding.batched) {
     int64_t rows = -1;
     for (size_t p = 0; p < binding.params.size(); ++p) {

@@ -345,6 +345,12 @@ TEST(DecoderQueue, CallsBeyondTheFreeSlotsWaitAndTheLineIsBounded) {
   auto first =
       start(worker, "gpt2", json{{"prompt_tokens", ref.prompts[2]}, {"max_tokens", 1000}}, running);
   ASSERT_TRUE(running.wait_values(1));  // it holds the slot
+  // A bad call is refused as it arrives, not after waiting for the slot.
+  Recorder bad;
+  start(worker, "gpt2", json{{"prompt_tokens", std::vector<int64_t>(129, 1)}}, bad);
+  ASSERT_TRUE(bad.wait_done());
+  EXPECT_EQ(bad.status().error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(running.done_count(), 0);  // the slot was still taken
   Recorder second;
   Recorder third;
   Recorder refused;
