@@ -32,6 +32,16 @@ enum Arg : size_t {
   kArgCount
 };
 
+// The sampling controls of a call's values (the seed drawn by prepare_decoder_args if absent).
+SamplingParams sampling_of(const std::vector<c10::IValue>& args) {
+  SamplingParams sampling;
+  sampling.temperature = args[kTemperature].toDouble();
+  sampling.top_k = args[kTopK].toInt();
+  sampling.top_p = args[kTopP].toDouble();
+  sampling.seed = static_cast<uint64_t>(args[kSeed].toInt());
+  return sampling;
+}
+
 at::Tensor long_tensor(std::vector<int64_t> values) {
   const auto n = static_cast<int64_t>(values.size());
   auto holder = std::make_shared<std::vector<int64_t>>(std::move(values));
@@ -207,13 +217,18 @@ Status prepare_decoder_args(std::vector<c10::IValue>& args, const DecoderConfig&
     }
   }
   if (args[kMaxTokens].toInt() < 1) return invalid_argument("max_tokens must be at least 1");
-  const double temperature = args[kTemperature].toDouble();
-  if (!std::isfinite(temperature) || temperature < 0) {
+  if (args[kSeed].isNone()) {
+    // Drawn once, here: the sequence's sampler reads it from the values.
+    const uint64_t seed =
+        (static_cast<uint64_t>(std::random_device()()) << 32) ^ std::random_device()();
+    args[kSeed] = c10::IValue(static_cast<int64_t>(seed));
+  }
+  const SamplingParams sampling = sampling_of(args);
+  if (!std::isfinite(sampling.temperature) || sampling.temperature < 0) {
     return invalid_argument("temperature must be 0 (greedy) or more");
   }
-  if (args[kTopK].toInt() < 0) return invalid_argument("top_k must be 0 (off) or more");
-  const double top_p = args[kTopP].toDouble();
-  if (!(top_p > 0 && top_p <= 1)) {
+  if (sampling.top_k < 0) return invalid_argument("top_k must be 0 (off) or more");
+  if (!(sampling.top_p > 0 && sampling.top_p <= 1)) {
     return invalid_argument("top_p must be more than 0 and at most 1");
   }
   if (!args[kStop].toListRef().empty() && !text) {
@@ -235,21 +250,12 @@ Result<GenerateStart> DecoderRunner::start(const std::vector<c10::IValue>& args)
                               ")");
     }
   }
-  SamplingParams sampling;
-  sampling.temperature = args[kTemperature].toDouble();
-  sampling.top_k = args[kTopK].toInt();
-  sampling.top_p = args[kTopP].toDouble();
-  if (args[kSeed].isNone()) {
-    sampling.seed = (static_cast<uint64_t>(std::random_device()()) << 32) ^ std::random_device()();
-  } else {
-    sampling.seed = static_cast<uint64_t>(args[kSeed].toInt());
-  }
   std::vector<std::string> stop;
   for (const auto& item : args[kStop].toListRef()) stop.push_back(item.toStringRef());
 
   const auto slot = slots_->acquire();
   if (!slot) return Error(ErrorCode::kResourceExhausted, "no free sequence slot");
-  auto sequence = std::make_unique<Sequence>(slots_, *slot, key_, owner_, sampling);
+  auto sequence = std::make_unique<Sequence>(slots_, *slot, key_, owner_, sampling_of(args));
   sequence->prompt = std::move(prompt);
   sequence->max_tokens = args[kMaxTokens].toInt();
   sequence->stop_ids = args[kStopTokenIds].toIntVector();
