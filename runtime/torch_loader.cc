@@ -168,7 +168,6 @@ struct Binding {
   std::string call;                            // unary, stream
   std::string init;                            // generate, stateful stream
   std::string step;                            // generate
-  std::optional<DecoderConfig> decoder;        // a generate method under the decoder contract
   std::shared_ptr<const Tokenizer> tokenizer;  // the decoder's, if it has one
   std::vector<Param> params;
   bool batched = false;
@@ -430,7 +429,7 @@ Result<GenerateStart> TorchInstance::generate_start(const MethodInfo& method,
                                                     PreparedInputs& inputs) {
   const Binding& binding = model_.binding(method.name);
   Result<GenerateStart> out = internal_error("not run");
-  if (binding.decoder) {
+  if (method.decoder) {
     stream_.run([&] {
       c10::InferenceMode guard;
       out = decoders_.at(method.name)->start(static_cast<TorchInputs&>(inputs).args);
@@ -524,7 +523,7 @@ std::vector<StepOutcome> TorchInstance::generate_step(const MethodInfo& method,
                                                       std::span<CallState* const> states) {
   const Binding& binding = model_.binding(method.name);
   std::vector<StepOutcome> outcomes(states.size());
-  if (binding.decoder) {
+  if (method.decoder) {
     stream_.run([&] {
       c10::InferenceMode guard;
       decoders_.at(method.name)->step(states, outcomes);
@@ -681,9 +680,9 @@ Result<std::unique_ptr<PreparedInputs>> TorchModel::prepare_with(const MethodInf
     }
     prepared->args.push_back(std::move(value));
   }
-  if (binding.decoder) {
+  if (method.decoder) {
     OUTPOST_RETURN_IF_ERROR(
-        prepare_decoder_args(prepared->args, *binding.decoder, binding.tokenizer.get()));
+        prepare_decoder_args(prepared->args, *method.decoder, binding.tokenizer.get()));
   }
   if (binding.batched) {
     int64_t rows = -1;
@@ -890,7 +889,6 @@ Status TorchModel::bind_decoder(const std::string& name,
   info.max_steps = std::numeric_limits<int64_t>::max();  // max_tokens and the context end it
   info.decoder = decoder;
   Binding binding;
-  binding.decoder = decoder;
   OUTPOST_ASSIGN_OR_RETURN(binding.tokenizer, open_tokenizer(decoder, package_dir));
   binding.example = settings.example;
   for (const auto& param : decoder_params()) {
@@ -985,7 +983,9 @@ Status TorchModel::bind(const std::map<std::string, c10::FunctionSchema>& schema
 void TorchModel::add_instance(std::unique_ptr<TorchProgram> program) {
   auto instance = std::make_unique<TorchInstance>(*this, std::move(program), device_);
   for (const auto& [name, binding] : bindings_) {
-    if (binding.decoder) memory_.cache_bytes += instance->add_decoder(name, *binding.decoder);
+    if (binding.info->decoder) {
+      memory_.cache_bytes += instance->add_decoder(name, *binding.info->decoder);
+    }
   }
   instances_.push_back(std::move(instance));
 }
@@ -998,7 +998,7 @@ Status TorchModel::warmup(int64_t runs) {
     json example = json::object();
     if (binding.example) {
       example = *binding.example;
-    } else if (binding.decoder) {
+    } else if (info.decoder) {
       example = json{{"prompt_tokens", {0}}, {"max_tokens", 2}};  // token 0: in any vocabulary
     } else {
       bool complete = true;
