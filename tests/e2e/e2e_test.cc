@@ -114,11 +114,22 @@ TEST(EndToEndTest, DeploysAndPredictsInEveryShapeWithoutListeningOnTcp) {
   }
   EXPECT_EQ(tokens, reference.at("greedy").at(0)) << decoded.out;
   EXPECT_EQ(finish, "length");
-  // Without -o json the CLI prints the text as it comes.
-  const auto text = platform.cli(
-      {"model", "generate", "llama", "--deployment", "dep-llm", "--text", "Once upon a time"});
+  // Without -o json the CLI prints the chunks' text as it comes: the same text (greedy) that
+  // the JSON chunks of the same call carry, then a newline.
+  const std::vector<std::string> text_call = {
+      "model", "generate", "llama", "--deployment", "dep-llm", "--text", "Once upon a time"};
+  std::vector<std::string> json_call = {"-o", "json"};
+  json_call.insert(json_call.end(), text_call.begin(), text_call.end());
+  std::string expected;
+  std::istringstream json_lines(platform.cli(json_call).out);
+  for (std::string line; std::getline(json_lines, line);) {
+    const json event = json::parse(line, nullptr, false);
+    if (event.is_object() && event.contains("chunk")) expected += event["chunk"].value("text", "");
+  }
+  const auto text = platform.cli(text_call);
   EXPECT_EQ(text.exit_code, 0) << text.err;
-  EXPECT_FALSE(text.out.empty());
+  EXPECT_FALSE(expected.empty());
+  EXPECT_EQ(text.out, expected + "\n");
   // Stream: a running sum over three items, in order.
   const auto streamed = platform.cli({"-o", "json", "model", "stream", "accumulator",
                                       "--deployment", "dep-acc", "--inputs",
